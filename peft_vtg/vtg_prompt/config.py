@@ -1,0 +1,273 @@
+"""Configuration of VTG prompt tuning (`VTGPromptConfig`), the PEFT method of peft_vtg."""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+from peft.utils.peft_types import PeftType
+
+
+class TextPromptInit(str, enum.Enum):
+    """How text prompt tokens are initialised.
+
+    `RANDOM`, `SAMPLE_VOCAB` and `TEXT` are PEFT's `PromptTuningInit` values; `VOCAB_FIRST` and `UNIFORM` are the two
+    inits of the classic `SoftEmbedding` recipe.
+    """
+
+    RANDOM = "RANDOM"
+    SAMPLE_VOCAB = "SAMPLE_VOCAB"
+    TEXT = "TEXT"
+    VOCAB_FIRST = "VOCAB_FIRST"
+    UNIFORM = "UNIFORM"
+
+
+class VideoPromptInit(str, enum.Enum):
+    """How video prompt tokens are initialised.
+
+    `VPT_UNIFORM`: uniform in (-v, v) with v = sqrt(6 / (fan_in + hidden)) and fan_in = channels * patch_size**2, as in
+    Visual Prompt Tuning (Jia et al., 2022). `PATCH_MEAN`: the mean patch token that the frozen encoder produces for a
+    mean (all-zero, i.e. normalised grey) frame, plus small noise so the tokens differ.
+    """
+
+    VPT_UNIFORM = "VPT_UNIFORM"
+    PATCH_MEAN = "PATCH_MEAN"
+
+
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLED_WEIGHTS_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+
+
+def check_adapter_directory(directory: str) -> None:
+    """Fail clearly, before anything is loaded, on an adapter directory PEFT would choke on or unpickle.
+
+    Checks that the weights are safetensors (a pickled `adapter_model.bin` is refused: unpickling untrusted files can
+    run code) and that the safetensors header is complete and covers the whole file (truncated downloads).
+    """
+    if not os.path.isdir(directory):
+        return  # a Hub repo id: PEFT downloads and reads the file itself
+    weights = os.path.join(directory, ADAPTER_WEIGHTS_NAME)
+    if not os.path.exists(weights):
+        pickled = [n for n in PICKLED_WEIGHTS_NAMES if os.path.exists(os.path.join(directory, n))]
+        if pickled:
+            raise ValueError(
+                f"{directory} holds {pickled[0]}, a pickled adapter; peft_vtg loads safetensors only, because "
+                "unpickling an untrusted file can run arbitrary code. Re-save the adapter with save_pretrained "
+                f"(safe_serialization=True) to get {ADAPTER_WEIGHTS_NAME}."
+            )
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{weights} is corrupt or truncated and cannot be read ({err}). Save the adapter again, or download it "
+            "again if it came from the Hub."
+        ) from err
+
+
+def _enum_value(enum_cls: type[enum.Enum], value: Union[str, enum.Enum], field_name: str) -> str:
+    allowed = [member.value for member in enum_cls]
+    raw = value.value if isinstance(value, enum.Enum) else value
+    if raw not in allowed:
+        raise ValueError(f"{field_name}={value!r} is not valid; choose one of {allowed}.")
+    return raw
+
+
+@dataclass
+class VTGPromptConfig(PeftConfig):
+    """Configuration of [`VTGPromptModel`]: soft prompt tokens for the video and the text stream of a frozen
+    video-language encoder.
+
+    Text prompts follow prompt tuning (Lester et al., 2021), video prompts follow Visual Prompt Tuning (Jia et al.,
+    2022); both can be shallow (input of the first prompted layer only) or deep (fresh tokens at each of the first K
+    prompted layers), and the video prompts can be derived from the text prompts through a learned linear map (MaPLe,
+    Khattak et al., 2023).
+
+    The field names `num_virtual_tokens`, `prompt_tuning_init`, `prompt_tuning_init_text`, `tokenizer_name_or_path` and
+    `tokenizer_kwargs` mean what they mean in PEFT's `PromptTuningConfig`; `num_text_tokens` is an alias of
+    `num_virtual_tokens` (set either; both are saved).
+
+    Example:
+        ```py
+        >>> import peft_vtg
+        >>> config = peft_vtg.VTGPromptConfig(num_video_tokens=8, num_text_tokens=16, video_prompt_depth=3)
+        ```
+    """
+
+    # ----- text stream -----
+    num_text_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "Number of soft prompt tokens in the text stream (alias of `num_virtual_tokens`). 0 disables "
+                  "text prompts. Default 8 when neither is set."},
+    )
+    num_virtual_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "PEFT's name for the number of text prompt tokens; kept equal to `num_text_tokens`."},
+    )
+    prompt_tuning_init: Union[TextPromptInit, str] = field(
+        default=TextPromptInit.RANDOM,
+        metadata={"help": "Init of the text prompts: RANDOM (normal, scaled to the vocabulary's std), SAMPLE_VOCAB "
+                  "(random vocabulary rows), TEXT (embeddings of `prompt_tuning_init_text`), VOCAB_FIRST (the first "
+                  "n vocabulary rows), UNIFORM (uniform in (-random_range, random_range))."},
+    )
+    prompt_tuning_init_text: Optional[str] = field(
+        default=None, metadata={"help": "Text whose token embeddings initialise the text prompts (init TEXT only)."}
+    )
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer used to tokenize `prompt_tuning_init_text` (init TEXT only)."}
+    )
+    tokenizer_kwargs: Optional[dict] = field(
+        default=None, metadata={"help": "Keyword arguments for `AutoTokenizer.from_pretrained` (init TEXT only)."}
+    )
+    random_range: float = field(
+        default=0.5, metadata={"help": "Half-width of the uniform text-prompt init (init UNIFORM only)."}
+    )
+    text_prompt_depth: int = field(
+        default=1,
+        metadata={"help": "Number of text encoder layers, from `prompt_start_layer` on, that get fresh text prompts. "
+                  "1 = shallow."},
+    )
+    # ----- video stream -----
+    num_video_tokens: int = field(
+        default=8, metadata={"help": "Number of soft prompt tokens in the video stream. 0 disables video prompts."}
+    )
+    video_prompt_init: Union[VideoPromptInit, str] = field(
+        default=VideoPromptInit.VPT_UNIFORM,
+        metadata={"help": "Init of the video prompts: VPT_UNIFORM (uniform by fan-in, as VPT) or PATCH_MEAN (mean "
+                  "patch token of the frozen encoder for a grey frame)."},
+    )
+    video_prompt_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout probability applied to the video prompt tokens during training."}
+    )
+    video_prompt_depth: int = field(
+        default=1,
+        metadata={"help": "Number of video encoder layers, from `prompt_start_layer` on, that get fresh video "
+                  "prompts. 1 = shallow."},
+    )
+    # ----- both streams -----
+    prompt_start_layer: int = field(
+        default=0,
+        metadata={"help": "Index of the first encoder layer whose input carries learned prompts. Layers below it run "
+                  "without trainable input, so no gradient flows through them."},
+    )
+    couple_video_to_text: bool = field(
+        default=False,
+        metadata={"help": "Derive the video prompts from the text prompts through a learned linear map per layer "
+                  "(MaPLe-style coupling). Needs num_video_tokens == num_text_tokens and video_prompt_depth <= "
+                  "text_prompt_depth."},
+    )
+    # ----- where to inject (auto-detected for supported architectures) -----
+    video_embedding_module: Optional[str] = field(
+        default=None,
+        metadata={"help": "Dotted path of the module whose output is the video token sequence, shape (rows, tokens, "
+                  "hidden) with rows = batch or batch*frames. Set for models without a built-in spec."},
+    )
+    text_embedding_module: Optional[str] = field(
+        default=None,
+        metadata={"help": "Dotted path of the module whose output is the text token sequence (batch, tokens, "
+                  "hidden). Set for models without a built-in spec."},
+    )
+    video_layers_module: Optional[str] = field(
+        default=None, metadata={"help": "Dotted path of the ModuleList of video (or joint) encoder layers."}
+    )
+    text_layers_module: Optional[str] = field(
+        default=None, metadata={"help": "Dotted path of the ModuleList of text (or joint) encoder layers."}
+    )
+    video_insert_position: Optional[int] = field(
+        default=None,
+        metadata={"help": "Index in the video token sequence where prompts are inserted (1 = after a CLS token). "
+                  "Default: the architecture's, 0 for models given by explicit paths."},
+    )
+    text_insert_position: Optional[int] = field(
+        default=None,
+        metadata={"help": "Index in the text token sequence where prompts are inserted. Default: the "
+                  "architecture's, 0 for models given by explicit paths."},
+    )
+    # ----- filled in when the adapter is created; checked when it is loaded -----
+    base_architecture: Optional[str] = field(
+        default=None,
+        metadata={"help": "Filled in automatically: the injection spec the adapter was made for (e.g. 'x_clip')."},
+    )
+    video_hidden_size: Optional[int] = field(
+        default=None, metadata={"help": "Filled in automatically: hidden size of the video encoder."}
+    )
+    text_hidden_size: Optional[int] = field(
+        default=None, metadata={"help": "Filled in automatically: hidden size of the text encoder."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType.VTG_PROMPT  # type: ignore[attr-defined]  # added by peft_vtg's registration
+
+        if self.num_text_tokens is None and self.num_virtual_tokens is None:
+            self.num_text_tokens = self.num_virtual_tokens = 8
+        elif self.num_text_tokens is None:
+            self.num_text_tokens = self.num_virtual_tokens
+        elif self.num_virtual_tokens is None:
+            self.num_virtual_tokens = self.num_text_tokens
+        elif self.num_text_tokens != self.num_virtual_tokens:
+            raise ValueError(
+                f"num_text_tokens={self.num_text_tokens} and num_virtual_tokens={self.num_virtual_tokens} are aliases "
+                "and must agree; set only one of them."
+            )
+
+        for name in ("num_text_tokens", "num_video_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+        if self.num_text_tokens == 0 and self.num_video_tokens == 0:
+            raise ValueError("num_text_tokens and num_video_tokens are both 0: set at least one of them above 0.")
+        for name in ("text_prompt_depth", "video_prompt_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1 (1 = shallow prompts), got {value!r}.")
+        if not isinstance(self.prompt_start_layer, int) or self.prompt_start_layer < 0:
+            raise ValueError(f"prompt_start_layer must be an integer >= 0, got {self.prompt_start_layer!r}.")
+        for name in ("video_insert_position", "text_insert_position"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be None or an integer >= 0, got {value!r}.")
+
+        self.prompt_tuning_init = _enum_value(TextPromptInit, self.prompt_tuning_init, "prompt_tuning_init")
+        self.video_prompt_init = _enum_value(VideoPromptInit, self.video_prompt_init, "video_prompt_init")
+        if self.prompt_tuning_init == TextPromptInit.TEXT:
+            if not self.tokenizer_name_or_path:
+                raise ValueError("prompt_tuning_init='TEXT' needs tokenizer_name_or_path (the tokenizer of the base model).")
+            if not self.prompt_tuning_init_text:
+                raise ValueError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text, e.g. 'find the moment'.")
+        elif self.tokenizer_kwargs:
+            raise ValueError("tokenizer_kwargs is only used with prompt_tuning_init='TEXT'; remove it or switch init.")
+        if not self.random_range > 0:
+            raise ValueError(f"random_range must be > 0, got {self.random_range!r}.")
+        if not 0.0 <= self.video_prompt_dropout < 1.0:
+            raise ValueError(f"video_prompt_dropout must be in [0, 1), got {self.video_prompt_dropout!r}.")
+
+        if self.couple_video_to_text:
+            if self.num_video_tokens == 0 or self.num_text_tokens == 0:
+                raise ValueError("couple_video_to_text=True needs both num_video_tokens and num_text_tokens above 0.")
+            if self.num_video_tokens != self.num_text_tokens:
+                raise ValueError(
+                    f"couple_video_to_text=True maps each text prompt token to one video prompt token, so "
+                    f"num_video_tokens ({self.num_video_tokens}) must equal num_text_tokens ({self.num_text_tokens})."
+                )
+            if self.video_prompt_depth > self.text_prompt_depth:
+                raise ValueError(
+                    f"couple_video_to_text=True derives the video prompts of each layer from that layer's text prompts, "
+                    f"so video_prompt_depth ({self.video_prompt_depth}) must be <= text_prompt_depth "
+                    f"({self.text_prompt_depth})."
+                )
+            if self.video_prompt_init != VideoPromptInit.VPT_UNIFORM:
+                raise ValueError("video_prompt_init has no effect with couple_video_to_text=True; leave it at VPT_UNIFORM.")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """Load the config (as PEFT does) and check the adapter weights beside it; see `check_adapter_directory`."""
+        directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        check_adapter_directory(directory)
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)

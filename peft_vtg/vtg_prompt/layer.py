@@ -1,0 +1,210 @@
+"""The adapter layer of VTG prompt tuning: the learned prompt tokens of every adapter, and how they are served to the
+injection hooks."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from ..injection.hooks import PromptInjector, StreamPlan
+from ..injection.spec import BoundSpec, BoundStream
+from .config import TextPromptInit, VideoPromptInit, VTGPromptConfig
+
+
+def _check_depth(stream: str, bs: BoundStream, start: int, depth: int) -> None:
+    num_layers = len(bs.layers)
+    if start + depth > num_layers:
+        raise ValueError(
+            f"{stream} prompts need layers {start}..{start + depth - 1} (prompt_start_layer={start}, "
+            f"{stream}_prompt_depth={depth}) but the {stream} encoder has {num_layers} layers; lower prompt_start_layer "
+            f"or {stream}_prompt_depth."
+        )
+
+
+def init_text_prompts(config: VTGPromptConfig, table: Optional[nn.Embedding], depth: int, hidden: int) -> torch.Tensor:
+    """Initial text prompts, shape (depth, num_text_tokens, hidden), following `config.prompt_tuning_init`."""
+    n = config.num_text_tokens
+    init = config.prompt_tuning_init
+    if init == TextPromptInit.UNIFORM:
+        return torch.empty(depth, n, hidden).uniform_(-config.random_range, config.random_range)
+    if table is None:
+        if init == TextPromptInit.RANDOM:
+            return torch.randn(depth, n, hidden) * 0.02
+        raise ValueError(
+            f"prompt_tuning_init={init!r} reads the word-embedding table, but none was found in the text stream; use "
+            "RANDOM or UNIFORM, or point text_embedding_module at a module that contains the nn.Embedding."
+        )
+    weight = table.weight.detach().float().cpu()  # (vocab, hidden)
+    if weight.shape[1] != hidden:
+        raise ValueError(f"Word embeddings have width {weight.shape[1]} but the text encoder's hidden size is {hidden}.")
+    if init == TextPromptInit.RANDOM:
+        # PEFT draws N(0, 1); scaling to the vocabulary's spread keeps the prompts on the embeddings' scale.
+        return torch.randn(depth, n, hidden) * weight.std()
+    if init == TextPromptInit.SAMPLE_VOCAB:
+        ids = torch.randint(0, weight.shape[0], (depth, n))
+        return weight[ids].clone()
+    if init == TextPromptInit.VOCAB_FIRST:
+        if n > weight.shape[0]:
+            raise ValueError(f"VOCAB_FIRST needs num_text_tokens ({n}) <= vocabulary size ({weight.shape[0]}).")
+        return weight[:n].unsqueeze(0).repeat(depth, 1, 1).clone()
+    # TEXT
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **(config.tokenizer_kwargs or {}))
+    ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"prompt_tuning_init_text={config.prompt_tuning_init_text!r} tokenizes to no tokens.")
+    ids = (ids * math.ceil(n / len(ids)))[:n]  # repeat, then cut to n tokens, as PEFT does
+    if max(ids) >= weight.shape[0]:
+        raise ValueError(
+            f"The tokenizer at {config.tokenizer_name_or_path!r} produced id {max(ids)} but the model's vocabulary has "
+            f"{weight.shape[0]} entries; use the base model's own tokenizer."
+        )
+    return weight[torch.tensor(ids)].unsqueeze(0).repeat(depth, 1, 1).clone()
+
+
+def init_video_prompts(config: VTGPromptConfig, bs: BoundStream, depth: int) -> torch.Tensor:
+    """Initial video prompts, shape (depth, num_video_tokens, hidden), following `config.video_prompt_init`."""
+    n, hidden = config.num_video_tokens, bs.hidden_size
+    if config.video_prompt_init == VideoPromptInit.VPT_UNIFORM:
+        patch = bs.extra.get("patch_size")
+        channels = bs.extra.get("num_channels", 3)
+        fan_in = channels * patch * patch if patch else hidden
+        bound = math.sqrt(6.0 / float(fan_in + hidden))
+        return torch.empty(depth, n, hidden).uniform_(-bound, bound)
+    # PATCH_MEAN
+    size = bs.extra.get("image_size")
+    if bs.module is None or size is None:
+        raise ValueError(
+            "video_prompt_init='PATCH_MEAN' needs an architecture spec with the patch embedding module and image size; "
+            "this model has none, use video_prompt_init='VPT_UNIFORM'."
+        )
+    weight = next(bs.module.parameters())
+    frame = torch.zeros(1, bs.extra.get("num_channels", 3), size, size, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        tokens = bs.module(frame)[0, bs.spec.insert_position :].float().cpu()  # (patches, hidden), CLS excluded
+    mean, spread = tokens.mean(dim=0), tokens.std(dim=0).mean().clamp_min(1e-6)
+    # Identical tokens would get identical gradients; a little noise lets them specialise.
+    return mean.expand(depth, n, hidden) + 0.02 * spread * torch.randn(depth, n, hidden)
+
+
+class VTGPromptEncoder(nn.Module):
+    """The learned tokens of one adapter.
+
+    Parameters: `text_prompts` (text_depth, num_text_tokens, text_hidden); `video_prompts` (video_depth,
+    num_video_tokens, video_hidden), or, when coupled, `coupling`: one Linear(text_hidden -> video_hidden) per video
+    layer that maps that layer's text prompts to its video prompts.
+    """
+
+    def __init__(self, config: VTGPromptConfig, bound: BoundSpec) -> None:
+        super().__init__()
+        self.plans: dict[str, StreamPlan] = {}
+        start = config.prompt_start_layer
+        if config.num_text_tokens:
+            _check_depth("text", bound.text, start, config.text_prompt_depth)
+            initial = init_text_prompts(config, bound.text.embedding_table, config.text_prompt_depth, bound.text.hidden_size)
+            self.text_prompts = nn.Parameter(initial)
+            self.plans["text"] = StreamPlan(config.num_text_tokens, start, config.text_prompt_depth)
+        if config.num_video_tokens:
+            _check_depth("video", bound.video, start, config.video_prompt_depth)
+            if config.couple_video_to_text:
+                self.coupling = nn.ModuleList(
+                    nn.Linear(bound.text.hidden_size, bound.video.hidden_size) for _ in range(config.video_prompt_depth)
+                )
+            else:
+                self.video_prompts = nn.Parameter(init_video_prompts(config, bound.video, config.video_prompt_depth))
+            self.plans["video"] = StreamPlan(config.num_video_tokens, start, config.video_prompt_depth)
+        self.video_dropout = nn.Dropout(config.video_prompt_dropout)
+
+    def tokens(self, stream: str, depth_index: int) -> torch.Tensor:
+        """Prompt tokens of `stream` for its `depth_index`-th prompted layer, shape (num_tokens, hidden)."""
+        if stream == "text":
+            return self.text_prompts[depth_index]
+        if hasattr(self, "coupling"):
+            video = self.coupling[depth_index](self.text_prompts[depth_index])
+        else:
+            video = self.video_prompts[depth_index]
+        return self.video_dropout(video)
+
+
+class VTGPromptLayer(nn.Module, BaseTunerLayer):
+    """Holds every adapter's prompt encoder and serves their tokens to the injection hooks.
+
+    It is attached to the base model (as `vtg_prompt_layer`), so PEFT's generic machinery (freezing, `set_adapter`,
+    `delete_adapter`, enabling/disabling, state-dict selection, `get_model_status`) finds it like any tuner layer.
+    """
+
+    adapter_layer_names = ("vtg_prompt_encoder",)
+
+    def __init__(self, bound: BoundSpec) -> None:
+        nn.Module.__init__(self)
+        self.vtg_prompt_encoder = nn.ModuleDict()
+        self._active_adapter = []
+        self.merged_adapters = []
+        # Set by VTGPromptModel._enable_peft_forward_hooks for one forward: one adapter name per sample.
+        self.batch_adapter_names: Optional[list[str]] = None
+        self.bound = bound
+        self.injector = PromptInjector(bound, self)
+        self.injector.install()
+
+    def update_layer(self, adapter_name: str, config: VTGPromptConfig) -> None:
+        encoder = VTGPromptEncoder(config, self.bound)
+        reference = next(iter(self.bound.root.parameters()), None)
+        if reference is not None:
+            encoder.to(device=reference.device)
+        self.vtg_prompt_encoder[adapter_name] = encoder
+        self.set_adapter(self.active_adapters or [adapter_name])
+
+    # ------------------------------------------------------------------ PromptSource
+    def _call_adapters(self) -> list[str]:
+        if self.disable_adapters:
+            return []
+        if self.batch_adapter_names is not None:
+            return self.batch_adapter_names
+        active = [name for name in self.active_adapters if name in self.vtg_prompt_encoder]
+        if len(active) > 1:
+            raise ValueError(
+                f"Several adapters are active at once ({active}); prompt adapters cannot be summed. Activate one with "
+                "set_adapter, or pass adapter_names=[...] (one per sample) to forward."
+            )
+        return active
+
+    def stream_plan(self, stream: str) -> Optional[StreamPlan]:
+        names = self._call_adapters()
+        if not names:
+            return None
+        plans = {name: self.vtg_prompt_encoder[name].plans.get(stream) for name in dict.fromkeys(names)}
+        distinct = set(plans.values())
+        if len(distinct) > 1:
+            raise ValueError(
+                f"The adapters used in one batch must lay out their {stream} prompts identically (token count, start "
+                f"layer, depth), got {plans}. Split the batch by adapter."
+            )
+        return distinct.pop()
+
+    def prompt_tokens(self, stream: str, depth_index: int, rows: int, like: torch.Tensor) -> torch.Tensor:
+        names = self._call_adapters()
+        if self.batch_adapter_names is None:
+            tokens = self.vtg_prompt_encoder[names[0]].tokens(stream, depth_index)  # (P, D)
+            return tokens.to(like.dtype).unsqueeze(0).expand(rows, -1, -1)
+        batch = len(names)
+        if rows % batch:
+            raise ValueError(f"adapter_names has {batch} entries but the {stream} stream has {rows} rows.")
+        unique = {name: self.vtg_prompt_encoder[name].tokens(stream, depth_index) for name in dict.fromkeys(names)}
+        per_sample = torch.stack([unique[name] for name in names])  # (batch, P, D)
+        # Per-frame encoders see rows = batch*frames, ordered sample-major.
+        return per_sample.to(like.dtype).repeat_interleave(rows // batch, dim=0)
+
+    # ------------------------------------------------------------------ BaseTunerLayer
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        raise NotImplementedError("Prompt tokens add sequence positions; they cannot be merged into base weights.")
+
+    def unmerge(self) -> None:
+        raise NotImplementedError("Prompt tokens are never merged.")
+
+    def remove_hooks(self) -> None:
+        self.injector.remove()

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+from peft import PeftConfig
+from peft.utils.peft_types import PeftType
+
+import peft_vtg
+from peft_vtg import VTGPromptConfig
+
+
+def test_registration_is_idempotent_and_peft_type_is_saved(tmp_path):
+    import importlib
+
+    importlib.reload(peft_vtg)  # importing twice is harmless
+    peft_vtg._registration.register()
+    config = VTGPromptConfig(num_video_tokens=4, num_text_tokens=3)
+    assert config.peft_type == PeftType.VTG_PROMPT == "VTG_PROMPT"
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "VTG_PROMPT"
+    loaded = PeftConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, VTGPromptConfig)
+    assert (loaded.num_video_tokens, loaded.num_text_tokens, loaded.num_virtual_tokens) == (4, 3, 3)
+
+
+def test_num_virtual_tokens_is_an_alias():
+    assert VTGPromptConfig(num_virtual_tokens=5).num_text_tokens == 5
+    assert VTGPromptConfig(num_text_tokens=6).num_virtual_tokens == 6
+    assert VTGPromptConfig().num_text_tokens == 8
+    with pytest.raises(ValueError, match="aliases"):
+        VTGPromptConfig(num_text_tokens=2, num_virtual_tokens=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(num_video_tokens=-1), "num_video_tokens"),
+        (dict(num_text_tokens=0, num_video_tokens=0), "both 0"),
+        (dict(video_prompt_depth=0), "video_prompt_depth"),
+        (dict(text_prompt_depth=0), "text_prompt_depth"),
+        (dict(prompt_start_layer=-2), "prompt_start_layer"),
+        (dict(prompt_tuning_init="NOPE"), "prompt_tuning_init"),
+        (dict(video_prompt_init="NOPE"), "video_prompt_init"),
+        (dict(prompt_tuning_init="TEXT", prompt_tuning_init_text="find"), "tokenizer_name_or_path"),
+        (dict(prompt_tuning_init="TEXT", tokenizer_name_or_path="tok"), "prompt_tuning_init_text"),
+        (dict(tokenizer_kwargs={"a": 1}), "tokenizer_kwargs"),
+        (dict(random_range=0), "random_range"),
+        (dict(video_prompt_dropout=1.0), "video_prompt_dropout"),
+        (dict(couple_video_to_text=True, num_video_tokens=4, num_text_tokens=3), "must equal"),
+        (dict(couple_video_to_text=True, video_prompt_depth=2), "video_prompt_depth"),
+        (dict(couple_video_to_text=True, video_prompt_init="PATCH_MEAN"), "video_prompt_init"),
+        (dict(text_insert_position=-1), "text_insert_position"),
+    ],
+)
+def test_invalid_fields_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        VTGPromptConfig(**kwargs)
+
+
+def test_every_field_has_help():
+    import dataclasses
+
+    inherited = {f.name for f in dataclasses.fields(PeftConfig)}
+    own = [f for f in dataclasses.fields(VTGPromptConfig) if f.name not in inherited]
+    assert len(own) > 20
+    assert [f.name for f in own if not f.metadata.get("help")] == []

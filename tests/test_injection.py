@@ -1,0 +1,352 @@
+"""Prompts land where the spec says, and every position-dependent pooling still reads the right token.
+
+Each test captures the tensors entering/leaving encoder layers with hooks registered *after* peft_vtg's, so they see
+what the encoder really computes on.
+"""
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+from peft import get_peft_model
+from torch import nn
+from tiny_models import BUILDERS, EOS, FRAMES, inputs, text_batch, tiny_clip, tiny_siglip, tiny_tvp, tiny_xclip
+
+from peft_vtg import VTGPromptConfig
+
+
+def encoder_of(model):
+    return model.base_model.model.vtg_prompt_layer.vtg_prompt_encoder["default"]
+
+
+@contextmanager
+def capture(module: nn.Module, what: str = "input"):
+    """Record the first positional input (hidden states) or the output of `module` for each call."""
+    seen = []
+    if what == "input":
+        def hook(mod, args, kwargs):
+            seen.append(args[0] if args else kwargs["hidden_states"])
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    else:
+        def hook(mod, args, output):
+            seen.append(output[0] if isinstance(output, tuple) else output)
+        handle = module.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def randomize_prompts(model, scale=1.0):
+    with torch.no_grad():
+        for p in encoder_of(model).parameters():
+            p.copy_(torch.randn_like(p) * scale)
+
+
+@pytest.mark.parametrize("arch", list(BUILDERS))
+def test_disable_adapter_is_identical_to_the_untouched_base(arch):
+    base = BUILDERS[arch]()
+    x = inputs(arch)
+    if arch in ("clip", "siglip"):
+        x = dict(x, pixel_values=x["pixel_values"][:, 0])  # the untouched image model takes images, not videos
+    key = "logits" if arch == "tvp" else "logits_per_text"
+    # Freezing alone changes which kernel torch's nn.MultiheadAttention picks (SigLIP's pooling head), so the reference
+    # is the untouched base frozen as get_peft_model freezes it.
+    base.requires_grad_(False)
+
+    def features(run):
+        out = run(**x)
+        # TVP's random sigmoid head is flat around 0.5; its pooled features show the prompts' effect.
+        return torch.cat([out[key].flatten(), base.model(**x).pooler_output.flatten()]) if arch == "tvp" else out[key]
+
+    with torch.no_grad():
+        reference = features(base)
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=3, num_text_tokens=2, video_prompt_depth=2))
+    randomize_prompts(model)
+    with torch.no_grad():
+        prompted = features(model)
+        with model.disable_adapter():
+            disabled = features(model)
+        enabled_again = features(model)
+    assert torch.equal(disabled, reference)
+    assert torch.equal(enabled_again, prompted)
+    assert not torch.allclose(prompted, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["clip", "x_clip"])
+def test_video_prompts_follow_cls_and_cls_is_pooled(arch):
+    base = BUILDERS[arch]()
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=3, num_text_tokens=0, video_prompt_depth=2))
+    randomize_prompts(model)
+    vision = base.vision_model
+    x = inputs(arch)
+    with capture(vision.encoder.layers[0]) as l0, capture(vision.encoder.layers[1]) as l1, capture(
+        vision.encoder.layers[-1], "output"
+    ) as last, torch.no_grad():
+        with capture(vision.post_layernorm, "output") as pooled:
+            out = model(**x)
+    prompts = encoder_of(model).video_prompts  # (depth, 3, hidden)
+    rows, patches = x["pixel_values"].shape[0] * FRAMES, (32 // 8) ** 2
+    assert l0[0].shape == (rows, 1 + 3 + patches, 48)
+    assert torch.equal(l0[0][:, 1:4], prompts[0].expand(rows, -1, -1))  # after CLS
+    assert torch.equal(l1[0][:, 1:4], prompts[1].expand(rows, -1, -1))  # deep: fresh tokens at layer 1
+    # CLIP pools post_layernorm(hidden[:, 0]): the CLS token, not a prompt.
+    expected = vision.post_layernorm(last[0][:, 0])
+    assert torch.allclose(pooled[0], expected)
+    assert not torch.allclose(pooled[0], vision.post_layernorm(last[0][:, 1]))
+    # Prompts are gone from the vision output: its shape is the base model's.
+    assert out.vision_model_output.last_hidden_state.shape == (rows, 1 + patches, 48)
+
+
+def test_xclip_prompt_generator_sees_only_patch_tokens():
+    base = tiny_xclip()
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=3, num_text_tokens=2))
+    randomize_prompts(model)
+    with capture(base.prompts_visual_layernorm) as seen, torch.no_grad():
+        model(**inputs("x_clip"))
+    # X-CLIP reads vision_hidden[:, 1:] and reshapes it per frame: with prompts left in, it would get 16 + 3 tokens.
+    assert seen[0].shape[1] == (32 // 8) ** 2
+
+
+@pytest.mark.parametrize("arch", ["clip", "x_clip"])
+def test_clip_text_prompts_follow_bos_and_eos_is_pooled(arch):
+    base = BUILDERS[arch]()
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=2))
+    randomize_prompts(model)
+    text = base.text_model
+    batch = text_batch(3)
+    with capture(text.encoder.layers[0]) as l0, capture(text.encoder.layers[-1], "output") as last, torch.no_grad():
+        out = text(**batch)
+    prompts = encoder_of(model).text_prompts[0]
+    assert torch.equal(l0[0][:, 1:3], prompts.expand(3, -1, -1))
+    ids = batch["input_ids"]
+    eos = (ids == EOS).int().argmax(-1)
+    rows = torch.arange(3)
+    final = text.final_layer_norm(last[0])  # (3, 2 + length, hidden)
+    # Pooling follows the EOS to its shifted place ...
+    assert torch.allclose(out.pooler_output, final[rows, eos + 2])
+    assert not torch.allclose(out.pooler_output, final[rows, eos])
+    # ... and the returned token states line up with the caller's ids and mask again.
+    assert out.last_hidden_state.shape[1] == ids.shape[1]
+    assert torch.equal(out.last_hidden_state[rows, eos], out.pooler_output)
+
+
+def test_siglip_prompts_go_first_and_pooling_reads_the_last_token():
+    base = tiny_siglip()
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=2, num_text_tokens=3))
+    randomize_prompts(model)
+    batch = text_batch(2)
+    with capture(base.text_model.encoder.layers[0]) as t0, capture(
+        base.text_model.encoder.layers[-1], "output"
+    ) as tlast, capture(base.vision_model.encoder.layers[0]) as v0, capture(base.vision_model.head) as head_in:
+        with torch.no_grad():
+            out = model(**batch, pixel_values=inputs("siglip")["pixel_values"])
+    enc = encoder_of(model)
+    assert torch.equal(t0[0][:, :3], enc.text_prompts[0].expand(2, -1, -1))
+    assert torch.equal(v0[0][:, :2], enc.video_prompts[0].expand(v0[0].shape[0], -1, -1))  # no CLS in SigLIP
+    pooled = base.text_model.head(base.text_model.final_layer_norm(tlast[0])[:, -1])
+    assert torch.allclose(out.text_model_output.pooler_output, pooled)
+    # The attention-pooling head sees the patch tokens only.
+    assert head_in[0].shape[1] == (32 // 8) ** 2
+
+
+def test_tvp_layout_and_pooler_reads_tvp_own_prompt():
+    base = tiny_tvp()
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=3, num_text_tokens=2, text_prompt_depth=2,
+                                                 video_prompt_depth=2))
+    randomize_prompts(model)
+    tvp = base.model
+    x = inputs("tvp")
+    length = x["input_ids"].shape[1]
+    with capture(tvp.encoder.layer[0]) as l0, capture(tvp.encoder.layer[1]) as l1, capture(
+        tvp.encoder.layer[-1], "output"
+    ) as last, torch.no_grad():
+        out = tvp(**x)
+    enc = encoder_of(model)
+    h0 = l0[0]
+    assert torch.equal(h0[:, :10], tvp.text_prompt)  # TVP's own 10 prompts first
+    assert torch.equal(h0[:, 10:12], enc.text_prompts[0][None])
+    visual_start = 10 + 2 + length
+    assert torch.equal(h0[:, visual_start : visual_start + 3], enc.video_prompts[0][None])
+    assert torch.equal(l1[0][:, 10:12], enc.text_prompts[1][None])
+    assert torch.equal(l1[0][:, visual_start : visual_start + 3], enc.video_prompts[1][None])
+    assert torch.allclose(out.pooler_output, tvp.pooler(last[0]))
+    assert out.last_hidden_state.shape[1] == last[0].shape[1] - 5  # both prompt spans stripped
+
+
+def test_tvp_attention_mask_is_extended_for_text_prompts():
+    """A padded query must give the same result as the unpadded one: the pads stay masked with prompts inserted."""
+    base = tiny_tvp()
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=2, num_text_tokens=3))
+    randomize_prompts(model)
+    x = inputs("tvp")
+    ids = x["input_ids"][:, :5]
+    padded_ids = torch.cat([ids, torch.ones(1, 3, dtype=torch.long)], dim=1)
+    padded_mask = torch.tensor([[1] * 5 + [0] * 3])
+    with torch.no_grad():
+        plain = base.model(input_ids=ids, pixel_values=x["pixel_values"], attention_mask=torch.ones(1, 5, dtype=torch.long))
+        padded = base.model(padded_ids, x["pixel_values"], padded_mask)  # positional, as TvpForVideoGrounding calls it
+    assert torch.allclose(plain.pooler_output, padded.pooler_output, atol=1e-5)
+
+
+def test_text_longer_than_positions_gets_a_clear_error():
+    base = tiny_clip()  # max_position_embeddings = 24
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=5))
+    batch = text_batch(2, length=22)
+    with pytest.raises(ValueError, match=r"max_position_embeddings=24.*max_length=19"):
+        model(**batch, pixel_values=inputs("clip")["pixel_values"])
+
+
+def test_prompt_start_layer_keeps_lower_layers_untouched_and_out_of_the_graph():
+    base = tiny_clip()
+    x = inputs("clip")
+    vision = base.vision_model
+    with capture(vision.encoder.layers[0], "output") as reference, torch.no_grad():
+        base.vision_model(pixel_values=x["pixel_values"].flatten(0, 1))
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=3, num_text_tokens=2, prompt_start_layer=1,
+                                                 video_prompt_depth=2, text_prompt_depth=2))
+    randomize_prompts(model)
+    with capture(vision.encoder.layers[0], "output") as v0, capture(
+        base.text_model.encoder.layers[0], "output"
+    ) as t0, capture(vision.encoder.layers[1]) as v1:
+        out = model(**x)
+    assert torch.equal(v0[0], reference[0])  # layer 0 runs exactly as in the base model
+    assert not v0[0].requires_grad and not t0[0].requires_grad  # no backward through the bottom
+    assert torch.equal(v1[0][:, 1:4].detach(), encoder_of(model).video_prompts[0].expand(v1[0].shape[0], -1, -1))
+    out.logits_per_text.sum().backward()
+    assert encoder_of(model).video_prompts.grad.abs().sum() > 0
+    assert encoder_of(model).text_prompts.grad.abs().sum() > 0
+
+
+def test_depth_beyond_the_encoder_names_the_fields():
+    with pytest.raises(ValueError, match=r"prompt_start_layer=2.*video_prompt_depth=2.*3 layers"):
+        get_peft_model(tiny_clip(), VTGPromptConfig(prompt_start_layer=2, video_prompt_depth=2))
+
+
+def test_coupled_video_prompts_are_a_function_of_text_prompts():
+    base = tiny_clip()
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=4, num_text_tokens=4, couple_video_to_text=True,
+                                                 text_prompt_depth=2, video_prompt_depth=2))
+    enc = encoder_of(model)
+    assert not hasattr(enc, "video_prompts") and len(enc.coupling) == 2
+    with capture(base.vision_model.encoder.layers[1]) as v1, torch.no_grad():
+        model(**inputs("clip"))
+    expected = enc.coupling[1](enc.text_prompts[1])  # (4, 48): text width 32 -> video width 48
+    assert torch.allclose(v1[0][0, 1:5], expected)
+    out = model(**inputs("clip"))
+    out.logits_per_text.sum().backward()
+    assert enc.text_prompts.grad.abs().sum() > 0 and enc.coupling[0].weight.grad.abs().sum() > 0
+
+
+def test_framewise_video_for_image_models():
+    base = tiny_clip()
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=2, num_text_tokens=2))
+    x = inputs("clip")
+    with torch.no_grad():
+        out = model(**x, return_loss=True)
+        frames = base.get_image_features(pixel_values=x["pixel_values"].flatten(0, 1)).pooler_output
+    assert out.frame_embeds.shape == (2, FRAMES, 24) and out.image_embeds.shape == (2, 24)
+    frames = torch.nn.functional.normalize(frames, dim=-1).view(2, FRAMES, -1)
+    video = torch.nn.functional.normalize(frames.mean(1), dim=-1)
+    assert torch.allclose(out.image_embeds, video, atol=1e-5)
+    assert out.logits_per_text.shape == (2, 2)
+    expected = torch.nn.functional.cross_entropy(out.logits_per_text, torch.arange(2))
+    assert torch.allclose(out.loss, (expected + torch.nn.functional.cross_entropy(out.logits_per_image, torch.arange(2))) / 2)
+
+
+class TinyVideoText(nn.Module):
+    """A custom two-tower model with no built-in spec: injection through explicit module paths."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.frame_proj = nn.Linear(12, dim)
+        self.word_emb = nn.Embedding(50, dim)
+        layer = lambda: nn.TransformerEncoderLayer(dim, 2, 32, dropout=0.0, batch_first=True)  # noqa: E731
+        self.video_layers = nn.ModuleList([layer() for _ in range(2)])
+        self.text_layers = nn.ModuleList([layer() for _ in range(2)])
+
+    def forward(self, input_ids, video, attention_mask=None):
+        v = self.frame_proj(video)  # (batch, frames, dim)
+        for blk in self.video_layers:
+            v = blk(v)
+        t = self.word_emb(input_ids)
+        pad = None if attention_mask is None else attention_mask == 0
+        for blk in self.text_layers:
+            t = blk(t, src_key_padding_mask=pad)
+        return v, t
+
+
+def test_custom_model_through_explicit_paths_and_clear_error_without():
+    with pytest.raises(ValueError, match="video_embedding_module.*video_layers_module"):
+        get_peft_model(TinyVideoText(), VTGPromptConfig())
+    model = TinyVideoText().eval()
+    config = VTGPromptConfig(num_video_tokens=2, num_text_tokens=3, video_embedding_module="frame_proj",
+                             video_layers_module="video_layers", text_embedding_module="word_emb",
+                             text_layers_module="text_layers", text_prompt_depth=2)
+    peft_model = get_peft_model(model, config)
+    ids, mask = torch.randint(0, 50, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    with capture(model.text_layers[1]) as t1:
+        v, t = peft_model(input_ids=ids, video=torch.randn(2, 6, 12), attention_mask=mask)
+    assert v.shape == (2, 2 + 6, 16) and t.shape == (2, 3 + 5, 16)  # no strip point given: prompts stay
+    assert torch.equal(t1[0][:, :3], encoder_of(peft_model).text_prompts[1].expand(2, -1, -1))
+    assert peft_model.peft_config["default"].base_architecture == "custom"
+
+
+@pytest.mark.parametrize("init", ["RANDOM", "SAMPLE_VOCAB", "VOCAB_FIRST", "UNIFORM"])
+def test_text_inits(init):
+    base = tiny_clip()
+    model = get_peft_model(base, VTGPromptConfig(num_text_tokens=4, num_video_tokens=0, prompt_tuning_init=init,
+                                                 random_range=0.1))
+    prompts = encoder_of(model).text_prompts[0]
+    table = base.text_model.embeddings.token_embedding.weight
+    if init == "VOCAB_FIRST":
+        assert torch.equal(prompts, table[:4])
+    elif init == "SAMPLE_VOCAB":
+        assert all((row == table).all(-1).any() for row in prompts)
+    elif init == "UNIFORM":
+        assert prompts.abs().max() <= 0.1
+    else:
+        assert 0.5 < prompts.std() / table.std() < 2
+
+
+def test_text_init_from_a_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "find": 5, "the": 6, "moment": 7}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path)
+    base = tiny_clip()
+    model = get_peft_model(base, VTGPromptConfig(num_text_tokens=5, num_video_tokens=0, prompt_tuning_init="TEXT",
+                                                 prompt_tuning_init_text="find the moment",
+                                                 tokenizer_name_or_path=str(tmp_path)))
+    table = base.text_model.embeddings.token_embedding.weight
+    assert torch.equal(encoder_of(model).text_prompts[0], table[torch.tensor([5, 6, 7, 5, 6])])
+
+
+@pytest.mark.parametrize("arch", ["clip", "siglip", "x_clip"])
+def test_video_inits(arch):
+    base = BUILDERS[arch]()
+    vpt = encoder_of(get_peft_model(BUILDERS[arch](), VTGPromptConfig(num_video_tokens=4))).video_prompts
+    bound = (6 / (3 * 8 * 8 + 48)) ** 0.5
+    assert vpt.abs().max() <= bound and vpt.abs().max() > bound / 2
+    mean = encoder_of(get_peft_model(base, VTGPromptConfig(num_video_tokens=4, video_prompt_init="PATCH_MEAN"))).video_prompts
+    emb = base.vision_model.embeddings(torch.zeros(1, 3, 32, 32))[0, 1 if arch != "siglip" else 0 :].mean(0)
+    assert torch.allclose(mean[0].mean(0), emb, atol=0.05)
+    assert not torch.equal(mean[0, 0], mean[0, 1])
+
+
+def test_patch_mean_on_a_spec_without_patch_embedding_says_what_to_use():
+    with pytest.raises(ValueError, match="VPT_UNIFORM"):
+        get_peft_model(tiny_tvp(), VTGPromptConfig(video_prompt_init="PATCH_MEAN"))
+
+
+def test_video_prompt_dropout_only_in_training():
+    base = tiny_clip()
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=8, num_text_tokens=0, video_prompt_dropout=0.5))
+    enc = encoder_of(model)
+    model.eval()
+    assert torch.equal(enc.tokens("video", 0), enc.video_prompts[0])
+    model.train()
+    assert (enc.tokens("video", 0) == 0).any()

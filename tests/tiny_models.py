@@ -1,0 +1,82 @@
+"""Tiny random models of every supported architecture, built in code (no download), for the tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    ResNetConfig,
+    SiglipConfig,
+    SiglipModel,
+    TvpConfig,
+    TvpForVideoGrounding,
+    XCLIPConfig,
+    XCLIPModel,
+)
+
+VOCAB = 99
+BOS, EOS, PAD = 97, 98, 1
+FRAMES = 4
+IMAGE = 32
+
+_TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4,
+             max_position_embeddings=24, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+_VISION = dict(hidden_size=48, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, image_size=IMAGE,
+               patch_size=8)
+
+
+def tiny_clip() -> CLIPModel:
+    return CLIPModel(CLIPConfig(text_config=_TEXT, vision_config=_VISION, projection_dim=24)).eval()
+
+
+def tiny_siglip() -> SiglipModel:
+    return SiglipModel(SiglipConfig(text_config=dict(_TEXT, projection_size=48), vision_config=_VISION)).eval()
+
+
+def tiny_xclip() -> XCLIPModel:
+    vision = dict(_VISION, num_frames=FRAMES, mit_hidden_size=24, mit_intermediate_size=30, mit_num_hidden_layers=1,
+                  mit_num_attention_heads=2)
+    config = XCLIPConfig(text_config=_TEXT, vision_config=vision, projection_dim=24, prompt_layers=1,
+                         prompt_num_attention_heads=2)
+    return XCLIPModel(config).eval()
+
+
+def tiny_tvp() -> TvpForVideoGrounding:
+    backbone = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"])
+    config = TvpConfig(backbone_config=backbone, hidden_size=32, intermediate_size=37, num_hidden_layers=3,
+                       num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=24, pad_token_id=PAD,
+                       max_grid_row_position_embeddings=8, max_grid_col_position_embeddings=8, visual_prompt_size=4,
+                       max_img_size=64, num_frames=3)
+    return TvpForVideoGrounding(config).eval()
+
+
+BUILDERS = {"clip": tiny_clip, "siglip": tiny_siglip, "x_clip": tiny_xclip, "tvp": tiny_tvp}
+
+
+def text_batch(batch: int = 2, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    """input_ids [BOS, words..., EOS, PAD...] with ragged lengths, and the matching attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((batch, length), PAD)
+    mask = torch.zeros(batch, length, dtype=torch.long)
+    for row in range(batch):
+        n = length - (row % 3)  # ragged: some rows are padded
+        ids[row, 0] = BOS
+        ids[row, 1 : n - 1] = torch.randint(2, 90, (n - 2,), generator=g)
+        ids[row, n - 1] = EOS
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def video_batch(arch: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """pixel_values (batch, frames, 3, H, W) for `arch`."""
+    g = torch.Generator().manual_seed(seed)
+    if arch == "tvp":
+        return torch.randn(batch, 3, 3, 64, 64, generator=g)
+    return torch.randn(batch, FRAMES, 3, IMAGE, IMAGE, generator=g)
+
+
+def inputs(arch: str, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    if arch == "tvp":
+        batch = 1  # transformers' TVP fails for batch > 1 (add_2d_positional_embeddings)
+    return {**text_batch(batch, seed=seed), "pixel_values": video_batch(arch, batch, seed=seed)}
