@@ -16,7 +16,7 @@ from peft_vtg import VTGPromptConfig
 
 
 def encoder_of(model):
-    return model.base_model.model.vtg_prompt_layer.vtg_prompt_encoder["default"]
+    return model.base_model.model.vtg_prompts.vtg_prompt_encoder["default"]
 
 
 @contextmanager

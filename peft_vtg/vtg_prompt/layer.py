@@ -134,7 +134,7 @@ class VTGPromptEncoder(nn.Module):
 class VTGPromptLayer(nn.Module, BaseTunerLayer):
     """Holds every adapter's prompt encoder and serves their tokens to the injection hooks.
 
-    It is attached to the base model (as `vtg_prompt_layer`), so PEFT's generic machinery (freezing, `set_adapter`,
+    It is attached to the base model (as `vtg_prompts`), so PEFT's generic machinery (freezing, `set_adapter`,
     `delete_adapter`, enabling/disabling, state-dict selection, `get_model_status`) finds it like any tuner layer.
     """
 

@@ -15,7 +15,9 @@ from ..injection import resolve_spec
 from .config import VTGPromptConfig
 from .layer import VTGPromptLayer
 
-LAYER_ATTRIBUTE = "vtg_prompt_layer"
+# Must not contain the method prefix "vtg_prompt_": PEFT skips modules whose names contain it when it walks tuner
+# layers (the prefix marks adapter parameter containers, like "vtg_prompt_encoder" here or LoRA's "lora_A").
+LAYER_ATTRIBUTE = "vtg_prompts"
 
 
 class VTGPromptModel(BaseTuner):
