@@ -67,7 +67,8 @@ def _as_kwargs(module: nn.Module, args: tuple, kwargs: dict) -> dict:
 
 
 def _insert(sequence: torch.Tensor, position: int, tokens: torch.Tensor) -> torch.Tensor:
-    """Insert `tokens` (rows, n, ...) into `sequence` (rows, length, ...) before index `position`."""
+    """Insert `tokens` (rows, n, ...) into `sequence` (rows, length, ...) before index `position`: hidden states,
+    token ids and attention masks alike."""
     return torch.cat([sequence[:, :position], tokens.to(sequence.dtype), sequence[:, position:]], dim=1)
 
 
@@ -188,9 +189,8 @@ class PromptInjector:
         plan = self.source.stream_plan("text") if needs_mask else None
         mask = call.get("attention_mask")
         if plan is not None and isinstance(mask, torch.Tensor):
-            ones = mask.new_ones(mask.shape[0], plan.num_tokens)
             position = self.bound.text.spec.insert_position
-            call["attention_mask"] = torch.cat([mask[:, :position], ones, mask[:, position:]], dim=1)
+            call["attention_mask"] = _insert(mask, position, mask.new_ones(mask.shape[0], plan.num_tokens))
         return (), call
 
     def _input_ids_hook(self, stream: str, module: nn.Module, args: tuple, kwargs: dict):
@@ -220,12 +220,11 @@ class PromptInjector:
         position = bs.spec.insert_position
         placeholder = _placeholder_id(getattr(module, "config", None), bs.embedding_table)
         slots = input_ids.new_full((input_ids.shape[0], plan.num_tokens), placeholder)
-        call["input_ids"] = torch.cat([input_ids[:, :position], slots, input_ids[:, position:]], dim=1)
+        call["input_ids"] = _insert(input_ids, position, slots)
         mask = call.get("attention_mask")
         if isinstance(mask, torch.Tensor):
             mask = mask.view(-1, length)
-            ones = mask.new_ones(mask.shape[0], plan.num_tokens)
-            call["attention_mask"] = torch.cat([mask[:, :position], ones, mask[:, position:]], dim=1)
+            call["attention_mask"] = _insert(mask, position, mask.new_ones(mask.shape[0], plan.num_tokens))
         self._slots[stream] = (length + plan.num_tokens, plan)
         return (), call
 
