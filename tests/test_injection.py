@@ -350,3 +350,27 @@ def test_video_prompt_dropout_only_in_training():
     assert torch.equal(enc.tokens("video", 0), enc.video_prompts[0])
     model.train()
     assert (enc.tokens("video", 0) == 0).any()
+
+
+def test_legacy_clip_argmax_pooling_follows_the_shifted_end_of_text():
+    """Checkpoints with eos_token_id == 2 pool argmax(input_ids) (the end-of-text id is the largest): the placeholder
+    ids must stay below it, so the pooled token is still the end of text, shifted by the prompts."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=24, eos_token_id=2,
+                                         pad_token_id=1),
+                        vision_config=dict(hidden_size=48, intermediate_size=37, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=32, patch_size=8))
+    base = CLIPModel(config).eval()
+    assert base.text_model.eos_token_id == 2
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=3))
+    randomize_prompts(model)
+    ids = torch.tensor([[3, 10, 11, 98, 0, 0], [3, 12, 13, 14, 15, 98]])  # 98 = end of text, the largest id
+    with capture(base.text_model.encoder.layers[-1], "output") as last, torch.no_grad():
+        out = base.text_model(input_ids=ids, attention_mask=(ids > 0).long())
+    final = base.text_model.final_layer_norm(last[0])
+    end = ids.argmax(-1)
+    rows = torch.arange(2)
+    assert torch.allclose(out.pooler_output, final[rows, end + 3])
+    assert not torch.allclose(out.pooler_output, final[rows, end])
