@@ -1,0 +1,121 @@
+"""Moment-retrieval metrics, as the VTG literature reports them: R@n IoU@m and mIoU, in percent.
+
+Definitions (as in 2D-TAN / Moment-DETR evaluation code):
+
+- temporal IoU of two windows [s1, e1], [s2, e2] in seconds: intersection / union with
+  intersection = max(0, min(e1, e2) - max(s1, s2)) and union = (e1 - s1) + (e2 - s2) - intersection; a union of 0
+  (two zero-length windows) gives IoU 0 unless they coincide, which gives 1.
+- with several ground-truth windows (QVHighlights), a prediction's IoU is its best IoU over the windows.
+- R@n IoU@m: percentage of queries for which at least one of the n highest-scored predictions (after temporal NMS,
+  when a threshold is given) has IoU >= m. Ties in score keep the order in which the predictions were given.
+- mIoU: mean over queries of the IoU of the top-1 prediction, in percent.
+
+Predictions are scored as given: they are not clipped to the video, so a window beyond the duration simply overlaps
+less. A window with end < start is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Optional
+
+Window = Sequence[float]  # (start_s, end_s) or (start_s, end_s, score)
+
+RECALL_AT = (1, 5)
+IOU_THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
+
+
+def _check_window(window: Window, what: str) -> tuple[float, float]:
+    if len(window) < 2:
+        raise ValueError(f"{what} {list(window)!r} needs at least [start, end].")
+    start, end = float(window[0]), float(window[1])
+    if end < start:
+        raise ValueError(f"{what} {list(window)!r} ends before it starts (end < start).")
+    return start, end
+
+
+def temporal_iou(a: Window, b: Window) -> float:
+    """IoU of two windows given in seconds, in [0, 1]."""
+    s1, e1 = _check_window(a, "window")
+    s2, e2 = _check_window(b, "window")
+    intersection = max(0.0, min(e1, e2) - max(s1, s2))
+    union = (e1 - s1) + (e2 - s2) - intersection
+    if union <= 0.0:
+        return 1.0 if (s1, e1) == (s2, e2) else 0.0
+    return intersection / union
+
+
+def best_iou(prediction: Window, ground_truth: Sequence[Window]) -> float:
+    """The prediction's IoU with the best-matching ground-truth window."""
+    if not ground_truth:
+        raise ValueError("A query needs at least one ground-truth window.")
+    return max(temporal_iou(prediction, window) for window in ground_truth)
+
+
+def rank_predictions(predictions: Sequence[Window]) -> list[Window]:
+    """Predictions by descending score (third element; missing = 0); ties keep their given order."""
+    return sorted(predictions, key=lambda w: -float(w[2]) if len(w) > 2 else 0.0)
+
+
+def temporal_nms(predictions: Sequence[Window], iou_threshold: float, max_windows: Optional[int] = None) -> list[Window]:
+    """Greedy temporal non-maximum suppression: keep the best-scored window, drop every later window whose IoU with a
+    kept one exceeds `iou_threshold`, repeat. Returns the kept windows by descending score."""
+    kept: list[Window] = []
+    for window in rank_predictions(predictions):
+        if all(temporal_iou(window, other) <= iou_threshold for other in kept):
+            kept.append(window)
+            if max_windows is not None and len(kept) >= max_windows:
+                break
+    return kept
+
+
+def evaluate_moments(
+    predictions: Mapping[str, Sequence[Window]],
+    ground_truth: Mapping[str, Sequence[Window]],
+    recall_at: Sequence[int] = RECALL_AT,
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    nms_threshold: Optional[float] = None,
+) -> dict[str, float]:
+    """R@n IoU@m for every n and m, and mIoU, in percent, over the queries of `ground_truth`.
+
+    Args:
+        predictions: qid -> predicted windows `[start_s, end_s, score]` (any order; ranked by score here).
+        ground_truth: qid -> ground-truth windows `[start_s, end_s]` (one or several).
+        nms_threshold: if given, temporal NMS at this IoU is applied before taking the top n.
+
+    Returns:
+        `{"R1@0.1": ..., "R5@0.7": ..., "mIoU": ..., "num_queries": N}`.
+
+    Raises:
+        ValueError: a qid of the ground truth has no prediction, a predicted qid is not in the ground truth, or a
+            query has no predicted window; the message names the qids.
+    """
+    missing = sorted(set(ground_truth) - set(predictions), key=str)
+    extra = sorted(set(predictions) - set(ground_truth), key=str)
+    if missing or extra:
+        raise ValueError(
+            f"Predictions and ground truth must cover the same queries: missing predictions for {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''} ({len(missing)}), predictions for unknown qids {extra[:10]}"
+            f"{' ...' if len(extra) > 10 else ''} ({len(extra)})."
+        )
+    if not ground_truth:
+        raise ValueError("No queries to evaluate.")
+    hits = {(n, m): 0 for n in recall_at for m in iou_thresholds}
+    iou_sum = 0.0
+    for qid, windows in ground_truth.items():
+        ranked = (
+            temporal_nms(predictions[qid], nms_threshold) if nms_threshold is not None else rank_predictions(predictions[qid])
+        )
+        if not ranked:
+            raise ValueError(f"Query {qid!r} has no predicted window.")
+        ious = [best_iou(window, windows) for window in ranked[: max(recall_at)]]
+        iou_sum += ious[0]
+        for n in recall_at:
+            top = max(ious[:n])
+            for m in iou_thresholds:
+                hits[(n, m)] += top >= m
+    count = len(ground_truth)
+    result = {f"R{n}@{m}": 100.0 * hits[(n, m)] / count for n in recall_at for m in iou_thresholds}
+    result["mIoU"] = 100.0 * iou_sum / count
+    result["num_queries"] = count
+    return result

@@ -1,0 +1,81 @@
+"""Metrics against hand-computed cases."""
+
+import pytest
+
+from peft_vtg.metrics import best_iou, evaluate_moments, rank_predictions, temporal_iou, temporal_nms
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ([0, 10], [0, 10], 1.0),
+        ([0, 10], [5, 15], 5 / 15),
+        ([0, 10], [2, 4], 2 / 10),  # contained
+        ([0, 10], [10, 20], 0.0),  # touching
+        ([0, 10], [20, 30], 0.0),  # disjoint
+        ([5, 5], [0, 10], 0.0),  # zero-length prediction inside the window
+        ([5, 5], [5, 5], 1.0),  # identical zero-length windows
+        ([-5, 5], [0, 10], 5 / 15),  # out of range: not clipped, overlaps less
+        ([8, 40], [0, 10], 2 / 40),  # beyond the duration
+    ],
+)
+def test_temporal_iou(a, b, expected):
+    assert temporal_iou(a, b) == pytest.approx(expected)
+    assert temporal_iou(b, a) == pytest.approx(expected)
+
+
+def test_reversed_window_is_an_error():
+    with pytest.raises(ValueError, match="end < start"):
+        temporal_iou([5, 1], [0, 10])
+
+
+def test_several_ground_truth_windows_take_the_best():
+    assert best_iou([20, 30], [[0, 10], [22, 30]]) == pytest.approx(8 / 10)
+
+
+def test_ranking_is_by_score_and_stable_for_ties():
+    ranked = rank_predictions([[0, 1, 0.5], [2, 3, 0.9], [4, 5, 0.5]])
+    assert ranked == [[2, 3, 0.9], [0, 1, 0.5], [4, 5, 0.5]]
+
+
+def test_temporal_nms_suppresses_overlaps_above_threshold():
+    preds = [[0, 10, 0.9], [1, 10, 0.8], [20, 30, 0.7], [0, 5, 0.6]]
+    # [1,10] vs [0,10]: IoU 0.9 > 0.5 -> dropped; [0,5] vs [0,10]: IoU 0.5, not above 0.5 -> kept
+    assert temporal_nms(preds, 0.5) == [[0, 10, 0.9], [20, 30, 0.7], [0, 5, 0.6]]
+    assert temporal_nms(preds, 0.5, max_windows=2) == [[0, 10, 0.9], [20, 30, 0.7]]
+
+
+def test_evaluate_hand_computed():
+    ground_truth = {"a": [[0, 10]], "b": [[10, 20]], "c": [[0, 4], [30, 40]]}
+    predictions = {
+        # top-1 IoU 5/15 = 0.333; a lower-ranked window is exact -> R5 hits at every threshold
+        "a": [[5, 15, 0.9], [0, 10, 0.1]],
+        # [12, 20] vs [10, 20]: IoU 8/10
+        "b": [[12, 20, 1.0]],
+        # top-1 matches the second window with IoU 6/10 = 0.6
+        "c": [[30, 36, 0.7], [0, 1, 0.2]],
+    }
+    result = evaluate_moments(predictions, ground_truth)
+    assert result["num_queries"] == 3
+    ious = [5 / 15, 8 / 10, 6 / 10]
+    for m in (0.1, 0.3, 0.5, 0.7):
+        assert result[f"R1@{m}"] == pytest.approx(100 * sum(i >= m for i in ious) / 3)
+    assert result["R5@0.7"] == pytest.approx(100 * 2 / 3)  # a (exact, rank 2) and b (0.8); c's best is 0.6
+    assert result["R5@0.5"] == pytest.approx(100.0)
+    assert result["mIoU"] == pytest.approx(100 * sum(ious) / 3)
+    assert set(result) == {f"R{n}@{m}" for n in (1, 5) for m in (0.1, 0.3, 0.5, 0.7)} | {"mIoU", "num_queries"}
+
+
+def test_r5_uses_the_nms_top_five():
+    ground_truth = {"q": [[50, 60]]}
+    # Five near-duplicates of a wrong window outrank the right one; NMS removes the duplicates.
+    predictions = {"q": [[0, 10, 1.0 - i * 0.01] for i in range(5)] + [[50, 60, 0.5]]}
+    assert evaluate_moments(predictions, ground_truth)["R5@0.5"] == 0.0
+    assert evaluate_moments(predictions, ground_truth, nms_threshold=0.7)["R5@0.5"] == 100.0
+
+
+def test_missing_and_unknown_qids_are_named():
+    with pytest.raises(ValueError, match=r"missing predictions for \['b'\].*unknown qids \['z'\]"):
+        evaluate_moments({"a": [[0, 1, 1]], "z": [[0, 1, 1]]}, {"a": [[0, 1]], "b": [[0, 1]]})
+    with pytest.raises(ValueError, match="'a' has no predicted window"):
+        evaluate_moments({"a": []}, {"a": [[0, 1]]})
