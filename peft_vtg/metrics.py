@@ -19,30 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
-Window = Sequence[float]  # (start_s, end_s) or (start_s, end_s, score)
+from .timeline import Window, check_window, rank_windows, temporal_iou, temporal_nms
+
+# Re-exported: the metrics API is where users look for them.
+__all__ = ["IOU_THRESHOLDS", "RECALL_AT", "best_iou", "evaluate_moments", "rank_predictions", "temporal_iou", "temporal_nms"]
+
+rank_predictions = rank_windows
 
 RECALL_AT = (1, 5)
 IOU_THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
-
-
-def _check_window(window: Window, what: str) -> tuple[float, float]:
-    if len(window) < 2:
-        raise ValueError(f"{what} {list(window)!r} needs at least [start, end].")
-    start, end = float(window[0]), float(window[1])
-    if end < start:
-        raise ValueError(f"{what} {list(window)!r} ends before it starts (end < start).")
-    return start, end
-
-
-def temporal_iou(a: Window, b: Window) -> float:
-    """IoU of two windows given in seconds, in [0, 1]."""
-    s1, e1 = _check_window(a, "window")
-    s2, e2 = _check_window(b, "window")
-    intersection = max(0.0, min(e1, e2) - max(s1, s2))
-    union = (e1 - s1) + (e2 - s2) - intersection
-    if union <= 0.0:
-        return 1.0 if (s1, e1) == (s2, e2) else 0.0
-    return intersection / union
 
 
 def best_iou(prediction: Window, ground_truth: Sequence[Window]) -> float:
@@ -50,23 +35,6 @@ def best_iou(prediction: Window, ground_truth: Sequence[Window]) -> float:
     if not ground_truth:
         raise ValueError("A query needs at least one ground-truth window.")
     return max(temporal_iou(prediction, window) for window in ground_truth)
-
-
-def rank_predictions(predictions: Sequence[Window]) -> list[Window]:
-    """Predictions by descending score (third element; missing = 0); ties keep their given order."""
-    return sorted(predictions, key=lambda w: -float(w[2]) if len(w) > 2 else 0.0)
-
-
-def temporal_nms(predictions: Sequence[Window], iou_threshold: float, max_windows: Optional[int] = None) -> list[Window]:
-    """Greedy temporal non-maximum suppression: keep the best-scored window, drop every later window whose IoU with a
-    kept one exceeds `iou_threshold`, repeat. Returns the kept windows by descending score."""
-    kept: list[Window] = []
-    for window in rank_predictions(predictions):
-        if all(temporal_iou(window, other) <= iou_threshold for other in kept):
-            kept.append(window)
-            if max_windows is not None and len(kept) >= max_windows:
-                break
-    return kept
 
 
 def evaluate_moments(

@@ -16,7 +16,9 @@ from transformers import CLIPConfig, CLIPModel
 
 from peft_vtg import VTGPromptConfig
 
-CONFIG = dict(num_video_tokens=3, num_text_tokens=2, video_prompt_depth=2, text_prompt_depth=2)
+# A head as small as the tiny encoders, so the trainable share stays meaningful.
+CONFIG = dict(num_video_tokens=3, num_text_tokens=2, video_prompt_depth=2, text_prompt_depth=2, head_hidden_size=8,
+              head_num_attention_heads=2, head_num_layers=1)
 
 
 def layer_of(model):
@@ -40,7 +42,10 @@ def outputs(arch, model, x):
 def test_only_prompts_are_trainable(arch):
     model = get_peft_model(BUILDERS[arch](), VTGPromptConfig(**CONFIG))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(".vtg_prompt_encoder.default." in n for n in trainable)
+    assert trainable and all(
+        ".vtg_prompt_encoder.default." in n or ".vtg_prompt_heads.default." in n for n in trainable
+    )
+    assert any(".vtg_prompt_heads.default." in n for n in trainable) == (arch != "tvp")  # TVP: no per-frame features
     count, total = model.get_nb_trainable_parameters()
     assert count == sum(p.numel() for p in layer_of(model).parameters())
     assert count < 0.05 * total
@@ -62,7 +67,7 @@ def test_save_load_round_trip_same_outputs(arch, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors"} <= files
     assert files <= {"adapter_config.json", "adapter_model.safetensors", "README.md"}  # README = PEFT's model card
     saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert all("vtg_prompt_encoder" in k and ".default." not in k for k in saved)
+    assert all(("vtg_prompt_encoder" in k or "vtg_prompt_heads" in k) and ".default." not in k for k in saved)
     config = PeftConfig.from_pretrained(tmp_path)
     assert isinstance(config, VTGPromptConfig) and config.base_architecture == arch
 

@@ -17,6 +17,7 @@ from .spec import (
     ArchitectureSpec,
     BoundSpec,
     BoundStream,
+    FeatureSpec,
     FramewiseVideoSpec,
     StreamSpec,
     get_attribute,
@@ -44,6 +45,34 @@ def _siglip_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
     # +1 on the diagonal (matching pairs), -1 elsewhere: SigLIP's pairwise sigmoid loss.
     signs = 2 * torch.eye(logits_per_text.size(0), device=logits_per_text.device) - 1
     return -F.logsigmoid(signs * logits_per_text).sum(dim=-1).mean()
+
+
+def _text_tokens(root: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    return root.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (batch, length, dim)
+
+
+def _pooled_frames(root: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Image-text models: each frame through the image tower; its pooled output (CLS / attention pool) per frame."""
+    batch, frames = pixel_values.shape[:2]
+    pooled = root.vision_model(pixel_values=pixel_values.flatten(0, 1)).pooler_output  # (batch*frames, dim)
+    return pooled.view(batch, frames, -1)
+
+
+def _xclip_frames(root: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """X-CLIP: per-frame CLS, projected, then its multi-frame integration transformer (temporal context per frame)."""
+    batch, frames = pixel_values.shape[:2]
+    cls = root.vision_model(pixel_values=pixel_values.flatten(0, 1)).pooler_output  # (batch*frames, vision_dim)
+    cls = root.visual_projection(cls).view(batch, frames, -1)  # (batch, frames, projection_dim)
+    return root.mit(cls).last_hidden_state  # (batch, frames, projection_dim)
+
+
+def _framewise_features(video_frames=_pooled_frames) -> FeatureSpec:
+    return FeatureSpec(
+        video_frames=video_frames,
+        text_tokens=_text_tokens,
+        video_dim="config.vision_config.hidden_size",
+        text_dim="config.text_config.hidden_size",
+    )
 
 
 def _clip_style_text(prefix: str, insert_position: int, config_attr: str) -> StreamSpec:
@@ -81,6 +110,7 @@ CLIP = ArchitectureSpec(
     text=_clip_style_text("text_model", 1, "config.text_config"),
     video=_vit_frames("vision_model", 1, "config.vision_config"),  # after CLS, which CLIP pools
     framewise=FramewiseVideoSpec(logits=_clip_logits, loss=_clip_loss),
+    features=_framewise_features(),
 )
 
 SIGLIP = ArchitectureSpec(
@@ -90,6 +120,7 @@ SIGLIP = ArchitectureSpec(
     text=_clip_style_text("text_model", 0, "config.text_config"),
     video=_vit_frames("vision_model", 0, "config.vision_config"),
     framewise=FramewiseVideoSpec(logits=_siglip_logits, loss=_siglip_loss),
+    features=_framewise_features(),
 )
 
 X_CLIP = ArchitectureSpec(
@@ -98,6 +129,13 @@ X_CLIP = ArchitectureSpec(
     text=_clip_style_text("text_model", 1, "config.text_config"),
     # After CLS: the cross-frame message token is built from token 0 and appended/removed inside each layer.
     video=_vit_frames("vision_model", 1, "config.vision_config"),
+    features=FeatureSpec(
+        video_frames=_xclip_frames,
+        text_tokens=_text_tokens,
+        video_dim="config.projection_dim",
+        text_dim="config.text_config.hidden_size",
+        num_frames="config.vision_config.num_frames",
+    ),
 )
 
 
@@ -132,7 +170,9 @@ TVP = ArchitectureSpec(
         hidden_size="config.hidden_size",
         sequence_offset=_tvp_video_offset,
     ),
-    notes="transformers' TVP fails for batch size > 1 in add_2d_positional_embeddings (upstream bug).",
+    # No per-frame features: TVP averages its frames into one visual grid before the encoder.
+    notes="transformers' TVP fails for batch size > 1 in add_2d_positional_embeddings (upstream bug). TVP has no "
+    "per-frame features (it averages frames before the encoder), so peft_vtg's grounding head is not available.",
 )
 
 ARCHITECTURES: tuple[ArchitectureSpec, ...] = (CLIP, SIGLIP, X_CLIP, TVP)
@@ -271,4 +311,10 @@ def resolve_spec(model: nn.Module, config: "VTGPromptConfig") -> BoundSpec:
                 f"num_{name}_tokens={wanted} but the {spec.name!r} spec of {type(root).__name__} has no {name} stream; "
                 f"set num_{name}_tokens=0 or give {name}_embedding_module and {name}_layers_module."
             )
-    return BoundSpec(spec=spec, root=root, root_path=root_path, video=video, text=text)
+    bound = BoundSpec(spec=spec, root=root, root_path=root_path, video=video, text=text)
+    if spec.features is not None:
+        bound.video_feature_size = int(get_attribute(root, spec.features.video_dim))
+        bound.text_feature_size = int(get_attribute(root, spec.features.text_dim))
+        if spec.features.num_frames:
+            bound.required_num_frames = int(get_attribute(root, spec.features.num_frames))
+    return bound

@@ -77,6 +77,27 @@ class FramewiseVideoSpec:
 
 
 @dataclass(frozen=True)
+class FeatureSpec:
+    """How the task heads read features from an encoder: one vector per video frame and one per text token.
+
+    The callables run the encoder's own sub-models, so prompt tokens are injected exactly as in a full forward.
+    """
+
+    video_frames: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    """(root, pixel_values (batch, frames, channels, height, width)) -> per-frame features (batch, frames, video_dim)."""
+    text_tokens: Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+    """(root, input_ids (batch, length), attention_mask (batch, length) or None) -> token features (batch, length,
+    text_dim), the text encoder's last hidden states (prompt slots already removed)."""
+    video_dim: str
+    """Attribute path of `video_dim` (e.g. `config.vision_config.hidden_size`)."""
+    text_dim: str
+    """Attribute path of `text_dim`."""
+    num_frames: Optional[str] = None
+    """Attribute path of a fixed number of frames the video encoder requires (X-CLIP's temporal position
+    embeddings); None = any number."""
+
+
+@dataclass(frozen=True)
 class ArchitectureSpec:
     """Injection spec of one architecture. Adding a model is writing one of these (see `architectures.py`)."""
 
@@ -85,6 +106,8 @@ class ArchitectureSpec:
     video: Optional[StreamSpec] = None
     text: Optional[StreamSpec] = None
     framewise: Optional[FramewiseVideoSpec] = None
+    features: Optional[FeatureSpec] = None
+    """Per-frame / per-token features for the grounding and matching heads; None = the heads are not available."""
     notes: str = ""
 
 
@@ -133,3 +156,9 @@ class BoundSpec:
     root_path: str
     video: Optional[BoundStream]
     text: Optional[BoundStream]
+    video_feature_size: Optional[int] = None
+    """Width of the per-frame video features the heads read (None: the spec has no `features`)."""
+    text_feature_size: Optional[int] = None
+    """Width of the per-token text features the heads read."""
+    required_num_frames: Optional[int] = None
+    """Number of frames the video encoder requires, if fixed."""

@@ -37,6 +37,9 @@ class VideoPromptInit(str, enum.Enum):
     PATCH_MEAN = "PATCH_MEAN"
 
 
+# The matching heads of `peft_vtg.heads` (kept here so the config layer does not import the heads layer).
+VTM_HEAD_NAMES = ("violet", "all_in_one")
+
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLED_WEIGHTS_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 
@@ -162,6 +165,40 @@ class VTGPromptConfig(PeftConfig):
                   "(MaPLe-style coupling). Needs num_video_tokens == num_text_tokens and video_prompt_depth <= "
                   "text_prompt_depth."},
     )
+    # ----- task heads (saved in the same adapter) -----
+    grounding_head: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Add the trainable grounding head (cross-modal fusion + per-frame start/end logits) on the "
+                  "encoder's per-frame video and per-token text features. None (default) adds it when the "
+                  "architecture spec can read per-frame features (every built-in but TVP); the resolved value is "
+                  "saved."},
+    )
+    head_hidden_size: int = field(default=256, metadata={"help": "Width of the grounding head's fusion layers."})
+    head_num_layers: int = field(
+        default=2, metadata={"help": "Number of fusion layers (self-attention over frames + cross-attention to text)."}
+    )
+    head_num_attention_heads: int = field(
+        default=4, metadata={"help": "Attention heads per fusion layer; must divide head_hidden_size."}
+    )
+    head_dropout: float = field(default=0.1, metadata={"help": "Dropout inside the fusion layers."})
+    predict_inside: bool = field(
+        default=True,
+        metadata={"help": "Also predict a per-frame 'inside the moment' logit, trained with BCE (weight "
+                  "inside_loss_weight)."},
+    )
+    boundary_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "Label smoothing of the start/end targets over neighbouring frames: std, in frames, of a "
+                  "Gaussian around the true boundary. 0 = one-hot cross-entropy."},
+    )
+    inside_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the inside-moment BCE loss."})
+    vtm_heads: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Video-text matching heads trained as auxiliary losses on the fused [CLS]: any of "
+                  "'violet' (MLP, text-swap negatives, BCE) and 'all_in_one' (Linear(d, 2), video swapped with p=0.5, "
+                  "NLL). Needs the grounding head."},
+    )
+    vtm_loss_weight: float = field(default=0.5, metadata={"help": "Weight of each matching loss in the total loss."})
     # ----- where to inject (auto-detected for supported architectures) -----
     video_embedding_module: Optional[str] = field(
         default=None,
@@ -200,6 +237,12 @@ class VTGPromptConfig(PeftConfig):
     text_hidden_size: Optional[int] = field(
         default=None, metadata={"help": "Filled in automatically: hidden size of the text encoder."}
     )
+    video_feature_size: Optional[int] = field(
+        default=None, metadata={"help": "Filled in automatically: width of the per-frame features the heads read."}
+    )
+    text_feature_size: Optional[int] = field(
+        default=None, metadata={"help": "Filled in automatically: width of the text token features the heads read."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -221,8 +264,11 @@ class VTGPromptConfig(PeftConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
-        if self.num_text_tokens == 0 and self.num_video_tokens == 0:
-            raise ValueError("num_text_tokens and num_video_tokens are both 0: set at least one of them above 0.")
+        if self.num_text_tokens == 0 and self.num_video_tokens == 0 and self.grounding_head is not True:
+            raise ValueError(
+                "num_text_tokens and num_video_tokens are both 0, so the adapter would learn nothing: set one of them "
+                "above 0, or set grounding_head=True to train the grounding head alone on the frozen encoder."
+            )
         for name in ("text_prompt_depth", "video_prompt_depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -248,6 +294,8 @@ class VTGPromptConfig(PeftConfig):
         if not 0.0 <= self.video_prompt_dropout < 1.0:
             raise ValueError(f"video_prompt_dropout must be in [0, 1), got {self.video_prompt_dropout!r}.")
 
+        self._validate_heads()
+
         if self.couple_video_to_text:
             if self.num_video_tokens == 0 or self.num_text_tokens == 0:
                 raise ValueError("couple_video_to_text=True needs both num_video_tokens and num_text_tokens above 0.")
@@ -264,6 +312,37 @@ class VTGPromptConfig(PeftConfig):
                 )
             if self.video_prompt_init != VideoPromptInit.VPT_UNIFORM:
                 raise ValueError("video_prompt_init has no effect with couple_video_to_text=True; leave it at VPT_UNIFORM.")
+
+    def _validate_heads(self) -> None:
+        if self.grounding_head is not None and not isinstance(self.grounding_head, bool):
+            raise ValueError(f"grounding_head must be True, False or None (auto), got {self.grounding_head!r}.")
+        for name in ("head_hidden_size", "head_num_layers", "head_num_attention_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+        if self.head_hidden_size % self.head_num_attention_heads:
+            raise ValueError(
+                f"head_num_attention_heads ({self.head_num_attention_heads}) must divide head_hidden_size "
+                f"({self.head_hidden_size}); e.g. head_hidden_size=256 with 4 or 8 heads."
+            )
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout!r}.")
+        for name in ("boundary_smoothing", "inside_loss_weight", "vtm_loss_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+        if isinstance(self.vtm_heads, str):
+            self.vtm_heads = [self.vtm_heads]
+        self.vtm_heads = list(self.vtm_heads or [])
+        unknown = sorted(set(self.vtm_heads) - set(VTM_HEAD_NAMES))
+        if unknown:
+            raise ValueError(f"vtm_heads has unknown entries {unknown}; choose from {list(VTM_HEAD_NAMES)}.")
+        if len(set(self.vtm_heads)) != len(self.vtm_heads):
+            raise ValueError(f"vtm_heads lists a head twice: {self.vtm_heads}.")
+        if self.vtm_heads and self.grounding_head is False:
+            raise ValueError(
+                "vtm_heads read the fused [CLS] of the grounding head; set grounding_head=True (or None) or vtm_heads=[]."
+            )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):

@@ -10,6 +10,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..heads import VTGTaskHeads
 from ..injection.hooks import PromptInjector, StreamPlan
 from ..injection.spec import BoundSpec, BoundStream
 from .config import TextPromptInit, VideoPromptInit, VTGPromptConfig
@@ -23,6 +24,34 @@ def _check_depth(stream: str, bs: BoundStream, start: int, depth: int) -> None:
             f"{stream}_prompt_depth={depth}) but the {stream} encoder has {num_layers} layers; lower prompt_start_layer "
             f"or {stream}_prompt_depth."
         )
+
+
+def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGTaskHeads]:
+    """The adapter's task heads, or None. Resolves `grounding_head=None` (auto) in `config` to True/False."""
+    has_features = bound.spec.features is not None
+    if config.grounding_head is None:
+        config.grounding_head = has_features
+    if not config.grounding_head:
+        return None
+    if not has_features:
+        raise ValueError(
+            f"grounding_head=True needs per-frame video features, but the {bound.spec.name!r} spec of "
+            f"{type(bound.root).__name__} declares none ({bound.spec.notes or 'no FeatureSpec'}). Set "
+            "grounding_head=False, or use an architecture with a FeatureSpec (CLIP, SigLIP, X-CLIP)."
+        )
+    return VTGTaskHeads(
+        video_dim=bound.video_feature_size,
+        text_dim=bound.text_feature_size,
+        hidden_size=config.head_hidden_size,
+        num_layers=config.head_num_layers,
+        num_heads=config.head_num_attention_heads,
+        dropout=config.head_dropout,
+        predict_inside=config.predict_inside,
+        vtm_heads=config.vtm_heads,
+        boundary_smoothing=config.boundary_smoothing,
+        inside_loss_weight=config.inside_loss_weight,
+        vtm_loss_weight=config.vtm_loss_weight,
+    )
 
 
 def init_text_prompts(config: VTGPromptConfig, table: Optional[nn.Embedding], depth: int, hidden: int) -> torch.Tensor:
@@ -132,17 +161,20 @@ class VTGPromptEncoder(nn.Module):
 
 
 class VTGPromptLayer(nn.Module, BaseTunerLayer):
-    """Holds every adapter's prompt encoder and serves their tokens to the injection hooks.
+    """Holds every adapter's prompt encoder and task heads, and serves the prompt tokens to the injection hooks.
 
     It is attached to the base model (as `vtg_prompts`), so PEFT's generic machinery (freezing, `set_adapter`,
     `delete_adapter`, enabling/disabling, state-dict selection, `get_model_status`) finds it like any tuner layer.
     """
 
-    adapter_layer_names = ("vtg_prompt_encoder",)
+    # Both containers' names start with the method prefix "vtg_prompt_", which is how PEFT's freezing and state-dict
+    # selection recognise adapter parameters.
+    adapter_layer_names = ("vtg_prompt_encoder", "vtg_prompt_heads")
 
     def __init__(self, bound: BoundSpec) -> None:
         nn.Module.__init__(self)
         self.vtg_prompt_encoder = nn.ModuleDict()
+        self.vtg_prompt_heads = nn.ModuleDict()
         self._active_adapter = []
         self.merged_adapters = []
         # Set by VTGPromptModel._enable_peft_forward_hooks for one forward: one adapter name per sample.
@@ -153,10 +185,14 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, config: VTGPromptConfig) -> None:
         encoder = VTGPromptEncoder(config, self.bound)
+        heads = build_task_heads(config, self.bound)
         reference = next(iter(self.bound.root.parameters()), None)
-        if reference is not None:
-            encoder.to(device=reference.device)
+        for module in (encoder, heads):
+            if module is not None and reference is not None:
+                module.to(device=reference.device)
         self.vtg_prompt_encoder[adapter_name] = encoder
+        if heads is not None:
+            self.vtg_prompt_heads[adapter_name] = heads
         self.set_adapter(self.active_adapters or [adapter_name])
 
     # ------------------------------------------------------------------ PromptSource

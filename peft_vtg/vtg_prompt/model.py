@@ -11,6 +11,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from ..heads import VTGGroundingOutput, VTGTaskHeads
 from ..injection import resolve_spec
 from .config import VTGPromptConfig
 from .layer import VTGPromptLayer
@@ -75,8 +76,9 @@ class VTGPromptModel(BaseTuner):
         self.set_adapter(self.active_adapters)
         self._mark_only_adapters_as_trainable(model)
         if config.inference_mode:
-            for param in layer.vtg_prompt_encoder[adapter_name].parameters():
-                param.requires_grad = False
+            for container in layer.adapter_layer_names:
+                if adapter_name in getattr(layer, container):
+                    getattr(layer, container)[adapter_name].requires_grad_(False)
 
     @staticmethod
     def _check_base_matches(config: VTGPromptConfig, bound) -> None:
@@ -85,13 +87,19 @@ class VTGPromptModel(BaseTuner):
             "base_architecture": bound.spec.name,
             "video_hidden_size": bound.video.hidden_size if bound.video else None,
             "text_hidden_size": bound.text.hidden_size if bound.text else None,
+            "video_feature_size": bound.video_feature_size,
+            "text_feature_size": bound.text_feature_size,
+        }
+        used = {
+            "base_architecture": True,
+            "video_hidden_size": bool(config.num_video_tokens),
+            "text_hidden_size": bool(config.num_text_tokens),
+            "video_feature_size": config.grounding_head is not False,
+            "text_feature_size": config.grounding_head is not False,
         }
         for key, value in actual.items():
             recorded = getattr(config, key)
-            uses_stream = (key != "video_hidden_size" or config.num_video_tokens) and (
-                key != "text_hidden_size" or config.num_text_tokens
-            )
-            if recorded is not None and uses_stream and recorded != value:
+            if recorded is not None and used[key] and recorded != value:
                 raise ValueError(
                     f"This adapter was made for a base with {key}={recorded!r}, but the model it is loaded onto has "
                     f"{key}={value!r} (adapter: base_architecture={config.base_architecture!r}, video_hidden_size="
@@ -148,8 +156,164 @@ class VTGPromptModel(BaseTuner):
         if layer is not None and not layer.vtg_prompt_encoder:
             warnings.warn("The last VTG adapter was deleted; the model now computes the base model's outputs.")
 
+    # ------------------------------------------------------------------ grounding
+    def _feature_spec(self):
+        layer = self._layer(self.model)
+        if layer is None:
+            raise ValueError("This model has no VTG adapter (it was unloaded).")
+        features = layer.bound.spec.features
+        if features is None:
+            raise ValueError(
+                f"The {layer.bound.spec.name!r} spec declares no per-frame features, so it has no grounding head; "
+                "use an architecture with a FeatureSpec (CLIP, SigLIP, X-CLIP)."
+            )
+        return layer, features
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-token text features with the active adapter's prompts, shape (batch, length, text_feature_size)."""
+        layer, features = self._feature_spec()
+        return features.text_tokens(layer.bound.root, input_ids, attention_mask)
+
+    def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Per-frame video features with the active adapter's prompts.
+
+        Args:
+            pixel_values: (batch, frames, channels, height, width), preprocessed for the encoder.
+
+        Returns:
+            (batch, frames, video_feature_size).
+        """
+        layer, features = self._feature_spec()
+        if pixel_values.dim() != 5:
+            raise ValueError(
+                f"pixel_values must be (batch, frames, channels, height, width), got shape {tuple(pixel_values.shape)}."
+            )
+        required = layer.bound.required_num_frames
+        if required is not None and pixel_values.shape[1] != required:
+            raise ValueError(
+                f"The {layer.bound.spec.name!r} video encoder needs exactly {required} frames per clip (its temporal "
+                f"position embeddings), got {pixel_values.shape[1]}. Sample videos to num_frames={required}."
+            )
+        return features.video_frames(layer.bound.root, pixel_values)
+
+    def _heads_of(self, name: str) -> VTGTaskHeads:
+        layer = self._layer(self.model)
+        if name not in layer.vtg_prompt_heads:
+            raise ValueError(
+                f"Adapter {name!r} has no grounding head (its config has grounding_head=False). Create the adapter "
+                "with grounding_head=True (or None on an architecture with per-frame features)."
+            )
+        return layer.vtg_prompt_heads[name]
+
+    def forward_grounding(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        video_features: Optional[torch.Tensor] = None,
+        frame_mask: Optional[torch.Tensor] = None,
+        start_frames: Optional[torch.Tensor] = None,
+        end_frames: Optional[torch.Tensor] = None,
+        video_ids: Optional[list[str]] = None,
+        adapter_names: Optional[list[str]] = None,
+        generator: Optional[torch.Generator] = None,
+        **unused: Any,
+    ) -> VTGGroundingOutput:
+        """Ground each query in its video: per-frame span logits, and the training loss when labels are given.
+
+        Reachable from the `PeftModel` as `model.forward_grounding(...)`. Give the video either as frames
+        (`pixel_values`, run through the prompted video encoder) or as pre-extracted per-frame features
+        (`video_features`, e.g. from `encode_video`; video prompts cannot act on those).
+
+        Args:
+            input_ids, attention_mask: (batch, length) tokenized queries.
+            pixel_values: (batch, frames, channels, height, width).
+            video_features: (batch, frames, video_feature_size) instead of `pixel_values`.
+            frame_mask: (batch, frames), 1 for real frames, 0 for padding; default all ones.
+            start_frames, end_frames: (batch,) inclusive frame indices of the true moment (see
+                `peft_vtg.timeline.seconds_to_frames`); when given, `loss` is set.
+            video_ids: one id per row, so matching negatives never pair two queries of the same video.
+            adapter_names: one adapter per row (per-sample adapters), as in `model(..., adapter_names=...)`.
+            generator: random generator for the matching negatives.
+            unused: other batch entries (e.g. `qid`, `duration` from the collator) are ignored.
+
+        Returns:
+            `VTGGroundingOutput` with `start_logits`, `end_logits`, `inside_logits` (batch, frames), the matching
+            logits of the heads the adapter has, and `loss` / `loss_terms` when labels are given.
+        """
+        layer, _ = self._feature_spec()
+        if layer.disable_adapters:
+            raise ValueError("Adapters are disabled; the grounding head belongs to an adapter. Leave disable_adapter().")
+        if (pixel_values is None) == (video_features is None):
+            raise ValueError("Give exactly one of pixel_values (frames) and video_features (pre-extracted features).")
+        batch = input_ids.shape[0]
+        names = list(adapter_names) if adapter_names is not None else layer._call_adapters()
+        if adapter_names is None and not names:
+            raise ValueError("No active adapter; call set_adapter first.")
+        with self._enable_peft_forward_hooks(adapter_names=adapter_names):
+            text = self.encode_text(input_ids, attention_mask)  # (batch, length, text_dim)
+            if pixel_values is not None:
+                video = self.encode_video(pixel_values)  # (batch, frames, video_dim)
+            else:
+                with_video_prompts = sorted(n for n in set(names) if layer.vtg_prompt_encoder[n].plans.get("video"))
+                if with_video_prompts:
+                    raise ValueError(
+                        f"Adapter(s) {with_video_prompts} have video prompts, which act inside the video encoder; "
+                        "pre-extracted video_features bypass it. Pass pixel_values, or train a feature-based adapter "
+                        "with num_video_tokens=0."
+                    )
+                video = video_features
+                expected = layer.bound.video_feature_size
+                if video.dim() != 3 or video.shape[-1] != expected:
+                    raise ValueError(
+                        f"video_features must be (batch, frames, {expected}) for this encoder, got {tuple(video.shape)}; "
+                        "extract them with model.encode_video on the same base model."
+                    )
+        if video.shape[0] != batch:
+            raise ValueError(f"The video batch has {video.shape[0]} clips but there are {batch} queries.")
+        if frame_mask is None:
+            frame_mask = torch.ones(video.shape[:2], dtype=torch.long, device=video.device)
+        text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        head_inputs = dict(video_features=video, frame_mask=frame_mask, text_features=text, text_mask=text_mask,
+                           start_frames=start_frames, end_frames=end_frames)
+        if len(set(names)) == 1:
+            return self._heads_of(names[0])(**head_inputs, video_ids=video_ids, generator=generator)
+        return self._grounding_per_adapter(names, head_inputs, video_ids, generator)
+
+    def _grounding_per_adapter(self, names, head_inputs, video_ids, generator) -> VTGGroundingOutput:
+        """Per-sample adapters: each adapter's heads run on its own rows; results are put back in batch order."""
+        batch = len(names)
+        groups = []  # (row index tensor, output)
+        loss, terms = None, {}
+        for name in dict.fromkeys(names):
+            rows = [i for i, n in enumerate(names) if n == name]
+            index = torch.tensor(rows, device=head_inputs["video_features"].device)
+            part = {k: (v.index_select(0, index) if v is not None else None) for k, v in head_inputs.items()}
+            ids = [video_ids[i] for i in rows] if video_ids is not None else None
+            out = self._heads_of(name)(**part, video_ids=ids, generator=generator)
+            groups.append((index, out))
+            if out.loss is not None:
+                weight = len(rows) / batch  # the mean over rows of per-adapter means
+                loss = out.loss * weight if loss is None else loss + out.loss * weight
+                for key, value in out.loss_terms.items():
+                    terms[key] = terms.get(key, 0.0) + value * weight
+        merged: dict[str, Optional[torch.Tensor]] = {}
+        for key in ("start_logits", "end_logits", "inside_logits", "frame_mask", "violet_vtm_logits",
+                    "all_in_one_vtm_logits"):
+            values = [out[key] if key in out else None for _, out in groups]
+            if any(v is None for v in values):  # an output only some adapters have is left out, not zero-filled
+                merged[key] = None
+                continue
+            full = values[0].new_zeros((batch,) + tuple(values[0].shape[1:]))
+            for (index, _), value in zip(groups, values):
+                full = full.index_copy(0, index, value)
+            merged[key] = full
+        return VTGGroundingOutput(loss=loss, loss_terms=terms or None, **merged)
+
     # ------------------------------------------------------------------ state dict
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        # "...vtg_prompt_encoder.<adapter>.coupling.0.weight" -> "...vtg_prompt_encoder.coupling.0.weight"
-        return re.sub(rf"\.vtg_prompt_encoder\.{re.escape(adapter_name)}\.", ".vtg_prompt_encoder.", key)
+        # "...vtg_prompt_encoder.<adapter>.coupling.0.weight" -> "...vtg_prompt_encoder.coupling.0.weight", and the
+        # same for "...vtg_prompt_heads.<adapter>.grounding...".
+        containers = "|".join(re.escape(name) for name in VTGPromptLayer.adapter_layer_names)
+        return re.sub(rf"\.({containers})\.{re.escape(adapter_name)}\.", r".\1.", key)

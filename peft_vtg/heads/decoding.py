@@ -1,0 +1,124 @@
+"""Span decoding: from per-frame start/end logits to ranked moments in frames and in seconds."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..timeline import frames_to_seconds, temporal_nms
+
+FrameSpan = tuple[int, int, float]  # (first_frame, last_frame inclusive, score)
+Moment = tuple[float, float, float]  # (start_s, end_s, score)
+
+
+def span_log_scores(
+    start_logits: torch.Tensor, end_logits: torch.Tensor, num_frames: int, max_span_frames: Optional[int] = None
+) -> torch.Tensor:
+    """Log-score of every span of one clip: log p_start(i) + log p_end(j) for i <= j < i + max_span_frames, else -inf.
+
+    Log space keeps peaked distributions from underflowing to ties at 0.
+
+    Args:
+        start_logits, end_logits: (frames,) logits of one clip (entries beyond `num_frames` are padding, ignored).
+        num_frames: number of real frames.
+        max_span_frames: longest span allowed, in frames (None = the whole clip).
+
+    Returns:
+        (num_frames, num_frames) matrix; entry [i, j] scores the span from frame i to frame j inclusive.
+    """
+    log_start = torch.log_softmax(start_logits[:num_frames].float(), dim=0)
+    log_end = torch.log_softmax(end_logits[:num_frames].float(), dim=0)
+    scores = log_start.unsqueeze(1) + log_end.unsqueeze(0)  # (frames, frames)
+    longest = num_frames if max_span_frames is None else max(1, int(max_span_frames))
+    rows = torch.arange(num_frames, device=scores.device).unsqueeze(1)
+    cols = torch.arange(num_frames, device=scores.device).unsqueeze(0)
+    allowed = (cols >= rows) & (cols - rows < longest)  # the band i <= j <= i + longest - 1
+    return scores.masked_fill(~allowed, float("-inf"))
+
+
+def decode_frame_spans(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    frame_mask: Optional[torch.Tensor] = None,
+    top_k: int = 5,
+    max_span_frames: Optional[int] = None,
+    nms_threshold: Optional[float] = 0.5,
+) -> list[list[FrameSpan]]:
+    """Top-k spans per clip, in frame indices, by descending score p_start(i) * p_end(j).
+
+    Args:
+        start_logits, end_logits: (batch, frames).
+        frame_mask: (batch, frames), 1 for real frames; None = all real.
+        top_k: spans to return per clip (fewer when the clip has fewer distinct spans left after NMS).
+        max_span_frames: longest span in frames (None = unlimited).
+        nms_threshold: temporal NMS IoU threshold (on frame intervals `[i, j + 1)`); None = no NMS.
+
+    Returns:
+        One list per clip of `(first_frame, last_frame, score)`, best first; the first entry is the argmax span.
+    """
+    if start_logits.shape != end_logits.shape or start_logits.dim() != 2:
+        raise ValueError(
+            f"start_logits and end_logits must both be (batch, frames), got {tuple(start_logits.shape)} and "
+            f"{tuple(end_logits.shape)}."
+        )
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    lengths = (
+        frame_mask.sum(dim=1).tolist() if frame_mask is not None else [start_logits.shape[1]] * start_logits.shape[0]
+    )
+    results = []
+    for row, length in enumerate(int(n) for n in lengths):
+        if length < 1:
+            raise ValueError(f"Clip {row} has no real frames (frame_mask is all zero).")
+        log_scores = span_log_scores(start_logits[row], end_logits[row], length, max_span_frames).flatten()
+        allowed = int(torch.isfinite(log_scores).sum())
+        # NMS can discard many near-duplicates; take a generous pool of candidates before suppressing.
+        pool = min(allowed, top_k if nms_threshold is None else max(50 * top_k, 200))
+        values, indices = log_scores.topk(pool)
+        # Windows as [first, last + 1) so that adjacent one-frame spans do not overlap in NMS.
+        candidates = [
+            (float(i), float(j + 1), math.exp(v))
+            for i, j, v in zip((indices // length).tolist(), (indices % length).tolist(), values.tolist())
+        ]
+        kept = candidates[:top_k] if nms_threshold is None else temporal_nms(candidates, nms_threshold, top_k)
+        results.append([(int(s), int(e) - 1, score) for s, e, score in kept])
+    return results
+
+
+def decode_moments(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    durations: list[float],
+    frame_mask: Optional[torch.Tensor] = None,
+    top_k: int = 5,
+    max_span_seconds: Optional[float] = None,
+    nms_threshold: Optional[float] = 0.5,
+) -> list[list[Moment]]:
+    """Top-k moments per clip in seconds: `decode_frame_spans`, then frame spans -> seconds.
+
+    Args:
+        durations: duration of each clip in seconds; frame i of a clip with n real frames covers
+            `[i * d / n, (i + 1) * d / n)` (see `peft_vtg.timeline`).
+        max_span_seconds: longest moment in seconds (converted per clip to frames, rounded up); None = unlimited.
+
+    Returns:
+        One list per clip of `(start_s, end_s, score)`, best first.
+    """
+    batch = start_logits.shape[0]
+    if len(durations) != batch:
+        raise ValueError(f"durations has {len(durations)} entries for a batch of {batch} clips.")
+    lengths = frame_mask.sum(dim=1).tolist() if frame_mask is not None else [start_logits.shape[1]] * batch
+    results = []
+    for row in range(batch):
+        length, duration = int(lengths[row]), float(durations[row])
+        max_frames = None
+        if max_span_seconds is not None:
+            max_frames = max(1, int(-(-max_span_seconds * length // duration)))  # ceil without float surprises
+        mask_row = frame_mask[row : row + 1] if frame_mask is not None else None
+        (spans,) = decode_frame_spans(
+            start_logits[row : row + 1], end_logits[row : row + 1], mask_row, top_k, max_frames, nms_threshold
+        )
+        results.append([(*frames_to_seconds(first, last, duration, length), score) for first, last, score in spans])
+    return results

@@ -1,0 +1,189 @@
+"""The grounding head: light cross-modal fusion over per-frame video features, then per-frame span logits.
+
+Span prediction follows VSLNet-style grounding (Zhang et al., 2020): each frame gets a start logit, an end logit and,
+optionally, an "inside the moment" logit; the moment is decoded from the start/end distributions (see `decoding.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Fixed sine/cosine position table, shape (length, dim); fixed so that any number of frames works."""
+    position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)  # (length, 1)
+    frequency = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, device=device, dtype=torch.float32)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table.to(dtype)
+
+
+class FusionLayer(nn.Module):
+    """Pre-norm block: self-attention over [CLS; frames], cross-attention from frames to text tokens, feed-forward."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(hidden_size)
+        self.self_attn = nn.MultiheadAttention(hidden_size, num_heads, dropout=dropout, batch_first=True)
+        self.cross_attn_norm = nn.LayerNorm(hidden_size)
+        self.cross_attn = nn.MultiheadAttention(hidden_size, num_heads, dropout=dropout, batch_first=True)
+        self.ffn_norm = nn.LayerNorm(hidden_size)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden_size, 4 * hidden_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * hidden_size, hidden_size)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, video: torch.Tensor, video_padding: torch.Tensor, text: torch.Tensor, text_padding: torch.Tensor
+    ) -> torch.Tensor:
+        """video (batch, 1 + frames, hidden), text (batch, length, hidden); paddings are bool, True = padding."""
+        x = self.self_attn_norm(video)
+        video = video + self.dropout(self.self_attn(x, x, x, key_padding_mask=video_padding, need_weights=False)[0])
+        x = self.cross_attn_norm(video)
+        video = video + self.dropout(self.cross_attn(x, text, text, key_padding_mask=text_padding, need_weights=False)[0])
+        return video + self.dropout(self.ffn(self.ffn_norm(video)))
+
+
+class GroundingHead(nn.Module):
+    """Fuses per-frame video features with text token features and predicts per-frame span logits.
+
+    Args:
+        video_dim: width of the encoder's per-frame features.
+        text_dim: width of the encoder's text token features.
+        hidden_size: width of the fusion layers.
+        num_layers: number of fusion layers.
+        num_heads: attention heads per fusion layer.
+        dropout: dropout in the fusion layers.
+        predict_inside: also predict a per-frame "inside the moment" logit.
+    """
+
+    def __init__(
+        self,
+        video_dim: int,
+        text_dim: int,
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        dropout: float = 0.1,
+        predict_inside: bool = True,
+    ) -> None:
+        super().__init__()
+        self.video_proj = nn.Sequential(nn.LayerNorm(video_dim), nn.Linear(video_dim, hidden_size))
+        self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden_size))
+        # A learned [CLS] slot ahead of the frames: its fused state summarises the pair for the matching heads.
+        self.cls_token = nn.Parameter(torch.randn(1, 1, hidden_size) * 0.02)
+        self.fusion = nn.ModuleList(FusionLayer(hidden_size, num_heads, dropout) for _ in range(num_layers))
+        self.output_norm = nn.LayerNorm(hidden_size)
+        self.span_head = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, 3 if predict_inside else 2)
+        )
+        self.predict_inside = predict_inside
+
+    def fuse(
+        self,
+        video_features: torch.Tensor,
+        frame_mask: torch.Tensor,
+        text_features: torch.Tensor,
+        text_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Fused sequence (batch, 1 + frames, hidden): position 0 is the fused [CLS], then one state per frame.
+
+        Args:
+            video_features: (batch, frames, video_dim).
+            frame_mask: (batch, frames), 1 for real frames, 0 for padding.
+            text_features: (batch, length, text_dim).
+            text_mask: (batch, length), 1 for real tokens, 0 for padding.
+        """
+        batch, frames, _ = video_features.shape
+        video = self.video_proj(video_features)  # (batch, frames, hidden)
+        video = video + sinusoidal_positions(frames, video.shape[-1], video.device, video.dtype)
+        video = torch.cat([self.cls_token.expand(batch, -1, -1).to(video.dtype), video], dim=1)  # (batch, 1+frames, hidden)
+        video_padding = torch.cat([frame_mask.new_ones(batch, 1), frame_mask], dim=1) == 0  # (batch, 1+frames)
+        text = self.text_proj(text_features)  # (batch, length, hidden)
+        text_padding = text_mask == 0
+        for layer in self.fusion:
+            video = layer(video, video_padding, text, text_padding)
+        return self.output_norm(video)
+
+    def span_logits(self, fused: torch.Tensor, frame_mask: torch.Tensor) -> dict[str, Optional[torch.Tensor]]:
+        """Per-frame logits from the fused frames; padded frames get the dtype's lowest value (probability 0).
+
+        Returns `start_logits`, `end_logits` and `inside_logits` (None without `predict_inside`), each (batch, frames).
+        """
+        logits = self.span_head(fused[:, 1:]).float()  # (batch, frames, 2 or 3)
+        padding = frame_mask == 0
+        lowest = torch.finfo(logits.dtype).min
+        start = logits[..., 0].masked_fill(padding, lowest)
+        end = logits[..., 1].masked_fill(padding, lowest)
+        inside = logits[..., 2] if self.predict_inside else None
+        return {"start_logits": start, "end_logits": end, "inside_logits": inside}
+
+
+def boundary_targets(index: torch.Tensor, frame_mask: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Target distribution over frames for a start or end index, shape (batch, frames).
+
+    `smoothing` = 0 gives one-hot targets; > 0 spreads the mass over neighbouring frames with a Gaussian of that
+    standard deviation (in frames), restricted to real frames and renormalised.
+    """
+    batch, frames = frame_mask.shape
+    positions = torch.arange(frames, device=frame_mask.device).unsqueeze(0)  # (1, frames)
+    if smoothing <= 0:
+        targets = (positions == index.unsqueeze(1)).float()
+    else:
+        distance = (positions - index.unsqueeze(1)).float() / smoothing
+        targets = torch.exp(-0.5 * distance**2)
+    targets = targets * frame_mask.float()
+    return targets / targets.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def grounding_loss(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    inside_logits: Optional[torch.Tensor],
+    frame_mask: torch.Tensor,
+    start_frames: torch.Tensor,
+    end_frames: torch.Tensor,
+    boundary_smoothing: float = 0.0,
+    inside_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Span loss: cross-entropy of the start and of the end frame, plus `inside_weight` x the inside-moment BCE.
+
+    Args:
+        start_logits, end_logits, inside_logits: (batch, frames), padded frames masked.
+        frame_mask: (batch, frames), 1 for real frames.
+        start_frames, end_frames: (batch,) inclusive frame indices of the ground-truth moment.
+
+    Returns:
+        `{"loss": total, "start_loss", "end_loss", "inside_loss" (when predicted)}`, all scalars.
+    """
+    num_real = frame_mask.sum(dim=1)  # (batch,)
+    bad = (start_frames < 0) | (end_frames < start_frames) | (end_frames >= num_real)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"Span labels of row {row} are outside its video: start_frames={int(start_frames[row])}, "
+            f"end_frames={int(end_frames[row])}, real frames={int(num_real[row])}. Compute labels with "
+            "peft_vtg.timeline.seconds_to_frames on the same number of frames the video was sampled to."
+        )
+    losses = {}
+    for name, logits, index in (("start", start_logits, start_frames), ("end", end_logits, end_frames)):
+        targets = boundary_targets(index, frame_mask, boundary_smoothing)
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        # Padded frames carry no target mass; zero them so -inf * 0 cannot turn into NaN.
+        losses[f"{name}_loss"] = -(targets * log_probs.masked_fill(frame_mask == 0, 0.0)).sum(dim=1).mean()
+    total = losses["start_loss"] + losses["end_loss"]
+    if inside_logits is not None and inside_weight > 0:
+        positions = torch.arange(frame_mask.shape[1], device=frame_mask.device).unsqueeze(0)
+        inside = ((positions >= start_frames.unsqueeze(1)) & (positions <= end_frames.unsqueeze(1))).float()
+        per_frame = F.binary_cross_entropy_with_logits(inside_logits.float(), inside, reduction="none")
+        mask = frame_mask.float()
+        losses["inside_loss"] = (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
+        total = total + inside_weight * losses["inside_loss"]
+    losses["loss"] = total
+    return losses

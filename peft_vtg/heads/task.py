@@ -1,0 +1,134 @@
+"""`VTGTaskHeads`: the trainable task layer of one adapter (grounding head plus optional VTM heads) and its output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .grounding import GroundingHead, grounding_loss
+from .matching import AllInOneMatchingHead, VioletMatchingHead, all_in_one_matching_loss, violet_matching_loss
+
+VTM_HEADS = ("violet", "all_in_one")
+
+
+@dataclass
+class VTGGroundingOutput(ModelOutput):
+    """Output of a grounding forward.
+
+    Attributes:
+        loss: total loss (span loss + matching losses x their weight), when span labels were given.
+        start_logits, end_logits: (batch, frames) per-frame logits; padded frames hold the dtype's lowest value.
+        inside_logits: (batch, frames) "inside the moment" logits, when the head predicts them.
+        frame_mask: (batch, frames), 1 for real frames.
+        violet_vtm_logits: (batch,) VIOLET matching logits of the given pairs, when that head exists.
+        all_in_one_vtm_logits: (batch, 2) All-in-One (mismatch, match) logits of the given pairs, when that head exists.
+        loss_terms: the loss's parts (`start_loss`, `end_loss`, `inside_loss`, `violet_vtm_loss`,
+            `all_in_one_vtm_loss`), detached, for logging.
+    """
+
+    loss: Optional[torch.Tensor] = None
+    start_logits: Optional[torch.Tensor] = None
+    end_logits: Optional[torch.Tensor] = None
+    inside_logits: Optional[torch.Tensor] = None
+    frame_mask: Optional[torch.Tensor] = None
+    violet_vtm_logits: Optional[torch.Tensor] = None
+    all_in_one_vtm_logits: Optional[torch.Tensor] = None
+    loss_terms: Optional[dict] = None
+
+
+class VTGTaskHeads(nn.Module):
+    """Grounding head and optional video-text matching heads of one adapter.
+
+    Args:
+        video_dim, text_dim: widths of the encoder's per-frame video and per-token text features.
+        hidden_size, num_layers, num_heads, dropout, predict_inside: see `GroundingHead`.
+        vtm_heads: any of "violet", "all_in_one".
+        boundary_smoothing: std (frames) of the Gaussian label smoothing of start/end targets; 0 = one-hot.
+        inside_loss_weight: weight of the inside-moment BCE.
+        vtm_loss_weight: weight of each matching loss.
+    """
+
+    def __init__(
+        self,
+        video_dim: int,
+        text_dim: int,
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        dropout: float = 0.1,
+        predict_inside: bool = True,
+        vtm_heads: Sequence[str] = (),
+        boundary_smoothing: float = 0.0,
+        inside_loss_weight: float = 1.0,
+        vtm_loss_weight: float = 0.5,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(vtm_heads) - set(VTM_HEADS))
+        if unknown:
+            raise ValueError(f"Unknown vtm_heads {unknown}; choose from {list(VTM_HEADS)}.")
+        self.grounding = GroundingHead(video_dim, text_dim, hidden_size, num_layers, num_heads, dropout, predict_inside)
+        if "violet" in vtm_heads:
+            self.violet_vtm = VioletMatchingHead(hidden_size)
+        if "all_in_one" in vtm_heads:
+            self.all_in_one_vtm = AllInOneMatchingHead(hidden_size)
+        self.boundary_smoothing = boundary_smoothing
+        self.inside_loss_weight = inside_loss_weight
+        self.vtm_loss_weight = vtm_loss_weight
+
+    def _fused_cls(self, video, frame_mask, text, text_mask) -> torch.Tensor:
+        return self.grounding.fuse(video, frame_mask, text, text_mask)[:, 0]
+
+    def forward(
+        self,
+        video_features: torch.Tensor,
+        frame_mask: torch.Tensor,
+        text_features: torch.Tensor,
+        text_mask: torch.Tensor,
+        start_frames: Optional[torch.Tensor] = None,
+        end_frames: Optional[torch.Tensor] = None,
+        video_ids: Optional[Sequence[str]] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> VTGGroundingOutput:
+        """Span logits for each (video, query) row, and the loss when `start_frames`/`end_frames` are given.
+
+        Args:
+            video_features: (batch, frames, video_dim) per-frame features.
+            frame_mask: (batch, frames), 1 for real frames, 0 for padding.
+            text_features: (batch, length, text_dim) token features.
+            text_mask: (batch, length), 1 for real tokens.
+            start_frames, end_frames: (batch,) inclusive frame indices of the ground-truth moment.
+            video_ids: one id per row; matching negatives are only drawn from rows with another video.
+            generator: random generator for the matching negatives (default: torch's global one).
+        """
+        fused = self.grounding.fuse(video_features, frame_mask, text_features, text_mask)  # (batch, 1+frames, hidden)
+        out = VTGGroundingOutput(frame_mask=frame_mask, **self.grounding.span_logits(fused, frame_mask))
+        cls = fused[:, 0]  # (batch, hidden)
+        if hasattr(self, "violet_vtm"):
+            out.violet_vtm_logits = self.violet_vtm(cls)
+        if hasattr(self, "all_in_one_vtm"):
+            out.all_in_one_vtm_logits = self.all_in_one_vtm(cls)
+        if (start_frames is None) != (end_frames is None):
+            raise ValueError("Give both start_frames and end_frames (inclusive frame indices), or neither.")
+        if start_frames is None:
+            return out
+        terms = grounding_loss(
+            out.start_logits, out.end_logits, out.inside_logits, frame_mask, start_frames, end_frames,
+            self.boundary_smoothing, self.inside_loss_weight,
+        )
+        loss = terms.pop("loss")
+        if self.training and self.vtm_loss_weight > 0:
+            features = (video_features, frame_mask, text_features, text_mask)
+            for name, loss_fn in (("violet_vtm", violet_matching_loss), ("all_in_one_vtm", all_in_one_matching_loss)):
+                if hasattr(self, name):
+                    vtm = loss_fn(getattr(self, name), self._fused_cls, cls, *features, video_ids=video_ids, generator=generator)
+                    if vtm is not None:  # None: no row had a partner (batch of 1, or one video)
+                        terms[f"{name}_loss"] = vtm
+                        loss = loss + self.vtm_loss_weight * vtm
+        out.loss = loss
+        out.loss_terms = {name: value.detach() for name, value in terms.items()}
+        return out

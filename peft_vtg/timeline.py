@@ -1,0 +1,90 @@
+"""Interval arithmetic on the video timeline: temporal IoU, temporal NMS, and the seconds <-> frame-index mapping.
+
+This is the lowest layer of peft_vtg (no torch, no model): decoding, the dataset readers and the metrics all use it,
+so a window means the same thing everywhere.
+
+Frame convention: a clip of `duration` seconds sampled into `num_frames` features or frames is split into equal
+bins; frame `i` covers `[i * duration / num_frames, (i + 1) * duration / num_frames)` seconds. A window in seconds
+maps to the frames whose bins it touches, and a frame span `[i, j]` (inclusive) maps back to
+`[i * step, (j + 1) * step]`. The round trip seconds -> frames -> seconds therefore moves each boundary outwards by
+less than one frame (`step = duration / num_frames`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Optional
+
+Window = Sequence[float]  # (start_s, end_s) or (start_s, end_s, score)
+
+
+def check_window(window: Window, what: str = "window") -> tuple[float, float]:
+    """`(start, end)` of `window` as floats; raises if it has fewer than two values or ends before it starts."""
+    if len(window) < 2:
+        raise ValueError(f"{what} {list(window)!r} needs at least [start, end].")
+    start, end = float(window[0]), float(window[1])
+    if end < start:
+        raise ValueError(f"{what} {list(window)!r} ends before it starts (end < start).")
+    return start, end
+
+
+def temporal_iou(a: Window, b: Window) -> float:
+    """IoU of two windows given in the same unit (seconds or frames), in [0, 1].
+
+    intersection = max(0, min(e1, e2) - max(s1, s2)), union = (e1 - s1) + (e2 - s2) - intersection; a union of 0 (two
+    zero-length windows) gives 1 if they coincide, else 0.
+    """
+    s1, e1 = check_window(a)
+    s2, e2 = check_window(b)
+    intersection = max(0.0, min(e1, e2) - max(s1, s2))
+    union = (e1 - s1) + (e2 - s2) - intersection
+    if union <= 0.0:
+        return 1.0 if (s1, e1) == (s2, e2) else 0.0
+    return intersection / union
+
+
+def rank_windows(windows: Sequence[Window]) -> list[Window]:
+    """Windows by descending score (third element; missing = 0); ties keep their given order."""
+    return sorted(windows, key=lambda w: -float(w[2]) if len(w) > 2 else 0.0)
+
+
+def temporal_nms(windows: Sequence[Window], iou_threshold: float, max_windows: Optional[int] = None) -> list[Window]:
+    """Greedy temporal non-maximum suppression: keep the best-scored window, drop every later window whose IoU with a
+    kept one exceeds `iou_threshold`, repeat. Returns the kept windows by descending score."""
+    kept: list[Window] = []
+    for window in rank_windows(windows):
+        if all(temporal_iou(window, other) <= iou_threshold for other in kept):
+            kept.append(window)
+            if max_windows is not None and len(kept) >= max_windows:
+                break
+    return kept
+
+
+def _check_clip(duration: float, num_frames: int) -> float:
+    if not (duration > 0 and math.isfinite(duration)):
+        raise ValueError(f"duration must be a positive number of seconds, got {duration!r}.")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames!r}.")
+    return duration / num_frames
+
+
+def seconds_to_frames(start: float, end: float, duration: float, num_frames: int) -> tuple[int, int]:
+    """Inclusive frame span `(first, last)` of the window `[start, end]` seconds in a clip of `num_frames` bins.
+
+    `first` is the bin containing `start`, `last` the bin containing the final instant before `end`; both are clamped
+    to `[0, num_frames - 1]` and `last >= first`, so even a zero-length window gets one frame.
+    """
+    step = _check_clip(duration, num_frames)
+    first = min(max(int(math.floor(start / step)), 0), num_frames - 1)
+    # ceil(end / step) - 1: a window ending exactly on a bin edge does not reach into the next bin.
+    last = min(max(int(math.ceil(end / step)) - 1, first), num_frames - 1)
+    return first, last
+
+
+def frames_to_seconds(first: int, last: int, duration: float, num_frames: int) -> tuple[float, float]:
+    """Window in seconds covered by the inclusive frame span `[first, last]`: `(first * step, (last + 1) * step)`."""
+    step = _check_clip(duration, num_frames)
+    if not 0 <= first <= last < num_frames:
+        raise ValueError(f"Frame span [{first}, {last}] is not inside 0..{num_frames - 1} with first <= last.")
+    return first * step, min((last + 1) * step, duration)
