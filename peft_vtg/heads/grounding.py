@@ -24,15 +24,48 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: tor
     return table.to(dtype)
 
 
+class Attention(nn.Module):
+    """Multi-head attention over a key padding mask, on `scaled_dot_product_attention`.
+
+    Not `nn.MultiheadAttention`: its inference fast path switches on when no parameter needs gradients, so a frozen
+    (loaded) adapter would compute slightly different logits from the same adapter while training.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.dropout = dropout
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor:
+        """query (batch, q_len, hidden), key_value (batch, kv_len, hidden), key_padding (batch, kv_len) bool, True =
+        padding. Returns (batch, q_len, hidden)."""
+        batch, q_len, hidden = query.shape
+        head_dim = hidden // self.num_heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (batch, len, hidden) -> (batch, heads, len, head_dim)
+            return x.view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(query)), split(self.k_proj(key_value)), split(self.v_proj(key_value))
+        allowed = ~key_padding[:, None, None, :]  # (batch, 1, 1, kv_len), broadcast over heads and queries
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )  # (batch, heads, q_len, head_dim)
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, q_len, hidden))
+
+
 class FusionLayer(nn.Module):
     """Pre-norm block: self-attention over [CLS; frames], cross-attention from frames to text tokens, feed-forward."""
 
     def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(hidden_size)
-        self.self_attn = nn.MultiheadAttention(hidden_size, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = Attention(hidden_size, num_heads, dropout)
         self.cross_attn_norm = nn.LayerNorm(hidden_size)
-        self.cross_attn = nn.MultiheadAttention(hidden_size, num_heads, dropout=dropout, batch_first=True)
+        self.cross_attn = Attention(hidden_size, num_heads, dropout)
         self.ffn_norm = nn.LayerNorm(hidden_size)
         self.ffn = nn.Sequential(
             nn.Linear(hidden_size, 4 * hidden_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * hidden_size, hidden_size)
@@ -44,9 +77,9 @@ class FusionLayer(nn.Module):
     ) -> torch.Tensor:
         """video (batch, 1 + frames, hidden), text (batch, length, hidden); paddings are bool, True = padding."""
         x = self.self_attn_norm(video)
-        video = video + self.dropout(self.self_attn(x, x, x, key_padding_mask=video_padding, need_weights=False)[0])
+        video = video + self.dropout(self.self_attn(x, x, video_padding))
         x = self.cross_attn_norm(video)
-        video = video + self.dropout(self.cross_attn(x, text, text, key_padding_mask=text_padding, need_weights=False)[0])
+        video = video + self.dropout(self.cross_attn(x, text, text_padding))
         return video + self.dropout(self.ffn(self.ffn_norm(video)))
 
 
@@ -116,7 +149,9 @@ class GroundingHead(nn.Module):
 
         Returns `start_logits`, `end_logits` and `inside_logits` (None without `predict_inside`), each (batch, frames).
         """
-        logits = self.span_head(fused[:, 1:]).float()  # (batch, frames, 2 or 3)
+        # contiguous(): on a strided slice, nn.Linear takes a different kernel depending on whether its weight needs
+        # gradients, which would make a loaded (frozen) head differ from the trained one in the last bits.
+        logits = self.span_head(fused[:, 1:].contiguous()).float()  # (batch, frames, 2 or 3)
         padding = frame_mask == 0
         lowest = torch.finfo(logits.dtype).min
         start = logits[..., 0].masked_fill(padding, lowest)

@@ -81,7 +81,7 @@ class VTGTaskHeads(nn.Module):
         self.vtm_loss_weight = vtm_loss_weight
 
     def _fused_cls(self, video, frame_mask, text, text_mask) -> torch.Tensor:
-        return self.grounding.fuse(video, frame_mask, text, text_mask)[:, 0]
+        return self.grounding.fuse(video, frame_mask, text, text_mask)[:, 0].contiguous()
 
     def forward(
         self,
@@ -107,7 +107,7 @@ class VTGTaskHeads(nn.Module):
         """
         fused = self.grounding.fuse(video_features, frame_mask, text_features, text_mask)  # (batch, 1+frames, hidden)
         out = VTGGroundingOutput(frame_mask=frame_mask, **self.grounding.span_logits(fused, frame_mask))
-        cls = fused[:, 0]  # (batch, hidden)
+        cls = fused[:, 0].contiguous()  # (batch, hidden); contiguous for the reason given in span_logits
         if hasattr(self, "violet_vtm"):
             out.violet_vtm_logits = self.violet_vtm(cls)
         if hasattr(self, "all_in_one_vtm"):

@@ -1,0 +1,285 @@
+"""Grounding and matching heads: losses against hand-computed values, decoding, and the heads inside adapters."""
+
+import math
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+
+from peft_vtg import VTGPromptConfig
+from peft_vtg.heads import (
+    AllInOneMatchingHead,
+    VioletMatchingHead,
+    VTGTaskHeads,
+    boundary_targets,
+    decode_frame_spans,
+    decode_moments,
+    grounding_loss,
+    swap_partners,
+)
+from tiny_models import BUILDERS, FRAMES, inputs, tiny_clip, tiny_tvp, tiny_xclip
+
+HEAD = dict(head_hidden_size=8, head_num_attention_heads=2, head_num_layers=1)
+
+
+# ---------------------------------------------------------------- losses
+def test_uniform_logits_cost_log_of_the_real_frame_count():
+    start = torch.zeros(2, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    start = start.masked_fill(mask == 0, torch.finfo(start.dtype).min)
+    terms = grounding_loss(start, start.clone(), None, mask, torch.tensor([0, 2]), torch.tensor([5, 2]))
+    # row 0: 6 real frames -> log 6; row 1: 3 real frames -> log 3; mean over rows, for start and for end
+    expected = (math.log(6) + math.log(3)) / 2
+    assert terms["start_loss"].item() == pytest.approx(expected, abs=1e-6)
+    assert terms["loss"].item() == pytest.approx(2 * expected, abs=1e-6)
+    assert "inside_loss" not in terms
+
+
+def test_cross_entropy_hand_computed_and_inside_bce():
+    start = torch.tensor([[2.0, 0.0, 0.0]])
+    end = torch.tensor([[0.0, 0.0, 1.0]])
+    inside = torch.tensor([[0.0, 0.0, 0.0]])
+    mask = torch.ones(1, 3, dtype=torch.long)
+    terms = grounding_loss(start, end, inside, mask, torch.tensor([0]), torch.tensor([2]), inside_weight=0.5)
+    assert terms["start_loss"].item() == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 2)), abs=1e-6)
+    assert terms["end_loss"].item() == pytest.approx(-math.log(math.e / (math.e + 2)), abs=1e-6)
+    assert terms["inside_loss"].item() == pytest.approx(math.log(2), abs=1e-6)  # logit 0 vs every target
+    total = terms["start_loss"] + terms["end_loss"] + 0.5 * terms["inside_loss"]
+    assert terms["loss"].item() == pytest.approx(total.item(), abs=1e-6)
+
+
+def test_boundary_smoothing_spreads_mass_to_neighbours_only_inside_the_video():
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    one_hot = boundary_targets(torch.tensor([1]), mask, 0.0)
+    assert one_hot.tolist() == [[0.0, 1.0, 0.0, 0.0, 0.0]]
+    smooth = boundary_targets(torch.tensor([3]), mask, 1.0)
+    assert smooth.sum().item() == pytest.approx(1.0)
+    assert smooth[0, 4] == 0  # padding gets nothing
+    assert smooth[0, 3] > smooth[0, 2] > smooth[0, 1] > 0
+    assert smooth[0, 2] / smooth[0, 3] == pytest.approx(math.exp(-0.5), rel=1e-5)
+
+
+def test_labels_outside_the_video_are_an_error():
+    mask = torch.tensor([[1, 1, 1, 0]])
+    logits = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match="outside its video.*seconds_to_frames"):
+        grounding_loss(logits, logits, None, mask, torch.tensor([1]), torch.tensor([3]))
+    with pytest.raises(ValueError, match="outside its video"):
+        grounding_loss(logits, logits, None, mask, torch.tensor([2]), torch.tensor([1]))
+
+
+# ---------------------------------------------------------------- decoding
+def test_decoding_respects_start_before_end():
+    # The start peak (frame 3) is after the end peak (frame 1): the best valid span is not (3, 1).
+    start = torch.log(torch.tensor([[0.1, 0.1, 0.1, 0.7]]))
+    end = torch.log(torch.tensor([[0.1, 0.7, 0.1, 0.1]]))
+    (spans,) = decode_frame_spans(start, end, top_k=1, nms_threshold=None)
+    # candidates: (0,1)=.07, (1,1)=.07, (3,3)=.07, ... ties broken by topk order; the score must be 0.07
+    assert spans[0][2] == pytest.approx(0.07, rel=1e-5)
+    assert spans[0][0] <= spans[0][1]
+
+
+def test_decoding_argmax_max_length_and_nms():
+    start = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
+    end = torch.log(torch.tensor([[0.05, 0.05, 0.3, 0.6]]))
+    (spans,) = decode_frame_spans(start, end, top_k=3, nms_threshold=None)
+    assert spans[0] == (0, 3, pytest.approx(0.36))
+    assert spans[1][:2] in [(0, 2), (1, 3)] and spans[1][2] == pytest.approx(0.18)
+    (short,) = decode_frame_spans(start, end, top_k=1, max_span_frames=2, nms_threshold=None)
+    assert short[0][1] - short[0][0] + 1 <= 2
+    assert short[0][:2] == (1, 2) and short[0][2] == pytest.approx(0.09)
+    # NMS at 0.5: (0,2) and (1,3) overlap (0,3) with IoU 0.75 and are suppressed.
+    (kept,) = decode_frame_spans(start, end, top_k=3, nms_threshold=0.5)
+    windows = [(s, e + 1) for s, e, _ in kept]
+    for a in range(len(windows)):
+        for b in range(a + 1, len(windows)):
+            inter = max(0, min(windows[a][1], windows[b][1]) - max(windows[a][0], windows[b][0]))
+            union = (windows[a][1] - windows[a][0]) + (windows[b][1] - windows[b][0]) - inter
+            assert inter / union <= 0.5
+    assert kept[0][:2] == (0, 3) and len(kept) == 3
+
+
+def test_decoding_ignores_padding_and_converts_to_seconds():
+    start = torch.tensor([[0.0, 5.0, 0.0, 9.0, 9.0]])
+    end = torch.tensor([[0.0, 0.0, 5.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])  # the large logits sit on padding
+    (spans,) = decode_frame_spans(start, end, mask, top_k=1)
+    assert spans[0][:2] == (1, 2)
+    (moments,) = decode_moments(start, end, [30.0], mask, top_k=1)
+    assert moments[0][:2] == (pytest.approx(10.0), pytest.approx(30.0))  # 3 real frames of 10 s each
+    (capped,) = decode_moments(start, end, [30.0], mask, top_k=1, max_span_seconds=10.0)
+    assert capped[0][1] - capped[0][0] <= 10.0 + 1e-6
+
+
+# ---------------------------------------------------------------- matching heads
+def test_matching_head_layouts_and_init():
+    violet = VioletMatchingHead(16).classifier
+    assert [type(m).__name__ for m in violet] == ["Dropout", "Linear", "ReLU", "Linear"]
+    assert violet[0].p == 0.1 and (violet[1].in_features, violet[1].out_features) == (16, 32) and violet[3].out_features == 1
+    torch.manual_seed(0)
+    aio = AllInOneMatchingHead(512).classifier
+    assert (aio.in_features, aio.out_features) == (512, 2)
+    assert torch.all(aio.bias == 0) and aio.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_swap_partners_never_pairs_two_queries_of_one_video():
+    torch.manual_seed(0)
+    for _ in range(20):
+        partners = swap_partners(4, ["a", "a", "b", "c"])
+        for row, other in enumerate(partners.tolist()):
+            assert other != row and ["a", "a", "b", "c"][other] != ["a", "a", "b", "c"][row]
+    assert swap_partners(2, ["a", "a"]).tolist() == [-1, -1]
+
+
+def test_matching_losses_need_a_partner_and_train_the_heads():
+    heads = VTGTaskHeads(6, 5, hidden_size=8, num_layers=1, num_heads=2, vtm_heads=["violet", "all_in_one"]).train()
+    video, text = torch.randn(3, 4, 6), torch.randn(3, 2, 5)
+    masks = dict(frame_mask=torch.ones(3, 4), text_mask=torch.ones(3, 2))
+    labels = dict(start_frames=torch.tensor([0, 1, 2]), end_frames=torch.tensor([1, 2, 3]))
+    out = heads(video, text_features=text, **masks, **labels, video_ids=["a", "b", "c"])
+    assert {"violet_vtm_loss", "all_in_one_vtm_loss"} <= set(out.loss_terms)
+    span = out.loss_terms["start_loss"] + out.loss_terms["end_loss"] + out.loss_terms["inside_loss"]
+    vtm = out.loss_terms["violet_vtm_loss"] + out.loss_terms["all_in_one_vtm_loss"]
+    assert out.loss.item() == pytest.approx((span + 0.5 * vtm).item(), rel=1e-5)
+    out.loss.backward()
+    assert heads.violet_vtm.classifier[3].weight.grad.abs().sum() > 0
+    assert heads.all_in_one_vtm.classifier.weight.grad.abs().sum() > 0
+    # all rows show the same video: no negatives, no matching loss (and no error)
+    same = heads(video, text_features=text, **masks, **labels, video_ids=["a", "a", "a"])
+    assert "violet_vtm_loss" not in same.loss_terms and "all_in_one_vtm_loss" not in same.loss_terms
+    assert out.violet_vtm_logits.shape == (3,) and out.all_in_one_vtm_logits.shape == (3, 2)
+
+
+# ---------------------------------------------------------------- heads inside adapters
+def grounding_model(arch, **overrides):
+    config = dict(num_video_tokens=2, num_text_tokens=2, **HEAD)
+    config.update(overrides)
+    return get_peft_model(BUILDERS[arch](), VTGPromptConfig(**config))
+
+
+LABELS = dict(start_frames=torch.tensor([0, 1]), end_frames=torch.tensor([2, 3]))
+
+
+@pytest.mark.parametrize("arch", ["clip", "siglip", "x_clip"])
+def test_grounding_loss_reaches_prompts_and_heads(arch):
+    model = grounding_model(arch).train()
+    out = model.forward_grounding(**inputs(arch), **LABELS)
+    assert out.start_logits.shape == (2, FRAMES) and out.inside_logits.shape == (2, FRAMES)
+    out.loss.backward()
+    layer = model.base_model.model.vtg_prompts
+    encoder, heads = layer.vtg_prompt_encoder["default"], layer.vtg_prompt_heads["default"]
+    assert encoder.video_prompts.grad.abs().sum() > 0 and encoder.text_prompts.grad.abs().sum() > 0
+    assert heads.grounding.span_head[-1].weight.grad.abs().sum() > 0
+    assert not any(p.grad is not None for n, p in model.named_parameters() if "vtg_prompt" not in n)
+
+
+@pytest.mark.parametrize("arch", ["clip", "x_clip"])
+def test_per_frame_features_follow_the_spec(arch):
+    model = grounding_model(arch)
+    x = inputs(arch)
+    base = model.get_base_model()
+    with torch.no_grad():
+        features = model.encode_video(x["pixel_values"])
+        out = base(**x)
+    if arch == "clip":  # framewise: the per-frame pooled output, as the image tower computes it
+        with torch.no_grad():
+            pooled = base.vision_model(pixel_values=x["pixel_values"].flatten(0, 1)).pooler_output
+        assert torch.allclose(features, pooled.view(2, FRAMES, -1))
+    else:  # X-CLIP: the multi-frame integration transformer's per-frame states
+        assert torch.allclose(features, out.mit_output.last_hidden_state, atol=1e-6)
+    assert features.shape[-1] == model.peft_config["default"].video_feature_size
+
+
+def test_feature_input_equals_frame_input_without_video_prompts():
+    model = grounding_model("clip", num_video_tokens=0).eval()
+    x = inputs("clip")
+    with torch.no_grad():
+        from_frames = model.forward_grounding(**x)
+        features = model.encode_video(x["pixel_values"])
+        from_features = model.forward_grounding(input_ids=x["input_ids"], attention_mask=x["attention_mask"],
+                                                video_features=features)
+    assert torch.allclose(from_frames.start_logits, from_features.start_logits)
+
+
+def test_grounding_input_errors():
+    model = grounding_model("clip")
+    x = inputs("clip")
+    features = torch.randn(2, FRAMES, 48)
+    with pytest.raises(ValueError, match="video prompts.*num_video_tokens=0"):
+        model.forward_grounding(input_ids=x["input_ids"], video_features=features)
+    with pytest.raises(ValueError, match="exactly one of pixel_values"):
+        model.forward_grounding(**x, video_features=features)
+    with model.disable_adapter(), pytest.raises(ValueError, match="disabled"):
+        model.forward_grounding(**x)
+    xclip = grounding_model("x_clip")
+    with pytest.raises(ValueError, match="exactly 4 frames"):
+        xclip.forward_grounding(**{**inputs("x_clip"), "pixel_values": torch.randn(2, 3, 3, 32, 32)})
+
+
+def test_tvp_has_no_grounding_head_and_says_so():
+    model = get_peft_model(tiny_tvp(), VTGPromptConfig(num_video_tokens=2, num_text_tokens=2))
+    assert model.peft_config["default"].grounding_head is False
+    with pytest.raises(ValueError, match="no grounding head|declares no per-frame features"):
+        model.forward_grounding(**inputs("tvp"))
+    with pytest.raises(ValueError, match="grounding_head=True needs per-frame video features"):
+        get_peft_model(tiny_tvp(), VTGPromptConfig(num_video_tokens=2, grounding_head=True))
+
+
+def test_head_only_adapter_trains_just_the_head():
+    model = grounding_model("clip", num_video_tokens=0, num_text_tokens=0, grounding_head=True)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".vtg_prompt_heads.default." in n for n in trainable)
+    with pytest.raises(ValueError, match="grounding_head=True to train the grounding head alone"):
+        VTGPromptConfig(num_video_tokens=0, num_text_tokens=0)
+
+
+def test_heads_round_trip_through_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = grounding_model("x_clip", vtm_heads=["violet", "all_in_one"])
+    base_state = {k: v.clone() for k, v in model.get_base_model().state_dict().items() if "vtg_prompt" not in k}
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    x = inputs("x_clip")
+    model.eval()
+    with torch.no_grad():
+        expected = model.forward_grounding(**x)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert any(".vtg_prompt_heads.grounding." in k for k in saved)
+    assert any(".vtg_prompt_heads.violet_vtm." in k for k in saved)
+    fresh = tiny_xclip()
+    fresh.load_state_dict(base_state)
+    loaded = PeftModel.from_pretrained(fresh, tmp_path)
+    with torch.no_grad():
+        got = loaded.forward_grounding(**x)
+    for key in ("start_logits", "end_logits", "inside_logits", "violet_vtm_logits", "all_in_one_vtm_logits"):
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_loading_heads_onto_a_base_with_other_feature_widths_fails(tmp_path):
+    grounding_model("clip", num_video_tokens=0).save_pretrained(tmp_path)
+    from transformers import CLIPConfig, CLIPModel
+
+    wide = tiny_clip().config.to_dict()
+    wide["vision_config"]["hidden_size"] = 64
+    other = CLIPModel(CLIPConfig(text_config=wide["text_config"], vision_config=wide["vision_config"]))
+    with pytest.raises(ValueError, match="video_feature_size=48"):
+        PeftModel.from_pretrained(other, tmp_path)
+
+
+def test_per_sample_adapters_ground_like_separate_calls():
+    model = grounding_model("clip")
+    model.add_adapter("other", VTGPromptConfig(num_video_tokens=2, num_text_tokens=2, **HEAD))
+    model.eval()
+    x = inputs("clip")
+    with torch.no_grad():
+        mixed = model.forward_grounding(**x, adapter_names=["default", "other"])
+        single = []
+        for row, name in enumerate(["default", "other"]):
+            model.set_adapter(name)
+            part = {k: v[row : row + 1] for k, v in x.items()}
+            single.append(model.forward_grounding(**part).start_logits)
+    assert torch.allclose(mixed.start_logits, torch.cat(single), atol=1e-5)
