@@ -1,0 +1,101 @@
+"""Batching: tokenized queries, videos padded to the longest in the batch with a frame mask, frame-space labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..timeline import seconds_to_frames
+from .video import VideoSource, resample_features
+
+
+class GroundingCollator:
+    """Turns rows of the common schema (`qid, vid, query, duration, windows`) into a `forward_grounding` batch.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer for the base model's text encoder.
+        video_source: vid -> per-frame features (frames, dim) or preprocessed frames (frames, 3, H, W); see
+            `FeatureDirectory`, `H5FeatureFile`, `VideoFiles`.
+        num_frames: resample features to this many time bins (required for encoders with a fixed frame count,
+            e.g. X-CLIP); None keeps each video's own length and pads to the longest in the batch.
+        max_text_length: truncate queries to this many tokens (leave room for the text prompt tokens).
+
+    The batch holds `input_ids`, `attention_mask`, `video_features` (features) or `pixel_values` (frames),
+    `frame_mask` (1 = real frame), and, when every row has a window, `start_frames` / `end_frames`: the inclusive
+    frame span of the row's first ground-truth window (`peft_vtg.timeline.seconds_to_frames` on the video's own
+    number of frames). `qid`, `video_ids`, `duration` (seconds) and `windows` are passed along for evaluation.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        video_source: VideoSource,
+        num_frames: Optional[int] = None,
+        max_text_length: Optional[int] = None,
+    ) -> None:
+        if num_frames is not None and num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+        self.tokenizer = tokenizer
+        self.video_source = video_source
+        self.num_frames = num_frames
+        self.max_text_length = max_text_length
+
+    def _video(self, vid: str) -> torch.Tensor:
+        video = self.video_source(vid)
+        video = torch.as_tensor(np.asarray(video)) if isinstance(video, np.ndarray) else video
+        if video.dim() == 2:  # features (frames, dim)
+            if self.num_frames is not None and video.shape[0] != self.num_frames:
+                return resample_features(video, self.num_frames)
+            return video.float()
+        if video.dim() == 4:  # frames (frames, 3, H, W)
+            if self.num_frames is not None and video.shape[0] != self.num_frames:
+                raise ValueError(
+                    f"Video {vid!r} was decoded to {video.shape[0]} frames but num_frames={self.num_frames}; sample it "
+                    "to that count in the video source (VideoFiles(num_frames=...))."
+                )
+            return video
+        raise ValueError(f"Video {vid!r}: expected features (frames, dim) or frames (frames, 3, H, W), got "
+                         f"shape {tuple(video.shape)}.")
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not rows:
+            raise ValueError("Cannot collate an empty batch.")
+        videos = [self._video(row["vid"]) for row in rows]
+        kinds = {v.dim() for v in videos}
+        if len(kinds) != 1:
+            raise ValueError("A batch mixes feature arrays and frames; use one kind of video source.")
+        lengths = [v.shape[0] for v in videos]
+        longest = max(lengths)
+        padded = videos[0].new_zeros((len(videos), longest) + tuple(videos[0].shape[1:]))
+        frame_mask = torch.zeros(len(videos), longest, dtype=torch.long)
+        for i, video in enumerate(videos):
+            padded[i, : video.shape[0]] = video
+            frame_mask[i, : video.shape[0]] = 1
+        text = self.tokenizer(
+            [row["query"] for row in rows],
+            padding=True,
+            truncation=self.max_text_length is not None,
+            max_length=self.max_text_length,
+            return_tensors="pt",
+        )
+        batch: dict[str, Any] = {
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "video_features" if kinds == {2} else "pixel_values": padded,
+            "frame_mask": frame_mask,
+            "qid": [row["qid"] for row in rows],
+            "video_ids": [row["vid"] for row in rows],
+            "duration": torch.tensor([float(row["duration"]) for row in rows], dtype=torch.float64),
+            "windows": [row["windows"] for row in rows],
+        }
+        if all(row["windows"] for row in rows):
+            spans = [
+                seconds_to_frames(row["windows"][0][0], row["windows"][0][1], float(row["duration"]), length)
+                for row, length in zip(rows, lengths)
+            ]
+            batch["start_frames"] = torch.tensor([s for s, _ in spans])
+            batch["end_frames"] = torch.tensor([e for _, e in spans])
+        return batch

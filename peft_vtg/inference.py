@@ -1,0 +1,147 @@
+"""`ground()`: moments in seconds for (video, query) pairs, from a video file, a frame tensor or a feature array."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from .data.video import decode_video, preprocess_frames
+from .heads.decoding import Moment, decode_moments
+
+VideoInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+DEFAULT_NUM_FRAMES = 32
+
+
+def _tuner(model: Any):
+    """The `VTGPromptModel` inside a `PeftModel` (or the tuner itself)."""
+    tuner = getattr(model, "base_model", model)
+    if not hasattr(tuner, "forward_grounding"):
+        raise TypeError(
+            f"{type(model).__name__} is not a VTG prompt model; create it with get_peft_model(base, VTGPromptConfig(...)) "
+            "or PeftModel.from_pretrained(base, adapter_dir)."
+        )
+    return tuner
+
+
+def _split_videos(video: Union[VideoInput, Sequence[VideoInput]]) -> tuple[list[VideoInput], bool]:
+    """A list of single videos, and whether the input was a single video."""
+    if isinstance(video, (str, os.PathLike)):
+        return [video], True
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        if video.ndim in (2, 4):  # (frames, dim) features or (frames, 3, H, W) frames
+            return [video], True
+        if video.ndim in (3, 5):  # a batch of either
+            return list(video), False
+        raise ValueError(
+            f"A video tensor must be features (frames, dim), frames (frames, 3, H, W), or a batch of either; got shape "
+            f"{tuple(video.shape)}."
+        )
+    if isinstance(video, Sequence) and video:
+        return list(video), False
+    raise TypeError(f"Unsupported video input {type(video).__name__}; give a file path, a tensor or an array.")
+
+
+def ground(
+    model: Any,
+    video: Union[VideoInput, Sequence[VideoInput]],
+    query: Union[str, Sequence[str]],
+    tokenizer: Any,
+    duration: Optional[Union[float, Sequence[float]]] = None,
+    num_frames: Optional[int] = None,
+    fps: Optional[float] = None,
+    image_size: Optional[int] = None,
+    processor: Optional[Any] = None,
+    top_k: int = 5,
+    nms_threshold: Optional[float] = 0.5,
+    max_span_seconds: Optional[float] = None,
+    max_text_length: Optional[int] = None,
+) -> Union[list[Moment], list[list[Moment]]]:
+    """Find the moments that `query` describes in `video`, as `(start_s, end_s, score)`, best first.
+
+    Args:
+        model: a `PeftModel` with a VTG adapter that has a grounding head.
+        video: a video file path (decoded with PyAV), preprocessed frames (frames, 3, H, W), per-frame features
+            (frames, dim) from `model.encode_video` (adapters without video prompts only), a batch tensor
+            (batch, frames, ...) or a list of any of these.
+        query: one sentence, or one per pair. One video with several queries grounds each query in that video; several
+            videos with one query ground it in each.
+        tokenizer: the base model's tokenizer.
+        duration: seconds, per video (or one for all); read from the file for paths, required otherwise.
+        num_frames / fps: how to sample video files (default: the encoder's fixed frame count, else 32 frames).
+        image_size, processor: frame preprocessing for video files (default: the encoder's image size, CLIP's
+            normalisation); see `peft_vtg.data.preprocess_frames`.
+        top_k, nms_threshold, max_span_seconds: see `peft_vtg.heads.decode_moments`.
+        max_text_length: truncate queries to this many tokens.
+
+    Returns:
+        For a single video and a single query, its list of moments; otherwise one list per (video, query) pair.
+    """
+    tuner = _tuner(model)
+    layer, _ = tuner._feature_spec()
+    videos, single_video = _split_videos(video)
+    queries, single_query = ([query], True) if isinstance(query, str) else (list(query), False)
+    if not queries:
+        raise ValueError("query is empty.")
+    if single_video and not single_query:
+        videos = videos * len(queries)
+    elif single_query and not single_video:
+        queries = queries * len(videos)
+    if len(videos) != len(queries):
+        raise ValueError(f"Got {len(videos)} videos and {len(queries)} queries; give one query per video, or one of either.")
+    durations: list[Optional[float]]
+    if duration is None or isinstance(duration, (int, float)):
+        durations = [duration] * len(videos)
+    else:
+        durations = list(duration) * (len(videos) if len(duration) == 1 else 1)
+        if len(durations) != len(videos):
+            raise ValueError(f"Got {len(durations)} durations for {len(videos)} videos.")
+
+    if num_frames is None and fps is None:
+        num_frames = layer.bound.required_num_frames or DEFAULT_NUM_FRAMES
+    if image_size is None and layer.bound.video is not None:
+        image_size = layer.bound.video.extra.get("image_size")
+    items = []
+    for index, item in enumerate(videos):
+        if isinstance(item, (str, os.PathLike)):
+            frames, file_duration = decode_video(item, num_frames=num_frames, fps=fps)
+            item = preprocess_frames(frames, image_size=image_size or 224, processor=processor)
+            durations[index] = durations[index] or file_duration
+        item = torch.as_tensor(np.asarray(item)) if isinstance(item, np.ndarray) else item
+        if durations[index] is None:
+            raise ValueError(f"Video {index} is a tensor: pass duration= (seconds), since it cannot be read from it.")
+        items.append(item)
+    kinds = {item.dim() for item in items}
+    if len(kinds) != 1:
+        raise ValueError("All videos of one call must be of one kind: files/frames, or features.")
+
+    reference = next(tuner.parameters())
+    lengths = [item.shape[0] for item in items]
+    padded = items[0].new_zeros((len(items), max(lengths)) + tuple(items[0].shape[1:]))
+    frame_mask = torch.zeros(len(items), max(lengths), dtype=torch.long)
+    for i, item in enumerate(items):
+        padded[i, : lengths[i]] = item
+        frame_mask[i, : lengths[i]] = 1
+    text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
+                     return_tensors="pt")
+    video_key = "video_features" if kinds == {2} else "pixel_values"
+    was_training = tuner.training
+    tuner.eval()
+    try:
+        with torch.no_grad():
+            out = tuner.forward_grounding(
+                input_ids=text["input_ids"].to(reference.device),
+                attention_mask=text["attention_mask"].to(reference.device),
+                frame_mask=frame_mask.to(reference.device),
+                **{video_key: padded.to(device=reference.device, dtype=reference.dtype)},
+            )
+    finally:
+        tuner.train(was_training)
+    moments = decode_moments(
+        out.start_logits.cpu(), out.end_logits.cpu(), [float(d) for d in durations], frame_mask,
+        top_k=top_k, max_span_seconds=max_span_seconds, nms_threshold=nms_threshold,
+    )
+    return moments[0] if single_video and single_query else moments
