@@ -10,6 +10,8 @@ _register()  # before importing the config: its __post_init__ uses PeftType.VTG_
 
 from .injection import ARCHITECTURES, ArchitectureSpec, StreamSpec  # noqa: E402
 from .vtg_prompt import TextPromptInit, VideoPromptInit, VTGPromptConfig, VTGPromptModel  # noqa: E402
+from . import data, heads, metrics, timeline  # noqa: E402
+from .inference import ground  # noqa: E402
 
 __version__ = "0.1.0.dev0"
 
@@ -22,4 +24,9 @@ __all__ = [
     "VTGPromptModel",
     "VideoPromptInit",
     "__version__",
+    "data",
+    "ground",
+    "heads",
+    "metrics",
+    "timeline",
 ]

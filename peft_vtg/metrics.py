@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
-from .timeline import Window, check_window, rank_windows, temporal_iou, temporal_nms
+from .timeline import Window, rank_windows, temporal_iou, temporal_nms
 
 # Re-exported: the metrics API is where users look for them.
 __all__ = ["IOU_THRESHOLDS", "RECALL_AT", "best_iou", "evaluate_moments", "rank_predictions", "temporal_iou", "temporal_nms"]

@@ -80,3 +80,38 @@ def inputs(arch: str, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     if arch == "tvp":
         batch = 1  # transformers' TVP fails for batch > 1 (add_2d_positional_embeddings)
     return {**text_batch(batch, seed=seed), "pixel_values": video_batch(arch, batch, seed=seed)}
+
+
+WORDS = ("[UNK] [PAD] the a person red blue green square circle triangle moves slides left right up down grows "
+         "shrinks opens door light turns on off").split()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer for the tiny models: [BOS] words [EOS], ids below the models' EOS, PAD = 1."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: index for index, word in enumerate(WORDS)}
+    vocab.update({"[BOS]": BOS, "[EOS]": EOS})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", BOS), ("[EOS]", EOS)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
+                                   unk_token="[UNK]")
+
+
+def write_video(path, frames, fps: float = 4.0) -> None:
+    """Encode uint8 RGB frames (n, H, W, 3) as an MPEG-4 file with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=int(fps))
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.pix_fmt = "yuv420p"
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -48,6 +48,21 @@ def load_feature_file(path: PathLike, key: Optional[str] = None) -> np.ndarray:
     are read in full (they are per-video files, so that is one video's features).
     """
     name = os.fspath(path)
+    try:
+        array = _read_array(name, key)
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "Python objects" in str(err):
+            raise ValueError(
+                f"{name} holds pickled Python objects; peft_vtg never unpickles feature files (allow_pickle=False), "
+                "since unpickling can run code. Save the features as a numeric (frames, dim) array."
+            ) from err
+        raise
+    if array.ndim != 2:
+        raise ValueError(f"{name}: features must be (frames, dim), got shape {array.shape}.")
+    return array
+
+
+def _read_array(name: str, key: Optional[str]) -> np.ndarray:
     suffix = os.path.splitext(name)[1].lower()
     if suffix == ".npy":
         array = np.load(name, mmap_mode="r", allow_pickle=False)
@@ -65,8 +80,6 @@ def load_feature_file(path: PathLike, key: Optional[str] = None) -> np.ndarray:
             array = handle[_single_key(list(handle.keys()), key, name)][()]
     else:
         raise ValueError(f"{name}: unsupported feature format {suffix!r}; use one of {FEATURE_SUFFIXES}.")
-    if array.ndim != 2:
-        raise ValueError(f"{name}: features must be (frames, dim), got shape {array.shape}.")
     return array
 
 

@@ -1,0 +1,259 @@
+"""Annotation readers (on the real benchmark files and on small bad files), the time convention, video sources and
+collation."""
+
+import json
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from peft_vtg.data import (
+    FeatureDirectory,
+    GroundingCollator,
+    H5FeatureFile,
+    PUBLISHED_SPLIT_SIZES,
+    VideoFiles,
+    check_split_size,
+    decode_video,
+    detect_format,
+    load_annotations,
+    load_feature_file,
+    read_activitynet_captions,
+    read_charades_sta,
+    read_moment_jsonl,
+    read_report,
+    read_tacos,
+    resample_features,
+)
+from peft_vtg.timeline import frames_to_seconds, seconds_to_frames
+from tiny_models import tiny_tokenizer, write_video
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "vtg-annotations"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/vtg-annotations is not beside the project")
+
+
+def quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- real files
+@needs_shared
+@pytest.mark.parametrize(
+    "dataset_name, split, read, clipped",
+    [
+        ("charades_sta", "test", lambda: read_charades_sta(SHARED / "charades-sta/charades_sta_test.txt",
+                                                           SHARED / "charades-sta/Charades_v1_test.csv"), 562),
+        ("activitynet_captions", "val_1", lambda: read_activitynet_captions(SHARED / "activitynet-captions/val_1.json"), 5),
+        ("activitynet_captions", "val_2", lambda: read_activitynet_captions(SHARED / "activitynet-captions/val_2.json"), 1),
+        ("tacos", "train", lambda: read_tacos(SHARED / "tacos/train.json"), 43),
+        ("tacos", "val", lambda: read_tacos(SHARED / "tacos/val.json"), 0),
+        ("tacos", "test", lambda: read_tacos(SHARED / "tacos/test.json"), 5),
+        ("qvhighlights", "val", lambda: read_moment_jsonl(SHARED / "qvhighlights/highlight_val_release.jsonl"), 0),
+    ],
+)
+def test_real_files_parse_completely_with_published_sizes(dataset_name, split, read, clipped):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = read()
+    report = read_report(dataset)
+    assert report["total"] == PUBLISHED_SPLIT_SIZES[(dataset_name, split)] == len(dataset)
+    assert report["dropped"] == {}
+    assert sum(report["clipped"].values()) == clipped  # the known dirt of each file (see its README)
+    assert bool(caught) == bool(clipped)
+    check_split_size(dataset, dataset_name, split)
+    assert len(set(dataset["qid"])) == len(dataset)
+    for row in dataset.select(range(0, len(dataset), 97)):
+        assert row["query"] and row["duration"] > 0 and row["windows"]
+        assert all(0 <= s <= e <= row["duration"] for s, e in row["windows"])
+
+
+@needs_shared
+def test_readers_agree_with_the_unified_jsonl_releases():
+    tacos = quiet(read_tacos, SHARED / "tacos/test.json")
+    unified = load_annotations(SHARED / "unified-jsonl/tacos_test_release.jsonl")
+    assert tacos["qid"] == unified["qid"] and tacos["query"] == unified["query"]
+    assert np.allclose(tacos["duration"], unified["duration"])
+    # including the 5 windows that end after the video: the release clips them to the duration as well
+    assert all(np.allclose(a, b) for a, b in zip(tacos["windows"], unified["windows"]))
+    charades = quiet(read_charades_sta, SHARED / "charades-sta/charades_sta_test.txt",
+                     SHARED / "charades-sta/Charades_v1_test.csv")
+    release = load_annotations(SHARED / "unified-jsonl/charades_test_release.jsonl")
+    assert charades["vid"] == release["vid"] and charades["query"] == release["query"]
+    assert np.allclose(charades["duration"], release["duration"])
+    assert all(np.allclose(a, b) for a, b in zip(charades["windows"], release["windows"]))
+
+
+def test_published_size_check_catches_a_truncated_file(tmp_path):
+    path = tmp_path / "val.jsonl"
+    path.write_text(json.dumps({"qid": 1, "query": "q", "duration": 10, "vid": "v", "relevant_windows": [[1, 2]]}))
+    with pytest.raises(ValueError, match="holds 1 pairs but the published split has 1550"):
+        check_split_size(read_moment_jsonl(path), "qvhighlights", "val")
+
+
+# ---------------------------------------------------------------- bad rows
+BAD_CHARADES = """AAAAA 1.0 5.0##person opens the door.
+AAAAA 6.0 4.0##end before start.
+AAAAA 2.0 3.0##
+BBBBB 8.0 12.5##end beyond the 10 s video.
+BBBBB 10.5 11.0##starts after the video.
+ZZZZZ 1.0 2.0##unknown video.
+"""
+
+
+def test_bad_rows_are_clipped_or_dropped_with_counts(tmp_path):
+    path = tmp_path / "sta.txt"
+    path.write_text(BAD_CHARADES)
+    with pytest.warns(UserWarning, match=r"2 of 6 pairs kept; clipped 1 \(end beyond duration\); dropped"):
+        dataset = read_charades_sta(path, {"AAAAA": 20.0, "BBBBB": 10.0})
+    assert dataset["qid"] == ["AAAAA_0", "BBBBB_0"]
+    assert dataset["windows"] == [[[1.0, 5.0]], [[8.0, 10.0]]]
+    report = read_report(dataset)
+    assert report["dropped"] == {"end before start": 1, "empty query": 1, "unknown video or duration": 1,
+                                 "window starts at or after the video's end": 1}
+
+
+def test_strict_mode_names_file_row_and_reason(tmp_path):
+    path = tmp_path / "sta.txt"
+    path.write_text(BAD_CHARADES)
+    with pytest.raises(ValueError, match=r"sta.txt, line 2: end before start"):
+        read_charades_sta(path, {"AAAAA": 20.0, "BBBBB": 10.0}, strict=True)
+
+
+def test_bad_json_files(tmp_path):
+    anet = tmp_path / "val.json"
+    anet.write_text(json.dumps({"v_x": {"duration": 10.0, "timestamps": [[1, 2], [-0.5, 3]], "sentences": ["a", "b"]},
+                                "v_y": {"duration": 10.0, "timestamps": [[1, 2]], "sentences": ["a", "b"]}}))
+    with pytest.raises(ValueError, match="'v_y'.*equal length"):
+        read_activitynet_captions(anet)
+    anet.write_text(json.dumps({"v_x": {"duration": 10.0, "timestamps": [[1, 2], [-0.5, 3]], "sentences": ["a", "b"]}}))
+    with pytest.warns(UserWarning, match="start before 0"):
+        assert read_activitynet_captions(anet)["windows"][1] == [[0.0, 3.0]]
+    jsonl = tmp_path / "gt.jsonl"
+    jsonl.write_text('{"qid": 1, "duration": 5, "windows": [[1, 2]]}\n{"qid": 1, "duration": 5, "windows": [[1, 2]]}\n')
+    with pytest.raises(ValueError, match="line 2: duplicate qid '1'"):
+        read_moment_jsonl(jsonl)
+    jsonl.write_text('{"qid": 1, "query": "q", "duration": 5, "vid": "v"}\n{"qid": 2, "query": "q", "duration": 5, '
+                     '"vid": "v", "relevant_windows": []}\n')
+    with pytest.warns(UserWarning, match="no ground-truth window"):
+        unlabelled = read_moment_jsonl(jsonl)
+    assert unlabelled["qid"] == ["1"] and unlabelled["windows"] == [[]]  # no window key: an unlabelled query
+
+
+def test_tacos_seconds_form_and_format_detection(tmp_path):
+    seconds = tmp_path / "tacos_seconds.json"
+    seconds.write_text(json.dumps({"s13-d21.avi": {"duration": 100.0, "timestamps": [[3.0, 9.5]], "sentences": ["x"]}}))
+    frames = tmp_path / "tacos_frames.json"
+    frames.write_text(json.dumps({"s13-d21.avi": {"fps": 25.0, "num_frames": 2500, "timestamps": [[75, 237]],
+                                                  "sentences": ["x"]}}))
+    a, b = read_tacos(seconds), read_tacos(frames)
+    assert a["qid"] == b["qid"] == ["s13-d21_0"] and a["duration"] == b["duration"] == [100.0]
+    assert a["windows"] == [[[3.0, 9.5]]] and b["windows"] == [[[3.0, 9.48]]]
+    assert detect_format(frames) == "tacos" and detect_format(seconds) == "activitynet_captions"
+    with pytest.raises(ValueError, match="pass format="):
+        detect_format(tmp_path / "x.csv")
+
+
+# ---------------------------------------------------------------- time convention
+def test_seconds_frames_round_trip_within_one_frame():
+    rng = random.Random(0)
+    for _ in range(2000):
+        duration = rng.uniform(1.0, 300.0)
+        frames = rng.randint(1, 256)
+        start = rng.uniform(0, duration)
+        end = rng.uniform(start, duration)
+        first, last = seconds_to_frames(start, end, duration, frames)
+        assert 0 <= first <= last < frames
+        back_start, back_end = frames_to_seconds(first, last, duration, frames)
+        step = duration / frames
+        assert back_start <= start + 1e-9 and start - back_start < step + 1e-9
+        assert back_end >= end - 1e-9 and back_end - end < step + 1e-9
+
+
+def test_frame_convention_edges():
+    assert seconds_to_frames(0.0, 10.0, 10.0, 5) == (0, 4)
+    assert seconds_to_frames(2.0, 4.0, 10.0, 5) == (1, 1)  # ends on a bin edge: does not reach into bin 2
+    assert seconds_to_frames(3.0, 3.0, 10.0, 5) == (1, 1)  # zero length: one frame
+    assert frames_to_seconds(1, 2, 10.0, 5) == (2.0, 6.0)
+    with pytest.raises(ValueError, match="duration"):
+        seconds_to_frames(0, 1, 0.0, 5)
+
+
+# ---------------------------------------------------------------- video sources
+def test_feature_formats(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from safetensors.numpy import save_file
+
+    features = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.save(tmp_path / "a.npy", features)
+    np.savez(tmp_path / "b.npz", feats=features)
+    save_file({"feats": features}, tmp_path / "c.safetensors")
+    with h5py.File(tmp_path / "d.h5", "w") as handle:
+        handle["feats"] = features
+    source = FeatureDirectory(tmp_path)
+    for vid in "abcd":
+        assert np.array_equal(source(vid), features)
+    assert isinstance(load_feature_file(tmp_path / "a.npy"), np.memmap)  # not read into memory up front
+    with h5py.File(tmp_path / "all.h5", "w") as handle:
+        handle["a"], handle["b"] = features, features * 2
+    assert np.array_equal(H5FeatureFile(tmp_path / "all.h5")("b"), features * 2)
+    with pytest.raises(FileNotFoundError, match="No features for video 'zz'"):
+        source("zz")
+    np.savez(tmp_path / "two.npz", x=features, y=features)
+    with pytest.raises(ValueError, match="several arrays.*key="):
+        source("two")
+
+
+def test_pickled_feature_files_are_refused(tmp_path):
+    np.save(tmp_path / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "evil.npz", x=np.array([{"a": 1}], dtype=object))
+    for name in ("evil.npy", "evil.npz"):
+        with pytest.raises(ValueError, match="never unpickles"):
+            load_feature_file(tmp_path / name)
+
+
+def test_resample_features_averages_time_bins():
+    features = torch.arange(6, dtype=torch.float32).unsqueeze(1)  # values 0..5 over 6 bins
+    assert resample_features(features, 3).squeeze(1).tolist() == [0.5, 2.5, 4.5]
+    assert resample_features(features, 6).squeeze(1).tolist() == list(range(6))
+    assert resample_features(features[:2], 4).squeeze(1).tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_decoding_samples_frames_at_bin_centres(tmp_path):
+    pytest.importorskip("av")
+    brightness = np.arange(20) * 12  # 20 frames at 4 fps = 5 s; frame k has brightness 12 k
+    write_video(tmp_path / "v.mp4", np.repeat(brightness, 32 * 32 * 3).reshape(20, 32, 32, 3).astype(np.uint8), fps=4)
+    frames, duration = decode_video(tmp_path / "v.mp4", num_frames=5)
+    assert frames.shape == (5, 3, 32, 32) and frames.dtype == torch.uint8
+    assert duration == pytest.approx(5.0)
+    # bin centres 0.5, 1.5, ... s show source frames 2, 6, 10, 14, 18
+    assert np.allclose(frames.float().mean(dim=(1, 2, 3)).numpy(), brightness[[2, 6, 10, 14, 18]], atol=4)
+    processed = VideoFiles(tmp_path, fps=2.0, image_size=16)("v")
+    assert processed.shape == (10, 3, 16, 16) and processed.dtype == torch.float32
+    with pytest.raises(FileNotFoundError):
+        decode_video(tmp_path / "missing.mp4", num_frames=2)
+
+
+def test_collator_pads_masks_and_labels(tmp_path):
+    np.save(tmp_path / "short.npy", np.ones((4, 3), np.float32))
+    np.save(tmp_path / "long.npy", np.ones((6, 3), np.float32))
+    rows = [
+        {"qid": "q0", "vid": "short", "query": "the red square moves left", "duration": 8.0, "windows": [[2.0, 5.0]]},
+        {"qid": "q1", "vid": "long", "query": "a door opens", "duration": 12.0, "windows": [[0.0, 12.0], [1, 2]]},
+    ]
+    collate = GroundingCollator(tiny_tokenizer(), FeatureDirectory(tmp_path))
+    batch = collate(rows)
+    assert batch["video_features"].shape == (2, 6, 3)
+    assert batch["frame_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6]
+    assert batch["video_features"][0, 4:].abs().sum() == 0
+    # short: 4 bins of 2 s, [2, 5] s -> frames 1..2; long: 6 bins of 2 s, first window [0, 12] -> 0..5
+    assert batch["start_frames"].tolist() == [1, 0] and batch["end_frames"].tolist() == [2, 5]
+    assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][1].tolist()[-1] == 0
+    fixed = GroundingCollator(tiny_tokenizer(), FeatureDirectory(tmp_path), num_frames=3)(rows)
+    assert fixed["video_features"].shape == (2, 3, 3) and fixed["frame_mask"].all()
+    unlabelled = collate([{**rows[0], "windows": []}])
+    assert "start_frames" not in unlabelled
