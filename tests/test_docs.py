@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_quickstart_runs_as_written(tmp_path, monkeypatch):
+    """Every ```python block runs; ```py blocks need the user's data files and are shown, not run."""
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert blocks, "README has no python quickstart"
