@@ -2,6 +2,7 @@
 collation."""
 
 import json
+import os
 import random
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from peft_vtg.data import (
     check_split_size,
     decode_video,
     detect_format,
+    durations_from_features,
     load_annotations,
     load_feature_file,
     read_activitynet_captions,
@@ -31,8 +33,9 @@ from peft_vtg.data import (
 from peft_vtg.timeline import frames_to_seconds, seconds_to_frames
 from tiny_models import tiny_tokenizer, write_video
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "vtg-annotations"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/vtg-annotations is not beside the project")
+# The real annotation files: ../shared/vtg-annotations beside the project, or wherever VTG_ANNOTATIONS_DIR points.
+SHARED = Path(os.environ.get("VTG_ANNOTATIONS_DIR", Path(__file__).resolve().parents[2] / "shared" / "vtg-annotations"))
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no annotation files at {SHARED} (set VTG_ANNOTATIONS_DIR)")
 
 
 def quiet(fn, *args, **kwargs):
@@ -115,6 +118,16 @@ def test_bad_rows_are_clipped_or_dropped_with_counts(tmp_path):
     report = read_report(dataset)
     assert report["dropped"] == {"end before start": 1, "empty query": 1, "unknown video or duration": 1,
                                  "window starts at or after the video's end": 1}
+
+
+def test_charades_durations_from_feature_lengths(tmp_path):
+    np.save(tmp_path / "AAAAA.npy", np.zeros((40, 2), np.float32))  # 40 features at 2 per second = 20 s
+    np.save(tmp_path / "BBBBB.npy", np.zeros((20, 2), np.float32))
+    durations = durations_from_features(FeatureDirectory(tmp_path), ["AAAAA", "BBBBB", "AAAAA"], 2.0)
+    assert durations == {"AAAAA": 20.0, "BBBBB": 10.0}
+    path = tmp_path / "sta.txt"
+    path.write_text(BAD_CHARADES)
+    assert len(quiet(read_charades_sta, path, durations)) == 2
 
 
 def test_strict_mode_names_file_row_and_reason(tmp_path):

@@ -139,6 +139,14 @@ class H5FeatureFile:
         return {"path": self.path, "_handle": None}
 
 
+def durations_from_features(source: VideoSource, vids: Sequence[str], features_per_second: float) -> dict[str, float]:
+    """Video durations (seconds) from feature lengths: `num_features / features_per_second`, for readers that need
+    durations the annotation file lacks (Charades-STA without its csv)."""
+    if not features_per_second > 0:
+        raise ValueError(f"features_per_second must be > 0, got {features_per_second!r}.")
+    return {vid: len(source(vid)) / features_per_second for vid in dict.fromkeys(vids)}
+
+
 def resample_features(features: Union[np.ndarray, torch.Tensor], num_frames: int) -> torch.Tensor:
     """Average (frames, dim) features into `num_frames` equal time bins (or repeat rows when there are fewer).
 
