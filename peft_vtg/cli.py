@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Optional
 
-from .data.annotations import load_annotations
+from .data.annotations import iter_json_lines, load_annotations
 from .metrics import IOU_THRESHOLDS, RECALL_AT, evaluate_moments
 
 
@@ -22,23 +22,16 @@ def read_predictions(path: str) -> dict[str, list[list[float]]]:
     """JSON lines `{"qid": ..., "pred_windows": [[start_s, end_s, score], ...]}` -> qid (as a string) -> windows."""
     predictions: dict[str, list[list[float]]] = {}
     duplicates = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({err}).") from err
-            if "qid" not in entry or "pred_windows" not in entry:
-                raise ValueError(f"{path}, line {number}: needs 'qid' and 'pred_windows', got keys {sorted(entry)}.")
-            windows = entry["pred_windows"]
-            if not isinstance(windows, list) or not all(isinstance(w, list) and len(w) in (2, 3) for w in windows):
-                raise ValueError(f"{path}, line {number}: 'pred_windows' must be a list of [start, end, score].")
-            qid = str(entry["qid"])
-            if qid in predictions:
-                duplicates.append(qid)
-            predictions[qid] = windows
+    for number, entry in iter_json_lines(path):
+        if "qid" not in entry or "pred_windows" not in entry:
+            raise ValueError(f"{path}, line {number}: needs 'qid' and 'pred_windows', got keys {sorted(entry)}.")
+        windows = entry["pred_windows"]
+        if not isinstance(windows, list) or not all(isinstance(w, list) and len(w) in (2, 3) for w in windows):
+            raise ValueError(f"{path}, line {number}: 'pred_windows' must be a list of [start, end, score].")
+        qid = str(entry["qid"])
+        if qid in predictions:
+            duplicates.append(qid)
+        predictions[qid] = windows
     if duplicates:
         raise ValueError(f"{path}: duplicate qids {duplicates[:10]}{' ...' if len(duplicates) > 10 else ''} "
                          f"({len(duplicates)}); give each query one line.")

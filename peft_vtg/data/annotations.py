@@ -271,12 +271,8 @@ def read_tacos(path: PathLike, strict: bool = False) -> datasets.Dataset:
 
 
 # ---------------------------------------------------------------- QVHighlights / JSON lines
-def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
-    """JSON lines with one query per line: QVHighlights (`qid, query, duration, vid, relevant_windows`), the unified
-    releases of other benchmarks in that form, and peft_vtg's ground-truth format (`qid, duration, windows`; `vid` and
-    `query` optional). A line without any window key is an unlabelled query (kept with no windows)."""
-    policy = _RowPolicy(os.fspath(path), strict)
-    seen: set[str] = set()
+def iter_json_lines(path: PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-empty line of a JSON-lines file; a bad line raises naming its number."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -285,15 +281,27 @@ def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
                 entry = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({err}).") from err
-            if "qid" not in entry:
-                raise ValueError(f"{path}, line {number}: no 'qid'.")
-            qid = str(entry["qid"])
-            if qid in seen:
-                raise ValueError(f"{path}, line {number}: duplicate qid {qid!r}.")
-            seen.add(qid)
-            windows = entry.get("relevant_windows", entry.get("windows"))
-            query = entry.get("query", "") if "query" in entry else f"<{qid}>"  # GT files for scoring carry no text
-            policy.add(f"line {number}", qid, entry.get("vid", qid), query, entry.get("duration"), windows)
+            if not isinstance(entry, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(entry).__name__}.")
+            yield number, entry
+
+
+def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
+    """JSON lines with one query per line: QVHighlights (`qid, query, duration, vid, relevant_windows`), the unified
+    releases of other benchmarks in that form, and peft_vtg's ground-truth format (`qid, duration, windows`; `vid` and
+    `query` optional). A line without any window key is an unlabelled query (kept with no windows)."""
+    policy = _RowPolicy(os.fspath(path), strict)
+    seen: set[str] = set()
+    for number, entry in iter_json_lines(path):
+        if "qid" not in entry:
+            raise ValueError(f"{path}, line {number}: no 'qid'.")
+        qid = str(entry["qid"])
+        if qid in seen:
+            raise ValueError(f"{path}, line {number}: duplicate qid {qid!r}.")
+        seen.add(qid)
+        windows = entry.get("relevant_windows", entry.get("windows"))
+        query = entry.get("query", "") if "query" in entry else f"<{qid}>"  # GT files for scoring carry no text
+        policy.add(f"line {number}", qid, entry.get("vid", qid), query, entry.get("duration"), windows)
     return policy.dataset()
 
 
