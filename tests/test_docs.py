@@ -35,3 +35,4 @@ def test_quickstart_example_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reloaded adapter reproduces the outputs exactly" in result.stdout
+    assert "query 0: true moment" in result.stdout
