@@ -11,15 +11,18 @@ import torch
 
 from .data.video import decode_video, preprocess_frames
 from .heads.decoding import Moment, decode_moments
+from .vtg_prompt.model import VTGPromptModel
 
 VideoInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 DEFAULT_NUM_FRAMES = 32
 
 
-def _tuner(model: Any):
+def _tuner(model: Any) -> VTGPromptModel:
     """The `VTGPromptModel` inside a `PeftModel` (or the tuner itself)."""
-    tuner = getattr(model, "base_model", model)
-    if not hasattr(tuner, "forward_grounding"):
+    if isinstance(model, VTGPromptModel):
+        return model
+    tuner = getattr(model, "base_model", None)
+    if not isinstance(tuner, VTGPromptModel):
         raise TypeError(
             f"{type(model).__name__} is not a VTG prompt model; create it with get_peft_model(base, VTGPromptConfig(...)) "
             "or PeftModel.from_pretrained(base, adapter_dir)."

@@ -104,3 +104,7 @@ def test_ground_from_a_video_file_and_from_features(tmp_path):
     assert from_features == pytest.approx(from_file[0])
     with pytest.raises(ValueError, match="pass duration="):
         peft_vtg.ground(model, features, "a door opens", tokenizer=tokenizer)
+    assert peft_vtg.ground(model.base_model, features, "a door opens", tokenizer=tokenizer, duration=duration) == \
+        pytest.approx(from_features)  # the tuner itself works too
+    with pytest.raises(TypeError, match="not a VTG prompt model"):
+        peft_vtg.ground(tiny_clip(), features, "a door opens", tokenizer=tokenizer, duration=duration)

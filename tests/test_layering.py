@@ -13,7 +13,7 @@ ALLOWED = {
     "metrics": {"timeline"},
     "data": {"timeline"},
     "vtg_prompt": {"timeline", "injection", "heads"},
-    "inference": {"timeline", "heads", "data"},
+    "inference": {"timeline", "heads", "data", "vtg_prompt"},
 }
 
 
