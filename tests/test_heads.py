@@ -283,3 +283,17 @@ def test_per_sample_adapters_ground_like_separate_calls():
             part = {k: v[row : row + 1] for k, v in x.items()}
             single.append(model.forward_grounding(**part).start_logits)
     assert torch.allclose(mixed.start_logits, torch.cat(single), atol=1e-5)
+
+
+def test_adapter_saved_without_head_fields_loads_without_a_head(tmp_path):
+    """An adapter_config.json from before the heads (no grounding_head) must not get a random, unsaved head."""
+    import json
+
+    grounding_model("clip", grounding_head=False).save_pretrained(tmp_path)
+    config_path = tmp_path / "adapter_config.json"
+    saved = json.loads(config_path.read_text())
+    assert saved["grounding_head"] is False
+    del saved["grounding_head"]
+    config_path.write_text(json.dumps(saved))
+    loaded = PeftModel.from_pretrained(tiny_clip(), tmp_path)
+    assert len(loaded.base_model.model.vtg_prompts.vtg_prompt_heads) == 0

@@ -349,4 +349,8 @@ class VTGPromptConfig(PeftConfig):
         """Load the config (as PEFT does) and check the adapter weights beside it; see `check_adapter_directory`."""
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
         check_adapter_directory(directory)
-        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        if config.grounding_head is None:
+            # Saved adapters record True/False; None means one saved before heads existed, which has no head weights.
+            config.grounding_head = False
+        return config
