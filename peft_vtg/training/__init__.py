@@ -1,0 +1,8 @@
+"""Training and evaluation: an accelerate loop (one CPU, one GPU or many), evaluation across processes, Trainer."""
+
+from .arguments import VTGTrainingArguments
+from .evaluation import evaluate_grounding, predict_moments
+from .loop import TrainResult, train
+from .module import GroundingModule
+
+__all__ = ["GroundingModule", "TrainResult", "VTGTrainingArguments", "evaluate_grounding", "predict_moments", "train"]

@@ -1,0 +1,140 @@
+"""The accelerate training loop: DDP on 2 CPU processes equals 1 process, kill-and-resume equals uninterrupted,
+uneven evaluation batches count each query once, the frozen base stays in eval mode."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file
+
+from peft_vtg import VTGPromptConfig
+from peft_vtg.data import GroundingCollator
+from peft_vtg.training import GroundingModule, VTGTrainingArguments, train
+from test_end_to_end import synthetic_set
+from tiny_models import tiny_clip, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "scripts" / "train_tiny.py"
+HEAD = dict(head_hidden_size=16, head_num_attention_heads=2, head_num_layers=1)
+
+
+def run(command, **env):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def probabilities(adapter_dir, rows, videos):
+    """Span probabilities of an adapter on `rows`: what decoding reads, free of the logits' softmax gauge."""
+    torch.manual_seed(0)
+    model = PeftModel.from_pretrained(tiny_clip(), adapter_dir)
+    batch = GroundingCollator(tiny_tokenizer(), videos.__getitem__)(rows)
+    with torch.no_grad():
+        out = model.forward_grounding(**{k: v for k, v in batch.items() if k not in ("start_frames", "end_frames")})
+    return torch.cat([out.start_logits.softmax(-1), out.end_logits.softmax(-1), out.inside_logits.sigmoid()], dim=1)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    # accelerate 1.15 runs CPU DDP (gloo) through its multi-process launcher with ACCELERATE_USE_CPU=1; a plain
+    # `accelerate launch --cpu --num_processes 2` starts only one process.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    run(launch + [str(SCRIPT), str(tmp_path / "two"), "4"], ACCELERATE_USE_CPU="1")
+    run([sys.executable, str(SCRIPT), str(tmp_path / "one"), "8"])
+    two = json.loads((tmp_path / "two" / "history.json").read_text())
+    one = json.loads((tmp_path / "one" / "history.json").read_text())
+    assert [h["step"] for h in two] == [h["step"] for h in one]
+    assert len(one) == 4 and all("loss" in h for h in one)  # logging_steps=1
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    evaluations = [(a, b) for a, b in zip(one, two) if "eval/num_queries" in a]
+    assert [a["step"] for a, _ in evaluations] == [2, 4]  # each epoch (2 steps of 8 pairs)
+    for a, b in evaluations:
+        assert b["eval/num_queries"] == a["eval/num_queries"] == 7  # 7 queries, uneven last batch: each once
+        assert {k: v for k, v in b.items() if k.startswith("eval/")} == pytest.approx(
+            {k: v for k, v in a.items() if k.startswith("eval/")})
+    # Adam turns float noise into full-size steps for parameters whose true gradient is 0 (attention key biases,
+    # a constant added to all start logits), so the adapters are compared by the function they compute.
+    rows, videos = synthetic_set(16)
+    assert torch.allclose(probabilities(tmp_path / "one" / "final", rows, videos),
+                          probabilities(tmp_path / "two" / "final", rows, videos), atol=1e-4)
+    assert (tmp_path / "two" / "metrics.json").exists() and (tmp_path / "two" / "adapter_model.safetensors").exists()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def make_run(output_dir, **overrides):
+    torch.manual_seed(0)
+    # Dropout and matching negatives make every step draw random numbers: resume must restore the RNG too.
+    model = get_peft_model(tiny_clip(), VTGPromptConfig(num_video_tokens=2, num_text_tokens=2, vtm_heads=["violet"],
+                                                        video_prompt_dropout=0.1, **HEAD))
+    rows, videos = synthetic_set(12)
+    collate = GroundingCollator(tiny_tokenizer(), videos.__getitem__)
+    settings = dict(output_dir=str(output_dir), max_steps=7, per_device_train_batch_size=4, save_steps=2,
+                    learning_rate=5e-3, gradient_accumulation_steps=1, disable_tqdm=True, seed=3)
+    settings.update(overrides)
+    return model, rows, collate, VTGTrainingArguments(**settings)
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    model, rows, collate, args = make_run(tmp_path / "straight")
+    train(model, rows, collate, args)
+    expected = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+
+    def crash_at_5(step, logs):
+        if step == 5:
+            raise Crash()
+
+    model, rows, collate, args = make_run(tmp_path / "crashed")
+    with pytest.raises(Crash):
+        train(model, rows, collate, args, callbacks=[crash_at_5])
+    assert sorted(os.listdir(tmp_path / "crashed" / "checkpoints")) == ["step-2", "step-4"]
+    checkpoint = load_file(tmp_path / "crashed" / "checkpoints" / "step-4" / "model.safetensors")
+    assert checkpoint and all("vtg_prompt" in k for k in checkpoint)  # the adapter only, not the frozen base
+    # a new "process": fresh model, resumed from the latest checkpoint (step 4; epochs have 3 steps, so mid-epoch)
+    model, rows, collate, args = make_run(tmp_path / "crashed", resume_from_checkpoint="latest")
+    result = train(model, rows, collate, args)
+    assert result.global_step == 7
+    resumed = load_file(tmp_path / "crashed" / "adapter_model.safetensors")
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(resumed[key], expected[key]), key
+
+
+def test_resume_errors(tmp_path):
+    model, rows, collate, args = make_run(tmp_path / "none", resume_from_checkpoint="latest")
+    with pytest.raises(FileNotFoundError, match="holds none"):
+        train(model, rows, collate, args)
+    model, rows, collate, args = make_run(tmp_path / "other", resume_from_checkpoint=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not a peft_vtg checkpoint"):
+        train(model, rows, collate, args)
+
+
+def test_training_keeps_the_frozen_base_in_eval_mode_and_optimises_only_the_adapter(tmp_path):
+    model, rows, collate, args = make_run(tmp_path / "modes", max_steps=1, save_steps=None)
+    module = GroundingModule(model).train()
+    base = model.get_base_model()
+    assert not base.vision_model.training and not base.text_model.training
+    assert base.vtg_prompts.training and base.vtg_prompts.vtg_prompt_heads["default"].training
+    assert GroundingModule(model, train_base_model_modes=True).train().peft_model.get_base_model().vision_model.training
+    frozen = {k: v.clone() for k, v in base.state_dict().items() if "vtg_prompt" not in k}
+    train(model, rows, collate, args)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in frozen.items())
+    assert json.loads((tmp_path / "modes" / "metrics.json").read_text()) == {"step": 1}  # no eval set
+
+
+def test_arguments_are_validated():
+    with pytest.raises(ValueError, match="lr_scheduler_type='step' is not valid"):
+        VTGTrainingArguments(lr_scheduler_type="step")
+    with pytest.raises(ValueError, match="per_device_train_batch_size must be an integer >= 1"):
+        VTGTrainingArguments(per_device_train_batch_size=0)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        VTGTrainingArguments(mixed_precision="fp8")
