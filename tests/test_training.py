@@ -120,7 +120,7 @@ def test_resume_errors(tmp_path):
 
 def test_training_keeps_the_frozen_base_in_eval_mode_and_optimises_only_the_adapter(tmp_path):
     model, rows, collate, args = make_run(tmp_path / "modes", max_steps=1, save_steps=None)
-    module = GroundingModule(model).train()
+    GroundingModule(model).train()
     base = model.get_base_model()
     assert not base.vision_model.training and not base.text_model.training
     assert base.vtg_prompts.training and base.vtg_prompts.vtg_prompt_heads["default"].training
@@ -138,3 +138,30 @@ def test_arguments_are_validated():
         VTGTrainingArguments(per_device_train_batch_size=0)
     with pytest.raises(ValueError, match="mixed_precision"):
         VTGTrainingArguments(mixed_precision="fp8")
+
+
+def test_hugging_face_trainer_trains_and_saves_the_adapter(tmp_path):
+    from transformers import TrainingArguments
+
+    from peft_vtg.training import GroundingTrainer
+
+    model, rows, collate, _ = make_run(tmp_path)
+    base = model.get_base_model()
+    frozen = {k: v.clone() for k, v in base.state_dict().items() if "vtg_prompt" not in k}
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        GroundingTrainer(model=model, args=TrainingArguments(str(tmp_path / "hf")), train_dataset=rows,
+                         data_collator=collate)
+    args = TrainingArguments(str(tmp_path / "hf"), remove_unused_columns=False, per_device_train_batch_size=4,
+                             max_steps=12, learning_rate=5e-3, logging_steps=1, save_strategy="no", report_to=[],
+                             use_cpu=True, seed=0, disable_tqdm=True)
+    trainer = GroundingTrainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    trainer.save_model(str(tmp_path / "hf" / "adapter"))
+    assert sorted(os.listdir(tmp_path / "hf" / "adapter"))[:2] == ["README.md", "adapter_config.json"]
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in frozen.items())
+    reloaded = PeftModel.from_pretrained(tiny_clip(), tmp_path / "hf" / "adapter")
+    trained = model.get_base_model().vtg_prompts.vtg_prompt_heads["default"].grounding.span_head[0].weight
+    assert torch.equal(reloaded.get_base_model().vtg_prompts.vtg_prompt_heads["default"].grounding.span_head[0].weight,
+                       trained.detach())

@@ -2,7 +2,16 @@
 
 from .arguments import VTGTrainingArguments
 from .evaluation import evaluate_grounding, predict_moments
+from .hf_trainer import GroundingTrainer
 from .loop import TrainResult, train
 from .module import GroundingModule
 
-__all__ = ["GroundingModule", "TrainResult", "VTGTrainingArguments", "evaluate_grounding", "predict_moments", "train"]
+__all__ = [
+    "GroundingModule",
+    "GroundingTrainer",
+    "TrainResult",
+    "VTGTrainingArguments",
+    "evaluate_grounding",
+    "predict_moments",
+    "train",
+]

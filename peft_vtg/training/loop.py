@@ -136,6 +136,9 @@ def train(
             weights[i] = {k: v for k, v in state.items() if k in trainable}
 
     accelerator.register_save_state_pre_hook(keep_adapter_weights_only)
+    trainable_count, total_count = accelerator.unwrap_model(module).peft_model.get_nb_trainable_parameters()
+    accelerator.print(f"trainable parameters: {trainable_count:,} of {total_count:,} "
+                      f"({100 * trainable_count / total_count:.3f}%); {accelerator.num_processes} process(es)")
     if args.report_to != "none":
         accelerator.init_trackers("peft_vtg", config={k: v for k, v in asdict(args).items() if v is not None})
 

@@ -1,0 +1,121 @@
+"""`peft-vtg train -> evaluate -> predict -> push` end to end on a tiny saved base model and generated videos, and
+every setting documented in `--help`."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from peft_vtg.cli import build_parser, main
+from tiny_models import tiny_clip, tiny_tokenizer, write_video
+
+COLOURS = {"red": 0, "green": 1, "blue": 2}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A saved tiny CLIP + tokenizer, 8 videos (8 s, 1 fps) where the queried colour fills the moment, annotations."""
+    root = tmp_path_factory.mktemp("cli")
+    tiny_clip().save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    (root / "videos").mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(8):
+        colour = list(COLOURS)[i % 3]
+        start = int(rng.integers(0, 6))
+        end = int(rng.integers(start + 1, 9))
+        frames = np.full((8, 32, 32, 3), 96, np.uint8)
+        frames[start:end, :, :, COLOURS[colour]] = 255
+        write_video(root / "videos" / f"v{i}.mp4", frames, fps=1)
+        lines.append({"qid": f"q{i}", "vid": f"v{i}", "query": f"the {colour} light turns on", "duration": 8.0,
+                      "relevant_windows": [[float(start), float(end)]]})
+    (root / "ann.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root
+
+
+DATA = ["--video-dir", None, "--num-frames", "8", "--image-size", "32"]
+
+
+def data_flags(root):
+    return [str(root / "videos") if flag is None else flag for flag in DATA]
+
+
+def test_train_evaluate_predict_push(workspace, tmp_path, capsys, monkeypatch):
+    root = workspace
+    out = tmp_path / "adapter"
+    (tmp_path / "settings.json").write_text(json.dumps({"seed": 1, "vtm_heads": ["violet"], "max_steps": 2}))
+    code = main([
+        "train", "--config", str(tmp_path / "settings.json"), "--base-model", str(root / "base"),
+        "--train-annotations", str(root / "ann.jsonl"), "--eval-annotations", str(root / "ann.jsonl"),
+        *data_flags(root), "--output-dir", str(out), "--max-steps", "6", "--per-device-train-batch-size", "4",
+        "--learning-rate", "0.005", "--num-video-tokens", "2", "--num-text-tokens", "2", "--head-hidden-size", "16",
+        "--head-num-attention-heads", "2", "--head-num-layers", "1", "--disable-tqdm", "true", "--eval-steps", "3",
+    ])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    assert "trainable parameters:" in printed.out and "R@1" in printed.out and "adapter saved to" in printed.out
+    assert {"adapter_config.json", "adapter_model.safetensors", "metrics.json", "run.json"} <= {
+        p.name for p in out.iterdir()}
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["vtm_heads"] == ["violet"]  # from the config file
+    assert config["num_video_tokens"] == 2 and config["base_model_name_or_path"] == str(root / "base")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_queries"] == 8 and metrics["step"] in (3, 6)  # --max-steps 6 beat the file's 2
+    run = json.loads((out / "run.json").read_text())
+    assert run["training_arguments"]["seed"] == 1 and run["base_model"] == str(root / "base")
+
+    # evaluate, without --base-model: the adapter records it
+    predictions = tmp_path / "predictions.jsonl"
+    code = main(["evaluate", "--adapter", str(out), "--annotations", str(root / "ann.jsonl"), *data_flags(root),
+                 "--json", "--predictions-out", str(predictions)])
+    evaluated = json.loads(capsys.readouterr().out)
+    assert code == 0 and evaluated["num_queries"] == 8
+    # the written predictions score to the same numbers
+    assert main(["score", "--predictions", str(predictions), "--ground-truth", str(root / "ann.jsonl"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(evaluated)
+
+    code = main(["predict", "--adapter", str(out), "--video", str(root / "videos" / "v0.mp4"),
+                 "--query", "the red light turns on", "--num-frames", "8", "--image-size", "32", "--json"])
+    moments = json.loads(capsys.readouterr().out)
+    assert code == 0 and 1 <= len(moments) <= 5
+    assert all(0.0 <= m["start"] < m["end"] <= 8.0 + 1e-6 for m in moments)
+
+    from huggingface_hub import HfApi
+
+    uploads = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: uploads.setdefault("repo", repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.update(kw) or "https://hub.local/commit/1")
+    assert main(["push", "--adapter", str(out), "--repo-id", "someone/tiny-vtg"]) == 0
+    assert uploads["repo"] == uploads["repo_id"] == "someone/tiny-vtg"
+    assert "adapter_model.safetensors" in uploads["allow_patterns"] and "README.md" in uploads["allow_patterns"]
+    card = (out / "README.md").read_text()
+    assert f"base_model: {root / 'base'}" in card and "| R@1 |" in card and "ann.jsonl" in card
+    assert 'PeftModel.from_pretrained(base, "someone/tiny-vtg")' in card and "num_video_tokens" in card
+
+
+def test_every_setting_has_a_documented_flag(capsys):
+    from peft_vtg.cli import _config_field_names
+    from peft_vtg.training import VTGTrainingArguments
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in _config_field_names() + [f.name for f in dataclasses.fields(VTGTrainingArguments)]:
+        assert "--" + name.replace("_", "-") in text, name
+    assert "base_architecture" not in text and "--num-virtual-tokens" not in text  # filled in automatically
+    for command in ("evaluate", "predict", "push", "score"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        assert "usage: peft-vtg " + command in capsys.readouterr().out
+
+
+def test_bad_settings_are_named(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text(json.dumps({"num_video_token": 4}))
+    code = main(["train", "--config", str(tmp_path / "bad.json"), "--train-annotations", "x.jsonl",
+                 "--base-model", "x"])
+    assert code == 2 and "unknown settings ['num_video_token']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--train-annotations", "x", "--couple-video-to-text", "maybe"])
+    assert "expected true or false" in capsys.readouterr().err
