@@ -14,6 +14,8 @@ ALLOWED = {
     "data": {"timeline"},
     "vtg_prompt": {"timeline", "injection", "heads"},
     "inference": {"timeline", "heads", "data", "vtg_prompt"},
+    "training": {"timeline", "heads", "data", "metrics", "vtg_prompt"},
+    "hub": {"metrics"},
 }
 
 
