@@ -165,3 +165,17 @@ def test_hugging_face_trainer_trains_and_saves_the_adapter(tmp_path):
     trained = model.get_base_model().vtg_prompts.vtg_prompt_heads["default"].grounding.span_head[0].weight
     assert torch.equal(reloaded.get_base_model().vtg_prompts.vtg_prompt_heads["default"].grounding.span_head[0].weight,
                        trained.detach())
+
+
+def test_bf16_autocast_after_a_full_precision_run_and_a_clear_tracker_error(tmp_path, monkeypatch):
+    model, rows, collate, args = make_run(tmp_path / "fp32", max_steps=1, save_steps=None)
+    train(model, rows, collate, args)
+    model, rows, collate, args = make_run(tmp_path / "bf16", max_steps=2, save_steps=None, mixed_precision="bf16")
+    result = train(model, rows, collate, args, eval_dataset=rows[:4])  # same process, another precision
+    assert result.metrics["num_queries"] == 4
+    import peft_vtg.training.loop as loop
+
+    monkeypatch.setattr(loop, "is_tensorboard_available", lambda: False)
+    model, rows, collate, args = make_run(tmp_path / "tb", max_steps=1, save_steps=None, report_to="tensorboard")
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        train(model, rows, collate, args)

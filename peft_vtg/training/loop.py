@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import is_tensorboard_available, set_seed
 from safetensors import safe_open
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -98,6 +99,9 @@ def train(
         collator: e.g. `GroundingCollator`; its batches must hold span labels.
         callbacks: called after each optimizer step with the step and its logs.
     """
+    if args.report_to == "tensorboard" and not is_tensorboard_available():
+        raise ValueError("report_to='tensorboard' needs tensorboard: pip install tensorboard (or report_to='none').")
+    _allow_new_precision(args.mixed_precision)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # matching heads may skip a batch
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -229,6 +233,15 @@ def train(
     accelerator.end_training()
     return TrainResult(global_step=global_step, best_metric=best_metric, metrics=best_metrics, history=history,
                        output_dir=args.output_dir)
+
+
+def _allow_new_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state; a second `train()` in the same single process (a notebook) with
+    another precision would be refused by it, so that state is reset. Multi-process runs are left alone."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        if PartialState().num_processes == 1:
+            AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _check_restored(resume_dir: str, trainable: set[str]) -> None:
