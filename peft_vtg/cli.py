@@ -189,6 +189,11 @@ def _load_model(args: argparse.Namespace, trainable: bool, config_settings: Opti
         base_name = PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
     if not base_name:
         raise ValueError("Give --base-model (a path or Hub id); the adapter does not record one.")
+    if args.adapter and config_settings:
+        raise ValueError(
+            f"Adapter settings {sorted(config_settings)} cannot change the existing adapter {args.adapter}; drop them "
+            "to continue training it, or leave out --adapter to create a new one."
+        )
     base = AutoModel.from_pretrained(base_name)
     if args.adapter:
         model = PeftModel.from_pretrained(base, args.adapter, is_trainable=trainable)

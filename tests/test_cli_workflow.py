@@ -82,6 +82,16 @@ def test_train_evaluate_predict_push(workspace, tmp_path, capsys, monkeypatch):
     assert code == 0 and 1 <= len(moments) <= 5
     assert all(0.0 <= m["start"] < m["end"] <= 8.0 + 1e-6 for m in moments)
 
+    # continue training the saved adapter (its config comes from the adapter, not from flags)
+    code = main(["train", "--adapter", str(out), "--train-annotations", str(root / "ann.jsonl"), *data_flags(root),
+                 "--output-dir", str(tmp_path / "continued"), "--max-steps", "1", "--disable-tqdm", "true"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    assert json.loads((tmp_path / "continued" / "adapter_config.json").read_text())["vtm_heads"] == ["violet"]
+    code = main(["train", "--adapter", str(out), "--train-annotations", str(root / "ann.jsonl"), *data_flags(root),
+                 "--output-dir", str(tmp_path / "x"), "--num-video-tokens", "4"])
+    assert code == 2 and "cannot change the existing adapter" in capsys.readouterr().err
+
     from huggingface_hub import HfApi
 
     uploads = {}
