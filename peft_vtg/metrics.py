@@ -22,7 +22,7 @@ from typing import Optional
 from .timeline import Window, rank_windows, temporal_iou, temporal_nms
 
 # Re-exported: the metrics API is where users look for them.
-__all__ = ["IOU_THRESHOLDS", "RECALL_AT", "best_iou", "evaluate_moments", "rank_predictions", "temporal_iou", "temporal_nms"]
+__all__ = ["IOU_THRESHOLDS", "RECALL_AT", "best_iou", "evaluate_moments", "format_table", "rank_predictions", "temporal_iou", "temporal_nms"]
 
 rank_predictions = rank_windows
 
@@ -87,3 +87,13 @@ def evaluate_moments(
     result["mIoU"] = 100.0 * iou_sum / count
     result["num_queries"] = count
     return result
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """The metrics as a small text table, rows R@1 / R@5, columns IoU thresholds, then mIoU."""
+    header = "      " + "".join(f"IoU={m:<6}" for m in IOU_THRESHOLDS)
+    rows = [header]
+    for n in RECALL_AT:
+        rows.append(f"R@{n:<3} " + "".join(f"{metrics[f'R{n}@{m}']:<10.2f}" for m in IOU_THRESHOLDS))
+    rows.append(f"mIoU  {metrics['mIoU']:.2f}    ({metrics['num_queries']} queries)")
+    return "\n".join(rows)

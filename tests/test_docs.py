@@ -20,6 +20,11 @@ def test_readme_quickstart_runs_as_written(tmp_path, monkeypatch):
     assert (tmp_path / "my-adapter" / "adapter_model.safetensors").exists()
 
 
+def test_readme_main_job_is_the_demo():
+    readme = (ROOT / "README.md").read_text()
+    assert "python -m pip install torch==2.13.0 -e . && peft-vtg demo" in readme
+
+
 def test_readme_commands_match_ci():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()

@@ -16,6 +16,8 @@ ALLOWED = {
     "inference": {"timeline", "heads", "data", "vtg_prompt"},
     "training": {"timeline", "heads", "data", "metrics", "vtg_prompt"},
     "hub": {"metrics"},
+    "synth": {"timeline", "heads", "data"},
+    "demo": {"data", "synth", "training", "vtg_prompt", "metrics"},
 }
 
 

@@ -1,0 +1,146 @@
+"""The shipped backbone: a small CLIP (a real transformers architecture, applied frame by frame) with a word-level
+tokenizer, pre-trained by `pretrain_backbone` on SynthVTG's trimmed clips and saved inside the package.
+
+Pre-training objective: the symmetric video-text contrastive loss of CLIP on mean-pooled frame embeddings, plus the
+two video-text matching heads (VIOLET and All-in-One style, on a light fusion of per-frame and per-token features;
+the heads are discarded afterwards). Reproduce the shipped weights with `python benchmarks/pretrain_backbone.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..heads.matching import all_in_one_matching_loss, violet_matching_loss
+from ..heads.task import VTGTaskHeads
+from .dataset import SynthVTG, pixel_values
+from .generator import FRAME_SIZE
+from .text import build_tokenizer
+
+BACKBONE_DIR = Path(__file__).resolve().parents[1] / "assets" / "synthvtg-clip"
+
+
+def backbone_config(tokenizer: Any) -> Any:
+    """The backbone's `CLIPConfig`: 3-layer towers of width 64 on 32x32 frames (4x4 patches of 8 pixels)."""
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                num_attention_heads=4, max_position_embeddings=48, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  image_size=FRAME_SIZE, patch_size=8)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
+
+
+def load_backbone(path: Optional[os.PathLike] = None) -> tuple[Any, Any]:
+    """(CLIPModel, tokenizer) of the shipped backbone (or of `path`), in eval mode."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    path = Path(path or BACKBONE_DIR)
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(
+            f"No backbone at {path}; reinstall peft-vtg, or make one with `python benchmarks/pretrain_backbone.py`."
+        )
+    return CLIPModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _clip_embeddings(model: Any, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Per-frame pooled features (batch, frames, dim), text token states, and the normalised projected embeddings."""
+    batch, num_frames = frames.shape[:2]
+    vision = model.vision_model(pixel_values=frames.flatten(0, 1))
+    per_frame = vision.pooler_output.view(batch, num_frames, -1)  # (batch, frames, vision_dim)
+    video = F.normalize(model.visual_projection(per_frame).mean(dim=1), dim=-1)  # (batch, dim)
+    text_out = model.text_model(input_ids=input_ids, attention_mask=attention_mask)
+    text = F.normalize(model.text_projection(text_out.pooler_output), dim=-1)  # (batch, dim)
+    return per_frame, text_out.last_hidden_state, video, text
+
+
+def backbone_retrieval(model: Any, tokenizer: Any, clips: list) -> dict[str, float]:
+    """Text-to-video retrieval among `clips` (frames, caption, triple): top-1 accuracy where a hit is a clip showing
+    the caption's (colour, shape, action) -- clips that share it are indistinguishable by design -- and chance."""
+    model.eval()
+    with torch.no_grad():
+        text = tokenizer([c for _, c, _ in clips], padding=True, return_tensors="pt")
+        _, _, video, caption = _clip_embeddings(model, torch.stack([pixel_values(f) for f, _, _ in clips]),
+                                                text["input_ids"], text["attention_mask"])
+        retrieved = (caption @ video.t()).argmax(dim=1).tolist()
+    triples = [t for _, _, t in clips]
+    hits = sum(triples[r] == triples[i] for i, r in enumerate(retrieved))
+    chance = sum(sum(t == u for u in triples) for t in triples) / len(triples) ** 2
+    return {"held_in_retrieval_top1": hits / len(clips), "held_in_retrieval_chance": chance}
+
+
+def pretrain_backbone(
+    output_dir: os.PathLike = BACKBONE_DIR,
+    num_clips: int = 6000,
+    steps: int = 1500,
+    batch_size: int = 64,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+    vtm_weight: float = 0.5,
+) -> dict[str, float]:
+    """Pre-train the backbone on SynthVTG clips and save it (config, safetensors, tokenizer) to `output_dir`.
+
+    Returns a few numbers about the run (final losses, held-in retrieval accuracy, seconds).
+    """
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    started = time.time()
+    tokenizer = build_tokenizer()
+    model = CLIPModel(backbone_config(tokenizer))
+    vision_dim, text_dim = model.config.vision_config.hidden_size, model.config.text_config.hidden_size
+    matching = VTGTaskHeads(vision_dim, text_dim, hidden_size=64, num_layers=1, num_heads=4, dropout=0.0,
+                            vtm_heads=("violet", "all_in_one"))
+    clips = SynthVTG(seed=seed).pretraining_clips(num_clips)
+    held_in = clips[-256:]  # for a retrieval check; not trained on
+    clips = clips[:-256]
+    frames = torch.stack([pixel_values(f) for f, _, _ in clips])  # (clips, 16, 3, 32, 32)
+    text = tokenizer([c for _, c, _ in clips], padding=True, return_tensors="pt")
+    params = list(model.parameters()) + list(matching.parameters())
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    matching.train()
+    logs: dict[str, float] = {}
+    for step in tqdm(range(steps), desc="pre-training backbone"):
+        index = torch.randint(len(clips), (batch_size,), generator=generator)
+        ids, mask = text["input_ids"][index], text["attention_mask"][index]
+        per_frame, tokens, video, caption = _clip_embeddings(model, frames[index], ids, mask)
+        logits = caption @ video.t() * model.logit_scale.exp()  # (batch, batch)
+        targets = torch.arange(batch_size)
+        contrastive = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+        frame_mask = torch.ones(per_frame.shape[:2], dtype=torch.long)
+        fuse = matching._fused_cls
+        cls = fuse(per_frame, frame_mask, tokens, mask)
+        # Captions repeat across clips; rows with the same caption must not serve as each other's negatives.
+        captions = [str(i) for i in ids.tolist()]
+        vtm = violet_matching_loss(matching.violet_vtm, fuse, cls, per_frame, frame_mask, tokens, mask, captions,
+                                   generator) + all_in_one_matching_loss(
+            matching.all_in_one_vtm, fuse, cls, per_frame, frame_mask, tokens, mask, captions, generator)
+        loss = contrastive + vtm_weight * vtm
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        logs = {"contrastive_loss": contrastive.item(), "vtm_loss": vtm.item()}
+    logs.update(backbone_retrieval(model, tokenizer, held_in))
+    logs["seconds"] = time.time() - started
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return logs

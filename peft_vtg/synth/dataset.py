@@ -1,0 +1,98 @@
+"""SynthVTG splits as `datasets.Dataset` rows of the common schema, with their frames."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import datasets
+import numpy as np
+import torch
+
+from ..data.annotations import MOMENT_FEATURES
+from ..data.video import preprocess_frames
+from .generator import FRAME_SIZE, SynthVideo, generate_clip, generate_video, held_out_combinations
+from .text import describe
+
+SPLITS = ("train", "val", "test")
+_SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000, "pretrain": 3_000_000}
+SYNTH_FEATURES = datasets.Features({**MOMENT_FEATURES, "held_out": datasets.Value("bool")})
+
+
+def pixel_values(frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames (frames, 32, 32, 3) -> normalised float (frames, 3, 32, 32) for the backbone (CLIP statistics)."""
+    return preprocess_frames(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2), image_size=FRAME_SIZE)
+
+
+class FrameSource:
+    """vid -> preprocessed frames, for `GroundingCollator`, over generated videos held in memory.
+
+    With `num_frames`, each video is sampled at the centres of `num_frames` equal time bins (the frame convention of
+    `peft_vtg.timeline`), so every clip has the same length and labels stay consistent.
+    """
+
+    def __init__(self, videos: dict[str, SynthVideo], num_frames: Optional[int] = None) -> None:
+        self.videos = videos
+        self.num_frames = num_frames
+
+    def __call__(self, vid: str) -> torch.Tensor:
+        frames = self.videos[vid].frames
+        if self.num_frames is not None:
+            picks = ((np.arange(self.num_frames) + 0.5) * len(frames) / self.num_frames).astype(int)
+            frames = frames[np.minimum(picks, len(frames) - 1)]
+        return pixel_values(frames)
+
+
+@dataclass
+class SynthVTG:
+    """The SynthVTG benchmark, generated on the fly and deterministic from `seed`.
+
+    Args:
+        seed: master seed; the same seed gives the same videos, queries and moments.
+        num_videos: videos per split, e.g. `{"train": 600, "val": 100, "test": 200}`.
+        queries_per_video: queries drawn from each video's events (distinct events).
+    """
+
+    seed: int = 0
+    num_videos: Optional[dict[str, int]] = None
+    queries_per_video: int = 2
+
+    def __post_init__(self) -> None:
+        self.num_videos = {"train": 600, "val": 100, "test": 200, **(self.num_videos or {})}
+        self.held_out = held_out_combinations()
+
+    def _video_seed(self, split: str, index: int) -> int:
+        return self.seed * 10_000_019 + _SPLIT_OFFSET[split] + index
+
+    def split(self, name: str) -> tuple[datasets.Dataset, dict[str, SynthVideo]]:
+        """Rows (`qid, vid, query, duration, windows, held_out`) and the generated videos by vid.
+
+        Train and val videos never contain a held-out (colour, shape, action) event; test videos may, and their
+        queries favour those events (`held_out` marks them).
+        """
+        if name not in SPLITS:
+            raise ValueError(f"SynthVTG has splits {SPLITS}, not {name!r}.")
+        excluded = frozenset() if name == "test" else self.held_out
+        rng = random.Random(self._video_seed(name, -1))
+        rows: dict[str, list] = {key: [] for key in SYNTH_FEATURES}
+        videos: dict[str, SynthVideo] = {}
+        for index in range(self.num_videos[name]):
+            vid = f"{name}{index:05d}"
+            video = generate_video(vid, self._video_seed(name, index), excluded)
+            videos[vid] = video
+            # Held-out events first, so the test split queries them whenever a video has one.
+            events = sorted(video.events, key=lambda e: (video.triple(e) not in self.held_out, rng.random()))
+            for k, event in enumerate(events[: self.queries_per_video]):
+                colour, shape, action = video.triple(event)
+                rows["qid"].append(f"{vid}_{k}")
+                rows["vid"].append(vid)
+                rows["query"].append(describe(colour, shape, action, rng))
+                rows["duration"].append(video.duration)
+                rows["windows"].append([video.window(event)])
+                rows["held_out"].append(video.triple(event) in self.held_out)
+        return datasets.Dataset.from_dict(rows, features=SYNTH_FEATURES), videos
+
+    def pretraining_clips(self, count: int, num_frames: int = 16) -> list[tuple[np.ndarray, str, tuple]]:
+        """Trimmed (frames, caption, triple) clips for pre-training a backbone; no held-out combination appears."""
+        return [generate_clip(self._video_seed("pretrain", i), self.held_out, num_frames) for i in range(count)]

@@ -1,0 +1,53 @@
+"""The shipped backbone, its pre-training script, and `peft-vtg demo` (tiny settings)."""
+
+import json
+
+import torch
+
+from peft_vtg.cli import main
+from peft_vtg.synth import SynthVTG, pixel_values
+from peft_vtg.synth.backbone import BACKBONE_DIR, load_backbone, pretrain_backbone
+
+
+def test_shipped_backbone_loads_and_is_small():
+    model, tokenizer = load_backbone()
+    assert type(model).__name__ == "CLIPModel"
+    size = sum(p.stat().st_size for p in BACKBONE_DIR.iterdir())
+    assert size < 5 * 2**20  # a few MB inside the package
+    info = json.loads((BACKBONE_DIR / "pretraining.json").read_text())
+    # far above chance: it was really pre-trained
+    assert info["held_in_retrieval_top1"] > 5 * info["held_in_retrieval_chance"]
+
+
+def test_shipped_backbone_tells_matching_captions_from_others():
+    model, tokenizer = load_backbone()
+    data = SynthVTG(seed=5)
+    clips = data.pretraining_clips(64)
+    with torch.no_grad():
+        frames = torch.stack([pixel_values(f) for f, _, _ in clips])  # (64, 16, 3, 32, 32)
+        text = tokenizer([c for _, c, _ in clips], padding=True, return_tensors="pt")
+        video = model.visual_projection(model.vision_model(pixel_values=frames.flatten(0, 1)).pooler_output)
+        video = torch.nn.functional.normalize(video.view(64, 16, -1).mean(1), dim=-1)
+        captions = torch.nn.functional.normalize(model.text_projection(model.text_model(**text).pooler_output), dim=-1)
+    similarity = captions @ video.t()
+    # the matching clip scores above the average other clip for most captions
+    diagonal = similarity.diag()
+    others = (similarity.sum(1) - diagonal) / 63
+    assert (diagonal > others).float().mean() > 0.8
+
+
+def test_pretraining_script_reproduces_a_loadable_backbone(tmp_path):
+    logs = pretrain_backbone(tmp_path, num_clips=300, steps=2, batch_size=8)
+    assert {"contrastive_loss", "vtm_loss", "held_in_retrieval_top1", "seconds"} <= set(logs)
+    model, tokenizer = load_backbone(tmp_path)
+    assert model.config.projection_dim == 64 and len(tokenizer) == model.config.text_config.vocab_size
+
+
+def test_demo_command_runs_end_to_end(tmp_path, capsys):
+    code = main(["demo", "--output-dir", str(tmp_path / "demo"), "--train-videos", "8", "--val-videos", "3",
+                 "--test-videos", "4", "--max-steps", "2", "--batch-size", "4", "--json"])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["num_queries"] == 8 and 0.0 <= metrics["mIoU"] <= 100.0
+    assert (tmp_path / "demo" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "demo" / "metrics.json").exists()
