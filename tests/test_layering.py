@@ -16,6 +16,7 @@ ALLOWED = {
     "inference": {"timeline", "heads", "data", "vtg_prompt"},
     "training": {"timeline", "heads", "data", "metrics", "vtg_prompt"},
     "hub": {"metrics"},
+    "baselines": {"timeline", "heads"},
     "synth": {"timeline", "heads", "data"},
     "demo": {"data", "synth", "training", "vtg_prompt", "metrics"},
 }
