@@ -1,0 +1,154 @@
+"""Write the notebooks of this folder from the cell sources below (outputs empty, as they are kept in git).
+
+    python notebooks/build_notebooks.py
+
+Edit the cells here, not in the .ipynb files, so the notebooks stay reviewable and free of outputs. The tests
+execute every notebook with PEFT_VTG_NOTEBOOK_SMALL=1 (tiny sizes).
+"""
+
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = '''import os, tempfile
+import torch
+import peft_vtg
+from peft import get_peft_model, PeftModel
+
+SMALL = os.environ.get("PEFT_VTG_NOTEBOOK_SMALL") == "1"   # CI runs the notebooks with tiny sizes
+WORK = tempfile.mkdtemp(prefix="peft-vtg-notebook-")
+torch.manual_seed(0)'''
+
+QUICKSTART = [
+    ("md", "# peft_vtg quickstart\n\nPrompt-tune the backbone shipped with peft_vtg (a small CLIP pre-trained on "
+           "SynthVTG clips) for video temporal grounding, evaluate it, ground a video and plot the moments, then "
+           "save and reload the adapter. Runs offline on a CPU."),
+    ("code", SETUP),
+    ("md", "## Data: SynthVTG\n\nUntrimmed synthetic videos in which coloured shapes move, grow, blink, appear..., "
+           "with paraphrased queries. Rows follow peft_vtg's common schema (`qid, vid, query, duration, windows`)."),
+    ("code", '''from peft_vtg.synth import SynthVTG, FrameSource
+from peft_vtg.synth.backbone import load_backbone
+from peft_vtg.data import GroundingCollator
+
+base, tokenizer = load_backbone()
+sizes = {"train": 16, "val": 4, "test": 4} if SMALL else {"train": 600, "val": 100, "test": 200}
+data = SynthVTG(seed=0, num_videos=sizes)
+(train_rows, train_videos), (val_rows, val_videos), (test_rows, test_videos) = (data.split(s) for s in ("train", "val", "test"))
+videos = {**train_videos, **val_videos, **test_videos}
+collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=32))
+print(len(train_rows), "training queries, e.g.", train_rows[0])'''),
+    ("md", "## The adapter\n\nVideo and text prompt tokens in the first two layers of each tower of the frozen "
+           "encoder, plus a grounding head; only these train."),
+    ("code", '''config = peft_vtg.VTGPromptConfig(num_video_tokens=8, num_text_tokens=8, video_prompt_depth=2, text_prompt_depth=2,
+                                  head_hidden_size=64, head_num_layers=2)
+model = get_peft_model(base, config)
+model.print_trainable_parameters()'''),
+    ("code", '''from peft_vtg.training import VTGTrainingArguments, train
+
+args = VTGTrainingArguments(output_dir=os.path.join(WORK, "adapter"), max_steps=2 if SMALL else 500,
+                            per_device_train_batch_size=4 if SMALL else 16, learning_rate=1e-3,
+                            eval_steps=1 if SMALL else 100, disable_tqdm=SMALL)
+result = train(model, train_rows, collator, args, eval_dataset=val_rows)
+print("best val R1@0.5:", result.best_metric)'''),
+    ("md", "## Evaluate on the test split"),
+    ("code", '''from torch.utils.data import DataLoader
+from peft_vtg.training import GroundingModule, evaluate_grounding
+from peft_vtg.metrics import format_table
+
+metrics, predictions = evaluate_grounding(GroundingModule(model), DataLoader(test_rows, batch_size=32, collate_fn=collator),
+                                          test_rows)
+print(format_table(metrics))'''),
+    ("md", "## Ground one video and draw its timeline"),
+    ("code", '''import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from peft_vtg.synth import pixel_values
+
+row = test_rows[0]
+frames = pixel_values(videos[row["vid"]].frames)           # (frames, 3, 32, 32)
+moments = peft_vtg.ground(model, frames, row["query"], tokenizer=tokenizer, duration=row["duration"], top_k=3)
+print(row["query"], "->", [(round(s, 1), round(e, 1), round(p, 3)) for s, e, p in moments])
+
+fig, ax = plt.subplots(figsize=(8, 1.8))
+for start, end in row["windows"]:
+    ax.barh(1, end - start, left=start, color="tab:green")
+for rank, (start, end, score) in enumerate(moments):
+    ax.barh(0, end - start, left=start, color="tab:blue", alpha=1.0 - 0.25 * rank)
+ax.set_yticks([0, 1], ["predicted (top 3)", "true"])
+ax.set_xlim(0, row["duration"]); ax.set_xlabel("seconds"); ax.set_title(row["query"])
+fig.tight_layout()
+fig.savefig(os.path.join(WORK, "timeline.png"))'''),
+    ("md", "## Save and reload"),
+    ("code", '''model.save_pretrained(os.path.join(WORK, "my-adapter"))
+reloaded = PeftModel.from_pretrained(load_backbone()[0], os.path.join(WORK, "my-adapter"))
+again = peft_vtg.ground(reloaded, frames, row["query"], tokenizer=tokenizer, duration=row["duration"], top_k=3)
+assert again == moments, (again, moments)
+print("the reloaded adapter grounds the query identically")'''),
+]
+
+OWN_DATA = [
+    ("md", "# Your own data\n\nTrain on a Charades-STA-style annotation file (`vid start end##sentence` lines) with "
+           "pre-extracted per-video features. Here both are written from SynthVTG so the notebook runs offline; "
+           "replace the paths with yours."),
+    ("code", SETUP),
+    ("code", '''import numpy as np
+from peft_vtg.synth import SynthVTG, FrameSource
+from peft_vtg.synth.backbone import load_backbone
+
+base, tokenizer = load_backbone()
+# Pre-extracted features bypass the video encoder, so this adapter prompts only the text stream.
+model = get_peft_model(base, peft_vtg.VTGPromptConfig(num_video_tokens=0, num_text_tokens=8, head_hidden_size=64))
+
+rows, videos = SynthVTG(seed=1, num_videos={"train": 8 if SMALL else 300}).split("train")
+feature_dir = os.path.join(WORK, "features"); os.makedirs(feature_dir)
+source = FrameSource(videos, num_frames=32)
+with torch.no_grad():
+    for vid in videos:                                   # your own extractor would write these files
+        np.save(os.path.join(feature_dir, f"{vid}.npy"), model.encode_video(source(vid).unsqueeze(0))[0].numpy())
+annotation = os.path.join(WORK, "my_sta.txt")
+with open(annotation, "w") as f:
+    for row in rows:
+        start, end = row["windows"][0]
+        f.write(f"{row['vid']} {start:.2f} {end:.2f}##{row['query']}\\n")
+durations = {vid: video.duration for vid, video in videos.items()}   # Charades: read_charades_durations("Charades_v1_test.csv")
+print(open(annotation).readline())'''),
+    ("code", '''from peft_vtg.data import FeatureDirectory, GroundingCollator, read_charades_sta, read_report
+
+dataset = read_charades_sta(annotation, durations)
+print(read_report(dataset))
+collator = GroundingCollator(tokenizer, FeatureDirectory(feature_dir))
+batch = collator([dataset[0], dataset[1]])
+print({k: tuple(v.shape) for k, v in batch.items() if hasattr(v, "shape")})'''),
+    ("code", '''from peft_vtg.training import VTGTrainingArguments, train
+
+args = VTGTrainingArguments(output_dir=os.path.join(WORK, "adapter"), max_steps=2 if SMALL else 300,
+                            per_device_train_batch_size=4 if SMALL else 32, learning_rate=1e-3, disable_tqdm=SMALL)
+result = train(model, dataset, collator, args, eval_dataset=dataset)
+print(peft_vtg.metrics.format_table(result.metrics))'''),
+    ("md", "## A Hub backbone (online)\n\nWith network access, any supported checkpoint works the same way, e.g. "
+           "X-CLIP on decoded video files:\n\n```python\nfrom transformers import AutoProcessor, AutoTokenizer, "
+           "XCLIPModel\nbase = XCLIPModel.from_pretrained(\"microsoft/xclip-base-patch32\")\nprocessor = "
+           "AutoProcessor.from_pretrained(\"microsoft/xclip-base-patch32\").image_processor\nsource = "
+           "peft_vtg.data.VideoFiles(\"videos/\", num_frames=8, processor=processor)   # X-CLIP needs exactly 8 "
+           "frames\nmodel = get_peft_model(base, peft_vtg.VTGPromptConfig(num_video_tokens=8, num_text_tokens=8))\n"
+           "```\n\n## Several GPUs\n\nThe same training runs with DDP through accelerate:\n\n```bash\naccelerate "
+           "launch --multi_gpu --num_processes 4 -m peft_vtg train --base-model microsoft/xclip-base-patch32 \\\n"
+           "    --train-annotations charades_sta_train.txt --durations Charades_v1_train.csv --video-dir videos/ \\\n"
+           "    --output-dir xclip-charades-vtg\n```\n\nOn CPUs (to try it), accelerate 1.15 needs "
+           "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ...`."),
+]
+
+
+def write(name: str, cells: list[tuple[str, str]]) -> None:
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
+                      for kind, src in cells]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, HERE / name)
+
+
+if __name__ == "__main__":
+    write("01_quickstart.ipynb", QUICKSTART)
+    write("02_your_own_data.ipynb", OWN_DATA)
