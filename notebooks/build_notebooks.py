@@ -141,6 +141,90 @@ print(peft_vtg.metrics.format_table(result.metrics))'''),
 ]
 
 
+SHARE = [
+    ("md", "# Share an adapter\n\nSave, write a model card, push to the Hugging Face Hub, and load back by name. "
+           "Without network (and in the tests) the Hub is a local stand-in: its upload calls write into a local "
+           "Hub cache, from which loading by name works offline. Set `USE_REAL_HUB = True` with a token to push "
+           "for real."),
+    ("code", SETUP),
+    ("code", '''from peft_vtg.synth import SynthVTG, FrameSource, pixel_values
+from peft_vtg.synth.backbone import load_backbone
+from peft_vtg.data import GroundingCollator
+from peft_vtg.training import VTGTrainingArguments, train
+
+base, tokenizer = load_backbone()
+model = get_peft_model(base, peft_vtg.VTGPromptConfig(num_video_tokens=4, num_text_tokens=4, head_hidden_size=32))
+rows, videos = SynthVTG(seed=2, num_videos={"train": 8 if SMALL else 200}).split("train")
+collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=32))
+adapter_dir = os.path.join(WORK, "synthvtg-vtg")
+train(model, rows, collator, VTGTrainingArguments(output_dir=adapter_dir, max_steps=2 if SMALL else 200,
+                                                  per_device_train_batch_size=4, disable_tqdm=SMALL),
+      eval_dataset=rows)
+print(sorted(os.listdir(adapter_dir)))'''),
+    ("md", "## The model card\n\n`peft-vtg push` (and `peft_vtg.hub.push_adapter`) write this card: base model, "
+           "adapter settings and size, training data, the metrics of `metrics.json`, and how to load."),
+    ("code", '''from peft_vtg.hub import model_card
+
+print(model_card(adapter_dir, "you/synthvtg-vtg"))'''),
+    ("md", "## The Hub (a local stand-in unless `USE_REAL_HUB`)"),
+    ("code", '''import hashlib, shutil
+from huggingface_hub import HfApi, RepoUrl
+
+USE_REAL_HUB = False
+HUB_CACHE = None if USE_REAL_HUB else os.path.join(WORK, "hub-cache")
+
+
+def _snapshot(repo_id, files):
+    """Write files (path in repo -> local path or bytes) as a Hub-cache snapshot that offline loading finds."""
+    revision = hashlib.sha1(repr(sorted(files)).encode()).hexdigest()
+    root = os.path.join(HUB_CACHE, "models--" + repo_id.replace("/", "--"))
+    snapshot = os.path.join(root, "snapshots", revision)
+    os.makedirs(snapshot, exist_ok=True)
+    for path, content in files.items():
+        target = os.path.join(snapshot, path)
+        if isinstance(content, bytes):
+            open(target, "wb").write(content)
+        else:
+            shutil.copy(content, target)
+    os.makedirs(os.path.join(root, "refs"), exist_ok=True)
+    open(os.path.join(root, "refs", "main"), "w").write(revision)
+    return f"local-hub://{repo_id}@{revision[:8]}"
+
+
+def local_create_repo(self, repo_id, **kwargs):
+    return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+
+def local_create_commit(self, repo_id, operations, **kwargs):   # what PeftModel.push_to_hub calls
+    files = {}
+    for op in operations:
+        src = op.path_or_fileobj
+        files[op.path_in_repo] = src if isinstance(src, (str, os.PathLike)) else (src.read() if hasattr(src, "read") else src)
+    return _snapshot(repo_id, files)
+
+
+def local_upload_folder(self, repo_id, folder_path, allow_patterns=None, **kwargs):   # what peft-vtg push calls
+    names = [n for n in os.listdir(folder_path) if allow_patterns is None or n in allow_patterns]
+    return _snapshot(repo_id, {n: os.path.join(folder_path, n) for n in names})
+
+
+if not USE_REAL_HUB:
+    HfApi.create_repo, HfApi.create_commit, HfApi.upload_folder = local_create_repo, local_create_commit, local_upload_folder'''),
+    ("code", '''from peft_vtg.hub import push_adapter
+
+print(push_adapter(adapter_dir, "you/synthvtg-vtg"))   # the VTG model card, adapter, metrics.json, run info
+print(model.push_to_hub("you/synthvtg-vtg-peft"))     # PEFT's own path works too (with transformers' generic card)'''),
+    ("md", "## Load back by name"),
+    ("code", '''loaded = PeftModel.from_pretrained(load_backbone()[0], "you/synthvtg-vtg", cache_dir=HUB_CACHE)
+row = rows[0]
+frames = pixel_values(videos[row["vid"]].frames)
+mine = peft_vtg.ground(model, frames, row["query"], tokenizer=tokenizer, duration=row["duration"])
+theirs = peft_vtg.ground(loaded, frames, row["query"], tokenizer=tokenizer, duration=row["duration"])
+assert mine == theirs
+print("loaded by name from the Hub: same moments", theirs[:2])'''),
+]
+
+
 def write(name: str, cells: list[tuple[str, str]]) -> None:
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
@@ -152,3 +236,4 @@ def write(name: str, cells: list[tuple[str, str]]) -> None:
 if __name__ == "__main__":
     write("01_quickstart.ipynb", QUICKSTART)
     write("02_your_own_data.ipynb", OWN_DATA)
+    write("03_share.ipynb", SHARE)

@@ -14,7 +14,7 @@ NAMES = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-    assert NAMES == ["01_quickstart.ipynb", "02_your_own_data.ipynb"]
+    assert NAMES == ["01_quickstart.ipynb", "02_your_own_data.ipynb", "03_share.ipynb"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -26,7 +26,8 @@ def test_notebook_is_stored_without_outputs_and_matches_its_builder(name):
     spec = importlib.util.spec_from_file_location("build_notebooks", NOTEBOOKS / "build_notebooks.py")
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
-    cells = {"01_quickstart.ipynb": builder.QUICKSTART, "02_your_own_data.ipynb": builder.OWN_DATA}[name]
+    cells = {"01_quickstart.ipynb": builder.QUICKSTART, "02_your_own_data.ipynb": builder.OWN_DATA,
+             "03_share.ipynb": builder.SHARE}[name]
     assert [c.source for c in stored.cells] == [source for _, source in cells], "run notebooks/build_notebooks.py"
 
 
@@ -38,5 +39,6 @@ def test_notebook_runs(name, monkeypatch, tmp_path):
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     assert "Traceback" not in outputs
-    if name == "01_quickstart.ipynb":
-        assert "the reloaded adapter grounds the query identically" in outputs
+    expected = {"01_quickstart.ipynb": "the reloaded adapter grounds the query identically",
+                "02_your_own_data.ipynb": "R@1", "03_share.ipynb": "loaded by name from the Hub: same moments"}
+    assert expected[name] in outputs
