@@ -14,8 +14,8 @@ from typing import Any, Optional
 import torch
 from torch.nn import functional as F
 
-from .heads.decoding import Moment
-from .timeline import frames_to_seconds, temporal_nms
+from .heads.decoding import Moment, top_spans
+from .timeline import frames_to_seconds
 
 
 def _embedding(output: Any) -> torch.Tensor:
@@ -62,11 +62,7 @@ def zero_shot_moments(
         excess = torch.cat([scores.new_zeros(1), torch.cumsum(scores - scores.mean(), dim=0)])  # (length + 1,)
         span = excess.unsqueeze(0)[:, 1:] - excess[:-1].unsqueeze(1)  # [i, j] = sum of excess over frames i..j
         allowed = torch.ones(length, length, dtype=torch.bool).triu()
-        span = span.masked_fill(~allowed, float("-inf")).flatten()
-        values, indices = span.topk(min(int(allowed.sum()), max(50 * top_k, 200)))
-        candidates = [(float(i), float(j + 1), float(v)) for i, j, v in
-                      zip((indices // length).tolist(), (indices % length).tolist(), values.tolist())]
-        kept = candidates[:top_k] if nms_threshold is None else temporal_nms(candidates, nms_threshold, top_k)
+        spans = top_spans(span.masked_fill(~allowed, float("-inf")), top_k, nms_threshold)
         duration = float(durations[row])
-        results.append([(*frames_to_seconds(int(s), int(e) - 1, duration, length), score) for s, e, score in kept])
+        results.append([(*frames_to_seconds(first, last, duration, length), score) for first, last, score in spans])
     return results

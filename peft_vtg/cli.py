@@ -48,12 +48,7 @@ def read_predictions(path: str) -> dict[str, list[list[float]]]:
 
 
 def _score(args: argparse.Namespace) -> int:
-    kwargs = {"durations": args.durations} if args.durations else {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ground_truth = load_annotations(args.ground_truth, format=args.format, **kwargs)
-    for warning in caught:
-        print(f"note: {warning.message}", file=sys.stderr)
+    ground_truth = _read_annotations(args, args.ground_truth)
     predictions = read_predictions(args.predictions)
     metrics = evaluate_moments(
         predictions,
@@ -195,7 +190,9 @@ def _load_model(args: argparse.Namespace, trainable: bool, config_settings: Opti
 
 
 def _read_annotations(args: argparse.Namespace, path: str):
-    kwargs: dict[str, Any] = {"strict": args.strict}
+    """The annotation file through its reader (`--format`, `--durations`, `--strict`); the reader's clip/drop
+    warnings go to stderr as notes, so stdout stays the result."""
+    kwargs: dict[str, Any] = {"strict": getattr(args, "strict", False)}
     if args.durations:
         kwargs["durations"] = args.durations
     with warnings.catch_warnings(record=True) as caught:

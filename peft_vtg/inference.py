@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from .data.collate import pad_videos
 from .data.video import decode_video, preprocess_frames
 from .heads.decoding import Moment, decode_moments
 from .vtg_prompt.model import VTGPromptModel
@@ -117,20 +118,11 @@ def ground(
         if durations[index] is None:
             raise ValueError(f"Video {index} is a tensor: pass duration= (seconds), since it cannot be read from it.")
         items.append(item)
-    kinds = {item.dim() for item in items}
-    if len(kinds) != 1:
-        raise ValueError("All videos of one call must be of one kind: files/frames, or features.")
-
+    padded, frame_mask = pad_videos(items)
     reference = next(tuner.parameters())
-    lengths = [item.shape[0] for item in items]
-    padded = items[0].new_zeros((len(items), max(lengths)) + tuple(items[0].shape[1:]))
-    frame_mask = torch.zeros(len(items), max(lengths), dtype=torch.long)
-    for i, item in enumerate(items):
-        padded[i, : lengths[i]] = item
-        frame_mask[i, : lengths[i]] = 1
     text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
                      return_tensors="pt")
-    video_key = "video_features" if kinds == {2} else "pixel_values"
+    video_key = "video_features" if padded.dim() == 3 else "pixel_values"
     was_training = tuner.training
     tuner.eval()
     try:

@@ -12,6 +12,26 @@ from ..timeline import seconds_to_frames
 from .video import VideoSource, resample_features
 
 
+def pad_videos(videos: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack videos of different lengths, zero-padded at the end to the longest.
+
+    Args:
+        videos: each (frames, dim) features or (frames, 3, H, W) frames, all of one kind.
+
+    Returns:
+        padded: (batch, longest, ...); frame_mask: (batch, longest) long, 1 for real frames.
+    """
+    if len({v.dim() for v in videos}) != 1:
+        raise ValueError("The videos mix feature arrays and frames; use one kind of video input.")
+    longest = max(v.shape[0] for v in videos)
+    padded = videos[0].new_zeros((len(videos), longest) + tuple(videos[0].shape[1:]))
+    frame_mask = torch.zeros(len(videos), longest, dtype=torch.long)
+    for i, video in enumerate(videos):
+        padded[i, : video.shape[0]] = video
+        frame_mask[i, : video.shape[0]] = 1
+    return padded, frame_mask
+
+
 class GroundingCollator:
     """Turns rows of the common schema (`qid, vid, query, duration, windows`) into a `forward_grounding` batch.
 
@@ -64,16 +84,8 @@ class GroundingCollator:
         if not rows:
             raise ValueError("Cannot collate an empty batch.")
         videos = [self._video(row["vid"]) for row in rows]
-        kinds = {v.dim() for v in videos}
-        if len(kinds) != 1:
-            raise ValueError("A batch mixes feature arrays and frames; use one kind of video source.")
+        padded, frame_mask = pad_videos(videos)
         lengths = [v.shape[0] for v in videos]
-        longest = max(lengths)
-        padded = videos[0].new_zeros((len(videos), longest) + tuple(videos[0].shape[1:]))
-        frame_mask = torch.zeros(len(videos), longest, dtype=torch.long)
-        for i, video in enumerate(videos):
-            padded[i, : video.shape[0]] = video
-            frame_mask[i, : video.shape[0]] = 1
         text = self.tokenizer(
             [row["query"] for row in rows],
             padding=True,
@@ -84,7 +96,7 @@ class GroundingCollator:
         batch: dict[str, Any] = {
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "video_features" if kinds == {2} else "pixel_values": padded,
+            "video_features" if padded.dim() == 3 else "pixel_values": padded,
             "frame_mask": frame_mask,
             "qid": [row["qid"] for row in rows],
             "video_ids": [row["vid"] for row in rows],

@@ -38,6 +38,24 @@ def span_log_scores(
     return scores.masked_fill(~allowed, float("-inf"))
 
 
+def top_spans(scores: torch.Tensor, top_k: int, nms_threshold: Optional[float]) -> list[FrameSpan]:
+    """The `top_k` best spans of a (frames, frames) score matrix (entry [i, j] scores frames i..j; -inf = not
+    allowed), best first, after temporal NMS when `nms_threshold` is given. Scores are returned as in the matrix."""
+    length = scores.shape[0]
+    flat = scores.flatten()
+    allowed = int(torch.isfinite(flat).sum())
+    # NMS can discard many near-duplicates; take a generous pool of candidates before suppressing.
+    pool = min(allowed, top_k if nms_threshold is None else max(50 * top_k, 200))
+    values, indices = flat.topk(pool)
+    # Windows as [first, last + 1) so that adjacent one-frame spans do not overlap in NMS.
+    candidates = [
+        (float(i), float(j + 1), float(v))
+        for i, j, v in zip((indices // length).tolist(), (indices % length).tolist(), values.tolist())
+    ]
+    kept = candidates[:top_k] if nms_threshold is None else temporal_nms(candidates, nms_threshold, top_k)
+    return [(int(s), int(e) - 1, score) for s, e, score in kept]
+
+
 def decode_frame_spans(
     start_logits: torch.Tensor,
     end_logits: torch.Tensor,
@@ -72,18 +90,9 @@ def decode_frame_spans(
     for row, length in enumerate(int(n) for n in lengths):
         if length < 1:
             raise ValueError(f"Clip {row} has no real frames (frame_mask is all zero).")
-        log_scores = span_log_scores(start_logits[row], end_logits[row], length, max_span_frames).flatten()
-        allowed = int(torch.isfinite(log_scores).sum())
-        # NMS can discard many near-duplicates; take a generous pool of candidates before suppressing.
-        pool = min(allowed, top_k if nms_threshold is None else max(50 * top_k, 200))
-        values, indices = log_scores.topk(pool)
-        # Windows as [first, last + 1) so that adjacent one-frame spans do not overlap in NMS.
-        candidates = [
-            (float(i), float(j + 1), math.exp(v))
-            for i, j, v in zip((indices // length).tolist(), (indices % length).tolist(), values.tolist())
-        ]
-        kept = candidates[:top_k] if nms_threshold is None else temporal_nms(candidates, nms_threshold, top_k)
-        results.append([(int(s), int(e) - 1, score) for s, e, score in kept])
+        log_scores = span_log_scores(start_logits[row], end_logits[row], length, max_span_frames)
+        spans = top_spans(log_scores, top_k, nms_threshold)
+        results.append([(first, last, math.exp(score)) for first, last, score in spans])
     return results
 
 
