@@ -10,10 +10,23 @@ _register()  # before importing the config: its __post_init__ uses PeftType.VTG_
 
 from .injection import ARCHITECTURES, ArchitectureSpec, StreamSpec  # noqa: E402
 from .vtg_prompt import TextPromptInit, VideoPromptInit, VTGPromptConfig, VTGPromptModel  # noqa: E402
-from . import data, heads, metrics, timeline  # noqa: E402
-from .inference import ground  # noqa: E402
+from . import heads, metrics, timeline  # noqa: E402
 
 __version__ = "0.1.0.dev0"
+
+
+def __getattr__(name: str):
+    # `data` (and `ground`, which uses it) import `datasets`, close to a second of start-up; `import peft_vtg` is
+    # needed just to register the method, so they load on first use.
+    if name == "data":
+        from . import data
+
+        return data
+    if name == "ground":
+        from .inference import ground
+
+        return ground
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ARCHITECTURES",
