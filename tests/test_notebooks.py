@@ -1,7 +1,6 @@
 """The notebooks run (with tiny sizes, as CI runs them), are kept without outputs, and match their builder."""
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
