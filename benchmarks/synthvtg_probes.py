@@ -1,22 +1,18 @@
-"""Calibration probes on SynthVTG with the shipped backbone (not the benchmark of BENCHMARKS.md; they ask whether the
-task is learnable at the demo's scale). Each prints metrics on the named split.
+"""A fast calibration probe for SynthVTG backbones (not the benchmark of BENCHMARKS.md): the grounding head alone,
+trained on cached frozen per-frame features, so a candidate backbone can be judged in about two minutes on 2 cores.
+Prints val metrics every `--eval-every` steps and at the end.
 
-    python benchmarks/synthvtg_probes.py zero-shot                  # frame-query similarity, test split of the demo
-    python benchmarks/synthvtg_probes.py full-finetune [--lr 3e-4]  # backbone + head, the demo's data and budget
-    python benchmarks/synthvtg_probes.py frozen-head [--train-videos 1500] [--steps 3000]
-                                                                    # head alone on cached frozen per-frame features
+    python benchmarks/synthvtg_probes.py frozen-head [--backbone DIR] [--train-videos 1500] [--steps 1500]
+                                                     [--temporal-kernel 3]
 
-Videos are sampled to 32 frames, as in `peft-vtg demo`; data seed 0 (the demo's splits).
+Videos are sampled to 32 frames, as in `peft-vtg demo`; data seed 0.
 """
 
 import argparse
 import json
 
 import torch
-from torch.utils.data import DataLoader
 
-from peft_vtg.baselines import frame_query_similarity, zero_shot_moments
-from peft_vtg.data import GroundingCollator
 from peft_vtg.heads import VTGTaskHeads, decode_moments
 from peft_vtg.metrics import evaluate_moments, format_table
 from peft_vtg.synth import FrameSource, SynthVTG
@@ -30,50 +26,9 @@ def truth(rows):
     return {row["qid"]: row["windows"] for row in rows}
 
 
-def zero_shot(args):
-    model, tokenizer = load_backbone()
-    rows, videos = SynthVTG(seed=0, num_videos={"test": 200}).split("test")
-    source = FrameSource(videos, FRAMES)
-    predictions = {}
-    for start in range(0, len(rows), 50):
-        part = rows.select(range(start, min(start + 50, len(rows))))
-        text = tokenizer(list(part["query"]), padding=True, return_tensors="pt")
-        similarity = frame_query_similarity(model, torch.stack([source(v) for v in part["vid"]]), text["input_ids"],
-                                            text["attention_mask"])
-        predictions.update(zip(part["qid"], zero_shot_moments(similarity, list(part["duration"]))))
-    return evaluate_moments(predictions, truth(rows))
-
-
-def full_finetune(args):
-    from peft import get_peft_model
-
-    from peft_vtg import VTGPromptConfig
-    from peft_vtg.training import GroundingModule, VTGTrainingArguments, evaluate_grounding, train
-
-    torch.manual_seed(0)
-    base, tokenizer = load_backbone()
-    # The demo's head, no prompts, and every backbone parameter trainable: full fine-tuning + head.
-    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=0, grounding_head=True,
-                                                 head_hidden_size=64, head_num_layers=2, boundary_smoothing=1.0))
-    for param in model.parameters():
-        param.requires_grad = True
-    data = SynthVTG(seed=0, num_videos={"train": 600, "val": 100, "test": 200})
-    splits = {name: data.split(name) for name in ("train", "val", "test")}
-    collator = GroundingCollator(tokenizer, FrameSource({k: v for _, d in splits.values() for k, v in d.items()}, FRAMES))
-    training = VTGTrainingArguments(output_dir=args.output_dir, max_steps=500, per_device_train_batch_size=16,
-                                    learning_rate=args.lr, eval_steps=166, logging_steps=50, disable_tqdm=True)
-    result = train(model, splits["train"][0], collator, training, eval_dataset=splits["val"][0])
-    for logs in result.history:
-        print({k: round(v, 2) for k, v in logs.items() if k in ("step", "loss", "eval/R1@0.5", "eval/mIoU")})
-    test_rows = splits["test"][0]
-    metrics, _ = evaluate_grounding(GroundingModule(model), DataLoader(test_rows, batch_size=32, collate_fn=collator),
-                                    test_rows)
-    return metrics  # of the last weights
-
-
 def frozen_head(args):
     torch.manual_seed(0)
-    model, tokenizer = load_backbone()
+    model, tokenizer = load_backbone(args.backbone)
     data = SynthVTG(seed=0, num_videos={"train": args.train_videos, "val": 150})
 
     def cached(split):
@@ -96,7 +51,7 @@ def frozen_head(args):
     train_rows, video, tokens, mask, spans = cached("train")
     val = cached("val")
     heads = VTGTaskHeads(video.shape[-1], tokens.shape[-1], hidden_size=64, num_layers=2, num_heads=4, dropout=0.1,
-                         boundary_smoothing=1.0)
+                         boundary_smoothing=1.0, temporal_kernel_size=args.temporal_kernel)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=args.lr)
     frame_mask = torch.ones(32, FRAMES, dtype=torch.long)
 
@@ -116,7 +71,7 @@ def frozen_head(args):
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        if step % 1000 == 0:
+        if step % args.eval_every == 0:
             metrics = evaluate()
             print({"step": step, "train_loss": round(out.loss.item(), 2), "val_R1@0.5": metrics["R1@0.5"],
                    "val_mIoU": round(metrics["mIoU"], 1)}, flush=True)
@@ -125,17 +80,16 @@ def frozen_head(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("probe", choices=["zero-shot", "full-finetune", "frozen-head"])
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (3e-4 full-finetune, 1e-3 frozen-head)")
+    parser.add_argument("probe", choices=["frozen-head"])
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     parser.add_argument("--train-videos", type=int, default=1500, help="frozen-head: training videos")
-    parser.add_argument("--steps", type=int, default=3000, help="frozen-head: steps of 32")
-    parser.add_argument("--output-dir", default="synthvtg-probe", help="full-finetune: where train() writes")
+    parser.add_argument("--steps", type=int, default=1500, help="frozen-head: steps of 32")
+    parser.add_argument("--backbone", default=None, help="frozen-head: a backbone directory (default: the shipped one)")
+    parser.add_argument("--temporal-kernel", type=int, default=3, help="frozen-head: the head's temporal conv width")
+    parser.add_argument("--eval-every", type=int, default=1000, help="frozen-head: steps between val evaluations")
     parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     args = parser.parse_args()
-    if args.lr is None:
-        args.lr = 3e-4 if args.probe == "full-finetune" else 1e-3
-    run = {"zero-shot": zero_shot, "full-finetune": full_finetune, "frozen-head": frozen_head}[args.probe]
-    metrics = run(args)
+    metrics = frozen_head(args)
     print(json.dumps(metrics) if args.json else format_table(metrics))
 
 

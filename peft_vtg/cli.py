@@ -386,12 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
         "a few minutes on 2 CPU cores with the defaults.",
     )
     demo.add_argument("--output-dir", default="vtg-demo-adapter", help="where the adapter is saved")
-    demo.add_argument("--train-videos", type=int, default=600, help="SynthVTG train videos (2 queries each)")
-    demo.add_argument("--val-videos", type=int, default=100, help="validation videos")
-    demo.add_argument("--test-videos", type=int, default=200, help="test videos")
-    demo.add_argument("--max-steps", type=int, default=500, help="optimizer steps")
+    # The same defaults as peft_vtg.demo.run_demo (a test keeps them equal; importing it here would slow --help).
+    demo.add_argument("--train-videos", type=int, default=1500, help="SynthVTG train videos (2 queries each)")
+    demo.add_argument("--val-videos", type=int, default=150, help="validation videos")
+    demo.add_argument("--test-videos", type=int, default=300, help="test videos")
+    demo.add_argument("--max-steps", type=int, default=400, help="optimizer steps")
     demo.add_argument("--batch-size", type=int, default=16, help="training pairs per step")
-    demo.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate")
+    demo.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     demo.add_argument("--json", action="store_true", help="print only the test metrics, as one JSON object")
     demo.set_defaults(run=_demo)

@@ -35,20 +35,21 @@ class DemoResult:
 
 
 def demo_config() -> VTGPromptConfig:
-    """The demo's adapter: 8 video + 8 text prompt tokens in the first 2 layers of each tower, a 2-layer head."""
-    return VTGPromptConfig(num_video_tokens=8, num_text_tokens=8, video_prompt_depth=2, text_prompt_depth=2,
+    """The demo's adapter, the benchmark's `vtg-deep`: 8 video + 8 text prompt tokens in every layer of each tower
+    (3), and a 2-layer head of width 64 with a temporal convolution of 3 frames."""
+    return VTGPromptConfig(num_video_tokens=8, num_text_tokens=8, video_prompt_depth=3, text_prompt_depth=3,
                            head_hidden_size=64, head_num_layers=2, head_num_attention_heads=4, head_dropout=0.1,
-                           boundary_smoothing=1.0)
+                           head_temporal_kernel_size=3, boundary_smoothing=1.0)
 
 
 def run_demo(
     output_dir: str = "vtg-demo-adapter",
-    train_videos: int = 600,
-    val_videos: int = 100,
-    test_videos: int = 200,
-    max_steps: int = 500,
+    train_videos: int = 1500,
+    val_videos: int = 150,
+    test_videos: int = 300,
+    max_steps: int = 400,
     batch_size: int = 16,
-    learning_rate: float = 1e-3,
+    learning_rate: float = 3e-3,
     seed: int = 0,
     config: Optional[VTGPromptConfig] = None,
     disable_tqdm: bool = False,

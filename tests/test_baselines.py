@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from peft_vtg.baselines import frame_query_similarity, zero_shot_moments
+from peft_vtg.baselines import change_embeddings, frame_query_similarity, zero_shot_moments
 from tiny_models import FRAMES, inputs, tiny_clip, tiny_siglip
 
 
@@ -27,3 +27,21 @@ def test_frame_query_similarity_is_cosine(build):
     x = inputs("clip", batch=2)
     similarity = frame_query_similarity(build(), x["pixel_values"], x["input_ids"], x["attention_mask"])
     assert similarity.shape == (2, FRAMES) and similarity.abs().max() <= 1.0 + 1e-5
+
+
+def test_change_embeddings_hand_computed():
+    embeddings = torch.tensor([[0.0, 1.0, 3.0, 6.0, 10.0]]).unsqueeze(-1)  # (1, 5, 1)
+    # window 1: e[t+1] - e[t-1], ends repeated: e[-1] = e[0], e[5] = e[4]
+    assert change_embeddings(embeddings, 1).flatten().tolist() == [1.0, 3.0, 5.0, 7.0, 4.0]
+    # window 2 at t=2: mean(6, 10) - mean(0, 1)
+    assert change_embeddings(embeddings, 2)[0, 2, 0].item() == pytest.approx(7.5)
+
+
+def test_motion_similarity_compares_changes_with_the_query():
+    x = inputs("clip", batch=2)
+    model = tiny_clip()
+    similarity = frame_query_similarity(model, x["pixel_values"], x["input_ids"], x["attention_mask"], motion_window=1)
+    assert similarity.shape == (2, FRAMES) and similarity.abs().max() <= 2.0 + 1e-5  # |change| <= 2 x mean norm
+    still = x["pixel_values"][:, :1].expand_as(x["pixel_values"])  # a video that never changes has no motion
+    flat = frame_query_similarity(model, still, x["input_ids"], x["attention_mask"], motion_window=1)
+    assert flat.abs().max() < 1e-4

@@ -50,6 +50,8 @@ def test_num_virtual_tokens_is_an_alias():
         (dict(couple_video_to_text=True, video_prompt_depth=2), "video_prompt_depth"),
         (dict(couple_video_to_text=True, video_prompt_init="PATCH_MEAN"), "video_prompt_init"),
         (dict(text_insert_position=-1), "text_insert_position"),
+        (dict(head_temporal_kernel_size=2), "head_temporal_kernel_size"),
+        (dict(head_temporal_kernel_size=-1), "head_temporal_kernel_size"),
     ],
 )
 def test_invalid_fields_name_the_field(kwargs, field):

@@ -23,6 +23,27 @@ from tiny_models import BUILDERS, FRAMES, inputs, tiny_clip, tiny_tvp, tiny_xcli
 HEAD = dict(head_hidden_size=8, head_num_attention_heads=2, head_num_layers=1)
 
 
+# ---------------------------------------------------------------- temporal convolution
+def test_temporal_convolution_sees_only_neighbouring_frames_and_ignores_padding():
+    torch.manual_seed(0)
+    head = VTGTaskHeads(6, 5, hidden_size=8, num_layers=1, num_heads=2, dropout=0.0, temporal_kernel_size=3).grounding
+    assert head.temporal_conv.weight.shape == (8, 1, 3)  # depthwise: 3 weights per channel
+    video, text = torch.randn(1, 7, 6), torch.randn(1, 4, 5)
+    projected = {}
+    head.temporal_conv.register_forward_hook(lambda m, i, o: projected.update(out=o.transpose(1, 2)))
+    head.fuse(video, torch.ones(1, 7, dtype=torch.long), text, torch.ones(1, 4, dtype=torch.long))
+    before = projected["out"].clone()
+    changed = video.clone()
+    changed[0, 5] = torch.randn(6)  # frame 5 changes: only frames 4..6 of the convolution output may move
+    head.fuse(changed, torch.ones(1, 7, dtype=torch.long), text, torch.ones(1, 4, dtype=torch.long))
+    moved = (projected["out"] - before).abs().amax(dim=-1)[0] > 1e-6
+    assert moved.tolist() == [False, False, False, False, True, True, True]
+    # Padding: the 5 real frames of a padded 7-frame video fuse exactly as the same 5 frames alone.
+    padded = head.fuse(video, torch.tensor([[1, 1, 1, 1, 1, 0, 0]]), text, torch.ones(1, 4, dtype=torch.long))
+    alone = head.fuse(video[:, :5], torch.ones(1, 5, dtype=torch.long), text, torch.ones(1, 4, dtype=torch.long))
+    torch.testing.assert_close(padded[:, :6], alone)
+
+
 # ---------------------------------------------------------------- losses
 def test_uniform_logits_cost_log_of_the_real_frame_count():
     start = torch.zeros(2, 6)

@@ -94,6 +94,9 @@ class GroundingHead(nn.Module):
         num_heads: attention heads per fusion layer.
         dropout: dropout in the fusion layers.
         predict_inside: also predict a per-frame "inside the moment" logit.
+        temporal_kernel_size: width, in frames, of a depthwise temporal convolution added (residually) to the
+            projected frame features before fusion; 0 disables it. It hands the fusion layers local frame-to-frame
+            differences, i.e. motion, which attention over frame features learns only slowly.
     """
 
     def __init__(
@@ -105,9 +108,15 @@ class GroundingHead(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.1,
         predict_inside: bool = True,
+        temporal_kernel_size: int = 0,
     ) -> None:
         super().__init__()
         self.video_proj = nn.Sequential(nn.LayerNorm(video_dim), nn.Linear(video_dim, hidden_size))
+        if temporal_kernel_size:
+            if temporal_kernel_size % 2 == 0:
+                raise ValueError(f"temporal_kernel_size must be odd (centred on the frame), got {temporal_kernel_size}.")
+            self.temporal_conv = nn.Conv1d(hidden_size, hidden_size, temporal_kernel_size,
+                                           padding=temporal_kernel_size // 2, groups=hidden_size)
         self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden_size))
         # A learned [CLS] slot ahead of the frames: its fused state summarises the pair for the matching heads.
         self.cls_token = nn.Parameter(torch.randn(1, 1, hidden_size) * 0.02)
@@ -135,6 +144,10 @@ class GroundingHead(nn.Module):
         """
         batch, frames, _ = video_features.shape
         video = self.video_proj(video_features)  # (batch, frames, hidden)
+        if hasattr(self, "temporal_conv"):
+            # Padded frames are zeroed first, so a padded video sees the same zero border as an unpadded one.
+            real = video * frame_mask.unsqueeze(-1).to(video.dtype)
+            video = video + self.temporal_conv(real.transpose(1, 2)).transpose(1, 2)  # (batch, frames, hidden)
         video = video + sinusoidal_positions(frames, video.shape[-1], video.device, video.dtype)
         video = torch.cat([self.cls_token.expand(batch, -1, -1).to(video.dtype), video], dim=1)  # (batch, 1+frames, hidden)
         video_padding = torch.cat([frame_mask.new_ones(batch, 1), frame_mask], dim=1) == 0  # (batch, 1+frames)

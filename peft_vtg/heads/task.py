@@ -46,7 +46,7 @@ class VTGTaskHeads(nn.Module):
 
     Args:
         video_dim, text_dim: widths of the encoder's per-frame video and per-token text features.
-        hidden_size, num_layers, num_heads, dropout, predict_inside: see `GroundingHead`.
+        hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size: see `GroundingHead`.
         vtm_heads: any of "violet", "all_in_one".
         boundary_smoothing: std (frames) of the Gaussian label smoothing of start/end targets; 0 = one-hot.
         inside_loss_weight: weight of the inside-moment BCE.
@@ -66,12 +66,15 @@ class VTGTaskHeads(nn.Module):
         boundary_smoothing: float = 0.0,
         inside_loss_weight: float = 1.0,
         vtm_loss_weight: float = 0.5,
+        temporal_kernel_size: int = 0,
     ) -> None:
         super().__init__()
         unknown = sorted(set(vtm_heads) - set(VTM_HEADS))
         if unknown:
             raise ValueError(f"Unknown vtm_heads {unknown}; choose from {list(VTM_HEADS)}.")
-        self.grounding = GroundingHead(video_dim, text_dim, hidden_size, num_layers, num_heads, dropout, predict_inside)
+        self.grounding = GroundingHead(
+            video_dim, text_dim, hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size
+        )
         if "violet" in vtm_heads:
             self.violet_vtm = VioletMatchingHead(hidden_size)
         if "all_in_one" in vtm_heads:

@@ -181,6 +181,11 @@ class VTGPromptConfig(PeftConfig):
         default=4, metadata={"help": "Attention heads per fusion layer; must divide head_hidden_size."}
     )
     head_dropout: float = field(default=0.1, metadata={"help": "Dropout inside the fusion layers."})
+    head_temporal_kernel_size: int = field(
+        default=3,
+        metadata={"help": "Width, in frames, of a depthwise temporal convolution on the projected frame features "
+                  "before fusion (odd); it exposes frame-to-frame change (motion) to the fusion layers. 0 = none."},
+    )
     predict_inside: bool = field(
         default=True,
         metadata={"help": "Also predict a per-frame 'inside the moment' logit, trained with BCE (weight "
@@ -327,6 +332,12 @@ class VTGPromptConfig(PeftConfig):
             )
         if not 0.0 <= self.head_dropout < 1.0:
             raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout!r}.")
+        kernel = self.head_temporal_kernel_size
+        if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 0 or (kernel and kernel % 2 == 0):
+            raise ValueError(
+                f"head_temporal_kernel_size must be 0 (no temporal convolution) or an odd integer such as 3, got "
+                f"{kernel!r}."
+            )
         for name in ("boundary_smoothing", "inside_loss_weight", "vtm_loss_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
