@@ -19,7 +19,7 @@ from peft_vtg.synth import FrameSource, SynthVTG
 from peft_vtg.synth.backbone import load_backbone
 from peft_vtg.timeline import seconds_to_frames
 
-FRAMES = 32
+FRAMES = 32  # overridden by --frames
 
 
 def truth(rows):
@@ -27,6 +27,8 @@ def truth(rows):
 
 
 def frozen_head(args):
+    global FRAMES
+    FRAMES = args.frames
     torch.manual_seed(0)
     model, tokenizer = load_backbone(args.backbone)
     data = SynthVTG(seed=0, num_videos={"train": args.train_videos, "val": 150})
@@ -51,9 +53,9 @@ def frozen_head(args):
     train_rows, video, tokens, mask, spans = cached("train")
     val = cached("val")
     heads = VTGTaskHeads(video.shape[-1], tokens.shape[-1], hidden_size=64, num_layers=2, num_heads=4, dropout=0.1,
-                         boundary_smoothing=1.0, temporal_kernel_size=args.temporal_kernel)
+                         boundary_smoothing=1.0, temporal_kernel_size=args.temporal_kernel, hadamard_fusion=args.hadamard)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=args.lr)
-    frame_mask = torch.ones(32, FRAMES, dtype=torch.long)
+    frame_mask = torch.ones(args.batch_size, FRAMES, dtype=torch.long)
 
     def evaluate():
         rows, v, t, m, _ = val
@@ -66,7 +68,7 @@ def frozen_head(args):
 
     metrics = {}
     for step in range(args.steps + 1):
-        index = torch.randint(len(video), (32,))
+        index = torch.randint(len(video), (args.batch_size,))
         out = heads(video[index], frame_mask, tokens[index], mask[index], spans[index, 0], spans[index, 1])
         out.loss.backward()
         optimizer.step()
@@ -83,9 +85,12 @@ def main():
     parser.add_argument("probe", choices=["frozen-head"])
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     parser.add_argument("--train-videos", type=int, default=1500, help="frozen-head: training videos")
-    parser.add_argument("--steps", type=int, default=1500, help="frozen-head: steps of 32")
+    parser.add_argument("--steps", type=int, default=1500, help="frozen-head: steps")
     parser.add_argument("--backbone", default=None, help="frozen-head: a backbone directory (default: the shipped one)")
     parser.add_argument("--temporal-kernel", type=int, default=3, help="frozen-head: the head's temporal conv width")
+    parser.add_argument("--frames", type=int, default=32, help="frozen-head: frames sampled per video")
+    parser.add_argument("--hadamard", action="store_true", help="frozen-head: the head's Hadamard fusion")
+    parser.add_argument("--batch-size", type=int, default=32, help="frozen-head: pairs per step")
     parser.add_argument("--eval-every", type=int, default=1000, help="frozen-head: steps between val evaluations")
     parser.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     args = parser.parse_args()

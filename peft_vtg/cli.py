@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--val-videos", type=int, default=150, help="validation videos")
     demo.add_argument("--test-videos", type=int, default=300, help="test videos")
     demo.add_argument("--max-steps", type=int, default=400, help="optimizer steps")
-    demo.add_argument("--batch-size", type=int, default=16, help="training pairs per step")
+    demo.add_argument("--batch-size", type=int, default=32, help="training pairs per step")
     demo.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     demo.add_argument("--json", action="store_true", help="print only the test metrics, as one JSON object")

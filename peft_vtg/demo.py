@@ -18,7 +18,7 @@ from .synth.dataset import FrameSource, SynthVTG
 from .training import GroundingModule, VTGTrainingArguments, evaluate_grounding, train
 from .vtg_prompt.config import VTGPromptConfig
 
-DEMO_FRAMES = 32
+DEMO_FRAMES = 16
 
 
 @dataclass
@@ -36,10 +36,10 @@ class DemoResult:
 
 def demo_config() -> VTGPromptConfig:
     """The demo's adapter, the benchmark's `vtg-deep`: 8 video + 8 text prompt tokens in every layer of each tower
-    (3), and a 2-layer head of width 64 with a temporal convolution of 3 frames."""
+    (3), and a 2-layer head of width 64 with a temporal convolution of 3 frames and Hadamard fusion."""
     return VTGPromptConfig(num_video_tokens=8, num_text_tokens=8, video_prompt_depth=3, text_prompt_depth=3,
                            head_hidden_size=64, head_num_layers=2, head_num_attention_heads=4, head_dropout=0.1,
-                           head_temporal_kernel_size=3, boundary_smoothing=1.0)
+                           head_temporal_kernel_size=3, head_hadamard_fusion=True, boundary_smoothing=1.0)
 
 
 def run_demo(
@@ -48,7 +48,7 @@ def run_demo(
     val_videos: int = 150,
     test_videos: int = 300,
     max_steps: int = 400,
-    batch_size: int = 16,
+    batch_size: int = 32,
     learning_rate: float = 3e-3,
     seed: int = 0,
     config: Optional[VTGPromptConfig] = None,

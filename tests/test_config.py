@@ -52,6 +52,7 @@ def test_num_virtual_tokens_is_an_alias():
         (dict(text_insert_position=-1), "text_insert_position"),
         (dict(head_temporal_kernel_size=2), "head_temporal_kernel_size"),
         (dict(head_temporal_kernel_size=-1), "head_temporal_kernel_size"),
+        (dict(head_hadamard_fusion="yes"), "head_hadamard_fusion"),
     ],
 )
 def test_invalid_fields_name_the_field(kwargs, field):

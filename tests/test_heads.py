@@ -44,6 +44,20 @@ def test_temporal_convolution_sees_only_neighbouring_frames_and_ignores_padding(
     torch.testing.assert_close(padded[:, :6], alone)
 
 
+def test_hadamard_fusion_lets_the_sentence_reach_frames_before_cross_attention():
+    torch.manual_seed(0)
+    video, mask = torch.randn(2, 5, 6), torch.ones(2, 5, dtype=torch.long)
+    text_a, text_b, text_mask = torch.randn(2, 4, 5), torch.randn(2, 4, 5), torch.ones(2, 4, dtype=torch.long)
+    for hadamard in (False, True):
+        head = VTGTaskHeads(6, 5, hidden_size=8, num_layers=1, num_heads=2, dropout=0.0, hadamard_fusion=hadamard)
+        head.eval()
+        torch.nn.init.zeros_(head.grounding.fusion[0].cross_attn.out_proj.weight)  # cut the cross-attention path
+        torch.nn.init.zeros_(head.grounding.fusion[0].cross_attn.out_proj.bias)
+        a = head(video, mask, text_a, text_mask).start_logits
+        b = head(video, mask, text_b, text_mask).start_logits
+        assert (not torch.allclose(a, b)) == hadamard  # only the Hadamard path carries the text now
+
+
 # ---------------------------------------------------------------- losses
 def test_uniform_logits_cost_log_of_the_real_frame_count():
     start = torch.zeros(2, 6)

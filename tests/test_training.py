@@ -131,6 +131,22 @@ def test_training_keeps_the_frozen_base_in_eval_mode_and_optimises_only_the_adap
     assert json.loads((tmp_path / "modes" / "metrics.json").read_text()) == {"step": 1}  # no eval set
 
 
+def test_head_learning_rate_gets_its_own_parameter_groups(tmp_path):
+    from peft_vtg.training.loop import _parameter_groups
+
+    model, rows, collate, args = make_run(tmp_path / "rates", max_steps=1, save_steps=None)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("lr" not in g for g in _parameter_groups(model, 0.01))  # one rate for all by default
+    groups = _parameter_groups(model, 0.01, head_learning_rate=0.5)
+    for group in groups:
+        heads = {"vtg_prompt_heads" in names[id(p)] for p in group["params"]}
+        assert heads == ({True} if group.get("lr") == 0.5 else {False}), group
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert any(g.get("lr") == 0.5 and g["weight_decay"] == 0.01 for g in groups)  # head weights still decay
+    with pytest.raises(ValueError, match="head_learning_rate"):
+        VTGTrainingArguments(head_learning_rate=0.0)
+
+
 def test_arguments_are_validated():
     with pytest.raises(ValueError, match="lr_scheduler_type='step' is not valid"):
         VTGTrainingArguments(lr_scheduler_type="step")

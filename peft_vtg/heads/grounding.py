@@ -97,6 +97,10 @@ class GroundingHead(nn.Module):
         temporal_kernel_size: width, in frames, of a depthwise temporal convolution added (residually) to the
             projected frame features before fusion; 0 disables it. It hands the fusion layers local frame-to-frame
             differences, i.e. motion, which attention over frame features learns only slowly.
+        hadamard_fusion: also multiply every frame's features elementwise with an attention-pooled sentence vector
+            before fusion (the Hadamard fusion of 2D-TAN and its successors): "how much does this frame show what
+            the sentence says" is then one linear read-out instead of a product that attention and FFNs approximate
+            slowly.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class GroundingHead(nn.Module):
         dropout: float = 0.1,
         predict_inside: bool = True,
         temporal_kernel_size: int = 0,
+        hadamard_fusion: bool = False,
     ) -> None:
         super().__init__()
         self.video_proj = nn.Sequential(nn.LayerNorm(video_dim), nn.Linear(video_dim, hidden_size))
@@ -118,6 +123,10 @@ class GroundingHead(nn.Module):
             self.temporal_conv = nn.Conv1d(hidden_size, hidden_size, temporal_kernel_size,
                                            padding=temporal_kernel_size // 2, groups=hidden_size)
         self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden_size))
+        if hadamard_fusion:
+            self.sentence_query = nn.Parameter(torch.randn(1, 1, hidden_size) * 0.02)
+            self.sentence_pool = Attention(hidden_size, num_heads, dropout)
+            self.hadamard_proj = nn.Linear(hidden_size, hidden_size)
         # A learned [CLS] slot ahead of the frames: its fused state summarises the pair for the matching heads.
         self.cls_token = nn.Parameter(torch.randn(1, 1, hidden_size) * 0.02)
         self.fusion = nn.ModuleList(FusionLayer(hidden_size, num_heads, dropout) for _ in range(num_layers))
@@ -148,11 +157,15 @@ class GroundingHead(nn.Module):
             # Padded frames are zeroed first, so a padded video sees the same zero border as an unpadded one.
             real = video * frame_mask.unsqueeze(-1).to(video.dtype)
             video = video + self.temporal_conv(real.transpose(1, 2)).transpose(1, 2)  # (batch, frames, hidden)
+        text = self.text_proj(text_features)  # (batch, length, hidden)
+        text_padding = text_mask == 0
+        if hasattr(self, "sentence_pool"):
+            query = self.sentence_query.expand(batch, -1, -1).to(text.dtype)
+            sentence = self.sentence_pool(query, text, text_padding)  # (batch, 1, hidden)
+            video = video + self.hadamard_proj(video * sentence)  # (batch, frames, hidden)
         video = video + sinusoidal_positions(frames, video.shape[-1], video.device, video.dtype)
         video = torch.cat([self.cls_token.expand(batch, -1, -1).to(video.dtype), video], dim=1)  # (batch, 1+frames, hidden)
         video_padding = torch.cat([frame_mask.new_ones(batch, 1), frame_mask], dim=1) == 0  # (batch, 1+frames)
-        text = self.text_proj(text_features)  # (batch, length, hidden)
-        text_padding = text_mask == 0
         for layer in self.fusion:
             video = layer(video, video_padding, text, text_padding)
         return self.output_norm(video)

@@ -46,7 +46,8 @@ class VTGTaskHeads(nn.Module):
 
     Args:
         video_dim, text_dim: widths of the encoder's per-frame video and per-token text features.
-        hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size: see `GroundingHead`.
+        hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size, hadamard_fusion: see
+            `GroundingHead`.
         vtm_heads: any of "violet", "all_in_one".
         boundary_smoothing: std (frames) of the Gaussian label smoothing of start/end targets; 0 = one-hot.
         inside_loss_weight: weight of the inside-moment BCE.
@@ -67,13 +68,15 @@ class VTGTaskHeads(nn.Module):
         inside_loss_weight: float = 1.0,
         vtm_loss_weight: float = 0.5,
         temporal_kernel_size: int = 0,
+        hadamard_fusion: bool = False,
     ) -> None:
         super().__init__()
         unknown = sorted(set(vtm_heads) - set(VTM_HEADS))
         if unknown:
             raise ValueError(f"Unknown vtm_heads {unknown}; choose from {list(VTM_HEADS)}.")
         self.grounding = GroundingHead(
-            video_dim, text_dim, hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size
+            video_dim, text_dim, hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size,
+            hadamard_fusion,
         )
         if "violet" in vtm_heads:
             self.violet_vtm = VioletMatchingHead(hidden_size)

@@ -32,6 +32,11 @@ class VTGTrainingArguments:
         default=1e-3, metadata={"help": "Peak learning rate of AdamW (prompt tuning likes larger rates than full "
                                 "fine-tuning)."}
     )
+    head_learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "Peak learning rate of the task heads (grounding and matching), when it should differ from "
+                  "learning_rate, e.g. a fresh head next to a fully fine-tuned backbone. None = learning_rate."},
+    )
     lr_scheduler_type: str = field(
         default="cosine", metadata={"help": f"Decay after warm-up: one of {', '.join(SCHEDULERS)}."}
     )
@@ -99,6 +104,8 @@ class VTGTrainingArguments:
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"head_learning_rate must be > 0 or None (= learning_rate), got {self.head_learning_rate!r}.")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}.")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.dataloader_num_workers < 0:

@@ -45,17 +45,27 @@ class TrainResult:
     output_dir: str = ""
 
 
-def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters; decay only weight matrices, not biases, norms, prompt tokens or the [CLS] slot."""
-    decay, no_decay = [], []
+def _parameter_groups(
+    model: torch.nn.Module, weight_decay: float, head_learning_rate: Optional[float] = None
+) -> list[dict[str, Any]]:
+    """Trainable parameters; decay only weight matrices, not biases, norms, prompt tokens or the [CLS] slot. With
+    `head_learning_rate`, the task heads' parameters get their own groups at that rate."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         exempt = param.dim() < 2 or "prompts" in name.rsplit(".", 1)[-1] or name.endswith("cls_token")
-        (no_decay if exempt else decay).append(param)
-    if not decay and not no_decay:
+        head = head_learning_rate is not None and "vtg_prompt_heads" in name
+        groups.setdefault((head, exempt), []).append(param)
+    if not groups:
         raise ValueError("The model has no trainable parameters; load the adapter with is_trainable=True.")
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    result = []
+    for (head, exempt), params in sorted(groups.items()):
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if exempt else weight_decay}
+        if head:
+            group["lr"] = head_learning_rate
+        result.append(group)
+    return result
 
 
 def _checkpoints(output_dir: str) -> list[str]:
@@ -113,7 +123,8 @@ def train(
     )
     set_seed(args.seed)
     module = GroundingModule(model, train_base_model_modes=args.train_base_model_modes)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay, args.head_learning_rate),
+                                  lr=args.learning_rate)
     train_loader = DataLoader(
         train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collator,
         num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed),

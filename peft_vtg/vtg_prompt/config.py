@@ -186,6 +186,11 @@ class VTGPromptConfig(PeftConfig):
         metadata={"help": "Width, in frames, of a depthwise temporal convolution on the projected frame features "
                   "before fusion (odd); it exposes frame-to-frame change (motion) to the fusion layers. 0 = none."},
     )
+    head_hadamard_fusion: bool = field(
+        default=True,
+        metadata={"help": "Multiply each frame's features elementwise with an attention-pooled sentence vector before "
+                  "fusion (2D-TAN-style Hadamard fusion), so frame-query agreement is one linear read-out."},
+    )
     predict_inside: bool = field(
         default=True,
         metadata={"help": "Also predict a per-frame 'inside the moment' logit, trained with BCE (weight "
@@ -332,6 +337,8 @@ class VTGPromptConfig(PeftConfig):
             )
         if not 0.0 <= self.head_dropout < 1.0:
             raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout!r}.")
+        if not isinstance(self.head_hadamard_fusion, bool):
+            raise ValueError(f"head_hadamard_fusion must be True or False, got {self.head_hadamard_fusion!r}.")
         kernel = self.head_temporal_kernel_size
         if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 0 or (kernel and kernel % 2 == 0):
             raise ValueError(

@@ -48,6 +48,7 @@ def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGT
         dropout=config.head_dropout,
         predict_inside=config.predict_inside,
         temporal_kernel_size=config.head_temporal_kernel_size,
+        hadamard_fusion=config.head_hadamard_fusion,
         vtm_heads=config.vtm_heads,
         boundary_smoothing=config.boundary_smoothing,
         inside_loss_weight=config.inside_loss_weight,
