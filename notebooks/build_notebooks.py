@@ -37,7 +37,7 @@ sizes = {"train": 16, "val": 4, "test": 4} if SMALL else {"train": 1500, "val": 
 data = SynthVTG(seed=0, num_videos=sizes)
 (train_rows, train_videos), (val_rows, val_videos), (test_rows, test_videos) = (data.split(s) for s in ("train", "val", "test"))
 videos = {**train_videos, **val_videos, **test_videos}
-collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=32))
+collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=16))
 print(len(train_rows), "training queries, e.g.", train_rows[0])'''),
     ("md", "## The adapter\n\nVideo and text prompt tokens in every layer of each tower of the frozen encoder (3 "
            "here), plus a grounding head whose temporal convolution exposes motion; only these train. This is "
@@ -50,7 +50,7 @@ model.print_trainable_parameters()'''),
     ("code", '''from peft_vtg.training import VTGTrainingArguments, train
 
 args = VTGTrainingArguments(output_dir=os.path.join(WORK, "adapter"), max_steps=2 if SMALL else 400,
-                            per_device_train_batch_size=4 if SMALL else 16, learning_rate=3e-3,
+                            per_device_train_batch_size=4 if SMALL else 32, learning_rate=3e-3,
                             eval_steps=1 if SMALL else 100, disable_tqdm=SMALL)
 result = train(model, train_rows, collator, args, eval_dataset=val_rows)
 print("best val R1@0.5:", result.best_metric)'''),
@@ -66,10 +66,9 @@ print(format_table(metrics))'''),
     ("code", '''import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from peft_vtg.synth import pixel_values
 
 row = test_rows[0]
-frames = pixel_values(videos[row["vid"]].frames)           # (frames, 3, 32, 32)
+frames = FrameSource(videos, num_frames=16)(row["vid"])    # (16, 3, 32, 32), sampled as in training
 moments = peft_vtg.ground(model, frames, row["query"], tokenizer=tokenizer, duration=row["duration"], top_k=3)
 print(row["query"], "->", [(round(s, 1), round(e, 1), round(p, 3)) for s, e, p in moments])
 
@@ -157,7 +156,7 @@ from peft_vtg.training import VTGTrainingArguments, train
 base, tokenizer = load_backbone()
 model = get_peft_model(base, peft_vtg.VTGPromptConfig(num_video_tokens=4, num_text_tokens=4, head_hidden_size=32))
 rows, videos = SynthVTG(seed=2, num_videos={"train": 8 if SMALL else 200}).split("train")
-collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=32))
+collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=16))
 adapter_dir = os.path.join(WORK, "synthvtg-vtg")
 train(model, rows, collator, VTGTrainingArguments(output_dir=adapter_dir, max_steps=2 if SMALL else 200,
                                                   per_device_train_batch_size=4, disable_tqdm=SMALL),
