@@ -39,10 +39,10 @@ data = SynthVTG(seed=0, num_videos=sizes)
 videos = {**train_videos, **val_videos, **test_videos}
 collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=16))
 print(len(train_rows), "training queries, e.g.", train_rows[0])'''),
-    ("md", "## The adapter\n\nVideo and text prompt tokens in every layer of each tower of the frozen encoder (3 "
-           "here), plus a grounding head whose temporal convolution exposes motion; only these train. This is "
-           "`peft-vtg demo`'s adapter and the benchmark's `vtg-deep` (BENCHMARKS.md)."),
-    ("code", '''config = peft_vtg.VTGPromptConfig(num_video_tokens=8, num_text_tokens=8, video_prompt_depth=3, text_prompt_depth=3,
+    ("md", "## The adapter\n\nVideo prompt tokens in every layer of the frozen vision tower (3 here), plus a grounding "
+           "head whose temporal convolution exposes motion; only these train. This is `peft-vtg demo`'s adapter and "
+           "the benchmark's `vtg-video` (BENCHMARKS.md). Set `num_text_tokens` to prompt the text tower too."),
+    ("code", '''config = peft_vtg.VTGPromptConfig(num_video_tokens=8, num_text_tokens=0, video_prompt_depth=3,
                                   head_hidden_size=64, head_num_layers=2, head_temporal_kernel_size=3,
                                   boundary_smoothing=1.0)
 model = get_peft_model(base, config)
@@ -50,7 +50,7 @@ model.print_trainable_parameters()'''),
     ("code", '''from peft_vtg.training import VTGTrainingArguments, train
 
 args = VTGTrainingArguments(output_dir=os.path.join(WORK, "adapter"), max_steps=2 if SMALL else 400,
-                            per_device_train_batch_size=4 if SMALL else 32, learning_rate=3e-3,
+                            per_device_train_batch_size=4 if SMALL else 32, learning_rate=3e-2, head_learning_rate=3e-3,
                             eval_steps=1 if SMALL else 100, disable_tqdm=SMALL)
 result = train(model, train_rows, collator, args, eval_dataset=val_rows)
 print("best val R1@0.5:", result.best_metric)'''),

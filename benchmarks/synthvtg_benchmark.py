@@ -1,0 +1,440 @@
+"""The SynthVTG benchmark of BENCHMARKS.md: VTG prompt tuning against the alternatives, on the shipped backbone.
+
+Every trained method gets the same data, the same grounding head, the same step budget and batch size; its learning
+rate is picked on val from a small grid (seed 0, final weights), then it is trained with two more seeds at that rate
+and reported on test as mean +- std over the three seeds. Costs are measured separately, each method in a fresh
+process: median training-step time and peak memory (CUDA: `torch.cuda.max_memory_allocated`; CPU: the peak
+resident set size, polled every 2 ms during the measured steps, above its level before them), reported as ratios to full fine-tuning, and grounding-inference
+latency as a ratio to the base model's forward pass of the same videos and queries.
+
+    python benchmarks/synthvtg_benchmark.py run        # accuracy runs, appended to benchmarks/results/runs.jsonl
+    python benchmarks/synthvtg_benchmark.py costs      # step time / memory / latency, benchmarks/results/costs.json
+    python benchmarks/synthvtg_benchmark.py report     # the markdown table of BENCHMARKS.md from both files
+
+`run` skips (method, lr, seed) runs already in the results file, so an interrupted benchmark resumes where it stopped.
+`--methods`, `--steps`, `--train-videos` etc. change the scale; the results file records the settings of each run
+and `report` refuses to mix runs made with different settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+# The one head every trained method gets (the demo's head).
+HEAD = dict(grounding_head=True, head_hidden_size=64, head_num_layers=2, head_num_attention_heads=4, head_dropout=0.1,
+            head_temporal_kernel_size=3, head_hadamard_fusion=True, boundary_smoothing=1.0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run of one benchmark shares; stored with each run."""
+
+    train_videos: int = 1500
+    val_videos: int = 150
+    test_videos: int = 300
+    frames: int = 16
+    steps: int = 400
+    batch_size: int = 32
+    data_seed: int = 0
+
+
+@dataclass(frozen=True)
+class Method:
+    """A benchmarked method: how to make its trainable model from the base model, and its learning-rate grid."""
+
+    name: str
+    description: str
+    learning_rates: tuple[float, ...]
+    build: Optional[Callable[[Any], Any]]  # base CLIPModel -> PeftModel with the grounding forward; None = no training
+    motion_window: int = 0  # zero-shot only: see peft_vtg.baselines.frame_query_similarity
+    head_learning_rate: Optional[float] = None  # None: the head trains at the grid's rate (head-only)
+
+
+def _vtg(**prompts: Any) -> Callable[[Any], Any]:
+    def build(base: Any) -> Any:
+        from peft import get_peft_model
+
+        from peft_vtg import VTGPromptConfig
+
+        return get_peft_model(base, VTGPromptConfig(**prompts, **HEAD))
+
+    return build
+
+
+def _lora(base: Any) -> Any:
+    """PEFT's LoRA (rank 4) on the query and value projections of both towers, plus the head."""
+    from peft import LoraConfig, get_peft_model, inject_adapter_in_model
+
+    from peft_vtg import VTGPromptConfig
+
+    base = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]), base)
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=0, **HEAD))
+    for name, param in model.named_parameters():
+        if "lora_" in name:  # get_peft_model froze everything but the VTG adapter
+            param.requires_grad = True
+    return model
+
+
+def _full(base: Any) -> Any:
+    model = _vtg(num_video_tokens=0, num_text_tokens=0)(base)
+    for param in model.parameters():
+        param.requires_grad = True
+    return model
+
+
+DEPTH = 3  # layers per tower of the shipped backbone: "deep" prompts every layer
+# The head's own rate next to prompts, LoRA or a fine-tuned backbone: head-only's choice on val (3e-3 over 1e-3).
+# One shared rate cannot serve both a fresh head and a pre-trained backbone: at 3e-4 or 1e-3 for everything, full
+# fine-tuning only learned the span prior (val R1@0.5 5.0).
+HEAD_LR = 3e-3
+METHODS = {m.name: m for m in (
+    Method("zero-shot", "frame-query cosine similarity of the pre-trained backbone, no training", (), None),
+    Method("zero-shot-motion", "as zero-shot, on each frame's change embedding (2 frames each side)", (), None,
+           motion_window=2),
+    Method("head-only", "the grounding head on the frozen backbone", (1e-3, 3e-3),
+           _vtg(num_video_tokens=0, num_text_tokens=0)),
+    Method("text-prompt", "PEFT-style prompt tuning: 8 text tokens at position 0 of the input layer only (+ head)",
+           (3e-3, 3e-2), _vtg(num_video_tokens=0, num_text_tokens=8, text_insert_position=0),
+           head_learning_rate=HEAD_LR),
+    Method("vtg-video", "VTG: 8 video prompt tokens in every vision layer, no text prompts (+ head)",
+           (3e-3, 3e-2), _vtg(num_video_tokens=8, num_text_tokens=0, video_prompt_depth=DEPTH),
+           head_learning_rate=HEAD_LR),
+    Method("vtg-shallow", "VTG: 8 video + 8 text tokens at the input layer of each tower (+ head)",
+           (3e-3, 3e-2), _vtg(num_video_tokens=8, num_text_tokens=8), head_learning_rate=HEAD_LR),
+    Method("vtg-deep", "VTG: 8 video + 8 text tokens in every layer of each tower (+ head)",
+           (3e-3, 3e-2), _vtg(num_video_tokens=8, num_text_tokens=8, video_prompt_depth=DEPTH,
+                              text_prompt_depth=DEPTH), head_learning_rate=HEAD_LR),
+    Method("vtg-coupled", "VTG deep, video prompts projected from the text prompts (MaPLe coupling) (+ head)",
+           (3e-3, 3e-2), _vtg(num_video_tokens=8, num_text_tokens=8, video_prompt_depth=DEPTH,
+                              text_prompt_depth=DEPTH, couple_video_to_text=True), head_learning_rate=HEAD_LR),
+    Method("lora", "PEFT LoRA r=4 on q/v projections of both towers (+ head)", (3e-4, 3e-3), _lora,
+           head_learning_rate=HEAD_LR),
+    Method("full-ft", "every backbone parameter trained (+ head)", (3e-5, 3e-4), _full, head_learning_rate=HEAD_LR),
+)}
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def _data(settings: Settings):
+    from peft_vtg.data import GroundingCollator
+    from peft_vtg.synth import FrameSource, SynthVTG
+    from peft_vtg.synth.backbone import load_backbone
+
+    tokenizer = load_backbone()[1]
+    data = SynthVTG(seed=settings.data_seed, num_videos={
+        "train": settings.train_videos, "val": settings.val_videos, "test": settings.test_videos})
+    splits = {name: data.split(name) for name in ("train", "val", "test")}
+    videos = {vid: video for _, split_videos in splits.values() for vid, video in split_videos.items()}
+    collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=settings.frames))
+    return {name: rows for name, (rows, _) in splits.items()}, collator, tokenizer
+
+
+def _adapter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the trainable parameters saved as safetensors (for full fine-tuning: the whole model + head)."""
+    from safetensors.torch import save
+
+    return len(save({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}))
+
+
+def _zero_shot(rows, collator, motion_window: int) -> dict[str, float]:
+    from peft_vtg.baselines import frame_query_similarity, zero_shot_moments
+    from peft_vtg.metrics import evaluate_moments
+    from peft_vtg.synth.backbone import load_backbone
+
+    model = load_backbone()[0]
+    predictions = {}
+    for batch in DataLoader(rows, batch_size=50, collate_fn=collator):
+        similarity = frame_query_similarity(model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"],
+                                            motion_window=motion_window)
+        predictions.update(zip(batch["qid"], zero_shot_moments(similarity, batch["duration"].tolist())))
+    return evaluate_moments(predictions, {row["qid"]: row["windows"] for row in rows})
+
+
+def train_and_evaluate(method: Method, lr: float, seed: int, settings: Settings, data=None) -> dict[str, Any]:
+    """One run: train `method` at `lr` with `seed`, evaluate the final weights on val and test."""
+    from peft_vtg.synth.backbone import load_backbone
+    from peft_vtg.training import GroundingModule, VTGTrainingArguments, evaluate_grounding, train
+
+    splits, collator, _ = data or _data(settings)
+    record: dict[str, Any] = {"method": method.name, "lr": lr, "head_lr": method.head_learning_rate, "seed": seed,
+                              "settings": asdict(settings)}
+    if method.build is None:
+        record.update(val=_zero_shot(splits["val"], collator, method.motion_window),
+                      test=_zero_shot(splits["test"], collator, method.motion_window), trainable=0, adapter_bytes=0)
+        return record
+    torch.manual_seed(seed)
+    base = load_backbone()[0]
+    base_parameters = sum(p.numel() for p in base.parameters())
+    model = method.build(base)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    started = time.time()
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = VTGTrainingArguments(output_dir=output_dir, max_steps=settings.steps,
+                                    per_device_train_batch_size=settings.batch_size, learning_rate=lr,
+                                    head_learning_rate=method.head_learning_rate, seed=seed,
+                                    logging_steps=max(1, settings.steps // 5), disable_tqdm=True)
+        result = train(model, splits["train"], collator, args)
+    record["train_seconds"] = time.time() - started
+    record["final_loss"] = result.history[-1].get("loss") if result.history else None
+    module = GroundingModule(model)
+    for split in ("val", "test"):
+        loader = DataLoader(splits[split], batch_size=32, collate_fn=collator)
+        record[split], _ = evaluate_grounding(module, loader, splits[split], disable_tqdm=True)
+    record.update(trainable=trainable, base_parameters=base_parameters, adapter_bytes=_adapter_bytes(model))
+    return record
+
+
+def _load_runs(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def run(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    path = Path(args.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["method"], r["lr"], r["seed"]) for r in _load_runs(path) if r["settings"] == asdict(settings)}
+    data = _data(settings)
+    for name in args.methods:
+        method = METHODS[name]
+        grid = (args.grid if method.build is not None and args.grid else list(method.learning_rates)) or [0.0]
+
+        def launch(lr: float, seed: int) -> None:
+            if (name, lr, seed) in done:
+                return
+            record = train_and_evaluate(method, lr, seed, settings, data)
+            with path.open("a") as handle:  # one line per run: an interrupted benchmark keeps what it finished
+                handle.write(json.dumps(record) + "\n")
+            done.add((name, lr, seed))
+            print(f"{name:12s} lr={lr:g} seed={seed}: val R1@0.5 {record['val']['R1@0.5']:.2f} "
+                  f"test R1@0.5 {record['test']['R1@0.5']:.2f} mIoU {record['test']['mIoU']:.2f} "
+                  f"({record.get('train_seconds', 0):.0f} s)", flush=True)
+
+        for lr in grid:
+            launch(lr, 0)
+        if method.build is None:
+            continue
+        best = _best_lr(name, settings, _load_runs(path))
+        for seed in range(1, args.seeds):
+            launch(best, seed)
+
+
+def _best_lr(name: str, settings: Settings, runs: list[dict[str, Any]]) -> float:
+    """The grid's learning rate with the best val R1@0.5 at seed 0 (ties: better val mIoU)."""
+    candidates = [r for r in runs if r["method"] == name and r["seed"] == 0 and r["settings"] == asdict(settings)]
+    if not candidates:
+        raise ValueError(f"No seed-0 runs of {name} with these settings; run the learning-rate grid first.")
+    best = max(candidates, key=lambda r: (r["val"]["R1@0.5"], r["val"]["mIoU"]))
+    return best["lr"]
+
+
+# ------------------------------------------------------------------------------------------------------- costs
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakRss:
+    """Polls the resident set size from a thread while a block runs; `peak` is the largest value seen (bytes).
+
+    The process-wide `ru_maxrss` cannot be used: it also remembers peaks from before the measured block (data
+    generation, model loading)."""
+
+    def __enter__(self) -> "_PeakRss":
+        self.peak, self._stop = _rss_bytes(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def measure_costs(name: str, settings: Settings, device: str, steps: int = 12) -> dict[str, Any]:
+    """Median training-step time, peak training memory and grounding-inference latency of one method.
+
+    Run in a fresh process per method (`costs` does), so the CPU peak-RSS measure starts clean.
+    """
+    from peft_vtg.synth.backbone import load_backbone
+    from peft_vtg.training import GroundingModule
+
+    splits, collator, _ = _data(dataclass_replace(settings, train_videos=settings.batch_size, val_videos=1,
+                                                  test_videos=1))
+    batch = collator([splits["train"][i] for i in range(settings.batch_size)])
+    tensors = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    torch.manual_seed(0)
+    base = load_backbone()[0].to(device)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def timed(fn: Callable[[], Any], repeats: int) -> float:
+        times = []
+        for _ in range(repeats):
+            sync()
+            started = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    result: dict[str, Any] = {"method": name, "device": device, "settings": asdict(settings)}
+    inputs = {k: tensors[k] for k in ("pixel_values", "input_ids", "attention_mask")}
+
+    def base_forward() -> None:  # what the frozen encoder alone costs: every frame and every query, encoded once
+        with torch.no_grad():
+            base.vision_model(pixel_values=inputs["pixel_values"].flatten(0, 1))
+            base.text_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+
+    base_forward()
+    result["base_inference_seconds"] = timed(base_forward, 20)
+    method = METHODS[name]
+    if method.build is None:
+        return result
+    model = method.build(base).to(device)
+    module = GroundingModule(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    train_inputs = {k: v for k, v in tensors.items() if k in ("pixel_values", "input_ids", "attention_mask",
+                                                               "frame_mask", "start_frames", "end_frames")}
+
+    def train_step() -> None:
+        module.train()
+        loss = module(**train_inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(2):  # warm-up: allocator, optimizer state
+        train_step()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        floor = torch.cuda.memory_allocated()
+        result["train_step_seconds"] = timed(train_step, steps)
+        result["peak_train_memory_bytes"] = torch.cuda.max_memory_allocated() - floor
+    else:
+        floor = _rss_bytes()
+        with _PeakRss() as rss:
+            result["train_step_seconds"] = timed(train_step, steps)
+        result["peak_train_memory_bytes"] = max(0, rss.peak - floor)
+    module.eval()
+
+    def grounding_forward() -> None:
+        with torch.no_grad():
+            module(**inputs)
+
+    grounding_forward()
+    result["inference_seconds"] = timed(grounding_forward, 20)
+    return result
+
+
+def dataclass_replace(settings: Settings, **changes: Any) -> Settings:
+    return Settings(**{**asdict(settings), **changes})
+
+
+def costs(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.one_method:
+        print(json.dumps(measure_costs(args.one_method, settings, device)))
+        return
+    measured = []
+    for name in args.methods:
+        command = [sys.executable, __file__, "costs", "--one-method", name, "--device", device,
+                   *(f"--{k.replace('_', '-')}={v}" for k, v in asdict(settings).items())]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        measured.append(json.loads(output.strip().splitlines()[-1]))
+        print(f"{name:12s} {measured[-1]}", flush=True)
+    out = Path(args.costs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": device, "torch": torch.__version__, "machine": platform.machine(),
+                               "threads": torch.get_num_threads(), "methods": measured}, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------- report
+def report(args: argparse.Namespace) -> None:
+    settings = asdict(_settings(args))
+    runs = [r for r in _load_runs(Path(args.results)) if r["settings"] == settings]
+    cost_file = Path(args.costs)
+    cost = {c["method"]: c for c in json.loads(cost_file.read_text())["methods"]} if cost_file.exists() else {}
+    full = cost.get("full-ft", {})
+
+    def ratio(name: str, key: str, reference: Optional[float]) -> str:
+        value = cost.get(name, {}).get(key)
+        return f"{value / reference:.2f}" if value is not None and reference else "-"
+
+    def mean_std(values: list[float]) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.2f}"
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+    columns = ["R1@0.3", "R1@0.5", "R1@0.7", "R5@0.5", "mIoU"]
+    lines = ["| method | lr | seeds | " + " | ".join(columns) + " | trainable (% of base) | adapter bytes | "
+             "step time / full FT | peak memory / full FT | inference latency / base |",
+             "|" + "---|" * (len(columns) + 8)]
+    for name in args.methods:
+        mine = [r for r in runs if r["method"] == name]
+        if not mine:
+            continue
+        lr = _best_lr(name, _settings(args), runs) if METHODS[name].build is not None else None
+        chosen = [r for r in mine if r["lr"] == lr] if lr is not None else mine
+        metrics = " | ".join(mean_std([r["test"][c] for r in chosen]) for c in columns)
+        first = chosen[0]
+        share = 100 * first["trainable"] / first["base_parameters"] if first.get("base_parameters") else 0.0
+        base_latency = cost.get(name, {}).get("base_inference_seconds")
+        rate = "-" if lr is None else f"{lr:g}" + (f" (head {first['head_lr']:g})" if first.get("head_lr") else "")
+        lines.append(
+            f"| {name} | {rate} | {len(chosen)} | {metrics} | {first['trainable']:,} "
+            f"({share:.2f}%) | {first['adapter_bytes']:,} | {ratio(name, 'train_step_seconds', full.get('train_step_seconds'))} | "
+            f"{ratio(name, 'peak_train_memory_bytes', full.get('peak_train_memory_bytes'))} | "
+            f"{ratio(name, 'inference_seconds', base_latency)} |"
+        )
+    print("\n".join(lines))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(**{k: getattr(args, k) for k in asdict(Settings())})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["run", "costs", "report"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
+                        help=f"methods to run (default: all of {', '.join(METHODS)})")
+    parser.add_argument("--grid", type=float, nargs="+", default=None,
+                        help="run: learning rates to try for every trained method instead of each method's own grid")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per method at its chosen learning rate")
+    parser.add_argument("--results", default=str(RESULTS / "runs.jsonl"), help="accuracy results (JSON lines)")
+    parser.add_argument("--costs", default=str(RESULTS / "costs.json"), help="cost results (JSON)")
+    parser.add_argument("--device", default=None, help="costs: cpu or cuda (default: cuda when available)")
+    parser.add_argument("--one-method", default=None, help=argparse.SUPPRESS)
+    for key, value in asdict(Settings()).items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
+    args = parser.parse_args()
+    {"run": run, "costs": costs, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
