@@ -58,6 +58,19 @@ def test_hadamard_fusion_lets_the_sentence_reach_frames_before_cross_attention()
         assert (not torch.allclose(a, b)) == hadamard  # only the Hadamard path carries the text now
 
 
+@pytest.mark.parametrize("kernel, hadamard", [(0, False), (3, False), (0, True), (3, True)])
+def test_frozen_head_computes_the_same_bits_as_the_trainable_one(kernel, hadamard):
+    # A loaded adapter is frozen; it must reproduce the trained adapter exactly (strided inputs to nn.Linear do not).
+    torch.manual_seed(0)
+    head = VTGTaskHeads(32, 32, hidden_size=32, num_layers=1, num_heads=4, dropout=0.0, temporal_kernel_size=kernel,
+                        hadamard_fusion=hadamard).eval()
+    args = (torch.randn(12, 4, 32), torch.ones(12, 4, dtype=torch.long), torch.randn(12, 7, 32),
+            torch.ones(12, 7, dtype=torch.long))
+    trainable = head(*args).start_logits
+    head.requires_grad_(False)
+    assert torch.equal(trainable, head(*args).start_logits)
+
+
 # ---------------------------------------------------------------- losses
 def test_uniform_logits_cost_log_of_the_real_frame_count():
     start = torch.zeros(2, 6)

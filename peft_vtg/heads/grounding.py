@@ -160,7 +160,9 @@ class GroundingHead(nn.Module):
         text = self.text_proj(text_features)  # (batch, length, hidden)
         text_padding = text_mask == 0
         if hasattr(self, "sentence_pool"):
-            query = self.sentence_query.expand(batch, -1, -1).to(text.dtype)
+            # contiguous(): an expanded (stride-0) input would make nn.Linear pick a kernel that depends on whether
+            # its weight needs gradients, so a loaded (frozen) head would differ from the trained one in the last bits.
+            query = self.sentence_query.expand(batch, -1, -1).to(text.dtype).contiguous()
             sentence = self.sentence_pool(query, text, text_padding)  # (batch, 1, hidden)
             video = video + self.hadamard_proj(video * sentence)  # (batch, frames, hidden)
         video = video + sinusoidal_positions(frames, video.shape[-1], video.device, video.dtype)
