@@ -345,3 +345,25 @@ def test_adapter_saved_without_head_fields_loads_without_a_head(tmp_path):
     config_path.write_text(json.dumps(saved))
     loaded = PeftModel.from_pretrained(tiny_clip(), tmp_path)
     assert len(loaded.base_model.model.vtg_prompts.vtg_prompt_heads) == 0
+
+
+def test_adapter_saved_before_the_temporal_and_hadamard_settings_loads_without_them(tmp_path):
+    """A config without head_temporal_kernel_size / head_hadamard_fusion predates them: its weights have neither
+    module, so loading must not add a random, unsaved one (new adapters get and save 3 / True)."""
+    import json
+
+    model = grounding_model("clip")
+    saved_path = tmp_path / "new"
+    model.save_pretrained(saved_path)
+    saved = json.loads((saved_path / "adapter_config.json").read_text())
+    assert saved["head_temporal_kernel_size"] == 3 and saved["head_hadamard_fusion"] is True  # resolved and saved
+
+    old_path = tmp_path / "old"
+    grounding_model("clip", head_temporal_kernel_size=0, head_hadamard_fusion=False).save_pretrained(old_path)
+    config_path = old_path / "adapter_config.json"
+    old = json.loads(config_path.read_text())
+    del old["head_temporal_kernel_size"], old["head_hadamard_fusion"]
+    config_path.write_text(json.dumps(old))
+    loaded = PeftModel.from_pretrained(tiny_clip(), old_path)
+    head = loaded.base_model.model.vtg_prompts.vtg_prompt_heads["default"].grounding
+    assert not hasattr(head, "temporal_conv") and not hasattr(head, "sentence_pool")

@@ -82,6 +82,12 @@ def _enum_value(enum_cls: type[enum.Enum], value: Union[str, enum.Enum], field_n
     return raw
 
 
+# Head settings whose None means "not recorded": a new adapter resolves them to these values (and saves them) ...
+NEW_HEAD_SETTINGS = {"head_temporal_kernel_size": 3, "head_hadamard_fusion": True}
+# ... and an adapter saved before the setting existed loads with these, which add no module it lacks weights for.
+LEGACY_HEAD_SETTINGS = {"grounding_head": False, "head_temporal_kernel_size": 0, "head_hadamard_fusion": False}
+
+
 @dataclass
 class VTGPromptConfig(PeftConfig):
     """Configuration of [`VTGPromptModel`]: soft prompt tokens for the video and the text stream of a frozen
@@ -181,15 +187,17 @@ class VTGPromptConfig(PeftConfig):
         default=4, metadata={"help": "Attention heads per fusion layer; must divide head_hidden_size."}
     )
     head_dropout: float = field(default=0.1, metadata={"help": "Dropout inside the fusion layers."})
-    head_temporal_kernel_size: int = field(
-        default=3,
+    head_temporal_kernel_size: Optional[int] = field(
+        default=None,
         metadata={"help": "Width, in frames, of a depthwise temporal convolution on the projected frame features "
-                  "before fusion (odd); it exposes frame-to-frame change (motion) to the fusion layers. 0 = none."},
+                  "before fusion (odd); it exposes frame-to-frame change (motion) to the fusion layers. 0 = none. "
+                  "None (default) = 3 for a new adapter; the resolved value is saved."},
     )
-    head_hadamard_fusion: bool = field(
-        default=True,
+    head_hadamard_fusion: Optional[bool] = field(
+        default=None,
         metadata={"help": "Multiply each frame's features elementwise with an attention-pooled sentence vector before "
-                  "fusion (2D-TAN-style Hadamard fusion), so frame-query agreement is one linear read-out."},
+                  "fusion (2D-TAN-style Hadamard fusion), so frame-query agreement is one linear read-out. None "
+                  "(default) = True for a new adapter; the resolved value is saved."},
     )
     predict_inside: bool = field(
         default=True,
@@ -337,10 +345,14 @@ class VTGPromptConfig(PeftConfig):
             )
         if not 0.0 <= self.head_dropout < 1.0:
             raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout!r}.")
-        if not isinstance(self.head_hadamard_fusion, bool):
-            raise ValueError(f"head_hadamard_fusion must be True or False, got {self.head_hadamard_fusion!r}.")
+        if self.head_hadamard_fusion is not None and not isinstance(self.head_hadamard_fusion, bool):
+            raise ValueError(
+                f"head_hadamard_fusion must be True, False or None (default), got {self.head_hadamard_fusion!r}."
+            )
         kernel = self.head_temporal_kernel_size
-        if not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 0 or (kernel and kernel % 2 == 0):
+        if kernel is not None and (
+            not isinstance(kernel, int) or isinstance(kernel, bool) or kernel < 0 or (kernel and kernel % 2 == 0)
+        ):
             raise ValueError(
                 f"head_temporal_kernel_size must be 0 (no temporal convolution) or an odd integer such as 3, got "
                 f"{kernel!r}."
@@ -368,7 +380,9 @@ class VTGPromptConfig(PeftConfig):
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
         check_adapter_directory(directory)
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        if config.grounding_head is None:
-            # Saved adapters record True/False; None means one saved before heads existed, which has no head weights.
-            config.grounding_head = False
+        # Saved adapters record every head setting; None means one saved before the setting existed, whose weights
+        # have no such part: resolve to the value that adds none, not to today's default (a random, unsaved module).
+        for name, legacy in LEGACY_HEAD_SETTINGS.items():
+            if getattr(config, name) is None:
+                setattr(config, name, legacy)
         return config

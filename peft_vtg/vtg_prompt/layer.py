@@ -13,7 +13,7 @@ from torch import nn
 from ..heads import VTGTaskHeads
 from ..injection.hooks import PromptInjector, StreamPlan
 from ..injection.spec import BoundSpec, BoundStream
-from .config import TextPromptInit, VideoPromptInit, VTGPromptConfig
+from .config import NEW_HEAD_SETTINGS, TextPromptInit, VideoPromptInit, VTGPromptConfig
 
 
 def _check_depth(stream: str, bs: BoundStream, start: int, depth: int) -> None:
@@ -27,10 +27,14 @@ def _check_depth(stream: str, bs: BoundStream, start: int, depth: int) -> None:
 
 
 def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGTaskHeads]:
-    """The adapter's task heads, or None. Resolves `grounding_head=None` (auto) in `config` to True/False."""
+    """The adapter's task heads, or None. Resolves `grounding_head=None` (auto) in `config` to True/False, and the
+    other head settings left at None to `NEW_HEAD_SETTINGS`, so the saved config records what was built."""
     has_features = bound.spec.features is not None
     if config.grounding_head is None:
         config.grounding_head = has_features
+    for name, value in NEW_HEAD_SETTINGS.items():
+        if getattr(config, name) is None:
+            setattr(config, name, value)
     if not config.grounding_head:
         return None
     if not has_features:
