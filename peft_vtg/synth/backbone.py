@@ -6,7 +6,8 @@ Pre-training objective: the symmetric video-text contrastive loss of CLIP twice,
 that of its first half (what changes: static distractors cancel out, and "moves left" differs from "moves right" only
 here, since a mean over frames is blind to order), plus the two video-text matching heads (VIOLET and All-in-One
 style, on a light fusion of per-frame and per-token features; the heads are discarded afterwards). The motion term is
-what makes each frame's embedding carry the actors' positions, sizes and visibility, which grounding needs. Reproduce the shipped weights with `python benchmarks/pretrain_backbone.py`.
+what makes each frame's embedding carry the actors' positions, sizes and visibility, which grounding needs.
+Reproduce the shipped weights with `python benchmarks/pretrain_backbone.py`.
 """
 
 from __future__ import annotations
@@ -134,12 +135,14 @@ def pretrain_backbone(
         ids, mask = text["input_ids"][index], text["attention_mask"][index]
         per_frame, tokens, video, motion, caption = _clip_embeddings(model, frames[index], ids, mask)
         targets = torch.arange(batch_size)
-        contrastive = motion_contrastive = 0.0
-        for embedding, weight in ((video, 1.0), (motion, motion_weight)):
+
+        def clip_loss(embedding: torch.Tensor) -> torch.Tensor:  # CLIP's symmetric cross-entropy against the captions
             logits = caption @ embedding.t() * model.logit_scale.exp()  # (batch, batch)
-            term = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
-            contrastive = contrastive + weight * term
-            motion_contrastive = term
+            return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+        appearance_contrastive = clip_loss(video)
+        motion_contrastive = clip_loss(motion)
+        contrastive = appearance_contrastive + motion_weight * motion_contrastive
         frame_mask = torch.ones(per_frame.shape[:2], dtype=torch.long)
         fuse = matching._fused_cls
         cls = fuse(per_frame, frame_mask, tokens, mask)
