@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -140,10 +140,8 @@ def _data(settings: Settings):
     tokenizer = load_backbone()[1]
     data = SynthVTG(seed=settings.data_seed, num_videos={
         "train": settings.train_videos, "val": settings.val_videos, "test": settings.test_videos})
-    splits = {name: data.split(name) for name in ("train", "val", "test")}
-    videos = {vid: video for _, split_videos in splits.values() for vid, video in split_videos.items()}
-    collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=settings.frames))
-    return {name: rows for name, (rows, _) in splits.items()}, collator, tokenizer
+    splits, videos = data.splits()
+    return splits, GroundingCollator(tokenizer, FrameSource(videos, num_frames=settings.frames)), tokenizer
 
 
 def _adapter_bytes(model: torch.nn.Module) -> int:
@@ -280,8 +278,7 @@ def measure_costs(name: str, settings: Settings, device: str, steps: int = 12) -
     from peft_vtg.synth.backbone import load_backbone
     from peft_vtg.training import GroundingModule
 
-    splits, collator, _ = _data(dataclass_replace(settings, train_videos=settings.batch_size, val_videos=1,
-                                                  test_videos=1))
+    splits, collator, _ = _data(replace(settings, train_videos=settings.batch_size, val_videos=1, test_videos=1))
     batch = collator([splits["train"][i] for i in range(settings.batch_size)])
     tensors = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     torch.manual_seed(0)
@@ -348,10 +345,6 @@ def measure_costs(name: str, settings: Settings, device: str, steps: int = 12) -
     grounding_forward()
     result["inference_seconds"] = timed(grounding_forward, 20)
     return result
-
-
-def dataclass_replace(settings: Settings, **changes: Any) -> Settings:
-    return Settings(**{**asdict(settings), **changes})
 
 
 def costs(args: argparse.Namespace) -> None:

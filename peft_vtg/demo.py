@@ -68,8 +68,7 @@ def run_demo(
     base, tokenizer = load_backbone()
     base_parameters = sum(p.numel() for p in base.parameters())
     data = SynthVTG(seed=seed, num_videos={"train": train_videos, "val": val_videos, "test": test_videos})
-    splits = {name: data.split(name) for name in ("train", "val", "test")}
-    videos = {vid: video for _, split_videos in splits.values() for vid, video in split_videos.items()}
+    splits, videos = data.splits()
     collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=DEMO_FRAMES))
 
     model = get_peft_model(base, config or demo_config())
@@ -80,11 +79,11 @@ def run_demo(
         head_learning_rate=head_learning_rate, warmup_ratio=0.05, eval_steps=max(1, max_steps // 3),
         metric_for_best_model="R1@0.5", seed=seed, disable_tqdm=disable_tqdm, logging_steps=max(1, max_steps // 10),
     )
-    result = train(model, splits["train"][0], collator, args, eval_dataset=splits["val"][0])
+    result = train(model, splits["train"], collator, args, eval_dataset=splits["val"])
 
     # Test the adapter as a user would get it: reloaded from disk onto a fresh backbone.
     reloaded = PeftModel.from_pretrained(load_backbone()[0], output_dir)
-    test_rows = splits["test"][0]
+    test_rows = splits["test"]
     loader = torch.utils.data.DataLoader(test_rows, batch_size=32, collate_fn=collator)
     metrics, predictions = evaluate_grounding(GroundingModule(reloaded), loader, test_rows, disable_tqdm=disable_tqdm)
     held_out = test_rows.filter(lambda row: row["held_out"])

@@ -93,6 +93,12 @@ class SynthVTG:
                 rows["held_out"].append(video.triple(event) in self.held_out)
         return datasets.Dataset.from_dict(rows, features=SYNTH_FEATURES), videos
 
+    def splits(self) -> tuple[dict[str, datasets.Dataset], dict[str, SynthVideo]]:
+        """Every split's rows by split name, and the videos of all splits by vid (for one `FrameSource`)."""
+        generated = {name: self.split(name) for name in SPLITS}
+        videos = {vid: video for _, split_videos in generated.values() for vid, video in split_videos.items()}
+        return {name: rows for name, (rows, _) in generated.items()}, videos
+
     def pretraining_clips(self, count: int, num_frames: int = 16) -> list[tuple[np.ndarray, str, tuple]]:
         """Trimmed (frames, caption, triple) clips for pre-training a backbone; no held-out combination appears."""
         return [generate_clip(self._video_seed("pretrain", i), self.held_out, num_frames) for i in range(count)]
