@@ -111,8 +111,12 @@ METHODS = {m.name: m for m in (
            motion_window=2),
     Method("head-only", "the grounding head on the frozen backbone", (1e-3, 3e-3),
            _vtg(num_video_tokens=0, num_text_tokens=0)),
-    Method("text-prompt", "PEFT-style prompt tuning: 8 text tokens at position 0 of the input layer only (+ head)",
-           (3e-3, 3e-2), _vtg(num_video_tokens=0, num_text_tokens=8, text_insert_position=0),
+    # PEFT's layout and init: random virtual tokens before the sentence, moving every word's position on by their
+    # number.
+    Method("text-prompt", "PEFT-style prompt tuning: 8 text tokens at position 0 of the input layer only, words moved "
+           "8 positions on (+ head)",
+           (3e-3, 3e-2), _vtg(num_video_tokens=0, num_text_tokens=8, text_insert_position=0, keep_text_positions=False,
+                                   prompt_tuning_init="RANDOM"),
            head_learning_rate=HEAD_LR),
     Method("vtg-video", "VTG: 8 video prompt tokens in every vision layer, no text prompts (+ head)",
            (3e-3, 3e-2), _vtg(num_video_tokens=8, num_text_tokens=0, video_prompt_depth=DEPTH),

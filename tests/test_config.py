@@ -53,6 +53,7 @@ def test_num_virtual_tokens_is_an_alias():
         (dict(head_temporal_kernel_size=2), "head_temporal_kernel_size"),
         (dict(head_temporal_kernel_size=-1), "head_temporal_kernel_size"),
         (dict(head_hadamard_fusion="yes"), "head_hadamard_fusion"),
+        (dict(keep_text_positions=1), "keep_text_positions"),
     ],
 )
 def test_invalid_fields_name_the_field(kwargs, field):

@@ -131,6 +131,69 @@ def test_clip_text_prompts_follow_bos_and_eos_is_pooled(arch):
     assert torch.equal(out.last_hidden_state[rows, eos], out.pooler_output)
 
 
+@pytest.mark.parametrize("arch,at", [("clip", 1), ("x_clip", 1), ("siglip", 0)])
+@pytest.mark.parametrize("keep", [True, False])
+def test_text_words_keep_their_positions(arch, at, keep):
+    """keep_text_positions: the words enter layer 0 exactly as without prompts (token + own position embedding);
+    without it every word after the prompts moves num_text_tokens positions on."""
+    base = BUILDERS[arch]()
+    text = base.text_model
+    batch = text_batch(3)
+    with capture(text.encoder.layers[0]) as plain, torch.no_grad():
+        text(**batch)
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=2, keep_text_positions=keep))
+    randomize_prompts(model)
+    with capture(text.encoder.layers[0]) as prompted, torch.no_grad():
+        text(**batch)
+    words = torch.cat([prompted[0][:, :at], prompted[0][:, at + 2 :]], dim=1)  # (3, length, hidden)
+    assert torch.equal(prompted[0][:, at : at + 2], encoder_of(model).text_prompts[0].expand(3, -1, -1))
+    assert torch.equal(words, plain[0]) == keep
+
+
+def test_custom_position_ids_need_kept_positions_and_reach_the_words():
+    base = tiny_clip()
+    text = base.text_model
+    batch = text_batch(2)
+    position_ids = torch.arange(7).flip(0)[None]  # (1, length): any order the caller wants
+    with capture(text.encoder.layers[0]) as plain, torch.no_grad():
+        text(**batch, position_ids=position_ids)
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=2))
+    assert model.peft_config["default"].keep_text_positions is True  # the default for a new adapter
+    with capture(text.encoder.layers[0]) as prompted, torch.no_grad():
+        text(**batch, position_ids=position_ids)
+    assert torch.equal(torch.cat([prompted[0][:, :1], prompted[0][:, 3:]], dim=1), plain[0])
+    shifting = get_peft_model(tiny_clip(), VTGPromptConfig(num_video_tokens=0, num_text_tokens=2,
+                                                           keep_text_positions=False))
+    with pytest.raises(ValueError, match="keep_text_positions=True"):
+        shifting.base_model.model.text_model(**batch, position_ids=position_ids)
+
+
+def test_adapter_saved_before_keep_text_positions_loads_with_shifted_positions(tmp_path):
+    """A config without keep_text_positions was trained with shifted word positions; loading it must reproduce that
+    model, not silently switch to kept positions (a new adapter records True)."""
+    import copy
+    import json
+
+    from peft import PeftModel
+
+    x = dict(text_batch(2), pixel_values=inputs("clip")["pixel_values"])
+    base = tiny_clip()
+    fresh_base = copy.deepcopy(base)
+    trained = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=2,
+                                                          keep_text_positions=False, grounding_head=False))
+    randomize_prompts(trained)
+    trained.save_pretrained(tmp_path)
+    config_path = tmp_path / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    assert config["keep_text_positions"] is False
+    del config["keep_text_positions"]
+    config_path.write_text(json.dumps(config))
+    loaded = PeftModel.from_pretrained(fresh_base, tmp_path)
+    assert loaded.peft_config["default"].keep_text_positions is False
+    with torch.no_grad():
+        assert torch.equal(loaded(**x).logits_per_text, trained(**x).logits_per_text)
+
+
 def test_siglip_prompts_go_first_and_pooling_reads_the_last_token():
     base = tiny_siglip()
     model = get_peft_model(base, VTGPromptConfig(num_video_tokens=2, num_text_tokens=3))
@@ -307,6 +370,42 @@ def test_text_inits(init):
         assert prompts.abs().max() <= 0.1
     else:
         assert 0.5 < prompts.std() / table.std() < 2
+
+
+@pytest.mark.parametrize("arch", ["clip", "x_clip"])
+def test_bos_init_copies_the_state_bos_has_in_every_sentence(arch):
+    base = BUILDERS[arch]()
+    text = base.text_model
+    batch = text_batch(3)
+    with capture(text.encoder.layers[0]) as l0, capture(text.encoder.layers[1]) as l1, torch.no_grad():
+        text(**batch)
+    # Another adapter's text prompts are active while the BOS adapter is made: its init must not see them.
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=2, text_prompt_depth=2))
+    randomize_prompts(model)
+    model.add_adapter("bos", VTGPromptConfig(num_video_tokens=0, num_text_tokens=4, text_prompt_depth=2,
+                                             prompt_tuning_init="BOS"))
+    prompts = model.base_model.model.vtg_prompts.vtg_prompt_encoder["bos"].text_prompts  # (2, 4, hidden)
+    for depth, seen in enumerate((l0[0], l1[0])):
+        bos = seen[:, 0]  # (3, hidden): BOS's input to this layer, the same in every sentence (causal attention)
+        assert torch.allclose(bos, bos[:1].expand_as(bos), atol=1e-6)
+        noise = (prompts[depth] - bos[0]).abs().max()
+        assert 0 < noise <= 0.2 * bos[0].std()  # a copy, with a little noise so the tokens can specialise
+    assert not torch.equal(prompts[0, 0], prompts[0, 1])
+
+
+@pytest.mark.parametrize("arch,expected", [("clip", "BOS"), ("x_clip", "BOS"), ("siglip", "RANDOM"), ("tvp", "RANDOM")])
+def test_default_text_init_is_bos_where_the_stream_allows_it(arch, expected, tmp_path):
+    import json
+
+    model = get_peft_model(BUILDERS[arch](), VTGPromptConfig(num_video_tokens=2, num_text_tokens=2))
+    assert model.peft_config["default"].prompt_tuning_init == expected
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["prompt_tuning_init"] == expected
+
+
+def test_bos_init_needs_prompts_after_bos():
+    with pytest.raises(ValueError, match="text_insert_position=1"):
+        get_peft_model(tiny_siglip(), VTGPromptConfig(num_video_tokens=0, num_text_tokens=2, prompt_tuning_init="BOS"))
 
 
 def test_text_init_from_a_tokenizer(tmp_path):

@@ -29,6 +29,9 @@ class StreamPlan:
     num_tokens: int
     start_layer: int
     depth: int
+    # Text streams fed by input_ids: words keep their position ids and the prompt slots share the position of the
+    # token before them, instead of every later word moving num_tokens positions on.
+    keep_positions: bool = False
 
     def prompts_layer(self, layer_index: int) -> bool:
         return self.start_layer <= layer_index < self.start_layer + self.depth
@@ -203,10 +206,11 @@ class PromptInjector:
         input_ids = call.get("input_ids")
         if input_ids is None:
             raise ValueError(f"{type(module).__name__} got no input_ids; text prompts need token ids, not inputs_embeds.")
-        if call.get("position_ids") is not None:
+        position_ids = call.get("position_ids")
+        if position_ids is not None and not plan.keep_positions:
             raise ValueError(
-                "Custom position_ids cannot be combined with text prompts (the prompts shift every position); "
-                "drop position_ids or set num_text_tokens=0."
+                "Custom position_ids cannot be combined with text prompts that shift positions "
+                "(keep_text_positions=False); drop position_ids, set keep_text_positions=True, or set num_text_tokens=0."
             )
         length = input_ids.shape[-1]
         if bs.max_positions is not None and length + plan.num_tokens > bs.max_positions:
@@ -221,6 +225,12 @@ class PromptInjector:
         placeholder = _placeholder_id(getattr(module, "config", None), bs.embedding_table)
         slots = input_ids.new_full((input_ids.shape[0], plan.num_tokens), placeholder)
         call["input_ids"] = _insert(input_ids, position, slots)
+        if plan.keep_positions:
+            if position_ids is None:
+                position_ids = torch.arange(length, device=input_ids.device)
+            position_ids = position_ids.reshape(-1, length).expand(input_ids.shape[0], -1)  # (rows, length)
+            shared = position_ids[:, max(position - 1, 0) : max(position, 1)]  # (rows, 1): the token before the slots
+            call["position_ids"] = _insert(position_ids, position, shared.expand(-1, plan.num_tokens))
         mask = call.get("attention_mask")
         if isinstance(mask, torch.Tensor):
             mask = mask.view(-1, length)

@@ -15,9 +15,12 @@ class TextPromptInit(str, enum.Enum):
     """How text prompt tokens are initialised.
 
     `RANDOM`, `SAMPLE_VOCAB` and `TEXT` are PEFT's `PromptTuningInit` values; `VOCAB_FIRST` and `UNIFORM` are the two
-    inits of the classic `SoftEmbedding` recipe.
+    inits of the classic `SoftEmbedding` recipe. `BOS` starts every prompt as a copy of the begin-of-text token's
+    state at its layer: the prompts then change little of what the frozen encoder reads in the sentence, where the
+    other inits read as extra words.
     """
 
+    BOS = "BOS"
     RANDOM = "RANDOM"
     SAMPLE_VOCAB = "SAMPLE_VOCAB"
     TEXT = "TEXT"
@@ -82,10 +85,16 @@ def _enum_value(enum_cls: type[enum.Enum], value: Union[str, enum.Enum], field_n
     return raw
 
 
-# Head settings whose None means "not recorded": a new adapter resolves them to these values (and saves them) ...
-NEW_HEAD_SETTINGS = {"head_temporal_kernel_size": 3, "head_hadamard_fusion": True}
-# ... and an adapter saved before the setting existed loads with these, which add no module it lacks weights for.
-LEGACY_HEAD_SETTINGS = {"grounding_head": False, "head_temporal_kernel_size": 0, "head_hadamard_fusion": False}
+# Settings whose None means "not recorded": a new adapter resolves them to these values (and saves them) ...
+NEW_ADAPTER_SETTINGS = {"keep_text_positions": True, "head_temporal_kernel_size": 3, "head_hadamard_fusion": True}
+# ... and an adapter saved before the setting existed loads with these: what it was trained with, and no module it
+# lacks weights for.
+LEGACY_ADAPTER_SETTINGS = {
+    "keep_text_positions": False,
+    "grounding_head": False,
+    "head_temporal_kernel_size": 0,
+    "head_hadamard_fusion": False,
+}
 
 
 @dataclass
@@ -119,11 +128,14 @@ class VTGPromptConfig(PeftConfig):
         default=None,
         metadata={"help": "PEFT's name for the number of text prompt tokens; kept equal to `num_text_tokens`."},
     )
-    prompt_tuning_init: Union[TextPromptInit, str] = field(
-        default=TextPromptInit.RANDOM,
-        metadata={"help": "Init of the text prompts: RANDOM (normal, scaled to the vocabulary's std), SAMPLE_VOCAB "
+    prompt_tuning_init: Optional[Union[TextPromptInit, str]] = field(
+        default=None,
+        metadata={"help": "Init of the text prompts: BOS (copies of the begin-of-text token's state at each prompted "
+                  "layer, plus 2% noise; needs the prompts right after BOS, as CLIP and X-CLIP place them), "
+                  "RANDOM (normal, scaled to the vocabulary's std), SAMPLE_VOCAB "
                   "(random vocabulary rows), TEXT (embeddings of `prompt_tuning_init_text`), VOCAB_FIRST (the first "
-                  "n vocabulary rows), UNIFORM (uniform in (-random_range, random_range))."},
+                  "n vocabulary rows), UNIFORM (uniform in (-random_range, random_range)). None (default) = BOS "
+                  "where the text stream allows it, else RANDOM; the resolved value is saved."},
     )
     prompt_tuning_init_text: Optional[str] = field(
         default=None, metadata={"help": "Text whose token embeddings initialise the text prompts (init TEXT only)."}
@@ -141,6 +153,15 @@ class VTGPromptConfig(PeftConfig):
         default=1,
         metadata={"help": "Number of text encoder layers, from `prompt_start_layer` on, that get fresh text prompts. "
                   "1 = shallow."},
+    )
+    keep_text_positions: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Words keep the position ids they have without prompts; the prompt slots share the position "
+                  "of the token before them. False = the prompts take positions and every later word moves "
+                  "num_text_tokens positions on, to position embeddings a short-caption encoder may never have "
+                  "trained. Matters only where text prompts enter through input_ids (CLIP, SigLIP, X-CLIP); prompts "
+                  "inserted at an embedding output never move positions. None (default) = True for a new adapter; "
+                  "the resolved value is saved."},
     )
     # ----- video stream -----
     num_video_tokens: int = field(
@@ -291,6 +312,10 @@ class VTGPromptConfig(PeftConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1 (1 = shallow prompts), got {value!r}.")
+        if self.keep_text_positions is not None and not isinstance(self.keep_text_positions, bool):
+            raise ValueError(
+                f"keep_text_positions must be True, False or None (default), got {self.keep_text_positions!r}."
+            )
         if not isinstance(self.prompt_start_layer, int) or self.prompt_start_layer < 0:
             raise ValueError(f"prompt_start_layer must be an integer >= 0, got {self.prompt_start_layer!r}.")
         for name in ("video_insert_position", "text_insert_position"):
@@ -298,7 +323,8 @@ class VTGPromptConfig(PeftConfig):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or an integer >= 0, got {value!r}.")
 
-        self.prompt_tuning_init = _enum_value(TextPromptInit, self.prompt_tuning_init, "prompt_tuning_init")
+        if self.prompt_tuning_init is not None:
+            self.prompt_tuning_init = _enum_value(TextPromptInit, self.prompt_tuning_init, "prompt_tuning_init")
         self.video_prompt_init = _enum_value(VideoPromptInit, self.video_prompt_init, "video_prompt_init")
         if self.prompt_tuning_init == TextPromptInit.TEXT:
             if not self.tokenizer_name_or_path:
@@ -380,9 +406,9 @@ class VTGPromptConfig(PeftConfig):
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
         check_adapter_directory(directory)
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        # Saved adapters record every head setting; None means one saved before the setting existed, whose weights
-        # have no such part: resolve to the value that adds none, not to today's default (a random, unsaved module).
-        for name, legacy in LEGACY_HEAD_SETTINGS.items():
+        # Saved adapters record every such setting; None means one saved before the setting existed: resolve to what
+        # it was trained with, not to today's default (a random, unsaved module, or moved text positions).
+        for name, legacy in LEGACY_ADAPTER_SETTINGS.items():
             if getattr(config, name) is None:
                 setattr(config, name, legacy)
         return config

@@ -13,7 +13,7 @@ from torch import nn
 from ..heads import VTGTaskHeads
 from ..injection.hooks import PromptInjector, StreamPlan
 from ..injection.spec import BoundSpec, BoundStream
-from .config import NEW_HEAD_SETTINGS, TextPromptInit, VideoPromptInit, VTGPromptConfig
+from .config import NEW_ADAPTER_SETTINGS, TextPromptInit, VideoPromptInit, VTGPromptConfig
 
 
 def _check_depth(stream: str, bs: BoundStream, start: int, depth: int) -> None:
@@ -26,15 +26,20 @@ def _check_depth(stream: str, bs: BoundStream, start: int, depth: int) -> None:
         )
 
 
+def resolve_new_adapter_settings(config: VTGPromptConfig) -> None:
+    """Set the fields of `config` left at None to `NEW_ADAPTER_SETTINGS`, so the saved config records what was built
+    (a loaded config has them already: see `VTGPromptConfig.from_pretrained`)."""
+    for name, value in NEW_ADAPTER_SETTINGS.items():
+        if getattr(config, name) is None:
+            setattr(config, name, value)
+
+
 def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGTaskHeads]:
-    """The adapter's task heads, or None. Resolves `grounding_head=None` (auto) in `config` to True/False, and the
-    other head settings left at None to `NEW_HEAD_SETTINGS`, so the saved config records what was built."""
+    """The adapter's task heads, or None. Resolves `grounding_head=None` (auto) in `config` to True/False; call
+    `resolve_new_adapter_settings` first."""
     has_features = bound.spec.features is not None
     if config.grounding_head is None:
         config.grounding_head = has_features
-    for name, value in NEW_HEAD_SETTINGS.items():
-        if getattr(config, name) is None:
-            setattr(config, name, value)
     if not config.grounding_head:
         return None
     if not has_features:
@@ -60,10 +65,79 @@ def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGT
     )
 
 
-def init_text_prompts(config: VTGPromptConfig, table: Optional[nn.Embedding], depth: int, hidden: int) -> torch.Tensor:
-    """Initial text prompts, shape (depth, num_text_tokens, hidden), following `config.prompt_tuning_init`."""
+def _bos_token_id(bs: Optional[BoundStream]) -> Optional[int]:
+    """The text encoder's BOS id, or None when it has none inside its vocabulary (configs carry library defaults)."""
+    bos = getattr(getattr(bs.module, "config", None), "bos_token_id", None) if bs is not None else None
+    table = bs.embedding_table if bs is not None else None
+    if bos is None or table is None or not 0 <= bos < table.num_embeddings:
+        return None
+    return int(bos)
+
+
+def bos_init_available(bs: Optional[BoundStream]) -> bool:
+    """Whether the BOS init can serve this text stream: prompts right after a BOS token the encoder knows."""
+    return (
+        bs is not None
+        and _bos_token_id(bs) is not None
+        and bs.spec.slot_source == "input_ids"
+        and bs.spec.insert_position == 1
+    )
+
+
+def bos_states(bs: BoundStream, bos_token_id: Optional[int], layers: range) -> torch.Tensor:
+    """The begin-of-text token's hidden state at the input of each of `layers` of the text stream, (len(layers),
+    hidden), float32 on the CPU.
+
+    A causal text encoder computes BOS's states without seeing any later token, so they are the same in every
+    sentence: one forward of the lone BOS gives them. Run it with the injection hooks idle (no prompts served).
+    """
+    if bos_token_id is None or bs.module is None:
+        raise ValueError(
+            "prompt_tuning_init='BOS' needs the text model module and a bos_token_id inside its vocabulary; this "
+            "model lacks one of them, use prompt_tuning_init='RANDOM'."
+        )
+    if bs.spec.slot_source != "input_ids" or bs.spec.insert_position != 1:
+        raise ValueError(
+            "prompt_tuning_init='BOS' copies the token right before the text prompts, so the prompts must follow "
+            f"BOS (text_insert_position=1, as CLIP and X-CLIP place them); this stream puts them at position "
+            f"{bs.spec.insert_position}. Use prompt_tuning_init='RANDOM'."
+        )
+    seen: dict[int, torch.Tensor] = {}
+    handles = []
+    for index in layers:
+        def record(module, args, kwargs, index=index):
+            hidden = args[0] if args else kwargs["hidden_states"]  # (1, 1, hidden)
+            seen[index] = hidden[0, 0].detach().float().cpu()
+        handles.append(bs.layers[index].register_forward_pre_hook(record, with_kwargs=True))
+    reference = next(bs.module.parameters())
+    try:
+        with torch.no_grad():
+            bs.module(input_ids=torch.tensor([[bos_token_id]], device=reference.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack([seen[index] for index in layers])
+
+
+def init_text_prompts(
+    config: VTGPromptConfig,
+    table: Optional[nn.Embedding],
+    depth: int,
+    hidden: int,
+    bos: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Initial text prompts, shape (depth, num_text_tokens, hidden), following `config.prompt_tuning_init`.
+
+    `bos` (depth, hidden): BOS's state at each prompted layer (see `bos_states`), for the BOS init.
+    """
     n = config.num_text_tokens
     init = config.prompt_tuning_init
+    if init == TextPromptInit.BOS:
+        if bos is None or bos.shape != (depth, hidden):
+            raise ValueError(f"The BOS init needs BOS's states, shape ({depth}, {hidden}); see bos_states.")
+        spread = bos.std(dim=-1, keepdim=True).clamp_min(1e-6)  # (depth, 1)
+        # Copies at BOS's own position would get identical gradients forever; a little noise lets them specialise.
+        return bos[:, None, :].expand(depth, n, hidden) + 0.02 * spread[:, None, :] * torch.randn(depth, n, hidden)
     if init == TextPromptInit.UNIFORM:
         return torch.empty(depth, n, hidden).uniform_(-config.random_range, config.random_range)
     if table is None:
@@ -135,15 +209,19 @@ class VTGPromptEncoder(nn.Module):
     layer that maps that layer's text prompts to its video prompts.
     """
 
-    def __init__(self, config: VTGPromptConfig, bound: BoundSpec) -> None:
+    def __init__(self, config: VTGPromptConfig, bound: BoundSpec, bos: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.plans: dict[str, StreamPlan] = {}
         start = config.prompt_start_layer
         if config.num_text_tokens:
             _check_depth("text", bound.text, start, config.text_prompt_depth)
-            initial = init_text_prompts(config, bound.text.embedding_table, config.text_prompt_depth, bound.text.hidden_size)
+            initial = init_text_prompts(
+                config, bound.text.embedding_table, config.text_prompt_depth, bound.text.hidden_size, bos=bos
+            )
             self.text_prompts = nn.Parameter(initial)
-            self.plans["text"] = StreamPlan(config.num_text_tokens, start, config.text_prompt_depth)
+            self.plans["text"] = StreamPlan(
+                config.num_text_tokens, start, config.text_prompt_depth, keep_positions=bool(config.keep_text_positions)
+            )
         if config.num_video_tokens:
             _check_depth("video", bound.video, start, config.video_prompt_depth)
             if config.couple_video_to_text:
@@ -185,12 +263,28 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         self.merged_adapters = []
         # Set by VTGPromptModel._enable_peft_forward_hooks for one forward: one adapter name per sample.
         self.batch_adapter_names: Optional[list[str]] = None
+        # True while the layer runs the base encoder for itself (the BOS init): no adapter's prompts are served.
+        self._serving_none = False
         self.bound = bound
         self.injector = PromptInjector(bound, self)
         self.injector.install()
 
     def update_layer(self, adapter_name: str, config: VTGPromptConfig) -> None:
-        encoder = VTGPromptEncoder(config, self.bound)
+        resolve_new_adapter_settings(config)
+        if config.prompt_tuning_init is None:
+            available = bool(config.num_text_tokens) and bos_init_available(self.bound.text)
+            config.prompt_tuning_init = TextPromptInit.BOS.value if available else TextPromptInit.RANDOM.value
+        bos = None
+        if config.num_text_tokens and config.prompt_tuning_init == TextPromptInit.BOS:
+            _check_depth("text", self.bound.text, config.prompt_start_layer, config.text_prompt_depth)
+            start = config.prompt_start_layer
+            bos_token_id = _bos_token_id(self.bound.text)
+            self._serving_none = True
+            try:
+                bos = bos_states(self.bound.text, bos_token_id, range(start, start + config.text_prompt_depth))
+            finally:
+                self._serving_none = False
+        encoder = VTGPromptEncoder(config, self.bound, bos=bos)
         heads = build_task_heads(config, self.bound)
         reference = next(iter(self.bound.root.parameters()), None)
         for module in (encoder, heads):
@@ -203,7 +297,7 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
 
     # ------------------------------------------------------------------ PromptSource
     def _call_adapters(self) -> list[str]:
-        if self.disable_adapters:
+        if self.disable_adapters or self._serving_none:
             return []
         if self.batch_adapter_names is not None:
             return self.batch_adapter_names
