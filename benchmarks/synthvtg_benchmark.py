@@ -366,8 +366,19 @@ def costs(args: argparse.Namespace) -> None:
         print(f"{name:12s} {measured[-1]}", flush=True)
     out = Path(args.costs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device, "torch": torch.__version__, "machine": platform.machine(),
-                               "threads": torch.get_num_threads(), "methods": measured}, indent=1) + "\n")
+    header = {"device": device, "torch": torch.__version__, "machine": platform.machine(),
+              "threads": torch.get_num_threads()}
+    # Measuring some methods again keeps the others' entries when they come from the same kind of machine; entries
+    # of another device or torch build are not comparable and are dropped.
+    kept = []
+    if out.exists():
+        previous = json.loads(out.read_text())
+        if all(previous.get(key) == value for key, value in header.items()):
+            names = {entry["method"] for entry in measured}
+            kept = [entry for entry in previous["methods"] if entry["method"] not in names]
+        else:
+            print(f"{out} was measured on another device or torch build; replacing it.", flush=True)
+    out.write_text(json.dumps({**header, "methods": kept + measured}, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------------- report

@@ -56,3 +56,25 @@ def test_costs_of_one_method(bench, monkeypatch, capsys):
     cost = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert cost["train_step_seconds"] > 0 and cost["inference_seconds"] > 0 and cost["base_inference_seconds"] > 0
     assert cost["peak_train_memory_bytes"] >= 0
+
+
+def test_measuring_some_methods_again_keeps_the_others(bench, monkeypatch, tmp_path):
+    """`costs --methods X` replaces X's entry and keeps every other method's, when the machine and torch match."""
+    import subprocess
+
+    def fake_run(command, **kwargs):  # the per-method subprocess, answered without measuring
+        name = command[command.index("--one-method") + 1]
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps({"method": name, "train_step_seconds": 2.0}))
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    out = tmp_path / "costs.json"
+    _main(bench, monkeypatch, "costs", "--methods", "head-only", "full-ft", "--device", "cpu", "--costs", str(out))
+    first = json.loads(out.read_text())
+    first["methods"][0]["train_step_seconds"] = 1.0  # head-only's old measurement
+    out.write_text(json.dumps(first))
+    _main(bench, monkeypatch, "costs", "--methods", "full-ft", "--device", "cpu", "--costs", str(out))
+    methods = {entry["method"]: entry["train_step_seconds"] for entry in json.loads(out.read_text())["methods"]}
+    assert methods == {"head-only": 1.0, "full-ft": 2.0}
+    # another device's file is not comparable: replaced, not merged
+    _main(bench, monkeypatch, "costs", "--methods", "lora", "--device", "cuda", "--costs", str(out))
+    assert [entry["method"] for entry in json.loads(out.read_text())["methods"]] == ["lora"]
