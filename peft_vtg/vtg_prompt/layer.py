@@ -110,10 +110,13 @@ def bos_states(bs: BoundStream, bos_token_id: Optional[int], layers: range) -> t
             seen[index] = hidden[0, 0].detach().float().cpu()
         handles.append(bs.layers[index].register_forward_pre_hook(record, with_kwargs=True))
     reference = next(bs.module.parameters())
+    was_training = bs.module.training
+    bs.module.eval()  # dropout would make the copies noisy in an unseeded way
     try:
         with torch.no_grad():
             bs.module(input_ids=torch.tensor([[bos_token_id]], device=reference.device))
     finally:
+        bs.module.train(was_training)
         for handle in handles:
             handle.remove()
     return torch.stack([seen[index] for index in layers])
