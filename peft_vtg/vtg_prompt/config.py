@@ -109,7 +109,9 @@ class VTGPromptConfig(PeftConfig):
 
     The field names `num_virtual_tokens`, `prompt_tuning_init`, `prompt_tuning_init_text`, `tokenizer_name_or_path` and
     `tokenizer_kwargs` mean what they mean in PEFT's `PromptTuningConfig`; `num_text_tokens` is an alias of
-    `num_virtual_tokens` (set either; both are saved).
+    `num_virtual_tokens` (set either; both are saved). Two defaults differ from PEFT's, because PEFT's cost accuracy on
+    a frozen CLIP-style text tower (BENCHMARKS.md): `prompt_tuning_init` starts the prompts as copies of BOS where the
+    tower allows it, and `keep_text_positions` leaves each word at its own position.
 
     Example:
         ```py
