@@ -84,13 +84,14 @@ def bos_init_available(bs: Optional[BoundStream]) -> bool:
     )
 
 
-def bos_states(bs: BoundStream, bos_token_id: Optional[int], layers: range) -> torch.Tensor:
+def bos_states(bs: BoundStream, layers: range) -> torch.Tensor:
     """The begin-of-text token's hidden state at the input of each of `layers` of the text stream, (len(layers),
     hidden), float32 on the CPU.
 
     A causal text encoder computes BOS's states without seeing any later token, so they are the same in every
     sentence: one forward of the lone BOS gives them. Run it with the injection hooks idle (no prompts served).
     """
+    bos_token_id = _bos_token_id(bs)
     if bos_token_id is None or bs.module is None:
         raise ValueError(
             "prompt_tuning_init='BOS' needs the text model module and a bos_token_id inside its vocabulary; this "
@@ -281,10 +282,9 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         if config.num_text_tokens and config.prompt_tuning_init == TextPromptInit.BOS:
             _check_depth("text", self.bound.text, config.prompt_start_layer, config.text_prompt_depth)
             start = config.prompt_start_layer
-            bos_token_id = _bos_token_id(self.bound.text)
             self._serving_none = True
             try:
-                bos = bos_states(self.bound.text, bos_token_id, range(start, start + config.text_prompt_depth))
+                bos = bos_states(self.bound.text, range(start, start + config.text_prompt_depth))
             finally:
                 self._serving_none = False
         encoder = VTGPromptEncoder(config, self.bound, bos=bos)
