@@ -26,12 +26,16 @@ def _check_depth(stream: str, bs: BoundStream, start: int, depth: int) -> None:
         )
 
 
-def resolve_new_adapter_settings(config: VTGPromptConfig) -> None:
-    """Set the fields of `config` left at None to `NEW_ADAPTER_SETTINGS`, so the saved config records what was built
-    (a loaded config has them already: see `VTGPromptConfig.from_pretrained`)."""
+def resolve_new_adapter_settings(config: VTGPromptConfig, bound: BoundSpec) -> None:
+    """Set the fields of `config` left at None to `NEW_ADAPTER_SETTINGS`, and `prompt_tuning_init` to BOS where the text
+    stream allows it (else RANDOM), so the saved config records what was built (a loaded config has them already: see
+    `VTGPromptConfig.from_pretrained`)."""
     for name, value in NEW_ADAPTER_SETTINGS.items():
         if getattr(config, name) is None:
             setattr(config, name, value)
+    if config.prompt_tuning_init is None:
+        available = bool(config.num_text_tokens) and bos_init_available(bound.text)
+        config.prompt_tuning_init = TextPromptInit.BOS.value if available else TextPromptInit.RANDOM.value
 
 
 def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGTaskHeads]:
@@ -274,10 +278,7 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         self.injector.install()
 
     def update_layer(self, adapter_name: str, config: VTGPromptConfig) -> None:
-        resolve_new_adapter_settings(config)
-        if config.prompt_tuning_init is None:
-            available = bool(config.num_text_tokens) and bos_init_available(self.bound.text)
-            config.prompt_tuning_init = TextPromptInit.BOS.value if available else TextPromptInit.RANDOM.value
+        resolve_new_adapter_settings(config, self.bound)
         bos = None
         if config.num_text_tokens and config.prompt_tuning_init == TextPromptInit.BOS:
             _check_depth("text", self.bound.text, config.prompt_start_layer, config.text_prompt_depth)
