@@ -54,6 +54,12 @@ class Settings:
     steps: int = 400
     batch_size: int = 32
     data_seed: int = 0
+    domain: str = "plain"  # how the grounding videos look: SynthVTG's "plain" (the backbone's) or "cluttered"
+
+
+def _same_settings(recorded: dict[str, Any], settings: Settings) -> bool:
+    """Whether a stored run was made with `settings`; a field added since it was stored counts as its default."""
+    return {**asdict(Settings()), **recorded} == asdict(settings)
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ def _data(settings: Settings):
     from peft_vtg.synth.backbone import load_backbone
 
     tokenizer = load_backbone()[1]
-    data = SynthVTG(seed=settings.data_seed, num_videos={
+    data = SynthVTG(seed=settings.data_seed, domain=settings.domain, num_videos={
         "train": settings.train_videos, "val": settings.val_videos, "test": settings.test_videos})
     splits, videos = data.splits()
     return splits, GroundingCollator(tokenizer, FrameSource(videos, num_frames=settings.frames)), tokenizer
@@ -211,7 +217,7 @@ def run(args: argparse.Namespace) -> None:
     settings = _settings(args)
     path = Path(args.results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["method"], r["lr"], r["seed"]) for r in _load_runs(path) if r["settings"] == asdict(settings)}
+    done = {(r["method"], r["lr"], r["seed"]) for r in _load_runs(path) if _same_settings(r["settings"], settings)}
     data = _data(settings)
     for name in args.methods:
         method = METHODS[name]
@@ -239,7 +245,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _best_lr(name: str, settings: Settings, runs: list[dict[str, Any]]) -> float:
     """The grid's learning rate with the best val R1@0.5 at seed 0 (ties: better val mIoU)."""
-    candidates = [r for r in runs if r["method"] == name and r["seed"] == 0 and r["settings"] == asdict(settings)]
+    candidates = [r for r in runs if r["method"] == name and r["seed"] == 0 and _same_settings(r["settings"], settings)]
     if not candidates:
         raise ValueError(f"No seed-0 runs of {name} with these settings; run the learning-rate grid first.")
     best = max(candidates, key=lambda r: (r["val"]["R1@0.5"], r["val"]["mIoU"]))
@@ -383,8 +389,8 @@ def costs(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------------- report
 def report(args: argparse.Namespace) -> None:
-    settings = asdict(_settings(args))
-    runs = [r for r in _load_runs(Path(args.results)) if r["settings"] == settings]
+    settings = _settings(args)
+    runs = [r for r in _load_runs(Path(args.results)) if _same_settings(r["settings"], settings)]
     cost_file = Path(args.costs)
     cost = {c["method"]: c for c in json.loads(cost_file.read_text())["methods"]} if cost_file.exists() else {}
     full = cost.get("full-ft", {})

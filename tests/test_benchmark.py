@@ -10,6 +10,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "synthvtg_benchmark.py"
 TINY = ["--steps", "2", "--batch-size", "2", "--train-videos", "3", "--val-videos", "2", "--test-videos", "2",
         "--frames", "8"]
+TINY_SETTINGS = dict(steps=2, batch_size=2, train_videos=3, val_videos=2, test_videos=2, frames=8)
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,23 @@ def test_measuring_some_methods_again_keeps_the_others(bench, monkeypatch, tmp_p
     # another device's file is not comparable: replaced, not merged
     _main(bench, monkeypatch, "costs", "--methods", "lora", "--device", "cuda", "--costs", str(out))
     assert [entry["method"] for entry in json.loads(out.read_text())["methods"]] == ["lora"]
+
+
+def test_runs_of_another_domain_are_kept_apart(bench, tmp_path, monkeypatch):
+    """A run stored before `Settings.domain` existed counts as "plain"; "cluttered" runs neither resume nor pick from
+    it."""
+    results = tmp_path / "runs.jsonl"
+    _main(bench, monkeypatch, "run", "--methods", "zero-shot", "--results", str(results), *TINY)
+    stored = json.loads(results.read_text())
+    assert stored["settings"]["domain"] == "plain"
+    del stored["settings"]["domain"]  # as written before the field existed
+    results.write_text(json.dumps(stored) + "\n")
+    _main(bench, monkeypatch, "run", "--methods", "zero-shot", "--results", str(results), *TINY)
+    assert len(results.read_text().splitlines()) == 1  # the old run is this plain run: nothing to do
+    _main(bench, monkeypatch, "run", "--methods", "zero-shot", "--results", str(results), "--domain", "cluttered", *TINY)
+    runs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["settings"].get("domain") for r in runs] == [None, "cluttered"]
+    # the same queries in both domains, seen through different pixels
+    assert runs[0]["test"]["num_queries"] == runs[1]["test"]["num_queries"]
+    plain, cluttered = bench.Settings(**TINY_SETTINGS), bench.Settings(**TINY_SETTINGS, domain="cluttered")
+    assert bench._same_settings(runs[0]["settings"], plain) and not bench._same_settings(runs[0]["settings"], cluttered)

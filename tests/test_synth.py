@@ -95,3 +95,31 @@ def test_splits_and_errors():
     assert len(videos) == 3 and len(rows) == 6 and set(rows["vid"]) == set(videos)
     with pytest.raises(ValueError, match="splits"):
         data.split("dev")
+
+
+def test_a_domain_changes_the_look_but_not_the_content():
+    plain, cluttered = generate_video("v", 7), generate_video("v", 7, domain="cluttered")
+    assert cluttered.events == plain.events and cluttered.actors == plain.actors and cluttered.duration == plain.duration
+    assert cluttered.frames.shape == plain.frames.shape
+    # the plain background is grey (channels within the tint of each other), the cluttered one is coloured and noisier
+    first = [v.frames[0].astype(float) for v in (plain, cluttered)]
+    spread = [np.abs(f - f.mean(axis=-1, keepdims=True)).mean() for f in first]
+    assert spread[1] > 2 * spread[0]
+    noise = [np.abs(np.diff(v.frames[:2].astype(float), axis=0)).mean() for v in (plain, cluttered)]
+    assert noise[1] > 2 * noise[0]  # consecutive frames differ by sensor noise (and motion, the same in both)
+    frames, caption, triple = generate_clip(7)
+    shifted_frames, shifted_caption, shifted_triple = generate_clip(7, domain="cluttered")
+    assert (shifted_caption, shifted_triple) == (caption, triple) and not np.array_equal(shifted_frames, frames)
+    sizes = {"train": 2, "val": 1, "test": 1}
+    rows, _ = SynthVTG(num_videos=sizes).split("train")
+    shifted_rows, videos = SynthVTG(num_videos=sizes, domain="cluttered").split("train")
+    assert shifted_rows.to_list() == rows.to_list()  # same queries and moments
+    assert np.array_equal(videos["train00000"].frames, generate_video("train00000", 0, held_out_combinations(),
+                                                                      domain="cluttered").frames)
+
+
+def test_unknown_domain_is_refused_before_generating():
+    with pytest.raises(ValueError, match="domain 'foggy'.*cluttered.*plain"):
+        SynthVTG(domain="foggy")
+    with pytest.raises(ValueError, match="domain 'foggy'"):
+        generate_video("v", 0, domain="foggy")

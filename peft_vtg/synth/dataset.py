@@ -12,7 +12,7 @@ import torch
 
 from ..data.annotations import MOMENT_FEATURES
 from ..data.video import preprocess_frames
-from .generator import FRAME_SIZE, SynthVideo, generate_clip, generate_video, held_out_combinations
+from .generator import FRAME_SIZE, SynthVideo, generate_clip, generate_video, held_out_combinations, render_domain
 from .text import describe
 
 SPLITS = ("train", "val", "test")
@@ -52,13 +52,18 @@ class SynthVTG:
         seed: master seed; the same seed gives the same videos, queries and moments.
         num_videos: videos per split, e.g. `{"train": 600, "val": 100, "test": 200}`.
         queries_per_video: queries drawn from each video's events (distinct events).
+        domain: how every video and clip looks (`peft_vtg.synth.generator.DOMAINS`): "plain", the domain the shipped
+            backbone was pre-trained on, or "cluttered", a shifted one. Events, moments and queries do not depend
+            on it.
     """
 
     seed: int = 0
     num_videos: Optional[dict[str, int]] = None
     queries_per_video: int = 2
+    domain: str = "plain"
 
     def __post_init__(self) -> None:
+        render_domain(self.domain)  # an unknown domain fails here, not after minutes of generation
         self.num_videos = {"train": 600, "val": 100, "test": 200, **(self.num_videos or {})}
         self.held_out = held_out_combinations()
 
@@ -79,7 +84,7 @@ class SynthVTG:
         videos: dict[str, SynthVideo] = {}
         for index in range(self.num_videos[name]):
             vid = f"{name}{index:05d}"
-            video = generate_video(vid, self._video_seed(name, index), excluded)
+            video = generate_video(vid, self._video_seed(name, index), excluded, domain=self.domain)
             videos[vid] = video
             # Held-out events first, so the test split queries them whenever a video has one.
             events = sorted(video.events, key=lambda e: (video.triple(e) not in self.held_out, rng.random()))
@@ -101,4 +106,5 @@ class SynthVTG:
 
     def pretraining_clips(self, count: int, num_frames: int = 16) -> list[tuple[np.ndarray, str, tuple]]:
         """Trimmed (frames, caption, triple) clips for pre-training a backbone; no held-out combination appears."""
-        return [generate_clip(self._video_seed("pretrain", i), self.held_out, num_frames) for i in range(count)]
+        return [generate_clip(self._video_seed("pretrain", i), self.held_out, num_frames, self.domain)
+                for i in range(count)]

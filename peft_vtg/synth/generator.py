@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class SynthVideo:
 
 
 # ---------------------------------------------------------------- rendering
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _grey_texture(rng: np.random.Generator) -> np.ndarray:
     """A smooth grey texture (H, W, 3) float, different per video."""
     yy, xx = np.mgrid[0:FRAME_SIZE, 0:FRAME_SIZE].astype(np.float32) / FRAME_SIZE
     texture = np.full((FRAME_SIZE, FRAME_SIZE), 110.0, np.float32)
@@ -81,6 +81,49 @@ def _background(rng: np.random.Generator) -> np.ndarray:
         texture += rng.uniform(6, 14) * np.sin(2 * np.pi * (fx * xx + fy * yy) + phase)
     tint = rng.uniform(-10, 10, size=3).astype(np.float32)
     return texture[..., None] + tint
+
+
+def _colour_texture(rng: np.random.Generator) -> np.ndarray:
+    """A busy texture (H, W, 3) float: each channel its own finer, stronger waves around its own level, so the
+    background takes hues close to the actors' own colours."""
+    yy, xx = np.mgrid[0:FRAME_SIZE, 0:FRAME_SIZE].astype(np.float32) / FRAME_SIZE
+    channels = []
+    for _ in range(3):
+        texture = np.full((FRAME_SIZE, FRAME_SIZE), rng.uniform(70, 180), np.float32)
+        for _ in range(3):
+            fx, fy, phase = rng.uniform(1.0, 5.0), rng.uniform(1.0, 5.0), rng.uniform(0, 2 * np.pi)
+            texture += rng.uniform(15, 35) * np.sin(2 * np.pi * (fx * xx + fy * yy) + phase)
+        channels.append(texture)
+    return np.stack(channels, axis=-1)
+
+
+@dataclass(frozen=True)
+class RenderDomain:
+    """How a video looks, apart from what happens in it: its background and its per-pixel sensor noise.
+
+    The same seed gives the same actors, events, spans and queries in every domain; only the pixels differ.
+    """
+
+    name: str
+    background: Callable[[np.random.Generator], np.ndarray]  # rng -> (H, W, 3) float in 0-255 units
+    noise_std: float  # std of the Gaussian noise added to every pixel of every frame, 0-255 units
+    description: str
+
+
+DOMAINS: dict[str, RenderDomain] = {d.name: d for d in (
+    # What the shipped backbone was pre-trained on.
+    RenderDomain("plain", _grey_texture, 3.0, "smooth grey backgrounds, light noise (the pre-training domain)"),
+    # A domain shift at grounding time, as between a web-image encoder and indoor footage: the frozen encoder never
+    # saw colour in the background, so its frame features mix background and actors.
+    RenderDomain("cluttered", _colour_texture, 10.0, "busy multi-coloured backgrounds and stronger sensor noise"),
+)}
+
+
+def render_domain(name: str) -> RenderDomain:
+    """The `RenderDomain` called `name`, with a clear error for an unknown one."""
+    if name not in DOMAINS:
+        raise ValueError(f"Unknown SynthVTG domain {name!r}; choose one of {sorted(DOMAINS)}.")
+    return DOMAINS[name]
 
 
 def _mask(shape: str, x: float, y: float, size: float) -> np.ndarray:
@@ -93,12 +136,13 @@ def _mask(shape: str, x: float, y: float, size: float) -> np.ndarray:
     return (dy >= -size) & (dy <= size) & (np.abs(dx) <= (dy + size) / 2)  # triangle, apex up
 
 
-def _render(background: np.ndarray, actors: list[Actor], states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """states: (actors, frames, 4) of x, y, size, alpha -> frames (frames, H, W, 3) uint8."""
+def _render(domain: RenderDomain, actors: list[Actor], states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """states: (actors, frames, 4) of x, y, size, alpha -> frames (frames, H, W, 3) uint8, in `domain`'s look."""
+    background = domain.background(rng)
     num_frames = states.shape[1]
     frames = np.empty((num_frames, FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
     for t in range(num_frames):
-        image = background + rng.normal(0, 3, size=background.shape).astype(np.float32)
+        image = background + rng.normal(0, domain.noise_std, size=background.shape).astype(np.float32)
         for actor, (x, y, size, alpha) in zip(actors, states[:, t]):
             if alpha <= 0:
                 continue
@@ -219,11 +263,13 @@ def _simulate(actors: list[Actor], events: list[Event], num_frames: int) -> np.n
 
 
 def generate_video(vid: str, seed: int, excluded: frozenset = frozenset(),
-                   num_frames: Optional[int] = None) -> SynthVideo:
+                   num_frames: Optional[int] = None, domain: str = "plain") -> SynthVideo:
     """One untrimmed video with 2-5 sequential events whose (colour, shape, action) triples are unique in it.
 
-    `excluded` triples are never used for an event. `num_frames` fixes the frame count (default: 32-96).
+    `excluded` triples are never used for an event. `num_frames` fixes the frame count (default: 32-96). `domain`
+    (a key of `DOMAINS`) only changes how the frames look, never what happens in them.
     """
+    look = render_domain(domain)
     rng = random.Random(seed)
     np_rng = np.random.default_rng(seed)
     num_frames = num_frames or rng.randint(32, 96)
@@ -255,17 +301,19 @@ def generate_video(vid: str, seed: int, excluded: frozenset = frozenset(),
         actor.y += {"move_up": -MOVE_PIXELS, "move_down": MOVE_PIXELS}.get(action, 0.0)
         actor.size *= {"grow": 1.6, "shrink": 0.55}.get(action, 1.0)
     states = _simulate(actors, events, num_frames)
-    frames = _render(_background(np_rng), actors, states, np_rng)
+    frames = _render(look, actors, states, np_rng)
     return SynthVideo(vid, frames, duration, actors, events)
 
 
 def generate_clip(
-    seed: int, excluded: frozenset = frozenset(), num_frames: int = 16
+    seed: int, excluded: frozenset = frozenset(), num_frames: int = 16, domain: str = "plain"
 ) -> tuple[np.ndarray, str, tuple[str, str, str]]:
-    """A trimmed pre-training clip: one actor does one action over most of the clip, among static distractors.
+    """A trimmed pre-training clip: one actor does one action over most of the clip, among static distractors,
+    rendered in `domain` (a key of `DOMAINS`).
 
     Returns frames (num_frames, 32, 32, 3) uint8, a caption, and the (colour, shape, action) it describes.
     """
+    look = render_domain(domain)
     rng = random.Random(seed)
     np_rng = np.random.default_rng(seed)
     actors = _actors(rng, rng.randint(1, 3))
@@ -276,6 +324,6 @@ def generate_clip(
     start = rng.randint(0, 2)
     end = num_frames - 1 - rng.randint(0, 2)
     states = _simulate(actors, [Event(0, action, start, end)], num_frames)
-    frames = _render(_background(np_rng), actors, states, np_rng)
+    frames = _render(look, actors, states, np_rng)
     triple = (actors[0].colour, actors[0].shape, action)
     return frames, describe(*triple, rng, CAPTION_TEMPLATES), triple
