@@ -395,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--learning-rate", type=float, default=3e-2, help="peak learning rate of the prompts")
     demo.add_argument("--head-learning-rate", type=float, default=3e-3, help="peak learning rate of the head")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    demo.add_argument("--domain", default="plain", choices=("cluttered", "plain"),
+                      help="how the videos look: plain (as in the backbone's pre-training) or cluttered (a domain "
+                           "shift: busy coloured backgrounds, stronger noise)")
     demo.add_argument("--json", action="store_true", help="print only the test metrics, as one JSON object")
     demo.set_defaults(run=_demo)
     score = commands.add_parser(
