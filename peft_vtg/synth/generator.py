@@ -8,6 +8,10 @@ grounded by reading colour, shape and motion together. Everything is determinist
 
 A fixed set of (colour, shape, action) combinations is held out: never described in pre-training clips or in the
 grounding train split, only queried in the test split (`held_out` column), to measure compositional generalisation.
+
+Videos come in two looks (`DOMAINS`): "plain", the smooth grey backgrounds the shipped backbone was pre-trained on,
+and "cluttered", busy coloured backgrounds with stronger noise, a domain shift between pre-training and grounding.
+The look never changes what happens: the same seed gives the same events, moments and queries in both.
 """
 
 from __future__ import annotations
@@ -122,7 +126,8 @@ DOMAINS: dict[str, RenderDomain] = {d.name: d for d in (
 def render_domain(name: str) -> RenderDomain:
     """The `RenderDomain` called `name`, with a clear error for an unknown one."""
     if name not in DOMAINS:
-        raise ValueError(f"Unknown SynthVTG domain {name!r}; choose one of {sorted(DOMAINS)}.")
+        choices = "; ".join(f"{d.name!r}: {d.description}" for d in DOMAINS.values())
+        raise ValueError(f"Unknown SynthVTG domain {name!r}; choose one of {choices}.")
     return DOMAINS[name]
 
 
