@@ -12,8 +12,9 @@ latency as a ratio to the base model's forward pass of the same videos and queri
     python benchmarks/synthvtg_benchmark.py report     # the markdown table of BENCHMARKS.md from both files
 
 `run` skips (method, lr, seed) runs already in the results file, so an interrupted benchmark resumes where it stopped.
-`--methods`, `--steps`, `--train-videos` etc. change the scale; the results file records the settings of each run
-and `report` refuses to mix runs made with different settings.
+`--methods`, `--steps`, `--train-videos` etc. change the scale, and `--domain cluttered` renders the grounding videos
+in SynthVTG's shifted look (the backbone stays the one pre-trained on the plain look); the results file records the
+settings of each run and `report` refuses to mix runs made with different settings.
 """
 
 from __future__ import annotations
