@@ -117,8 +117,8 @@ class RenderDomain:
 DOMAINS: dict[str, RenderDomain] = {d.name: d for d in (
     # What the shipped backbone was pre-trained on.
     RenderDomain("plain", _grey_texture, 3.0, "smooth grey backgrounds, light noise (the pre-training domain)"),
-    # A domain shift at grounding time, as between a web-image encoder and indoor footage: the frozen encoder never
-    # saw colour in the background, so its frame features mix background and actors.
+    # A domain shift at grounding time, as between a web-image encoder and indoor footage: the backbone was never
+    # trained to tell actors from a coloured background, so a frozen one reads these frames worse (BENCHMARKS.md).
     RenderDomain("cluttered", _colour_texture, 10.0, "busy multi-coloured backgrounds and stronger sensor noise"),
 )}
 
