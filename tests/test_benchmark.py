@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "synthvtg_benchmark.py"
-TINY = ["--steps", "2", "--batch-size", "2", "--train-videos", "3", "--val-videos", "2", "--test-videos", "2",
-        "--frames", "8"]
 TINY_SETTINGS = dict(steps=2, batch_size=2, train_videos=3, val_videos=2, test_videos=2, frames=8)
+TINY = [arg for key, value in TINY_SETTINGS.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
 
 
 @pytest.fixture(scope="module")
