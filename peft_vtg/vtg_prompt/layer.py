@@ -78,14 +78,14 @@ def _bos_token_id(bs: Optional[BoundStream]) -> Optional[int]:
     return int(bos)
 
 
+def _prompts_follow_bos(bs: BoundStream) -> bool:
+    """Whether the stream inserts its text prompts into input_ids right after the first token (BOS)."""
+    return bs.spec.slot_source == "input_ids" and bs.spec.insert_position == 1
+
+
 def bos_init_available(bs: Optional[BoundStream]) -> bool:
     """Whether the BOS init can serve this text stream: prompts right after a BOS token the encoder knows."""
-    return (
-        bs is not None
-        and _bos_token_id(bs) is not None
-        and bs.spec.slot_source == "input_ids"
-        and bs.spec.insert_position == 1
-    )
+    return bs is not None and _bos_token_id(bs) is not None and _prompts_follow_bos(bs)
 
 
 def bos_states(bs: BoundStream, layers: range) -> torch.Tensor:
@@ -101,7 +101,7 @@ def bos_states(bs: BoundStream, layers: range) -> torch.Tensor:
             "prompt_tuning_init='BOS' needs the text model module and a bos_token_id inside its vocabulary; this "
             "model lacks one of them, use prompt_tuning_init='RANDOM'."
         )
-    if bs.spec.slot_source != "input_ids" or bs.spec.insert_position != 1:
+    if not _prompts_follow_bos(bs):
         raise ValueError(
             "prompt_tuning_init='BOS' copies the token right before the text prompts, so the prompts must follow "
             f"BOS (text_insert_position=1, as CLIP and X-CLIP place them); this stream puts them at position "
