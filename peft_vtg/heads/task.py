@@ -112,18 +112,21 @@ class VTGTaskHeads(nn.Module):
             generator: random generator for the matching negatives (default: torch's global one).
         """
         fused = self.grounding.fuse(video_features, frame_mask, text_features, text_mask)  # (batch, 1+frames, hidden)
-        out = VTGGroundingOutput(frame_mask=frame_mask, **self.grounding.span_logits(fused, frame_mask))
+        fields = self.grounding.span_logits(fused, frame_mask)
         cls = fused[:, 0].contiguous()  # (batch, hidden); contiguous for the reason given in span_logits
         if hasattr(self, "violet_vtm"):
-            out.violet_vtm_logits = self.violet_vtm(cls)
+            fields["violet_vtm_logits"] = self.violet_vtm(cls)
         if hasattr(self, "all_in_one_vtm"):
-            out.all_in_one_vtm_logits = self.all_in_one_vtm(cls)
+            fields["all_in_one_vtm_logits"] = self.all_in_one_vtm(cls)
         if (start_frames is None) != (end_frames is None):
             raise ValueError("Give both start_frames and end_frames (inclusive frame indices), or neither.")
+        # The output is built once, with every field: transformers < 5.2's ModelOutput leaves a field assigned after
+        # construction out of its keys, and whatever rebuilds it from its items (accelerate's fp32 conversion of
+        # autocast outputs) would then drop the loss.
         if start_frames is None:
-            return out
+            return VTGGroundingOutput(frame_mask=frame_mask, **fields)
         terms = grounding_loss(
-            out.start_logits, out.end_logits, out.inside_logits, frame_mask, start_frames, end_frames,
+            fields["start_logits"], fields["end_logits"], fields["inside_logits"], frame_mask, start_frames, end_frames,
             self.boundary_smoothing, self.inside_loss_weight,
         )
         loss = terms.pop("loss")
@@ -135,6 +138,5 @@ class VTGTaskHeads(nn.Module):
                     if vtm is not None:  # None: no row had a partner (batch of 1, or one video)
                         terms[f"{name}_loss"] = vtm
                         loss = loss + self.vtm_loss_weight * vtm
-        out.loss = loss
-        out.loss_terms = {name: value.detach() for name, value in terms.items()}
-        return out
+        return VTGGroundingOutput(loss=loss, frame_mask=frame_mask, loss_terms={k: v.detach() for k, v in terms.items()},
+                                  **fields)

@@ -63,7 +63,8 @@ def _xclip_frames(root: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     batch, frames = pixel_values.shape[:2]
     cls = root.vision_model(pixel_values=pixel_values.flatten(0, 1)).pooler_output  # (batch*frames, vision_dim)
     cls = root.visual_projection(cls).view(batch, frames, -1)  # (batch, frames, projection_dim)
-    return root.mit(cls).last_hidden_state  # (batch, frames, projection_dim)
+    # [0], not .last_hidden_state: early transformers 5 releases return the MIT's output as a plain tuple.
+    return root.mit(cls)[0]  # (batch, frames, projection_dim)
 
 
 def _framewise_features(video_frames=_pooled_frames) -> FeatureSpec:
