@@ -169,6 +169,7 @@ print(sorted(os.listdir(adapter_dir)))'''),
 print(model_card(adapter_dir, "you/synthvtg-vtg"))'''),
     ("md", "## The Hub (a local stand-in unless `USE_REAL_HUB`)"),
     ("code", '''import hashlib, shutil
+import huggingface_hub
 from huggingface_hub import HfApi, RepoUrl
 
 USE_REAL_HUB = False
@@ -210,7 +211,16 @@ def local_upload_folder(self, repo_id, folder_path, allow_patterns=None, **kwarg
 
 
 if not USE_REAL_HUB:
-    HfApi.create_repo, HfApi.create_commit, HfApi.upload_folder = local_create_repo, local_create_commit, local_upload_folder'''),
+    import huggingface_hub.hf_api
+    import transformers.utils.hub
+
+    HfApi.create_repo, HfApi.create_commit, HfApi.upload_folder = local_create_repo, local_create_commit, local_upload_folder
+    # Older huggingface_hub releases also export these as methods bound to one HfApi at import time (and older
+    # transformers push through those): point them at the stand-in too.
+    for module in (huggingface_hub, huggingface_hub.hf_api, transformers.utils.hub):
+        for name in ("create_repo", "create_commit", "upload_folder"):
+            if isinstance(getattr(getattr(module, name, None), "__self__", None), HfApi):
+                setattr(module, name, getattr(huggingface_hub.hf_api.api, name))'''),
     ("code", '''from peft_vtg.hub import push_adapter
 
 print(push_adapter(adapter_dir, "you/synthvtg-vtg"))   # the VTG model card, adapter, metrics.json, run info
@@ -230,6 +240,8 @@ def write(name: str, cells: list[tuple[str, str]]) -> None:
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
                       for kind, src in cells]
+    for index, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{index:02d}"  # fixed ids (nbformat draws random ones), so a rebuild only diffs what changed
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, HERE / name)
 
