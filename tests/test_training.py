@@ -3,6 +3,7 @@ uneven evaluation batches count each query once, the frozen base stays in eval m
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,11 +41,19 @@ def probabilities(adapter_dir, rows, videos):
     return torch.cat([out.start_logits.softmax(-1), out.end_logits.softmax(-1), out.inside_logits.sigmoid()], dim=1)
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # accelerate 1.15 runs CPU DDP (gloo) through its multi-process launcher with ACCELERATE_USE_CPU=1; a plain
     # `accelerate launch --cpu --num_processes 2` starts only one process.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port())]  # not 29500: another run on this machine may hold it
     run(launch + [str(SCRIPT), str(tmp_path / "two"), "4"], ACCELERATE_USE_CPU="1")
     run([sys.executable, str(SCRIPT), str(tmp_path / "one"), "8"])
     two = json.loads((tmp_path / "two" / "history.json").read_text())
