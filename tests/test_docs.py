@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from packaging.version import Version
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,3 +43,26 @@ def test_quickstart_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reloaded adapter reproduces the outputs exactly" in result.stdout
     assert "query 0: true moment" in result.stdout
+
+
+def _floors(lines: list[str]) -> dict[str, str]:
+    """{normalised package name: version} of `name>=version` / `name==version` requirement lines."""
+    found = {}
+    for line in lines:
+        match = re.fullmatch(r'\s*"?([A-Za-z0-9_.-]+)\s*(?:>=|==)\s*([0-9][^",;\s]*)"?,?\s*', line.split("#")[0])
+        if match:
+            found[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return found
+
+
+def test_ci_minimum_versions_are_the_declared_floors():
+    """CI's second step installs .ci/minimum-versions.txt: each pin there must be pyproject's floor, and every
+    Hugging Face dependency's floor must be pinned, or that step tests some other stack than the one declared."""
+    pins = _floors((ROOT / ".ci" / "minimum-versions.txt").read_text().splitlines())
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, flags=re.S | re.M).group(1)
+    floors = _floors(dependencies.splitlines())
+    stack = {"transformers", "peft", "accelerate", "datasets", "safetensors", "huggingface-hub"}
+    assert stack <= set(pins), sorted(stack - set(pins))
+    assert {name: Version(floors[name]) if name in floors else None for name in pins} == \
+        {name: Version(version) for name, version in pins.items()}
