@@ -16,3 +16,17 @@ import peft_vtg  # noqa: E402,F401  (registers the method)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the stack the suite ran on (CI runs it on the newest releases and on the declared floors)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "huggingface_hub")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    terminalreporter.write_line("stack: " + ", ".join(found))
