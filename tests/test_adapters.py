@@ -11,6 +11,7 @@ import pytest
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from local_hub import intercept_hub
 from tiny_models import BUILDERS, inputs, tiny_clip
 from transformers import CLIPConfig, CLIPModel
 
@@ -27,7 +28,7 @@ def layer_of(model):
 
 def randomize(model, adapter="default"):
     with torch.no_grad():
-        for p in layer_of(model).vtg_prompt_encoder[adapter].parameters():
+        for p in layer_of(model).vtg_prompt_tokens[adapter].parameters():
             p.copy_(torch.randn_like(p))
 
 
@@ -43,7 +44,7 @@ def test_only_prompts_are_trainable(arch):
     model = get_peft_model(BUILDERS[arch](), VTGPromptConfig(**CONFIG))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(
-        ".vtg_prompt_encoder.default." in n or ".vtg_prompt_heads.default." in n for n in trainable
+        ".vtg_prompt_tokens.default." in n or ".vtg_prompt_heads.default." in n for n in trainable
     )
     assert any(".vtg_prompt_heads.default." in n for n in trainable) == (arch != "tvp")  # TVP: no per-frame features
     count, total = model.get_nb_trainable_parameters()
@@ -67,7 +68,7 @@ def test_save_load_round_trip_same_outputs(arch, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors"} <= files
     assert files <= {"adapter_config.json", "adapter_model.safetensors", "README.md"}  # README = PEFT's model card
     saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert all(("vtg_prompt_encoder" in k or "vtg_prompt_heads" in k) and ".default." not in k for k in saved)
+    assert all(("vtg_prompt_tokens" in k or "vtg_prompt_heads" in k) and ".default." not in k for k in saved)
     config = PeftConfig.from_pretrained(tmp_path)
     assert isinstance(config, VTGPromptConfig) and config.base_architecture == arch
 
@@ -184,7 +185,7 @@ def test_add_set_delete_adapters():
     model.set_adapter("default")
     assert torch.equal(outputs("clip", model, x), first)
     model.delete_adapter("other")
-    assert sorted(layer_of(model).vtg_prompt_encoder) == ["default"]
+    assert sorted(layer_of(model).vtg_prompt_tokens) == ["default"]
     assert torch.equal(outputs("clip", model, x), first)
     with model.disable_adapter():
         off = outputs("clip", model, x)
@@ -249,7 +250,6 @@ def test_per_sample_adapters_must_share_a_layout():
 
 def test_push_to_hub_uploads_adapter_and_model_card(monkeypatch):
     """PEFT's own push path, with the Hub API intercepted locally: no request leaves the machine."""
-    from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoUrl
 
     uploaded = {}
@@ -264,8 +264,7 @@ def test_push_to_hub_uploads_adapter_and_model_card(monkeypatch):
         uploaded["__repo__"] = repo_id
         return None
 
-    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
+    intercept_hub(monkeypatch, create_repo=fake_create_repo, create_commit=fake_create_commit)
     model = get_peft_model(tiny_clip(), VTGPromptConfig(**CONFIG))
     model.push_to_hub("user/tiny-vtg")
     assert uploaded["__repo__"] == "user/tiny-vtg"

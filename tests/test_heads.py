@@ -216,7 +216,7 @@ def test_grounding_loss_reaches_prompts_and_heads(arch):
     assert out.start_logits.shape == (2, FRAMES) and out.inside_logits.shape == (2, FRAMES)
     out.loss.backward()
     layer = model.base_model.model.vtg_prompts
-    encoder, heads = layer.vtg_prompt_encoder["default"], layer.vtg_prompt_heads["default"]
+    encoder, heads = layer.vtg_prompt_tokens["default"], layer.vtg_prompt_heads["default"]
     assert encoder.video_prompts.grad.abs().sum() > 0 and encoder.text_prompts.grad.abs().sum() > 0
     assert heads.grounding.span_head[-1].weight.grad.abs().sum() > 0
     assert not any(p.grad is not None for n, p in model.named_parameters() if "vtg_prompt" not in n)

@@ -16,7 +16,7 @@ from peft_vtg import VTGPromptConfig
 
 
 def encoder_of(model):
-    return model.base_model.model.vtg_prompts.vtg_prompt_encoder["default"]
+    return model.base_model.model.vtg_prompts.vtg_prompt_tokens["default"]
 
 
 @contextmanager
@@ -384,7 +384,7 @@ def test_bos_init_copies_the_state_bos_has_in_every_sentence(arch):
     randomize_prompts(model)
     model.add_adapter("bos", VTGPromptConfig(num_video_tokens=0, num_text_tokens=4, text_prompt_depth=2,
                                              prompt_tuning_init="BOS"))
-    prompts = model.base_model.model.vtg_prompts.vtg_prompt_encoder["bos"].text_prompts  # (2, 4, hidden)
+    prompts = model.base_model.model.vtg_prompts.vtg_prompt_tokens["bos"].text_prompts  # (2, 4, hidden)
     for depth, seen in enumerate((l0[0], l1[0])):
         bos = seen[:, 0]  # (3, hidden): BOS's input to this layer, the same in every sentence (causal attention)
         assert torch.allclose(bos, bos[:1].expand_as(bos), atol=1e-6)

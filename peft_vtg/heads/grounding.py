@@ -151,6 +151,12 @@ class GroundingHead(nn.Module):
             text_features: (batch, length, text_dim).
             text_mask: (batch, length), 1 for real tokens, 0 for padding.
         """
+        # Dtype policy: the head computes in the dtype of its own parameters and casts its inputs to it. The encoder may
+        # run in bf16/fp16 while PEFT keeps adapter weights in fp32 (autocast_adapter_dtype=True), or everything may be
+        # half precision (autocast_adapter_dtype=False); either way the fusion sees one dtype, and gradients flow back
+        # to the encoder's dtype through the cast. Logits leave `span_logits` as fp32 and every loss is taken in fp32.
+        dtype = self.cls_token.dtype
+        video_features, text_features = video_features.to(dtype), text_features.to(dtype)
         batch, frames, _ = video_features.shape
         video = self.video_proj(video_features)  # (batch, frames, hidden)
         if hasattr(self, "temporal_conv"):

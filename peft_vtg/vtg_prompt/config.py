@@ -85,10 +85,12 @@ def _enum_value(enum_cls: type[enum.Enum], value: Union[str, enum.Enum], field_n
     return raw
 
 
-# Settings whose None means "not recorded": a new adapter resolves them to these values (and saves them) ...
+# Settings whose None means "not decided yet": creating an adapter resolves them (to these values; `grounding_head` and
+# `prompt_tuning_init` by what the architecture offers) and records the resolved value, so a saved adapter has no None
+# for them ...
 NEW_ADAPTER_SETTINGS = {"keep_text_positions": True, "head_temporal_kernel_size": 3, "head_hadamard_fusion": True}
-# ... and an adapter saved before the setting existed loads with these: what it was trained with, and no module it
-# lacks weights for.
+# ... and a saved adapter that has None (or lacks the field) was saved before the setting existed: it loads with these,
+# what it was trained with, and no module it lacks weights for.
 LEGACY_ADAPTER_SETTINGS = {
     "keep_text_positions": False,
     "grounding_head": False,
@@ -240,6 +242,12 @@ class VTGPromptConfig(PeftConfig):
                   "NLL). Needs the grounding head."},
     )
     vtm_loss_weight: float = field(default=0.5, metadata={"help": "Weight of each matching loss in the total loss."})
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Names (or name suffixes, as in PEFT) of base-model modules to train fully and save in the "
+                  "adapter, e.g. ['visual_projection']; PEFT wraps each in a ModulesToSaveWrapper. A module that holds "
+                  "a module the prompt hooks attach to (a text or vision tower, its encoder layers) is refused."},
+    )
     # ----- where to inject (auto-detected for supported architectures) -----
     video_embedding_module: Optional[str] = field(
         default=None,
@@ -288,6 +296,16 @@ class VTGPromptConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.VTG_PROMPT  # type: ignore[attr-defined]  # added by peft_vtg's registration
+        # Every read path (VTGPromptConfig.from_pretrained, PeftConfig.from_pretrained, PeftModel.from_pretrained with
+        # or without config=, load_adapter) ends in this constructor, so this is the one place that tells "saved
+        # before the setting existed" from "not decided yet". Creating an adapter records `base_architecture` and the
+        # resolved value of every LEGACY_ADAPTER_SETTINGS field; a config that has the former but lacks one of the
+        # latter describes an adapter trained before that setting existed. A config without `base_architecture` was
+        # never attached to a model: its None still means "today's default", resolved when the adapter is created.
+        if self.base_architecture is not None:
+            for name, legacy in LEGACY_ADAPTER_SETTINGS.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, legacy)
 
         if self.num_text_tokens is None and self.num_virtual_tokens is None:
             self.num_text_tokens = self.num_virtual_tokens = 8
@@ -341,6 +359,15 @@ class VTGPromptConfig(PeftConfig):
             raise ValueError(f"video_prompt_dropout must be in [0, 1), got {self.video_prompt_dropout!r}.")
 
         self._validate_heads()
+        if self.modules_to_save is not None:
+            if isinstance(self.modules_to_save, str):
+                self.modules_to_save = [self.modules_to_save]
+            self.modules_to_save = list(self.modules_to_save)
+            if not all(isinstance(name, str) and name for name in self.modules_to_save):
+                raise ValueError(
+                    f"modules_to_save must be a list of module names such as ['visual_projection'], got "
+                    f"{self.modules_to_save!r}."
+                )
 
         if self.couple_video_to_text:
             if self.num_video_tokens == 0 or self.num_text_tokens == 0:
@@ -404,13 +431,10 @@ class VTGPromptConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
-        """Load the config (as PEFT does) and check the adapter weights beside it; see `check_adapter_directory`."""
+        """Load the config (as PEFT does) and check the adapter weights beside it; see `check_adapter_directory`.
+
+        Settings the file lacks are resolved in `__post_init__`, the same way for every read path.
+        """
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
         check_adapter_directory(directory)
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        # Saved adapters record every such setting; None means one saved before the setting existed: resolve to what
-        # it was trained with, not to today's default (a random, unsaved module, or moved text positions).
-        for name, legacy in LEGACY_ADAPTER_SETTINGS.items():
-            if getattr(config, name) is None:
-                setattr(config, name, legacy)
-        return config
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)

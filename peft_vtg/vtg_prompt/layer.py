@@ -4,9 +4,11 @@ injection hooks."""
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
+from accelerate import init_empty_weights
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -14,6 +16,14 @@ from ..heads import VTGTaskHeads
 from ..injection.hooks import PromptInjector, StreamPlan
 from ..injection.spec import BoundSpec, BoundStream
 from .config import NEW_ADAPTER_SETTINGS, TextPromptInit, VideoPromptInit, VTGPromptConfig
+
+
+def _creating_empty_weights() -> bool:
+    """Whether parameters registered now land on the meta device (inside accelerate's `init_empty_weights`, which
+    `PeftModel.__init__` wraps around the tuner when `low_cpu_mem_usage=True`, or a `torch.device("meta")` context)."""
+    probe = nn.Module()
+    probe.register_parameter("probe", nn.Parameter(torch.empty(0)))
+    return probe.probe.is_meta
 
 
 def _check_depth(stream: str, bs: BoundStream, start: int, depth: int) -> None:
@@ -217,15 +227,23 @@ class VTGPromptEncoder(nn.Module):
     layer that maps that layer's text prompts to its video prompts.
     """
 
-    def __init__(self, config: VTGPromptConfig, bound: BoundSpec, bos: Optional[torch.Tensor] = None) -> None:
+    def __init__(
+        self, config: VTGPromptConfig, bound: BoundSpec, bos: Optional[torch.Tensor] = None, empty: bool = False
+    ) -> None:
+        """`empty`: create the prompts on the meta device without computing their init (they are about to be replaced
+        by loaded weights: `low_cpu_mem_usage=True`)."""
         super().__init__()
         self.plans: dict[str, StreamPlan] = {}
         start = config.prompt_start_layer
         if config.num_text_tokens:
             _check_depth("text", bound.text, start, config.text_prompt_depth)
-            initial = init_text_prompts(
-                config, bound.text.embedding_table, config.text_prompt_depth, bound.text.hidden_size, bos=bos
-            )
+            if empty:
+                initial = torch.empty(config.text_prompt_depth, config.num_text_tokens, bound.text.hidden_size,
+                                      device="meta")
+            else:
+                initial = init_text_prompts(
+                    config, bound.text.embedding_table, config.text_prompt_depth, bound.text.hidden_size, bos=bos
+                )
             self.text_prompts = nn.Parameter(initial)
             self.plans["text"] = StreamPlan(
                 config.num_text_tokens, start, config.text_prompt_depth, keep_positions=bool(config.keep_text_positions)
@@ -236,6 +254,10 @@ class VTGPromptEncoder(nn.Module):
                 self.coupling = nn.ModuleList(
                     nn.Linear(bound.text.hidden_size, bound.video.hidden_size) for _ in range(config.video_prompt_depth)
                 )
+            elif empty:
+                self.video_prompts = nn.Parameter(torch.empty(
+                    config.video_prompt_depth, config.num_video_tokens, bound.video.hidden_size, device="meta"
+                ))
             else:
                 self.video_prompts = nn.Parameter(init_video_prompts(config, bound.video, config.video_prompt_depth))
             self.plans["video"] = StreamPlan(config.num_video_tokens, start, config.video_prompt_depth)
@@ -252,6 +274,10 @@ class VTGPromptEncoder(nn.Module):
         return self.video_dropout(video)
 
 
+# Container names of older releases -> today's, for the state-dict keys of saved adapters.
+LEGACY_CONTAINER_NAMES = {"vtg_prompt_encoder": "vtg_prompt_tokens"}
+
+
 class VTGPromptLayer(nn.Module, BaseTunerLayer):
     """Holds every adapter's prompt encoder and task heads, and serves the prompt tokens to the injection hooks.
 
@@ -260,12 +286,15 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
     """
 
     # Both containers' names start with the method prefix "vtg_prompt_", which is how PEFT's freezing and state-dict
-    # selection recognise adapter parameters.
-    adapter_layer_names = ("vtg_prompt_encoder", "vtg_prompt_heads")
+    # selection recognise adapter parameters. Neither may contain "prompt_encoder": PeftModel.from_pretrained leaves
+    # keys containing it out of its missing-keys warning (they belong to PEFT's own prompt learning), which would hide
+    # prompts that failed to load. Adapters saved with the old name "vtg_prompt_encoder" are renamed on load
+    # (LEGACY_CONTAINER_NAMES).
+    adapter_layer_names = ("vtg_prompt_tokens", "vtg_prompt_heads")
 
     def __init__(self, bound: BoundSpec) -> None:
         nn.Module.__init__(self)
-        self.vtg_prompt_encoder = nn.ModuleDict()
+        self.vtg_prompt_tokens = nn.ModuleDict()
         self.vtg_prompt_heads = nn.ModuleDict()
         self._active_adapter = []
         self.merged_adapters = []
@@ -277,10 +306,19 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         self.injector = PromptInjector(bound, self)
         self.injector.install()
 
-    def update_layer(self, adapter_name: str, config: VTGPromptConfig) -> None:
+    def update_layer(self, adapter_name: str, config: VTGPromptConfig, low_cpu_mem_usage: bool = False) -> None:
+        """Create adapter `adapter_name`'s prompts and heads, on the base model's device and in its floating dtype (as
+        LoRA creates its weights; PEFT's `_cast_adapter_dtype` upcasts them afterwards unless
+        `autocast_adapter_dtype=False`).
+
+        With `low_cpu_mem_usage=True`, or inside accelerate's `init_empty_weights` (which `PeftModel.__init__` uses for
+        that flag), the parameters are created on the meta device and no init is computed: the loaded state dict
+        replaces them (`load_state_dict(assign=True)`), then `_move_adapter_to_device_of_base_layer` moves them.
+        """
         resolve_new_adapter_settings(config, self.bound)
+        empty = low_cpu_mem_usage or _creating_empty_weights()
         bos = None
-        if config.num_text_tokens and config.prompt_tuning_init == TextPromptInit.BOS:
+        if not empty and config.num_text_tokens and config.prompt_tuning_init == TextPromptInit.BOS:
             _check_depth("text", self.bound.text, config.prompt_start_layer, config.text_prompt_depth)
             start = config.prompt_start_layer
             self._serving_none = True
@@ -288,16 +326,55 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
                 bos = bos_states(self.bound.text, range(start, start + config.text_prompt_depth))
             finally:
                 self._serving_none = False
-        encoder = VTGPromptEncoder(config, self.bound, bos=bos)
-        heads = build_task_heads(config, self.bound)
-        reference = next(iter(self.bound.root.parameters()), None)
+        with init_empty_weights() if empty else nullcontext():
+            encoder = VTGPromptEncoder(config, self.bound, bos=bos, empty=empty)
+            heads = build_task_heads(config, self.bound)
+        device, dtype = self._base_device_and_dtype()
         for module in (encoder, heads):
-            if module is not None and reference is not None:
-                module.to(device=reference.device)
-        self.vtg_prompt_encoder[adapter_name] = encoder
+            if module is None:
+                continue
+            if any(p.is_meta for p in module.parameters()):
+                module.to(dtype=dtype)  # a meta tensor cannot be copied to a device; its dtype can change
+            else:
+                module.to(device=device, dtype=dtype)
+        self.vtg_prompt_tokens[adapter_name] = encoder
         if heads is not None:
             self.vtg_prompt_heads[adapter_name] = heads
-        self.set_adapter(self.active_adapters or [adapter_name])
+        self.set_adapter(self.active_adapters or [adapter_name], inference_mode=config.inference_mode)
+
+    def _base_device_and_dtype(self) -> tuple[Optional[torch.device], Optional[torch.dtype]]:
+        """Device and floating dtype of the base model (its first floating parameter that is not an adapter's)."""
+        own = {id(p) for p in self.parameters()}
+        for parameter in self.bound.root.parameters():
+            if id(parameter) not in own and not parameter.is_meta and parameter.is_floating_point():
+                return parameter.device, parameter.dtype
+        return None, None
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        """Move one adapter to the base model's device; called by PEFT after a `low_cpu_mem_usage` load.
+
+        Only the device: the dtype the weights were loaded in is kept, and `VTGPromptModel._cast_adapter_dtype`, which
+        PEFT calls next, applies `autocast_adapter_dtype`. (PEFT's version would round fp32 weights to a bf16 base's
+        dtype before upcasting them, so such a load would differ from a normal one.)
+        """
+        base_device, _ = self._base_device_and_dtype()
+        target = device if device is not None else base_device
+        if target is None:
+            return
+        for container in self.adapter_layer_names:
+            modules = getattr(self, container)
+            if adapter_name in modules and not any(p.is_meta for p in modules[adapter_name].parameters()):
+                modules[adapter_name].to(device=target)
+
+    def cast_adapter_to_base_dtype(self, adapter_name: str) -> None:
+        """Cast one adapter's floating parameters to the base model's floating dtype."""
+        _, dtype = self._base_device_and_dtype()
+        if dtype is None:
+            return
+        for container in self.adapter_layer_names:
+            modules = getattr(self, container)
+            if adapter_name in modules:
+                modules[adapter_name].to(dtype=dtype)
 
     # ------------------------------------------------------------------ PromptSource
     def _call_adapters(self) -> list[str]:
@@ -305,7 +382,7 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
             return []
         if self.batch_adapter_names is not None:
             return self.batch_adapter_names
-        active = [name for name in self.active_adapters if name in self.vtg_prompt_encoder]
+        active = [name for name in self.active_adapters if name in self.vtg_prompt_tokens]
         if len(active) > 1:
             raise ValueError(
                 f"Several adapters are active at once ({active}); prompt adapters cannot be summed. Activate one with "
@@ -317,7 +394,7 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         names = self._call_adapters()
         if not names:
             return None
-        plans = {name: self.vtg_prompt_encoder[name].plans.get(stream) for name in dict.fromkeys(names)}
+        plans = {name: self.vtg_prompt_tokens[name].plans.get(stream) for name in dict.fromkeys(names)}
         distinct = set(plans.values())
         if len(distinct) > 1:
             raise ValueError(
@@ -329,12 +406,12 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
     def prompt_tokens(self, stream: str, depth_index: int, rows: int, like: torch.Tensor) -> torch.Tensor:
         names = self._call_adapters()
         if self.batch_adapter_names is None:
-            tokens = self.vtg_prompt_encoder[names[0]].tokens(stream, depth_index)  # (P, D)
+            tokens = self.vtg_prompt_tokens[names[0]].tokens(stream, depth_index)  # (P, D)
             return tokens.to(like.dtype).unsqueeze(0).expand(rows, -1, -1)
         batch = len(names)
         if rows % batch:
             raise ValueError(f"adapter_names has {batch} entries but the {stream} stream has {rows} rows.")
-        unique = {name: self.vtg_prompt_encoder[name].tokens(stream, depth_index) for name in dict.fromkeys(names)}
+        unique = {name: self.vtg_prompt_tokens[name].tokens(stream, depth_index) for name in dict.fromkeys(names)}
         per_sample = torch.stack([unique[name] for name in names])  # (batch, P, D)
         # Per-frame encoders see rows = batch*frames, ordered sample-major.
         return per_sample.to(like.dtype).repeat_interleave(rows // batch, dim=0)

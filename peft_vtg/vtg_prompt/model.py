@@ -8,16 +8,18 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, _filter_state_dict_by_key_prefixes, _get_tuner_state_dict_key_prefixes
+from peft.utils.other import set_additional_trainable_modules
 from torch import nn
 
 from ..heads import VTGGroundingOutput, VTGTaskHeads
 from ..injection import resolve_spec
+from ..injection.spec import BoundSpec
 from .config import VTGPromptConfig
-from .layer import VTGPromptLayer
+from .layer import LEGACY_CONTAINER_NAMES, VTGPromptLayer
 
 # Must not contain the method prefix "vtg_prompt_": PEFT skips modules whose names contain it when it walks tuner
-# layers (the prefix marks adapter parameter containers, like "vtg_prompt_encoder" here or LoRA's "lora_A").
+# layers (the prefix marks adapter parameter containers, like "vtg_prompt_tokens" here or LoRA's "lora_A").
 LAYER_ATTRIBUTE = "vtg_prompts"
 
 
@@ -54,6 +56,14 @@ class VTGPromptModel(BaseTuner):
         low_cpu_mem_usage: bool = False,
         state_dict: Optional[dict[str, torch.Tensor]] = None,
     ) -> None:
+        """Add adapter `adapter_name` (config in `self.peft_config`) to `model`, following PEFT's `inject_adapter`.
+
+        As there: with `low_cpu_mem_usage` the new weights are created on the meta device (loading fills them);
+        `autocast_adapter_dtype` is applied by PEFT's later `_cast_adapter_dtype` call, not here; only the new adapter's
+        trainability is set (trainable if it is active and not in inference mode), every parameter that existed before
+        keeps its `requires_grad`; and `modules_to_save` modules are wrapped in PEFT's `ModulesToSaveWrapper`.
+        `state_dict` (PEFT's "inject from a state dict's keys") is not needed: the config alone fixes every module.
+        """
         config: VTGPromptConfig = self.peft_config[adapter_name]
         self._check_new_adapter_config(config)
         layer = self._layer(model)
@@ -67,18 +77,75 @@ class VTGPromptModel(BaseTuner):
                     "this model; all adapters of one model must use the same module paths."
                 )
         self._check_base_matches(config, bound)
-        if layer is None:
+        # Adding an adapter must not change the trainability of what is already there (PEFT's rule): a frozen adapter
+        # loaded with is_trainable=False stays frozen when another one is loaded or added.
+        existing = [(p, p.requires_grad) for p in model.parameters()] if layer is not None else []
+        created = layer is None
+        if created:
             layer = VTGPromptLayer(bound)
             # Attached to the base model so that PEFT's structural walks over tuner layers find it.
             model.add_module(LAYER_ATTRIBUTE, layer)
-        layer.update_layer(adapter_name, config)
-        self.targeted_module_names.append(LAYER_ATTRIBUTE)
-        self.set_adapter(self.active_adapters)
+        try:
+            layer.update_layer(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage)
+            # After update_layer, so that entries matching the new adapter's own modules are seen too.
+            self._check_modules_to_save(config, model, bound)
+        except Exception:
+            # Leave the model as it was: no half-built adapter, and no hooks on a base that get_peft_model refused.
+            if created:
+                layer.remove_hooks()
+                delattr(model, LAYER_ATTRIBUTE)
+            else:
+                for container in layer.adapter_layer_names:
+                    if adapter_name in getattr(layer, container):
+                        del getattr(layer, container)[adapter_name]
+                for parameter, requires_grad in existing:
+                    parameter.requires_grad = requires_grad
+            raise
+        if LAYER_ATTRIBUTE not in self.targeted_module_names:
+            self.targeted_module_names.append(LAYER_ATTRIBUTE)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
         self._mark_only_adapters_as_trainable(model)
-        if config.inference_mode:
-            for container in layer.adapter_layer_names:
-                if adapter_name in getattr(layer, container):
-                    getattr(layer, container)[adapter_name].requires_grad_(False)
+        set_additional_trainable_modules(
+            model=model,
+            peft_config=config,
+            model_config=BaseTuner.get_model_config(self),
+            adapter_name=adapter_name,
+            activate_adapter=adapter_name in self.active_adapters,
+        )
+        for parameter, requires_grad in existing:
+            parameter.requires_grad = requires_grad
+
+    @staticmethod
+    def _check_modules_to_save(config: VTGPromptConfig, model: nn.Module, bound: BoundSpec) -> None:
+        """Refuse `modules_to_save` entries that would take a module away from the prompt hooks or the adapter.
+
+        PEFT replaces each listed module by a wrapper that runs a trainable copy; hooks registered on the original (or
+        on anything inside it) would then never run, and the adapter's own modules are trained already.
+        """
+        targets = config.modules_to_save or []
+        if not targets:
+            return
+        hooked = {id(bound.root)}
+        for stream in (bound.video, bound.text):
+            if stream is not None:
+                hooked.update(id(m) for m in (stream.module, stream.strip_after, stream.layers) if m is not None)
+                hooked.update(id(m) for m in stream.layers)
+        for key, module in model.named_modules():
+            matched = [target for target in targets if key.endswith(target)]  # PEFT's own matching rule
+            if not key or not matched:
+                continue
+            if key == LAYER_ATTRIBUTE or key.startswith(LAYER_ATTRIBUTE + "."):
+                raise ValueError(
+                    f"modules_to_save entry {matched[0]!r} matches {key!r}, a module of the VTG adapter itself, which "
+                    "is trained and saved already; list base-model modules only."
+                )
+            holds = [f"{key}.{name}" if name else key for name, m in module.named_modules() if id(m) in hooked]
+            if holds:
+                raise ValueError(
+                    f"modules_to_save entry {matched[0]!r} matches {key!r}, which holds {holds[0]!r}, a module the "
+                    "prompt hooks are attached to; a trained copy of it would run without the prompts. List a module "
+                    "that contains no prompted encoder, e.g. a projection ('visual_projection') or a task head."
+                )
 
     @staticmethod
     def _check_base_matches(config: VTGPromptConfig, bound) -> None:
@@ -110,15 +177,36 @@ class VTGPromptModel(BaseTuner):
             setattr(config, key, value)
 
     # ------------------------------------------------------------------ adapters
+    @staticmethod
+    def _check_adapter_names_count(adapter_names: list[str], tensors: dict[str, Any]) -> None:
+        """One adapter name per sample, as LoRA demands: a list of another length is an error, never broadcast.
+
+        `tensors`: batch inputs by name (input_ids (batch, length), pixel_values (batch, ...), ...); None is skipped.
+        """
+        for name, value in tensors.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] != len(adapter_names):
+                raise ValueError(
+                    f"adapter_names has {len(adapter_names)} entries but {name} has {value.shape[0]} samples; give "
+                    "exactly one adapter name per sample."
+                )
+
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
-        """Per-sample adapters: `model(..., adapter_names=["a", "b", ...])` gives sample i the prompts of adapter i."""
+        """Per-sample adapters: `model(..., adapter_names=["a", "b", ...])` gives sample i the prompts of adapter i.
+
+        PEFT calls this with the forward's own arguments, so the number of names is checked against the batch.
+        """
         adapter_names = kwargs.get("adapter_names")
         if adapter_names is None:
             yield
             return
         if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
             raise TypeError("adapter_names must be a list of adapter names, one per sample.")
+        adapter_names = list(adapter_names)
+        batch_inputs = {k: kwargs.get(k) for k in ("input_ids", "pixel_values", "inputs_embeds")}
+        if args:
+            batch_inputs = {"the first positional input": args[0], **batch_inputs}
+        self._check_adapter_names_count(adapter_names, batch_inputs)
         unknown = sorted(set(adapter_names) - set(self.peft_config))
         if "__base__" in unknown:
             raise ValueError(
@@ -129,31 +217,48 @@ class VTGPromptModel(BaseTuner):
         if unknown:
             raise ValueError(f"adapter_names names unknown adapters {unknown}; loaded: {sorted(self.peft_config)}.")
         layer = self._layer(self.model)
-        layer.batch_adapter_names = list(adapter_names)
+        layer.batch_adapter_names = adapter_names
         try:
             yield
         finally:
             layer.batch_adapter_names = None
 
-    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """PEFT's dtype rule: `autocast_adapter_dtype=True` upcasts fp16/bf16 adapter weights to fp32; False leaves them
+        in the base model's dtype.
+
+        The adapter is created in the base dtype already; the False branch casts anyway, because a
+        `low_cpu_mem_usage` load assigns the tensors in the dtype they were saved in.
+        """
+        if autocast_adapter_dtype:
+            super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=True)
+            return
         layer = self._layer(self.model)
         if layer is not None:
-            layer.set_adapter(adapter_name, inference_mode=inference_mode)
-        self.active_adapter = adapter_name
+            layer.cast_adapter_to_base_dtype(adapter_name)
 
     def _unload_and_optionally_merge(self, merge: bool = True, *args: Any, **kwargs: Any) -> nn.Module:
+        """Remove the hooks and the adapter layer, then let PEFT unwrap `modules_to_save` and drop `peft_config`, so
+        the returned base model is clean (wrapping it again does not warn about an existing `peft_config`)."""
         if merge:
             raise NotImplementedError("Prompt tokens cannot be merged into the base weights; use unload().")
         layer = self._layer(self.model)
         if layer is not None:
             layer.remove_hooks()
             delattr(self.model, LAYER_ATTRIBUTE)
+        super()._unload_and_optionally_merge(False, *args, **kwargs)
         return self.model
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        # Unloading replaces a ModulesToSaveWrapper by the module it runs; nothing else is ever replaced. PEFT's default
+        # also copies `weight` from the replaced module (for LoRA-style layers), which fails for a module without one
+        # (e.g. a task head); LoRA overrides it the same way.
+        setattr(parent, child_name, new_module)
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         layer = self._layer(self.model)
-        if layer is not None and not layer.vtg_prompt_encoder:
+        if layer is not None and not layer.vtg_prompt_tokens:
             warnings.warn("The last VTG adapter was deleted; the model now computes the base model's outputs.")
 
     # ------------------------------------------------------------------ grounding
@@ -247,6 +352,13 @@ class VTGPromptModel(BaseTuner):
         if (pixel_values is None) == (video_features is None):
             raise ValueError("Give exactly one of pixel_values (frames) and video_features (pre-extracted features).")
         batch = input_ids.shape[0]
+        if adapter_names is not None:
+            if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
+                raise TypeError("adapter_names must be a list of adapter names, one per sample.")
+            self._check_adapter_names_count(
+                list(adapter_names),
+                {"input_ids": input_ids, "pixel_values": pixel_values, "video_features": video_features},
+            )
         names = list(adapter_names) if adapter_names is not None else layer._call_adapters()
         if adapter_names is None and not names:
             raise ValueError("No active adapter; call set_adapter first.")
@@ -255,7 +367,7 @@ class VTGPromptModel(BaseTuner):
             if pixel_values is not None:
                 video = self.encode_video(pixel_values)  # (batch, frames, video_dim)
             else:
-                with_video_prompts = sorted(n for n in set(names) if layer.vtg_prompt_encoder[n].plans.get("video"))
+                with_video_prompts = sorted(n for n in set(names) if layer.vtg_prompt_tokens[n].plans.get("video"))
                 if with_video_prompts:
                     raise ValueError(
                         f"Adapter(s) {with_video_prompts} have video prompts, which act inside the video encoder; "
@@ -313,7 +425,43 @@ class VTGPromptModel(BaseTuner):
     # ------------------------------------------------------------------ state dict
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        # "...vtg_prompt_encoder.<adapter>.coupling.0.weight" -> "...vtg_prompt_encoder.coupling.0.weight", and the
+        # "...vtg_prompt_tokens.<adapter>.coupling.0.weight" -> "...vtg_prompt_tokens.coupling.0.weight", and the
         # same for "...vtg_prompt_heads.<adapter>.grounding...".
         containers = "|".join(re.escape(name) for name in VTGPromptLayer.adapter_layer_names)
         return re.sub(rf"\.({containers})\.{re.escape(adapter_name)}\.", r".\1.", key)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: VTGPromptConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Checkpoint keys -> model keys (PEFT's mapping), after renaming the containers of older releases; and an error
+        naming every tensor the adapter's config builds but the checkpoint lacks.
+
+        PEFT would only warn, or stay silent, and leave those tensors at their random init. A config that records no
+        grounding head (an adapter saved before heads existed) builds none, so it expects none.
+        """
+        renamed = {}
+        for key, value in state_dict.items():
+            for old, new in LEGACY_CONTAINER_NAMES.items():
+                key = key.replace(f".{old}.", f".{new}.")
+            renamed[key] = value
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, renamed)
+        prefixes = _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
+        expected = _filter_state_dict_by_key_prefixes(model.state_dict(), prefixes)
+        missing = sorted(
+            cls._remove_adapter_name_from_key(key, adapter_name).removeprefix("base_model.model.")
+            for key in expected
+            if key not in remapped
+        )
+        if missing:
+            hint = (
+                f" Adapter {adapter_name!r} is now on the model with those tensors untrained; remove it with "
+                f"delete_adapter({adapter_name!r})." if len(getattr(model, "peft_config", {})) > 1 else ""
+            )
+            raise ValueError(
+                f"The checkpoint of adapter {adapter_name!r} lacks {len(missing)} tensor(s) that its config builds: "
+                f"{missing[:10]}{' ...' if len(missing) > 10 else ''}. The weights file is incomplete, or "
+                "adapter_config.json does not belong to it (e.g. it enables grounding_head, or more prompt layers "
+                f"than were trained); save the adapter again, or use the config it was saved with.{hint}"
+            )
+        return remapped
