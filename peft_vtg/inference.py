@@ -1,4 +1,11 @@
-"""`ground()`: moments in seconds for (video, query) pairs, from a video file, a frame tensor or a feature array."""
+"""`ground()`: moments in seconds for (video, query) pairs, from a video file, a frame tensor or a feature array.
+
+Inputs are checked before the model runs, and every problem raises naming the video (index or file): sampling settings
+(`num_frames` >= 1, `fps` and durations finite and > 0, `image_size` >= 1 pixel, `top_k` >= 1, `nms_threshold` in
+[0, 1]), queries (non-empty strings), tensors (shape, at least one frame, no NaN/Inf: a NaN input would give NaN scores
+and, after decoding, no moment at all), and feature sizes. A video file much longer or shorter than a `duration` given
+for it gets a warning (see `peft_vtg.data.video.DURATION_TOLERANCE_SECONDS`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,17 @@ import numpy as np
 import torch
 
 from .data.collate import pad_videos
-from .data.video import decode_video, preprocess_frames
+from .data.video import (
+    check_feature_array,
+    check_fps,
+    check_image_size,
+    check_num_frames,
+    check_positive_seconds,
+    decode_video,
+    duration_mismatch,
+    preprocess_frames,
+    warn_duration_mismatches,
+)
 from .heads.decoding import Moment, decode_moments
 from .vtg_prompt.model import VTGPromptModel
 
@@ -47,6 +64,44 @@ def _split_videos(video: Union[VideoInput, Sequence[VideoInput]]) -> tuple[list[
     if isinstance(video, Sequence) and video:
         return list(video), False
     raise TypeError(f"Unsupported video input {type(video).__name__}; give a file path, a tensor or an array.")
+
+
+def _check_settings(
+    num_frames: Any, fps: Any, image_size: Any, top_k: Any, nms_threshold: Any, max_span_seconds: Any,
+    max_text_length: Any,
+) -> None:
+    if num_frames is not None:
+        check_num_frames(num_frames)
+    if fps is not None:
+        check_fps(fps)
+    if image_size is not None:
+        check_image_size(image_size)
+    check_num_frames(top_k, "top_k")
+    if nms_threshold is not None and (isinstance(nms_threshold, bool) or not isinstance(nms_threshold, (int, float))
+                                      or not 0.0 <= nms_threshold <= 1.0):
+        raise ValueError(f"nms_threshold must be an IoU in [0, 1] or None, got {nms_threshold!r}.")
+    if max_span_seconds is not None:
+        check_positive_seconds(max_span_seconds, "max_span_seconds")
+    if max_text_length is not None:
+        check_num_frames(max_text_length, "max_text_length")
+
+
+def _check_tensor(item: Any, index: int, feature_size: Optional[int]) -> torch.Tensor:
+    """Video `index` as a tensor, checked: features (frames, dim) or frames (frames, 3, H, W), finite, >= 1 frame."""
+    tensor = torch.as_tensor(np.asarray(item)) if isinstance(item, np.ndarray) else item
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"Video {index} is a {type(item).__name__}; give a file path, a tensor or an array.")
+    if tensor.dim() == 2:
+        check_feature_array(tensor, f"video {index} (features)", feature_size)
+    elif tensor.dim() == 4:
+        if tensor.shape[0] < 1:
+            raise ValueError(f"Video {index} has no frames, shape {tuple(tensor.shape)}.")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"Video {index}: its frames hold NaN or Inf values; the scores would be NaN.")
+    else:
+        raise ValueError(f"Video {index}: expected features (frames, dim) or frames (frames, 3, H, W), got shape "
+                         f"{tuple(tensor.shape)}.")
+    return tensor
 
 
 def ground(
@@ -86,10 +141,21 @@ def ground(
     """
     tuner = _tuner(model)
     layer, _ = tuner._feature_spec()
+    _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
     videos, single_video = _split_videos(video)
-    queries, single_query = ([query], True) if isinstance(query, str) else (list(query), False)
+    if isinstance(query, str):
+        queries, single_query = [query], True
+    elif isinstance(query, Sequence):
+        queries, single_query = list(query), False
+    else:
+        raise TypeError(f"query must be a string or a list of strings, got {type(query).__name__}.")
     if not queries:
         raise ValueError("query is empty.")
+    for k, text in enumerate(queries):
+        if not isinstance(text, str):
+            raise TypeError(f"query {k} must be a string, got {type(text).__name__} {text!r}.")
+        if not text.strip():
+            raise ValueError(f"query {k} is empty; give the sentence to ground.")
     if single_video and not single_query:
         videos = videos * len(queries)
     elif single_query and not single_video:
@@ -103,21 +169,33 @@ def ground(
         durations = list(duration) * (len(videos) if len(duration) == 1 else 1)
         if len(durations) != len(videos):
             raise ValueError(f"Got {len(durations)} durations for {len(videos)} videos.")
+    durations = [None if d is None else check_positive_seconds(d, f"duration of video {i}")
+                 for i, d in enumerate(durations)]
 
     if num_frames is None and fps is None:
         num_frames = layer.bound.required_num_frames or DEFAULT_NUM_FRAMES
     if image_size is None and layer.bound.video is not None:
         image_size = layer.bound.video.extra.get("image_size")
-    items = []
+    items, mismatches = [], []
+    decoded: dict[str, tuple[torch.Tensor, float]] = {}  # one video with several queries is decoded once
     for index, item in enumerate(videos):
         if isinstance(item, (str, os.PathLike)):
-            frames, file_duration = decode_video(item, num_frames=num_frames, fps=fps)
-            item = preprocess_frames(frames, image_size=image_size or 224, processor=processor)
-            durations[index] = durations[index] or file_duration
-        item = torch.as_tensor(np.asarray(item)) if isinstance(item, np.ndarray) else item
+            name = os.fspath(item)
+            if name not in decoded:
+                frames, file_duration = decode_video(name, num_frames=num_frames, fps=fps)
+                decoded[name] = (preprocess_frames(frames, image_size=image_size or 224, processor=processor),
+                                 file_duration)
+            item, file_duration = decoded[name]
+            if durations[index] is None:
+                durations[index] = file_duration
+            elif duration_mismatch(durations[index], file_duration):
+                mismatches.append((name, durations[index], file_duration))
+        else:
+            item = _check_tensor(item, index, layer.bound.video_feature_size)
         if durations[index] is None:
             raise ValueError(f"Video {index} is a tensor: pass duration= (seconds), since it cannot be read from it.")
         items.append(item)
+    warn_duration_mismatches(list(dict.fromkeys(mismatches)))
     padded, frame_mask = pad_videos(items)
     reference = next(tuner.parameters())
     text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,

@@ -11,18 +11,23 @@ Definitions (as in 2D-TAN / Moment-DETR evaluation code):
 - mIoU: mean over queries of the IoU of the top-1 prediction, in percent.
 
 Predictions are scored as given: they are not clipped to the video, so a window beyond the duration simply overlaps
-less. A window with end < start is an error.
+less. A window with end < start, or a start, end or score that is not a finite number (NaN, Inf), is an error naming
+the query: a NaN would otherwise rank arbitrarily and turn the metrics into NaN. Every metric returned is a finite
+number; with no query to average over there is no metric, and that is an error too.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
 from .timeline import Window, rank_windows, temporal_iou, temporal_nms
 
 # Re-exported: the metrics API is where users look for them.
-__all__ = ["IOU_THRESHOLDS", "RECALL_AT", "best_iou", "evaluate_moments", "format_table", "rank_predictions", "temporal_iou", "temporal_nms"]
+__all__ = ["IOU_THRESHOLDS", "RECALL_AT", "best_iou", "check_windows", "evaluate_moments", "format_table",
+           "rank_predictions", "temporal_iou", "temporal_nms"]
 
 rank_predictions = rank_windows
 
@@ -35,6 +40,25 @@ def best_iou(prediction: Window, ground_truth: Sequence[Window]) -> float:
     if not ground_truth:
         raise ValueError("A query needs at least one ground-truth window.")
     return max(temporal_iou(prediction, window) for window in ground_truth)
+
+
+def check_windows(windows: object, what: str, with_score: bool) -> None:
+    """Raise `ValueError` naming `what` unless `windows` is a list of `[start, end]` (or, with `with_score`,
+    `[start, end, score]`) of finite numbers with start <= end (seconds)."""
+    if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence):
+        raise ValueError(f"{what}: expected a list of windows, got {windows!r}.")
+    lengths = (2, 3) if with_score else (2,)
+    shape = "[start, end] or [start, end, score]" if with_score else "[start, end]"
+    for k, window in enumerate(windows):
+        if isinstance(window, (str, bytes)) or not isinstance(window, Sequence) or len(window) not in lengths:
+            raise ValueError(f"{what}, window {k}: expected {shape} in seconds, got {window!r}.")
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in window):
+            raise ValueError(f"{what}, window {k}: {list(window)!r} holds a value that is not a number.")
+        if not all(math.isfinite(v) for v in window):
+            raise ValueError(f"{what}, window {k}: {list(window)!r} holds NaN or Inf; only finite start, end and "
+                             "score values can be ranked and scored.")
+        if window[1] < window[0]:
+            raise ValueError(f"{what}, window {k}: {list(window)!r} ends before it starts (end < start).")
 
 
 def evaluate_moments(
@@ -55,8 +79,9 @@ def evaluate_moments(
         `{"R1@0.1": ..., "R5@0.7": ..., "mIoU": ..., "num_queries": N}`.
 
     Raises:
-        ValueError: a qid of the ground truth has no prediction, a predicted qid is not in the ground truth, or a
-            query has no predicted window; the message names the qids.
+        ValueError: a qid of the ground truth has no prediction, a predicted qid is not in the ground truth, a
+            query has no predicted window, or a window is malformed or not finite (see `check_windows`); the message
+            names the qids.
     """
     missing = sorted(set(ground_truth) - set(predictions), key=str)
     extra = sorted(set(predictions) - set(ground_truth), key=str)
@@ -67,7 +92,11 @@ def evaluate_moments(
             f"{' ...' if len(extra) > 10 else ''} ({len(extra)})."
         )
     if not ground_truth:
-        raise ValueError("No queries to evaluate.")
+        raise ValueError("No queries to evaluate: the metrics are undefined without at least one query.")
+    for qid, windows in predictions.items():
+        check_windows(windows, f"predictions for query {qid!r}", with_score=True)
+    for qid, windows in ground_truth.items():
+        check_windows(windows, f"ground truth of query {qid!r}", with_score=False)
     hits = {(n, m): 0 for n in recall_at for m in iou_thresholds}
     iou_sum = 0.0
     for qid, windows in ground_truth.items():

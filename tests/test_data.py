@@ -111,13 +111,18 @@ ZZZZZ 1.0 2.0##unknown video.
 def test_bad_rows_are_clipped_or_dropped_with_counts(tmp_path):
     path = tmp_path / "sta.txt"
     path.write_text(BAD_CHARADES)
-    with pytest.warns(UserWarning, match=r"2 of 6 pairs kept; clipped 1 \(end beyond duration\); dropped"):
+    with pytest.warns(UserWarning, match=r"2 of 6 pairs kept; clipped 1 \(end beyond duration\); dropped.*"
+                                         r"first rows: .*empty query: line 3"):
         dataset = read_charades_sta(path, {"AAAAA": 20.0, "BBBBB": 10.0})
     assert dataset["qid"] == ["AAAAA_0", "BBBBB_0"]
     assert dataset["windows"] == [[[1.0, 5.0]], [[8.0, 10.0]]]
     report = read_report(dataset)
     assert report["dropped"] == {"end before start": 1, "empty query": 1, "unknown video or duration": 1,
                                  "window starts at or after the video's end": 1}
+    # A window no export can mean (NaN) is an error naming the line, not a drop.
+    path.write_text(BAD_CHARADES + "AAAAA nan 4.0##not a time.\n")
+    with pytest.raises(ValueError, match=r"sta.txt, line 7: .*non-finite time"):
+        read_charades_sta(path, {"AAAAA": 20.0, "BBBBB": 10.0})
 
 
 def test_charades_durations_from_feature_lengths(tmp_path):
@@ -133,16 +138,19 @@ def test_charades_durations_from_feature_lengths(tmp_path):
 def test_strict_mode_names_file_row_and_reason(tmp_path):
     path = tmp_path / "sta.txt"
     path.write_text(BAD_CHARADES)
-    with pytest.raises(ValueError, match=r"sta.txt, line 2: end before start"):
+    with pytest.raises(ValueError, match=r"sta.txt, line 2: end before start. \(strict=True"):
         read_charades_sta(path, {"AAAAA": 20.0, "BBBBB": 10.0}, strict=True)
 
 
 def test_bad_json_files(tmp_path):
     anet = tmp_path / "val.json"
-    anet.write_text(json.dumps({"v_x": {"duration": 10.0, "timestamps": [[1, 2], [-0.5, 3]], "sentences": ["a", "b"]},
+    anet.write_text(json.dumps({"v_x": {"duration": 10.0, "timestamps": [[1, 2], [0.5, 3]], "sentences": ["a", "b"]},
                                 "v_y": {"duration": 10.0, "timestamps": [[1, 2]], "sentences": ["a", "b"]}}))
     with pytest.raises(ValueError, match="'v_y'.*equal length"):
         read_activitynet_captions(anet)
+    anet.write_text(json.dumps({"v_x": {"duration": 10.0, "timestamps": [[1, 2], [1, 12]], "sentences": ["a", "b"]}}))
+    with pytest.warns(UserWarning, match="end beyond duration"):
+        assert read_activitynet_captions(anet)["windows"][1] == [[1.0, 10.0]]
     anet.write_text(json.dumps({"v_x": {"duration": 10.0, "timestamps": [[1, 2], [-0.5, 3]], "sentences": ["a", "b"]}}))
     with pytest.warns(UserWarning, match="start before 0"):
         assert read_activitynet_captions(anet)["windows"][1] == [[0.0, 3.0]]

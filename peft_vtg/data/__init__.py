@@ -17,9 +17,16 @@ from .annotations import (
 )
 from .collate import GroundingCollator
 from .video import (
+    DURATION_TOLERANCE_FRACTION,
+    DURATION_TOLERANCE_SECONDS,
     FeatureDirectory,
     H5FeatureFile,
     VideoFiles,
+    check_feature_array,
+    check_fps,
+    check_image_size,
+    check_num_frames,
+    check_video_id,
     decode_video,
     durations_from_features,
     load_feature_file,
@@ -29,10 +36,17 @@ from .video import (
 )
 
 __all__ = [
+    "DURATION_TOLERANCE_FRACTION",
+    "DURATION_TOLERANCE_SECONDS",
     "FeatureDirectory",
     "GroundingCollator",
     "H5FeatureFile",
     "VideoFiles",
+    "check_feature_array",
+    "check_fps",
+    "check_image_size",
+    "check_num_frames",
+    "check_video_id",
     "decode_video",
     "durations_from_features",
     "load_feature_file",

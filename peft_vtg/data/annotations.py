@@ -7,15 +7,24 @@ Schema (`MOMENT_FEATURES`), one row per (video, query) pair:
 - `vid` (string), `query` (string), `duration` (seconds), `windows`: ground-truth `[start, end]` pairs in seconds
   (several for QVHighlights; empty for an unlabelled split).
 
-Bad-row policy (the same for every reader):
+Every file is read as UTF-8 with or without a byte-order mark (`utf-8-sig`).
 
-- **clipped**, counted, with a warning: a window starting before 0 or ending after the video's duration is clipped to
-  `[0, duration]`. Differences below 1 microsecond are floating-point noise of the files and are clipped silently.
-- **dropped**, counted by reason, with a warning: an empty query; a video whose duration is unknown or not
-  positive; a window with end < start, with non-finite times, or starting at or after the duration (nothing
-  left to clip); a labelled query without any usable window.
-- **error** with `strict=True`: the first row that would be clipped or dropped raises a `ValueError` naming the
-  file, the row and the reason.
+Bad-row policy (the same for every reader). The benchmarks' own files have known dirt, which is repaired and
+reported; anything a correct export could not contain is an error:
+
+- **error**, always, naming the file, the row (line or video) and the field: a file with no rows (empty, or only
+  blank lines); JSON that is not the expected shape (a top-level list where an object of videos is expected, a row
+  that is not an object, a key given twice); a missing required key (`qid`, `duration`; `timestamps` / `sentences`);
+  a field of the wrong type (a query that is not a string, a qid or vid that is not a string or integer, windows
+  that are not a list of `[start, end]` pairs, a number given as text); a duration that is not a finite number > 0;
+  a window with a non-finite time (NaN, Inf); a qid given twice; and a file in which no pair is usable at all.
+- **clipped**, counted, with a warning naming the first rows: a window starting before 0 or ending after the video's
+  duration is clipped to `[0, duration]` (562 windows end late in Charades-STA test). Differences below 1
+  microsecond are floating-point noise of the files and are clipped silently (as is a start of -1e-7).
+- **dropped**, counted by reason, with a warning naming the first rows: an empty query; a video whose duration is
+  unknown (a Charades-STA video missing from the durations csv); a window with end < start; a window starting at or
+  after the video's end (nothing left to clip); a labelled query whose window list is empty.
+- with `strict=True` the first row that would be clipped or dropped raises a `ValueError` too.
 
 The counts are also kept in `dataset.info.description` (JSON) so they travel with the dataset.
 """
@@ -23,14 +32,17 @@ The counts are also kept in `dataset.info.description` (JSON) so they travel wit
 from __future__ import annotations
 
 import csv
+import inspect
+import io
 import json
 import math
+import numbers
 import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, NoReturn, Optional, Union
 
 import datasets
 
@@ -78,6 +90,8 @@ class ReadReport:
     kept: int = 0
     clipped: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)
+    # The first few rows (e.g. "line 4") of each reason, so that a warning points at them.
+    examples: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> str:
         parts = [f"{self.source}: {self.kept} of {self.total} pairs kept"]
@@ -85,6 +99,9 @@ class ReadReport:
             parts.append("clipped " + ", ".join(f"{n} ({reason})" for reason, n in sorted(self.clipped.items())))
         if self.dropped:
             parts.append("dropped " + ", ".join(f"{n} ({reason})" for reason, n in sorted(self.dropped.items())))
+        if self.examples:
+            parts.append("first rows: " + "; ".join(f"{reason}: {', '.join(rows)}"
+                                                    for reason, rows in sorted(self.examples.items())))
         return "; ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,43 +109,109 @@ class ReadReport:
                 "dropped": dict(self.dropped)}
 
 
+_EXAMPLES_PER_REASON = 3
+_FIX = "fix or remove the row"
+
+
+def _number(value: Any) -> Optional[float]:
+    """`value` as a float if it is a JSON/Python number (bools and numeric text are not), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
 class _RowPolicy:
-    """Applies the module's bad-row policy and keeps the report."""
+    """Checks each pair, applies the module's bad-row policy and keeps the report."""
 
     def __init__(self, source: str, strict: bool) -> None:
         self.report = ReadReport(source=source)
         self.strict = strict
         self.rows: list[dict[str, Any]] = []
+        self._qids: set[str] = set()
+
+    def error(self, where: str, message: str) -> NoReturn:
+        raise ValueError(f"{self.report.source}, {where}: {message}")
 
     def _bad(self, where: str, reason: str, kind: str) -> None:
         if self.strict:
             raise ValueError(f"{self.report.source}, {where}: {reason}. (strict=True; strict=False would "
                              f"{'clip' if kind == 'clip' else 'drop'} it.)")
         (self.report.clipped if kind == "clip" else self.report.dropped)[reason] += 1
+        examples = self.report.examples.setdefault(reason, [])
+        if len(examples) < _EXAMPLES_PER_REASON:
+            examples.append(where)
+
+    def _identifier(self, where: str, name: str, value: Any) -> str:
+        # Integers are fine (QVHighlights qids are); a float, list or null id is a broken export.
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value):
+            self.error(where, f"'{name}' must be a non-empty string or an integer, got {value!r}.")
+        return str(value)
+
+    def _window(self, where: str, name: str, window: Any, scale: float) -> tuple[float, float]:
+        """(start, end) in seconds of one window given in units of `scale` seconds; raises on a malformed one.
+
+        `name` says which window for messages ("'timestamps'", "'relevant_windows' item 2")."""
+        unit = "frames" if scale != 1.0 else "seconds"
+        if not isinstance(window, (list, tuple)) or len(window) != 2:
+            hint = "; for a single window write [[start, end]]" if _number(window) is not None else ""
+            self.error(where, f"{name} must be [start, end] ({unit}), got {window!r}{hint}. {_FIX}.")
+        start, end = _number(window[0]), _number(window[1])
+        if start is None or end is None:
+            bad = window[0] if start is None else window[1]
+            self.error(where, f"{name} {list(window)!r}: start and end must be numbers ({unit}), got "
+                              f"{type(bad).__name__} {bad!r}. {_FIX}.")
+        if not (math.isfinite(start) and math.isfinite(end)):
+            self.error(where, f"{name} {list(window)!r} has a non-finite time (NaN or Inf); {_FIX}.")
+        # end < start and a start before 0 are dirt the benchmarks' files are known to carry (the policy drops /
+        # clips them in `add`), not a malformed export.
+        return start * scale, end * scale
 
     def add(
-        self, where: str, qid: str, vid: str, query: Any, duration: Optional[float], windows: Optional[Iterable]
+        self,
+        where: str,
+        qid: Any,
+        vid: Any,
+        query: Any,
+        duration: Any,
+        windows: Any,
+        field_name: str = "windows",
+        scale: float = 1.0,
     ) -> None:
-        """Check one pair; `windows=None` marks an unlabelled query (allowed, kept with no windows)."""
+        """Check one pair.
+
+        Args:
+            where: the row, for messages ("line 3", "video 'v_x' pair 0").
+            duration: seconds; None means the video's duration is unknown (the pair is dropped).
+            windows: `[[start, end], ...]` in units of `scale` seconds, or None for an unlabelled query (kept with no
+                windows).
+            field_name: the file's name of the windows field, for messages.
+        """
         self.report.total += 1
-        query = "" if query is None else str(query).strip()
+        qid = self._identifier(where, "qid", qid)
+        vid = self._identifier(where, "vid", vid)
+        if qid in self._qids:
+            self.error(where, f"duplicate qid {qid!r}; every query needs its own id.")
+        self._qids.add(qid)
+        if not isinstance(query, str):
+            self.error(where, f"'query' must be a string, got {type(query).__name__} {query!r}. {_FIX}.")
+        if duration is not None:
+            seconds = _number(duration)
+            if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+                self.error(where, f"'duration' must be a finite number of seconds > 0, got {duration!r}. {_FIX}.")
+            duration = seconds
+        if windows is not None and not isinstance(windows, (list, tuple)):
+            self.error(where, f"'{field_name}' must be a list of [start, end] windows, got {windows!r}. {_FIX}.")
+        several = windows is not None and len(windows) > 1
+        checked = [self._window(where, f"'{field_name}'" + (f" item {k}" if several else ""), window, scale)
+                   for k, window in enumerate(windows or [])]
+        query = query.strip()
         if not query:
             return self._bad(where, "empty query", "drop")
-        try:
-            duration = float(duration) if duration is not None else None
-        except (TypeError, ValueError):
-            duration = None
-        if duration is None or not math.isfinite(duration) or duration <= 0:
+        if duration is None:
             return self._bad(where, "unknown video or duration", "drop")
         kept_windows, clips = [], []
         if windows is not None:
-            for window in windows:
-                try:
-                    start, end = float(window[0]), float(window[1])
-                except (TypeError, ValueError, IndexError):
-                    return self._bad(where, "malformed window", "drop")
-                if not (math.isfinite(start) and math.isfinite(end)):
-                    return self._bad(where, "non-finite time", "drop")
+            for start, end in checked:
                 if end < start:
                     return self._bad(where, "end before start", "drop")
                 if start >= duration:
@@ -143,11 +226,16 @@ class _RowPolicy:
         for reason in dict.fromkeys(clips):  # counted once per pair, and only for pairs that are kept
             self._bad(where, reason, "clip")
         self.report.kept += 1
-        self.rows.append({"qid": str(qid), "vid": str(vid), "query": query, "duration": duration,
-                          "windows": kept_windows})
+        self.rows.append({"qid": qid, "vid": vid, "query": query, "duration": duration, "windows": kept_windows})
 
     def dataset(self) -> datasets.Dataset:
         report = self.report
+        if report.total == 0:
+            raise ValueError(f"{report.source} holds no annotation rows (the file is empty or has only blank lines); "
+                             "give a file with at least one (video, query) pair.")
+        if report.kept == 0:
+            raise ValueError(f"None of the pairs in {report.source} is usable: {report.summary()}. Check that the "
+                             "file (and for Charades-STA the durations csv) belong to the same split.")
         if report.clipped or report.dropped:
             warnings.warn(report.summary(), stacklevel=3)
         columns = {name: [row[name] for row in self.rows] for name in MOMENT_FEATURES}
@@ -163,12 +251,44 @@ def read_report(dataset: datasets.Dataset) -> dict[str, Any]:
         raise ValueError("This dataset was not made by a peft_vtg reader; it carries no read report.") from err
 
 
+def _read_text(path: PathLike, newline: Optional[str] = None) -> str:
+    """The whole file as text: UTF-8, a leading byte-order mark dropped (files saved by Excel / Notepad have one)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline=newline) as handle:
+            return handle.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err}); is it the right file? Save it as UTF-8.") from err
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.load keeps the last of two equal keys without a word: for a file keyed by video id that silently loses
+    # a video's annotations.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise ValueError(f"{where}: the key {err.args[0]!r} appears twice in one object; give each key once.") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON ({err}).") from err
+
+
 def _load_json(path: PathLike) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}).") from err
+    text = _read_text(path)
+    if not text.strip():
+        raise ValueError(f"{path} holds no annotation rows (the file is empty).")
+    return _parse_json(text, str(path))
 
 
 def _numbered(vid: str, counters: Counter) -> str:
@@ -179,67 +299,124 @@ def _numbered(vid: str, counters: Counter) -> str:
 
 # ---------------------------------------------------------------- Charades-STA
 def read_charades_durations(csv_path: PathLike) -> dict[str, float]:
-    """Video durations (seconds) from the Charades metadata csv (`id` and `length` columns)."""
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"id", "length"} <= set(reader.fieldnames):
-            raise ValueError(f"{csv_path} needs the Charades csv columns 'id' and 'length', got {reader.fieldnames}.")
-        return {row["id"]: float(row["length"]) for row in reader if row["length"]}
+    """Video durations (seconds) from the Charades metadata csv (`id` and `length` columns).
+
+    Rows with an empty `length` are skipped (the video's pairs are then dropped as of unknown duration); a length that
+    is not a finite number > 0, or one id with two different lengths, is an error naming the row.
+    """
+    reader = csv.DictReader(io.StringIO(_read_text(csv_path, newline="")))
+    if not reader.fieldnames or not {"id", "length"} <= set(reader.fieldnames):
+        raise ValueError(f"{csv_path} needs the Charades csv columns 'id' and 'length' (e.g. Charades_v1_test.csv), "
+                         f"got {reader.fieldnames}.")
+    durations: dict[str, float] = {}
+    for row in reader:
+        vid, length = (row["id"] or "").strip(), (row["length"] or "").strip()
+        if not vid or not length:
+            continue
+        try:
+            seconds = float(length)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"{csv_path}, line {reader.line_num}: video {vid!r} has length {length!r}; it must be a "
+                             "finite number of seconds > 0.")
+        if vid in durations and durations[vid] != seconds:
+            raise ValueError(f"{csv_path}, line {reader.line_num}: video {vid!r} is listed twice with different "
+                             f"lengths ({durations[vid]} and {seconds} s); keep one.")
+        durations[vid] = seconds
+    if not durations:
+        raise ValueError(f"{csv_path} lists no video with a length; is it the Charades metadata csv?")
+    return durations
 
 
 def read_charades_sta(
-    path: PathLike, durations: Union[PathLike, Mapping[str, float]], strict: bool = False
+    path: PathLike, durations: Optional[Union[PathLike, Mapping[str, float]]] = None, strict: bool = False
 ) -> datasets.Dataset:
     """Charades-STA: lines `vid start end##sentence` (seconds).
 
     Args:
         path: the annotation file, e.g. `charades_sta_test.txt`.
         durations: video durations in seconds, as the Charades csv (`Charades_v1_test.csv`, its `length` column) or a
-            mapping vid -> seconds (e.g. from feature lengths: `num_features / feature_fps`). The lines carry none.
+            mapping vid -> seconds (e.g. from feature lengths: `num_features / feature_fps`). Required: the lines
+            carry none.
         strict: raise on the first bad row instead of clipping / dropping (see the module docstring).
     """
+    if durations is None:
+        raise ValueError(
+            f"{path}: Charades-STA lines ('vid start end##sentence') carry no video durations; pass durations= "
+            "(command line: --durations) with the Charades metadata csv of the split, e.g. Charades_v1_test.csv "
+            "(Charades_v1_train.csv for train), or a mapping vid -> seconds."
+        )
     if not isinstance(durations, Mapping):
         durations = read_charades_durations(durations)
     policy = _RowPolicy(os.fspath(path), strict)
     counters: Counter = Counter()
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            head, sep, sentence = line.rstrip("\n").partition("##")
-            fields = head.split()
-            if not sep or len(fields) != 3:
-                raise ValueError(f"{path}, line {number}: expected 'vid start end##sentence', got {line.strip()!r}.")
-            vid, start, end = fields
-            try:
-                window = [float(start), float(end)]
-            except ValueError as err:
-                raise ValueError(f"{path}, line {number}: start/end are not numbers: {line.strip()!r}.") from err
-            policy.add(f"line {number}", _numbered(vid, counters), vid, sentence, durations.get(vid), [window])
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        head, sep, sentence = line.partition("##")
+        fields = head.split()
+        if not sep or len(fields) != 3:
+            raise ValueError(f"{path}, line {number}: expected 'vid start end##sentence', got {line.strip()!r}.")
+        vid, start, end = fields
+        try:
+            window = [float(start), float(end)]
+        except ValueError as err:
+            raise ValueError(f"{path}, line {number}: start/end are not numbers: {line.strip()!r}.") from err
+        policy.add(f"line {number}", _numbered(vid, counters), vid, sentence, durations.get(vid), [window])
     return policy.dataset()
 
 
 # ---------------------------------------------------------------- ActivityNet Captions / per-video json
-def _read_per_video_json(path: PathLike, data: Mapping, strict: bool, frames: bool) -> datasets.Dataset:
+def _read_per_video_json(path: PathLike, data: Any, strict: bool, frames: bool) -> datasets.Dataset:
     policy = _RowPolicy(os.fspath(path), strict)
+    _check_videos_object(path, data)
     for key, entry in data.items():
         vid = key[:-4] if key.endswith(".avi") else key
-        timestamps, sentences = entry.get("timestamps"), entry.get("sentences")
+        where = f"video {key!r}"
+        if not isinstance(entry, Mapping):
+            policy.error(where, f"expected an object with 'timestamps' and 'sentences', got {type(entry).__name__}.")
+        missing = [name for name in ("timestamps", "sentences") + (("fps", "num_frames") if frames else ("duration",))
+                   if name not in entry]
+        if missing:
+            policy.error(where, f"missing {missing}; every video needs 'timestamps', 'sentences' and "
+                                f"{'fps and num_frames' if frames else 'duration'}.")
+        timestamps, sentences = entry["timestamps"], entry["sentences"]
         if not isinstance(timestamps, list) or not isinstance(sentences, list) or len(timestamps) != len(sentences):
             raise ValueError(
                 f"{path}, video {key!r}: 'timestamps' and 'sentences' must be lists of equal length, got "
-                f"{type(timestamps).__name__} / {type(sentences).__name__}."
+                f"{type(timestamps).__name__} / {type(sentences).__name__}"
+                + (f" of {len(timestamps)} / {len(sentences)} items." if isinstance(timestamps, list)
+                   and isinstance(sentences, list) else ".")
             )
+        scale = 1.0
         if frames:  # 2D-TAN TACoS: times in frames at `fps`
-            fps, num_frames = entry.get("fps"), entry.get("num_frames")
-            valid = isinstance(fps, (int, float)) and fps > 0 and isinstance(num_frames, (int, float))
-            duration = num_frames / fps if valid else None
-            windows = [[t[0] / fps, t[1] / fps] if valid else t for t in timestamps]
+            fps, num_frames = _number(entry["fps"]), _number(entry["num_frames"])
+            if fps is None or not (math.isfinite(fps) and fps > 0) or num_frames is None or \
+                    not (math.isfinite(num_frames) and num_frames > 0):
+                policy.error(where, f"'fps' and 'num_frames' must be finite numbers > 0, got {entry['fps']!r} and "
+                                    f"{entry['num_frames']!r}.")
+            duration, scale = num_frames / fps, 1.0 / fps
         else:
-            duration, windows = entry.get("duration"), timestamps
-        for k, (window, sentence) in enumerate(zip(windows, sentences)):
-            policy.add(f"video {key!r} pair {k}", f"{vid}_{k}", vid, sentence, duration, [window])
+            duration = entry["duration"]
+        for k, (window, sentence) in enumerate(zip(timestamps, sentences)):
+            policy.add(f"video {key!r} pair {k}", f"{vid}_{k}", vid, sentence, duration, [window],
+                       field_name="timestamps", scale=scale)
     return policy.dataset()
+
+
+def _check_videos_object(path: PathLike, data: Any) -> None:
+    if isinstance(data, list):
+        raise ValueError(
+            f"{path}: the top-level JSON value is a list, but this format is one object mapping video ids to "
+            "{duration, timestamps, sentences}. For one row per query use JSON lines (.jsonl, format 'jsonl')."
+        )
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a JSON object mapping video ids to annotations, got "
+                         f"{type(data).__name__}.")
+    if not data:
+        raise ValueError(f"{path} holds no annotation rows (an empty JSON object).")
 
 
 def read_activitynet_captions(path: PathLike, strict: bool = False) -> datasets.Dataset:
@@ -258,8 +435,7 @@ def read_tacos(path: PathLike, strict: bool = False) -> datasets.Dataset:
     Video ids drop the `.avi` suffix, so qids match the unified JSON-lines release (`s30-d52_0`).
     """
     data = _load_json(path)
-    if not isinstance(data, Mapping) or not data:
-        raise ValueError(f"{path} is not a TACoS json object of videos.")
+    _check_videos_object(path, data)
     first = next(iter(data.values()))
     if isinstance(first, Mapping) and "fps" in first and "num_frames" in first:
         return _read_per_video_json(path, data, strict, frames=True)
@@ -273,17 +449,16 @@ def read_tacos(path: PathLike, strict: bool = False) -> datasets.Dataset:
 # ---------------------------------------------------------------- QVHighlights / JSON lines
 def iter_json_lines(path: PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-empty line of a JSON-lines file; a bad line raises naming its number."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({err}).") from err
-            if not isinstance(entry, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(entry).__name__}.")
-            yield number, entry
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        entry = _parse_json(line, f"{path}, line {number}")
+        if isinstance(entry, list):
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got a list; JSON lines hold one object "
+                             "per line (not a JSON array of rows).")
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(entry).__name__}.")
+        yield number, entry
 
 
 def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
@@ -291,17 +466,16 @@ def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
     releases of other benchmarks in that form, and peft_vtg's ground-truth format (`qid, duration, windows`; `vid` and
     `query` optional). A line without any window key is an unlabelled query (kept with no windows)."""
     policy = _RowPolicy(os.fspath(path), strict)
-    seen: set[str] = set()
     for number, entry in iter_json_lines(path):
+        where = f"line {number}"
         if "qid" not in entry:
-            raise ValueError(f"{path}, line {number}: no 'qid'.")
-        qid = str(entry["qid"])
-        if qid in seen:
-            raise ValueError(f"{path}, line {number}: duplicate qid {qid!r}.")
-        seen.add(qid)
-        windows = entry.get("relevant_windows", entry.get("windows"))
-        query = entry.get("query", "") if "query" in entry else f"<{qid}>"  # GT files for scoring carry no text
-        policy.add(f"line {number}", qid, entry.get("vid", qid), query, entry.get("duration"), windows)
+            policy.error(where, f"no 'qid'; every line needs a query id (keys given: {sorted(entry)}).")
+        if "duration" not in entry:
+            policy.error(where, f"no 'duration' (the video's length in seconds), qid {entry['qid']!r}.")
+        field_name = next((name for name in ("relevant_windows", "windows") if name in entry), "windows")
+        query = entry["query"] if "query" in entry else f"<{entry['qid']}>"  # GT files for scoring carry no text
+        policy.add(where, entry["qid"], entry.get("vid", entry["qid"]), query, entry["duration"],
+                   entry.get(field_name), field_name=field_name)
     return policy.dataset()
 
 
@@ -328,24 +502,33 @@ def detect_format(path: PathLike) -> str:
         return "jsonl"
     if name.endswith(".json"):
         data = _load_json(path)
-        first = next(iter(data.values()), None) if isinstance(data, Mapping) else None
+        _check_videos_object(path, data)
+        first = next(iter(data.values()), None)
         if isinstance(first, Mapping) and "fps" in first:
             return "tacos"
         if isinstance(first, Mapping) and "duration" in first and "timestamps" in first:
             return "activitynet_captions"
     raise ValueError(
-        f"Cannot tell the annotation format of {path}; pass format= one of {sorted(READERS)}."
+        f"Cannot tell the annotation format of {path}; pass format= (--format) one of {sorted(READERS)}."
     )
 
 
 def load_annotations(path: PathLike, format: Optional[str] = None, **kwargs: Any) -> datasets.Dataset:
     """Read any supported annotation file into the common schema; `format` defaults to `detect_format(path)`.
 
-    `kwargs` go to the reader (e.g. `durations=` for Charades-STA, `strict=True`).
+    `kwargs` go to the reader (e.g. `durations=` for Charades-STA, `strict=True`); one the reader does not take is an
+    error rather than ignored.
     """
-    format = format or detect_format(path)
-    if format not in READERS:
+    if format is not None and format not in READERS:
         raise ValueError(f"format={format!r} is not known; choose one of {sorted(READERS)}.")
+    format = format or detect_format(path)
+    reader = READERS[format]
+    accepted = set(inspect.signature(reader).parameters) - {"path"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        flags = ", ".join(f"{name}= (--{name.replace('_', '-')})" for name in unknown)
+        raise ValueError(f"{flags} does not apply to {path}, read as {format!r}; it takes only {sorted(accepted)}. "
+                         "Drop it (durations are for Charades-STA .txt files only).")
     return READERS[format](path, **kwargs)
 
 

@@ -9,7 +9,16 @@ import numpy as np
 import torch
 
 from ..timeline import seconds_to_frames
-from .video import VideoSource, resample_features
+from .video import (
+    FeatureDirectory,
+    H5FeatureFile,
+    VideoSource,
+    check_feature_array,
+    check_num_frames,
+    duration_mismatch,
+    resample_features,
+    warn_duration_mismatches,
+)
 
 
 def pad_videos(videos: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +56,11 @@ class GroundingCollator:
     `frame_mask` (1 = real frame), and, when every row has a window, `start_frames` / `end_frames`: the inclusive
     frame span of the row's first ground-truth window (`peft_vtg.timeline.seconds_to_frames` on the video's own
     number of frames). `qid`, `video_ids`, `duration` (seconds) and `windows` are passed along for evaluation.
+
+    Every video is checked as it is loaded: features must be finite (a NaN would silently make the loss NaN; the error
+    names the video), and when the source records the decoded duration of its files (`VideoFiles`), a file much
+    longer or shorter than its row's `duration` gets a warning naming the video (see
+    `peft_vtg.data.video.DURATION_TOLERANCE_SECONDS`).
     """
 
     def __init__(
@@ -56,17 +70,25 @@ class GroundingCollator:
         num_frames: Optional[int] = None,
         max_text_length: Optional[int] = None,
     ) -> None:
-        if num_frames is not None and num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+        if num_frames is not None:
+            num_frames = check_num_frames(num_frames)
+        if max_text_length is not None:
+            max_text_length = check_num_frames(max_text_length, "max_text_length")
         self.tokenizer = tokenizer
         self.video_source = video_source
         self.num_frames = num_frames
         self.max_text_length = max_text_length
+        self._duration_warned: set[str] = set()  # each mismatching video is named once, not once per epoch
 
     def _video(self, vid: str) -> torch.Tensor:
         video = self.video_source(vid)
         video = torch.as_tensor(np.asarray(video)) if isinstance(video, np.ndarray) else video
+        if not isinstance(video, torch.Tensor):
+            raise ValueError(f"The video source returned {type(video).__name__} for video {vid!r}; it must return "
+                             "a tensor or an array.")
         if video.dim() == 2:  # features (frames, dim)
+            if not isinstance(self.video_source, (FeatureDirectory, H5FeatureFile)):  # those check their files
+                check_feature_array(video, f"video {vid!r}")
             if self.num_frames is not None and video.shape[0] != self.num_frames:
                 return resample_features(video, self.num_frames)
             return video.float()
@@ -76,6 +98,8 @@ class GroundingCollator:
                     f"Video {vid!r} was decoded to {video.shape[0]} frames but num_frames={self.num_frames}; sample it "
                     "to that count in the video source (VideoFiles(num_frames=...))."
                 )
+            if video.is_floating_point() and not bool(torch.isfinite(video).all()):
+                raise ValueError(f"Video {vid!r}: its frames hold NaN or Inf values.")
             return video
         raise ValueError(f"Video {vid!r}: expected features (frames, dim) or frames (frames, 3, H, W), got "
                          f"shape {tuple(video.shape)}.")
@@ -84,6 +108,7 @@ class GroundingCollator:
         if not rows:
             raise ValueError("Cannot collate an empty batch.")
         videos = [self._video(row["vid"]) for row in rows]
+        self._check_durations(rows)
         padded, frame_mask = pad_videos(videos)
         lengths = [v.shape[0] for v in videos]
         text = self.tokenizer(
@@ -111,3 +136,15 @@ class GroundingCollator:
             batch["start_frames"] = torch.tensor([s for s, _ in spans])
             batch["end_frames"] = torch.tensor([e for _, e in spans])
         return batch
+
+    def _check_durations(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        measured = getattr(self.video_source, "decoded_durations", None)
+        if not isinstance(measured, Mapping):
+            return
+        mismatches = []
+        for row in rows:
+            vid, annotated = row["vid"], float(row["duration"])
+            if vid in measured and vid not in self._duration_warned and duration_mismatch(annotated, measured[vid]):
+                self._duration_warned.add(vid)
+                mismatches.append((vid, annotated, float(measured[vid])))
+        warn_duration_mismatches(mismatches, stacklevel=3)

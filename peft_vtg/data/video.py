@@ -4,13 +4,23 @@ Time convention (see `peft_vtg.timeline`): a video of duration d seconds represe
 into T equal bins; feature / frame i stands for `[i * d / T, (i + 1) * d / T)`. Decoded frames are taken at the
 bins' centres.
 
-Nothing here unpickles: `.npy` / `.npz` are read with `allow_pickle=False`, the other formats cannot hold pickles.
+Nothing here unpickles: `.npy` / `.npz` are read with `allow_pickle=False`, the other formats cannot hold pickles, and
+PyTorch / pickle files (`.pt`, `.pth`, `.pkl`) are refused rather than `torch.load`-ed.
+
+Bad input fails early and names the file or the video id: sampling settings (`num_frames`, `fps`, `image_size`) are
+checked when a source is made; a feature file must hold a finite, real-valued (frames, dim) array with at least one
+frame (a NaN would silently turn a training loss into NaN); a video file must open with PyAV and have a decodable video
+stream; and a video id must be a plain file name, so an annotation file cannot make a source read outside its
+directory (`../x`, `a/b`, `/abs/path` are refused).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any, Optional, Protocol, Union
 
 import numpy as np
@@ -20,9 +30,18 @@ from torch.nn import functional as F
 PathLike = Union[str, os.PathLike]
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".safetensors", ".h5", ".hdf5")
+# Formats that can only be read by unpickling (torch.load, pickle.load): refused, never loaded.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin")
 # CLIP's image normalisation, the default when no image processor is given.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# A decoded video may differ from the duration its annotation records by this much before a warning: metadata
+# durations (the Charades csv, ActivityNet's YouTube lengths) and container durations routinely differ by a frame or
+# two and by container rounding, which is harmless; beyond max(1 s, 10 %) it is more likely the wrong file or another
+# cut of the video, and windows given in seconds of the annotated duration would land on the wrong frames.
+DURATION_TOLERANCE_SECONDS = 1.0
+DURATION_TOLERANCE_FRACTION = 0.1
 
 
 class VideoSource(Protocol):
@@ -31,39 +50,186 @@ class VideoSource(Protocol):
     def __call__(self, vid: str) -> Union[np.ndarray, torch.Tensor]: ...
 
 
+# ---------------------------------------------------------------- argument checks
+def check_num_frames(value: Any, name: str = "num_frames") -> int:
+    """`value` as a frame count (a whole number >= 1); raises `ValueError` naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number of frames >= 1, got {value!r}.")
+    return int(value)
+
+
+def check_positive_seconds(value: Any, name: str, unit: str = "seconds") -> float:
+    """`value` as a finite number > 0 (e.g. fps in frames per second, a duration in seconds); raises otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0 ({unit}), got {value!r}.")
+    return float(value)
+
+
+def check_fps(value: Any, name: str = "fps") -> float:
+    """`value` as a sampling rate in frames per second (finite, > 0)."""
+    return check_positive_seconds(value, name, unit="frames per second")
+
+
+def check_image_size(value: Any, name: str = "image_size") -> int:
+    """`value` as a frame side length in pixels (a whole number >= 1)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number of pixels >= 1, got {value!r}.")
+    return int(value)
+
+
+def check_sampling(num_frames: Optional[int], fps: Optional[float]) -> tuple[Optional[int], Optional[float]]:
+    """Exactly one of `num_frames` (frames per video) and `fps` (frames per second), each valid."""
+    if (num_frames is None) == (fps is None):
+        raise ValueError("Give exactly one of num_frames (frames per video) and fps (frames per second).")
+    if num_frames is not None:
+        return check_num_frames(num_frames), None
+    return None, check_fps(fps)
+
+
+def check_video_id(vid: Any, where: str = "") -> str:
+    """`vid` if it is a plain file name; ids with path separators, `..` or absolute paths are refused, so that an
+    annotation file cannot make a source read outside its directory."""
+    if not isinstance(vid, str):
+        raise ValueError(f"Video id {vid!r} must be a string.")
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if not vid or vid in (".", "..") or any(s in vid for s in separators) or os.path.isabs(vid) or "\x00" in vid:
+        raise ValueError(
+            f"Video id {vid!r} is not a plain file name{' in ' + where if where else ''}: ids with path separators, "
+            "'..' or absolute paths could read files outside the video/feature directory. Fix the id in the "
+            "annotation file (the file must be <dir>/<id><suffix>)."
+        )
+    return vid
+
+
+def duration_mismatch(annotated: float, measured: float) -> bool:
+    """Whether a measured video duration (seconds) differs from the annotated one by more than the tolerance
+    (`DURATION_TOLERANCE_SECONDS` or `DURATION_TOLERANCE_FRACTION` of the annotated duration, whichever is larger)."""
+    tolerance = max(DURATION_TOLERANCE_SECONDS, DURATION_TOLERANCE_FRACTION * abs(annotated))
+    return abs(measured - annotated) > tolerance
+
+
+def warn_duration_mismatches(mismatches: Sequence[tuple[str, float, float]], stacklevel: int = 2) -> None:
+    """One warning naming the videos `(vid, annotated_s, measured_s)` whose files differ from their annotations."""
+    if not mismatches:
+        return
+    shown = ", ".join(f"{vid!r} (annotated {a:.2f} s, file {m:.2f} s)" for vid, a, m in mismatches[:10])
+    more = f" and {len(mismatches) - 10} more" if len(mismatches) > 10 else ""
+    warnings.warn(
+        f"{len(mismatches)} video(s) are much longer or shorter than their annotated duration (tolerance: "
+        f"max({DURATION_TOLERANCE_SECONDS:g} s, {DURATION_TOLERANCE_FRACTION:.0%})): {shown}{more}. Windows are in "
+        "seconds of the annotated duration, so they would land on the wrong frames; check that the files and the "
+        "annotations belong together.",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+# ---------------------------------------------------------------- features
+class _FeatureFileError(ValueError):
+    """A feature file problem already described in full (not re-wrapped)."""
+
+
+def check_feature_array(array: Any, where: str, dim: Optional[int] = None) -> None:
+    """Raise `ValueError` naming `where` unless `array` is real-valued, (frames, dim) with frames >= 1, finite, and
+    (when `dim` is given) has `dim` values per frame. Reads the whole array (one video's features)."""
+    shape = tuple(array.shape)
+    dtype = array.dtype
+    is_real = (not dtype.is_complex and dtype != torch.bool) if isinstance(dtype, torch.dtype) else (
+        np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
+    if not is_real:
+        raise _FeatureFileError(f"{where}: features must be real numbers, got dtype {dtype}; save them as float32.")
+    if len(shape) != 2:
+        raise _FeatureFileError(f"{where}: features must be a 2-D array (frames, dim), got shape {shape}.")
+    if shape[0] < 1 or shape[1] < 1:
+        raise _FeatureFileError(f"{where}: features are empty, shape {shape}; expected (frames >= 1, dim >= 1).")
+    if dim is not None and shape[1] != dim:
+        raise _FeatureFileError(
+            f"{where}: features have {shape[1]} values per frame but the model expects {dim}; extract them with "
+            "model.encode_video on the same base model."
+        )
+    finite = torch.isfinite(array) if isinstance(array, torch.Tensor) else np.isfinite(np.asarray(array))
+    if not bool(finite.all()):
+        rows = np.flatnonzero(~np.asarray(finite).all(axis=1))
+        raise _FeatureFileError(
+            f"{where}: {len(rows)} frame(s) hold NaN or Inf values (first at frames {rows[:5].tolist()}); they would "
+            "turn the loss and the scores into NaN. Re-extract the features of this video."
+        )
+
+
 def _single_key(keys: Sequence[str], key: Optional[str], path: PathLike) -> str:
     if key is not None:
         if key not in keys:
-            raise KeyError(f"{path} has no array {key!r}; it has {list(keys)}.")
+            raise KeyError(f"{path} has no array {key!r}; it has {list(keys)}. Pass the right key (--features-key).")
         return key
     if len(keys) != 1:
-        raise ValueError(f"{path} holds several arrays {list(keys)}; pass key= to choose one.")
+        raise _FeatureFileError(f"{path} holds several arrays {list(keys)}; pass key= (--features-key) to "
+                                "choose one.")
     return keys[0]
 
 
-def load_feature_file(path: PathLike, key: Optional[str] = None) -> np.ndarray:
+def load_feature_file(path: PathLike, key: Optional[str] = None, dim: Optional[int] = None) -> np.ndarray:
     """Per-frame features (frames, dim) of one video from `.npy`, `.npz`, `.safetensors` or `.h5`/`.hdf5`.
 
-    `.npy` is memory-mapped (only the rows used are read); `.h5` is read lazily by h5py; `.npz` and `.safetensors`
-    are read in full (they are per-video files, so that is one video's features).
+    `.npy` is memory-mapped; `.h5` is read by h5py; `.npz` and `.safetensors` are read in full. The whole array is
+    checked once (`check_feature_array`: real-valued, 2-D, at least one frame, finite, `dim` values per frame when
+    `dim` is given), so a damaged file fails here, naming it, instead of training on NaN.
+
+    Raises:
+        FileNotFoundError: no such file. KeyError: `key` is not in the file.
+        ValueError: anything else wrong with the file, naming it (pickles and `.pt` files are refused).
     """
     name = os.fspath(path)
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"{name}: {suffix} files are read by unpickling (torch.load), which can run arbitrary code; peft_vtg never "
+            f"loads them. Convert the features to .safetensors or .npy, e.g. with a trusted script: "
+            "safetensors.numpy.save_file({'features': torch.load(path, weights_only=True).numpy()}, 'vid.safetensors')."
+        )
+    if suffix not in FEATURE_SUFFIXES:
+        raise ValueError(f"{name}: unsupported feature format {suffix!r}; use one of {FEATURE_SUFFIXES}.")
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"Feature file {name} does not exist.")
+    if not os.path.isfile(name):
+        raise ValueError(f"{name} is not a file.")
+    if os.path.getsize(name) == 0:
+        raise ValueError(f"{name} is empty (0 bytes); re-extract the features of this video.")
+    _check_signature(name, suffix)
     try:
-        array = _read_array(name, key)
-    except ValueError as err:
+        array = _read_array(name, suffix, key)
+    except (KeyError, _FeatureFileError):
+        raise
+    except Exception as err:  # each format's reader has its own errors for damaged files; all mean the same here
         if "allow_pickle" in str(err) or "Python objects" in str(err):
             raise ValueError(
                 f"{name} holds pickled Python objects; peft_vtg never unpickles feature files (allow_pickle=False), "
                 "since unpickling can run code. Save the features as a numeric (frames, dim) array."
             ) from err
-        raise
-    if array.ndim != 2:
-        raise ValueError(f"{name}: features must be (frames, dim), got shape {array.shape}.")
+        raise ValueError(
+            f"{name} cannot be read as a {suffix} feature file ({type(err).__name__}: {err}); it is damaged, "
+            "truncated or not in that format. Re-extract the features of this video."
+        ) from err
+    check_feature_array(array, name, dim)
     return array
 
 
-def _read_array(name: str, key: Optional[str]) -> np.ndarray:
-    suffix = os.path.splitext(name)[1].lower()
+# The first bytes of each format whose reader would otherwise misreport a foreign file (NumPy takes any file it does
+# not recognise for a pickle).
+_SIGNATURES = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}
+
+
+def _check_signature(name: str, suffix: str) -> None:
+    signatures = _SIGNATURES.get(suffix)
+    if not signatures:
+        return
+    with open(name, "rb") as handle:
+        head = handle.read(8)
+    if not any(head.startswith(signature) for signature in signatures):
+        raise _FeatureFileError(f"{name} cannot be read as a {suffix} feature file: it does not start with the "
+                                f"{suffix} signature, so it is damaged or another format. Re-extract the features.")
+
+
+def _read_array(name: str, suffix: str, key: Optional[str]) -> np.ndarray:
     if suffix == ".npy":
         array = np.load(name, mmap_mode="r", allow_pickle=False)
     elif suffix == ".npz":
@@ -74,12 +240,13 @@ def _read_array(name: str, key: Optional[str]) -> np.ndarray:
 
         with safe_open(name, framework="np") as handle:
             array = handle.get_tensor(_single_key(list(handle.keys()), key, name))
-    elif suffix in (".h5", ".hdf5"):
+    else:  # .h5 / .hdf5
         h5py = _import_h5py()
         with h5py.File(name, "r") as handle:
-            array = handle[_single_key(list(handle.keys()), key, name)][()]
-    else:
-        raise ValueError(f"{name}: unsupported feature format {suffix!r}; use one of {FEATURE_SUFFIXES}.")
+            dataset = handle[_single_key(list(handle.keys()), key, name)]
+            if not isinstance(dataset, h5py.Dataset):
+                raise _FeatureFileError(f"{name}: {dataset.name!r} is an HDF5 group, not an array; pass key=.")
+            array = dataset[()]
     return array
 
 
@@ -91,6 +258,15 @@ def _import_h5py():
     return h5py
 
 
+def _check_directory(root: PathLike, what: str) -> str:
+    name = os.fspath(root)
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"{what} {name} does not exist.")
+    if not os.path.isdir(name):
+        raise NotADirectoryError(f"{what} {name} is not a directory.")
+    return name
+
+
 class FeatureDirectory:
     """Per-video feature files `{root}/{vid}{suffix}`, e.g. `features/3MSZA.npy`.
 
@@ -98,52 +274,94 @@ class FeatureDirectory:
         root: the directory.
         suffix: the file suffix; None finds it per video among `FEATURE_SUFFIXES`.
         key: array name inside `.npz` / `.safetensors` / `.h5` files holding several arrays.
+        dim: values per frame the model expects; a file with another size raises naming it (None: not checked).
     """
 
-    def __init__(self, root: PathLike, suffix: Optional[str] = None, key: Optional[str] = None) -> None:
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"Feature directory {root} does not exist.")
+    def __init__(self, root: PathLike, suffix: Optional[str] = None, key: Optional[str] = None,
+                 dim: Optional[int] = None) -> None:
+        self.root = _check_directory(root, "Feature directory")
+        if suffix is not None and suffix in PICKLE_SUFFIXES:
+            raise ValueError(f"suffix={suffix!r}: pickled feature files are never loaded (unpickling can run code); "
+                             f"convert them to one of {FEATURE_SUFFIXES}.")
         if suffix is not None and suffix not in FEATURE_SUFFIXES:
             raise ValueError(f"suffix={suffix!r} is not a feature format; use one of {FEATURE_SUFFIXES}.")
-        self.root, self.suffix, self.key = os.fspath(root), suffix, key
+        if dim is not None:
+            check_num_frames(dim, "dim")
+        self.suffix, self.key, self.dim = suffix, key, dim
 
     def path(self, vid: str) -> str:
+        """The feature file of `vid`; raises `FileNotFoundError` naming the id when there is none."""
+        check_video_id(vid, self.root)
         for suffix in (self.suffix,) if self.suffix else FEATURE_SUFFIXES:
             candidate = os.path.join(self.root, vid + suffix)
             if os.path.exists(candidate):
                 return candidate
-        raise FileNotFoundError(f"No features for video {vid!r} in {self.root} (looked for {vid}{self.suffix or '.*'}).")
+        pickled = [vid + s for s in PICKLE_SUFFIXES if os.path.exists(os.path.join(self.root, vid + s))]
+        hint = (f" There is {pickled[0]}, but pickled files are never loaded; convert it to .safetensors or .npy."
+                if pickled else "")
+        raise FileNotFoundError(
+            f"No features for video {vid!r} in {self.root} (looked for {vid}{self.suffix or '.*'}).{hint}")
+
+    def missing(self, vids: Iterable[str]) -> list[str]:
+        """The ids among `vids` without a feature file (checked up front, before a long run starts)."""
+        return [vid for vid in dict.fromkeys(vids) if not self._exists(vid)]
+
+    def _exists(self, vid: str) -> bool:
+        try:
+            self.path(vid)
+        except FileNotFoundError:
+            return False
+        return True
 
     def __call__(self, vid: str) -> np.ndarray:
-        return load_feature_file(self.path(vid), self.key)
+        return load_feature_file(self.path(vid), self.key, self.dim)
 
 
 class H5FeatureFile:
-    """One HDF5 file with a dataset per video id (the layout of many released feature sets); read lazily."""
+    """One HDF5 file with a dataset per video id (the layout of many released feature sets); read lazily.
 
-    def __init__(self, path: PathLike) -> None:
+    Args:
+        path: the file.
+        dim: values per frame the model expects (None: not checked).
+    """
+
+    def __init__(self, path: PathLike, dim: Optional[int] = None) -> None:
         self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"HDF5 feature file {self.path} does not exist.")
+        self.dim = dim
         self._handle = None
 
-    def __call__(self, vid: str) -> np.ndarray:
+    def _open(self):
         if self._handle is None:  # opened on first use, so the object can be sent to DataLoader workers
-            self._handle = _import_h5py().File(self.path, "r")
-        if vid not in self._handle:
+            try:
+                self._handle = _import_h5py().File(self.path, "r")
+            except OSError as err:
+                raise ValueError(f"{self.path} cannot be read as an HDF5 file ({err}); it is damaged or truncated.") \
+                    from err
+        return self._handle
+
+    def missing(self, vids: Iterable[str]) -> list[str]:
+        """The ids among `vids` without a dataset in the file."""
+        handle = self._open()
+        return [vid for vid in dict.fromkeys(vids) if vid not in handle]
+
+    def __call__(self, vid: str) -> np.ndarray:
+        handle = self._open()
+        if vid not in handle:
             raise KeyError(f"{self.path} has no features for video {vid!r}.")
-        array = self._handle[vid][()]
-        if array.ndim != 2:
-            raise ValueError(f"{self.path}[{vid!r}]: features must be (frames, dim), got shape {array.shape}.")
+        array = handle[vid][()]
+        check_feature_array(array, f"{self.path}[{vid!r}]", self.dim)
         return array
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_handle": None}
+        return {"path": self.path, "dim": self.dim, "_handle": None}
 
 
 def durations_from_features(source: VideoSource, vids: Sequence[str], features_per_second: float) -> dict[str, float]:
     """Video durations (seconds) from feature lengths: `num_features / features_per_second`, for readers that need
     durations the annotation file lacks (Charades-STA without its csv)."""
-    if not features_per_second > 0:
-        raise ValueError(f"features_per_second must be > 0, got {features_per_second!r}.")
+    check_positive_seconds(features_per_second, "features_per_second", unit="features per second")
     return {vid: len(source(vid)) / features_per_second for vid in dict.fromkeys(vids)}
 
 
@@ -153,7 +371,10 @@ def resample_features(features: Union[np.ndarray, torch.Tensor], num_frames: int
     Bin k averages the rows whose time bins overlap `[k * T / num_frames, (k + 1) * T / num_frames)`, so the time
     convention is kept. Returns float32 (num_frames, dim).
     """
+    num_frames = check_num_frames(num_frames)
     source = torch.as_tensor(np.asarray(features, dtype=np.float32))
+    if source.dim() != 2:
+        raise ValueError(f"Cannot resample features of shape {tuple(source.shape)}; expected (frames, dim).")
     length = source.shape[0]
     if length == 0:
         raise ValueError("Cannot resample an empty feature array.")
@@ -168,7 +389,8 @@ def resample_features(features: Union[np.ndarray, torch.Tensor], num_frames: int
 # ---------------------------------------------------------------- raw video
 def sample_times(duration: float, num_frames: int) -> np.ndarray:
     """Times (seconds) of the `num_frames` bin centres of a video of `duration` seconds."""
-    return (np.arange(num_frames) + 0.5) * duration / num_frames
+    check_positive_seconds(duration, "duration")
+    return (np.arange(check_num_frames(num_frames)) + 0.5) * duration / num_frames
 
 
 def _av():
@@ -184,32 +406,52 @@ def decode_video(
 ) -> tuple[torch.Tensor, float]:
     """Decode a video file with PyAV into frames at the bin centres.
 
-    Give `num_frames` (a fixed count, as X-CLIP needs) or `fps` (count = round(duration * fps), at least 1).
+    Give `num_frames` (a fixed count, as X-CLIP needs) or `fps` (frames per second; count = round(duration * fps), at
+    least 1).
 
     Returns:
         frames: uint8 (frames, 3, height, width), RGB.
         duration: seconds.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: bad sampling settings, or a file that is empty, damaged, has no video stream (audio only) or no
+            decodable frame; the message names the file.
     """
-    if (num_frames is None) == (fps is None):
-        raise ValueError("Give exactly one of num_frames and fps.")
+    num_frames, fps = check_sampling(num_frames, fps)
     av = _av()
     name = os.fspath(path)
     if not os.path.exists(name):
         raise FileNotFoundError(f"Video file {name} does not exist.")
-    with av.open(name) as container:
-        stream = container.streams.video[0]
-        decoded = [(float(frame.time), frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)]
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000  # AV_TIME_BASE
-        else:
-            duration = 0.0
+    if not os.path.isfile(name):
+        raise ValueError(f"{name} is not a file.")
+    if os.path.getsize(name) == 0:
+        raise ValueError(f"Video file {name} is empty (0 bytes).")
+    try:
+        with av.open(name) as container:
+            if not container.streams.video:
+                kinds = sorted({stream.type for stream in container.streams}) or ["none"]
+                raise ValueError(f"Video file {name} has no video stream (its streams: {', '.join(kinds)}); an "
+                                 "audio-only file cannot be grounded.")
+            stream = container.streams.video[0]
+            decoded = [(float(frame.time), frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)
+                       if frame.time is not None]
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1_000_000  # AV_TIME_BASE
+            else:
+                duration = 0.0
+    except av.error.FFmpegError as err:  # damaged, truncated or not a video container at all
+        raise ValueError(f"Video file {name} cannot be decoded ({err}); it is damaged, truncated or not a video "
+                         "file PyAV/FFmpeg can read.") from err
     if not decoded:
-        raise ValueError(f"{name} has no decodable video frames.")
-    if duration <= 0:  # containers without a duration: last frame time + one frame period
+        raise ValueError(f"Video file {name} has no decodable video frames; it is damaged or truncated.")
+    if not (math.isfinite(duration) and duration > 0):  # containers without a duration: last frame + one period
         times = [t for t, _ in decoded]
         duration = times[-1] + (times[-1] - times[0]) / max(len(times) - 1, 1)
+    if not (math.isfinite(duration) and duration > 0):
+        raise ValueError(f"Video file {name} has a single frame and no duration; it cannot be placed on a timeline.")
     count = num_frames if num_frames is not None else max(1, int(round(duration * fps)))
     times = np.array([t for t, _ in decoded])
     # The decoded frame showing each target time: the last frame starting at or before it.
@@ -228,10 +470,12 @@ def preprocess_frames(
     """uint8 (frames, 3, H, W) -> float (frames, 3, image_size, image_size) as the encoder expects.
 
     With a Hugging Face image processor (e.g. `CLIPImageProcessor`), it does the resizing and normalisation; otherwise
-    the short side is resized to `image_size`, the centre is cropped, and `mean`/`std` normalise (CLIP's defaults).
+    the short side is resized to `image_size` pixels, the centre is cropped, and `mean`/`std` normalise (CLIP's
+    defaults).
     """
     if processor is not None:
         return processor(images=list(frames), return_tensors="pt")["pixel_values"]
+    image_size = check_image_size(image_size)
     x = frames.float() / 255.0
     height, width = x.shape[-2:]
     scale = image_size / min(height, width)
@@ -249,9 +493,12 @@ class VideoFiles:
 
     Args:
         root: the directory of video files.
-        num_frames / fps: how to sample each video (exactly one).
-        image_size, mean, std, processor: see `preprocess_frames`.
+        num_frames / fps: how to sample each video (exactly one): frames per video, or frames per second.
+        image_size, mean, std, processor: see `preprocess_frames` (`image_size` in pixels).
         suffix: the video file suffix.
+
+    `decoded_durations` keeps the duration (seconds) of each video decoded so far, so that `GroundingCollator` can
+    warn when a file is much longer or shorter than its annotation says.
     """
 
     def __init__(
@@ -265,11 +512,24 @@ class VideoFiles:
         processor: Optional[Any] = None,
         suffix: str = ".mp4",
     ) -> None:
-        if (num_frames is None) == (fps is None):
-            raise ValueError("Give exactly one of num_frames and fps.")
-        self.root, self.num_frames, self.fps, self.suffix = os.fspath(root), num_frames, fps, suffix
+        self.num_frames, self.fps = check_sampling(num_frames, fps)
+        if processor is None:
+            check_image_size(image_size)
+        if not isinstance(suffix, str) or any(s in suffix for s in ("/", "\\", os.sep)):
+            raise ValueError(f"suffix={suffix!r} must be a file suffix such as '.mp4'.")
+        self.root, self.suffix = _check_directory(root, "Video directory"), suffix
         self.preprocess = dict(image_size=image_size, mean=mean, std=std, processor=processor)
+        self.decoded_durations: dict[str, float] = {}
+
+    def path(self, vid: str) -> str:
+        """The video file of `vid` (checked to be a plain file name inside `root`)."""
+        return os.path.join(self.root, check_video_id(vid, self.root) + self.suffix)
+
+    def missing(self, vids: Iterable[str]) -> list[str]:
+        """The ids among `vids` without a video file (checked up front, before a long run starts)."""
+        return [vid for vid in dict.fromkeys(vids) if not os.path.isfile(self.path(vid))]
 
     def __call__(self, vid: str) -> torch.Tensor:
-        frames, _ = decode_video(os.path.join(self.root, vid + self.suffix), self.num_frames, self.fps)
+        frames, duration = decode_video(self.path(vid), self.num_frames, self.fps)
+        self.decoded_durations[vid] = duration
         return preprocess_frames(frames, **self.preprocess)
