@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
+import re
 import sys
 import typing
 import warnings
@@ -24,11 +26,15 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .data.annotations import iter_json_lines, load_annotations
-from .metrics import evaluate_moments, format_table
+from .metrics import check_windows, evaluate_moments, format_table
 
 
 def read_predictions(path: str) -> dict[str, list[list[float]]]:
-    """JSON lines `{"qid": ..., "pred_windows": [[start_s, end_s, score], ...]}` -> qid (as a string) -> windows."""
+    """JSON lines `{"qid": ..., "pred_windows": [[start_s, end_s, score], ...]}` -> qid (as a string) -> windows.
+
+    Every window must hold finite numbers with start <= end; a NaN/Inf (which `json` reads without complaint) or a
+    malformed window raises naming the line and the qid.
+    """
     predictions: dict[str, list[list[float]]] = {}
     duplicates = []
     for number, entry in iter_json_lines(path):
@@ -37,6 +43,9 @@ def read_predictions(path: str) -> dict[str, list[list[float]]]:
         windows = entry["pred_windows"]
         if not isinstance(windows, list) or not all(isinstance(w, list) and len(w) in (2, 3) for w in windows):
             raise ValueError(f"{path}, line {number}: 'pred_windows' must be a list of [start, end, score].")
+        if isinstance(entry["qid"], bool) or not isinstance(entry["qid"], (str, int)):
+            raise ValueError(f"{path}, line {number}: 'qid' must be a string or an integer, got {entry['qid']!r}.")
+        check_windows(windows, f"{path}, line {number} (qid {entry['qid']!r}): 'pred_windows'", with_score=True)
         qid = str(entry["qid"])
         if qid in predictions:
             duplicates.append(qid)
@@ -55,7 +64,8 @@ def _score(args: argparse.Namespace) -> int:
         {row["qid"]: row["windows"] for row in ground_truth},
         nms_threshold=args.nms_threshold,
     )
-    print(json.dumps(metrics) if args.json else format_table(metrics))
+    # allow_nan=False: NaN is not JSON; a metric that cannot be computed raises above instead of printing NaN.
+    print(json.dumps(metrics, allow_nan=False) if args.json else format_table(metrics))
     return 0
 
 
@@ -72,6 +82,39 @@ def _parse_bool(text: str) -> bool:
     if lowered in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (frames, pixels, tokens, a batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a rate or a length in seconds); NaN and inf are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _iou(text: str) -> float:
+    """argparse type: an IoU threshold in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IoU in [0, 1] or none, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"must be an IoU in [0, 1], got {text!r}")
+    return value
 
 
 def _optional(parse):
@@ -147,11 +190,14 @@ def _add_data_arguments(parser: argparse.ArgumentParser, annotations_flag: str, 
     group.add_argument("--features-key", default=None, help="array name inside multi-array feature files")
     group.add_argument("--video-dir", default=None, help="directory of video files <vid><suffix>, decoded with PyAV")
     group.add_argument("--video-suffix", default=".mp4", help="video file suffix (default: .mp4)")
-    group.add_argument("--num-frames", type=int, default=None, help="frames sampled per video, or feature bins "
-                       "(default: the encoder's fixed count, else 32 for videos, native length for features)")
-    group.add_argument("--fps", type=float, default=None, help="sample videos at this rate instead of --num-frames")
-    group.add_argument("--image-size", type=int, default=None, help="frame size (default: the encoder's)")
-    group.add_argument("--max-text-length", type=int, default=None, help="truncate queries to this many tokens")
+    group.add_argument("--num-frames", type=_positive_int, default=None, help="frames sampled per video, or feature "
+                       "bins (default: the encoder's fixed count, else 32 for videos, native length for features)")
+    group.add_argument("--fps", type=_positive_float, default=None, help="sample videos at this rate (frames per "
+                       "second) instead of --num-frames; --video-dir only")
+    group.add_argument("--image-size", type=_positive_int, default=None, help="frame size in pixels (default: the "
+                       "encoder's); --video-dir only")
+    group.add_argument("--max-text-length", type=_positive_int, default=None,
+                       help="truncate queries to this many tokens")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool) -> None:
@@ -164,15 +210,98 @@ def _add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool
     group.add_argument("--tokenizer", default=None, help="tokenizer path or id (default: the base model's)")
 
 
+# A Hugging Face Hub id: "name" or "namespace/name" (what from_pretrained would try to download).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _resolve_pretrained(name: str, what: str, marker: str) -> str:
+    """The directory to load `what` from: `name` itself when it is a local directory, the cached snapshot of a Hub id
+    while offline, else `name` (from_pretrained downloads it). Fails clearly, before any loading, on a path that does
+    not exist and on a Hub id that cannot be had offline.
+
+    Args:
+        name: a local path or a Hub id.
+        what: how messages name it, e.g. "--base-model /x" or "the base model the adapter records (/x)".
+        marker: a file the directory must hold (config.json, adapter_config.json), to look up in the Hub cache.
+    """
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise ValueError(f"{what} is a file; give the directory that holds {marker}.")
+    if os.path.isabs(path) or name.startswith((".", "~")) or not _HUB_ID.match(name):
+        raise FileNotFoundError(f"{what}: no such directory. Give the local directory that holds {marker}, or a Hub "
+                                "id (namespace/name).")
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, marker)
+        if isinstance(cached, str):
+            return os.path.dirname(cached)
+        raise ValueError(
+            f"{what} is not a local directory, and as a Hub id it cannot be downloaded: HF_HUB_OFFLINE is set (no "
+            "network) and it is not in the local Hub cache. Give a local directory (e.g. one written by "
+            "save_pretrained), or download it once while online."
+        )
+    return name
+
+
+def _check_adapter_dir(path: str, flag: str) -> dict[str, Any]:
+    """The adapter config of a local adapter directory, after checking that it is a complete VTG adapter: a JSON
+    `adapter_config.json` with `peft_type` VTG_PROMPT, and safetensors weights (pickled weights are refused)."""
+    from .vtg_prompt.config import ADAPTER_WEIGHTS_NAME, PICKLED_WEIGHTS_NAMES
+
+    config_path = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{flag} {path} has no adapter_config.json; give an adapter directory (what "
+                                "`peft-vtg train` or save_pretrained writes).")
+    with open(config_path, encoding="utf-8-sig") as handle:
+        try:
+            config = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_path} is not valid JSON ({err}); save the adapter again.") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}.")
+    if "peft_type" not in config:
+        raise ValueError(f"{config_path} has no 'peft_type'; a peft_vtg adapter's config says \"peft_type\": "
+                         "\"VTG_PROMPT\". Save the adapter again with save_pretrained (or restore the key).")
+    if config["peft_type"] != "VTG_PROMPT":
+        raise ValueError(f"{config_path}: peft_type is {config['peft_type']!r}, but peft-vtg works with VTG_PROMPT "
+                         "adapters (made by `peft-vtg train` or get_peft_model(base, VTGPromptConfig(...))).")
+    weights = os.path.join(path, ADAPTER_WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        pickled = [name for name in PICKLED_WEIGHTS_NAMES if os.path.exists(os.path.join(path, name))]
+        if pickled:
+            raise ValueError(f"{flag} {path} holds only {pickled[0]}, a pickled file; peft-vtg loads "
+                             f"{ADAPTER_WEIGHTS_NAME} only, because unpickling can run arbitrary code. Save the "
+                             "adapter again with save_pretrained (safe_serialization=True).")
+        raise FileNotFoundError(f"{flag} {path} has no adapter weights ({ADAPTER_WEIGHTS_NAME}); the directory is "
+                                "incomplete: train or save the adapter again.")
+    return config
+
+
 def _load_model(args: argparse.Namespace, trainable: bool, config_settings: Optional[dict] = None):
-    from peft import PeftConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModel, AutoTokenizer
 
     from .vtg_prompt.config import VTGPromptConfig
 
+    adapter_path, recorded = None, None
+    if args.adapter:
+        adapter_path = _resolve_pretrained(args.adapter, f"--adapter {args.adapter}", "adapter_config.json")
+        if os.path.isdir(adapter_path):
+            recorded = _check_adapter_dir(adapter_path, "--adapter")
     base_name = args.base_model
-    if base_name is None and args.adapter:
-        base_name = PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
+    what = f"--base-model {base_name}"
+    if base_name is None and recorded is not None:
+        base_name = recorded.get("base_model_name_or_path")
+        what = f"the base model the adapter records ({base_name}; override it with --base-model)"
     if not base_name:
         raise ValueError("Give --base-model (a path or Hub id); the adapter does not record one.")
     if args.adapter and config_settings:
@@ -180,12 +309,19 @@ def _load_model(args: argparse.Namespace, trainable: bool, config_settings: Opti
             f"Adapter settings {sorted(config_settings)} cannot change the existing adapter {args.adapter}; drop them "
             "to continue training it, or leave out --adapter to create a new one."
         )
-    base = AutoModel.from_pretrained(base_name)
-    if args.adapter:
-        model = PeftModel.from_pretrained(base, args.adapter, is_trainable=trainable)
+    base_path = _resolve_pretrained(base_name, what, "config.json")
+    tokenizer_path = (_resolve_pretrained(args.tokenizer, f"--tokenizer {args.tokenizer}", "tokenizer_config.json")
+                      if args.tokenizer else base_path)
+    base = AutoModel.from_pretrained(base_path)
+    if adapter_path:
+        try:
+            model = PeftModel.from_pretrained(base, adapter_path, is_trainable=trainable)
+        except RuntimeError as err:  # load_state_dict: weights of another shape, i.e. another base model
+            raise ValueError(f"The adapter {args.adapter} does not fit the base model {base_name} ({err}); give the "
+                             "base model it was trained on (--base-model).") from err
     else:
         model = get_peft_model(base, VTGPromptConfig(**(config_settings or {})))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or base_name)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     return model, tokenizer, base_name
 
 
@@ -211,9 +347,15 @@ def _video_setup(args: argparse.Namespace, model: Any) -> tuple[Any, Optional[in
     bound = model.base_model.model.vtg_prompts.bound
     if bool(args.features_dir) == bool(args.video_dir):
         raise ValueError("Give exactly one of --features-dir (pre-extracted features) and --video-dir (video files).")
+    if args.num_frames is not None and args.fps is not None:
+        raise ValueError("Give at most one of --num-frames and --fps (how to sample each video).")
     if args.features_dir:
-        return (FeatureDirectory(args.features_dir, key=args.features_key), args.num_frames,
-                f"features: {args.features_dir}")
+        ignored = [flag for flag, value in (("--fps", args.fps), ("--image-size", args.image_size)) if value]
+        if ignored:
+            raise ValueError(f"{' and '.join(ignored)} apply to --video-dir only; features are used as extracted "
+                             "(--num-frames resamples them). Drop the flag.")
+        return (FeatureDirectory(args.features_dir, key=args.features_key, dim=bound.video_feature_size),
+                args.num_frames, f"features: {args.features_dir}")
     num_frames = args.num_frames or (None if args.fps else bound.required_num_frames or DEFAULT_NUM_FRAMES)
     image_size = args.image_size or (bound.video.extra.get("image_size") if bound.video else None) or 224
     source = VideoFiles(args.video_dir, num_frames=num_frames, fps=args.fps, image_size=image_size,
@@ -221,29 +363,106 @@ def _video_setup(args: argparse.Namespace, model: Any) -> tuple[Any, Optional[in
     return source, num_frames, f"videos: {args.video_dir}"
 
 
+def _check_video_ids(source: Any, rows: Any) -> None:
+    """Fail before the run, naming them, when annotated videos have no file in the source (or ids that are not plain
+    file names), rather than at the first batch that needs one."""
+    missing = source.missing(rows["vid"])
+    if missing:
+        where = getattr(source, "root", "the video source")
+        raise FileNotFoundError(f"{len(missing)} annotated video(s) have no file in {where}: "
+                                f"{missing[:10]}{' ...' if len(missing) > 10 else ''}. Check --features-dir / "
+                                "--video-dir (and --video-suffix) against the annotation file.")
+
+
+def _check_output_file(path: Optional[str], flag: str) -> None:
+    """Fail before a long run when an output file could not be written afterwards."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a directory; give a file name.")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{flag} {path}: the directory {parent} does not exist.")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory, so an interrupted write never leaves a
+    half-written file where a complete one was."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 # ---------------------------------------------------------------- train / evaluate / predict / push
+def _path_identity(path: Optional[str]) -> Optional[str]:
+    """'<absolute path> (<bytes>, modified <time>)' of a file, or the same summary over a directory's files: what a
+    resume compares to notice that the data changed (cheap: sizes and dates, not contents)."""
+    import datetime
+
+    if not path:
+        return None
+    full = os.path.abspath(path)
+    if not os.path.exists(full):
+        return full
+    if os.path.isdir(full):
+        count = size = newest = 0
+        for entry in os.scandir(full):
+            if entry.is_file():
+                stat = entry.stat()
+                count, size, newest = count + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
+        when = datetime.datetime.fromtimestamp(newest / 1e9).isoformat(timespec="microseconds")
+        return f"{full} ({count} files, {size} bytes, newest modified {when})"
+    stat = os.stat(full)
+    when = datetime.datetime.fromtimestamp(stat.st_mtime_ns / 1e9).isoformat(timespec="microseconds")
+    return f"{full} ({stat.st_size} bytes, modified {when})"
+
+
 def _train(args: argparse.Namespace) -> int:
     from accelerate import PartialState
+    from accelerate.utils import set_seed
 
     from .data.collate import GroundingCollator
-    from .training import VTGTrainingArguments, train
+    from .training import NonFiniteError, OutputDirInUseError, VTGTrainingArguments, train
 
     training_args = VTGTrainingArguments(**_settings(args, _training_field_names()))
+    # Before the model is built: a new adapter's initial prompts and heads are random draws. (set_seed does not
+    # create a PartialState, which must wait for train()'s Accelerator; see below.)
+    set_seed(training_args.seed)
     model, tokenizer, base_name = _load_model(args, trainable=True,
                                               config_settings=_settings(args, _config_field_names()))
     source, num_frames, described = _video_setup(args, model)
     collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
     train_rows = _read_annotations(args, args.train_annotations)
     eval_rows = _read_annotations(args, args.eval_annotations) if args.eval_annotations else None
-    result = train(model, train_rows, collator, training_args, eval_dataset=eval_rows)
+    # run.json is the local record of the run (paths as given); `push` never uploads it.
+    run_info = {"base_model": base_name, "train_annotations": args.train_annotations,
+                "eval_annotations": args.eval_annotations, "format": args.format, "video_source": described}
+    data_fingerprint = {
+        "train_annotations": _path_identity(args.train_annotations),
+        "eval_annotations": _path_identity(args.eval_annotations),
+        "durations": _path_identity(args.durations),
+        "video_source": _path_identity(args.features_dir or args.video_dir),
+        "format": args.format, "features_key": args.features_key, "video_suffix": args.video_suffix,
+        "num_frames": args.num_frames, "fps": args.fps, "image_size": args.image_size,
+        "max_text_length": args.max_text_length, "tokenizer": args.tokenizer or base_name,
+    }
+    try:
+        result = train(model, train_rows, collator, training_args, eval_dataset=eval_rows, run_info=run_info,
+                       data_fingerprint=data_fingerprint)
+    except (NonFiniteError, OutputDirInUseError) as err:
+        # Every process raises the same error; one line from the main one is enough. (The lock is checked after
+        # train()'s Accelerator exists, so PartialState is safe here.)
+        if PartialState().is_main_process:
+            print(f"peft-vtg train: error: {err}", file=sys.stderr)
+        return 2
     # Only after train(): its Accelerator sets up the process group; an earlier PartialState() would not see
     # ACCELERATE_USE_CPU and would pin every process to a single-process state.
     if PartialState().is_main_process:
-        run = {"base_model": base_name, "train_annotations": args.train_annotations,
-               "eval_annotations": args.eval_annotations, "format": args.format, "video_source": described,
-               "training_arguments": dataclasses.asdict(training_args)}
-        with open(os.path.join(training_args.output_dir, "run.json"), "w") as handle:
-            json.dump(run, handle, indent=2)
         if result.metrics:
             print(format_table(result.metrics))
         size = os.path.getsize(os.path.join(training_args.output_dir, "adapter_model.safetensors"))
@@ -258,10 +477,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data.collate import GroundingCollator
     from .training import GroundingModule, evaluate_grounding
 
+    # The cheap checks first: a bad annotation file or output path fails before the model is loaded.
+    _check_output_file(args.predictions_out, "--predictions-out")
+    rows = _read_annotations(args, args.annotations)
     model, tokenizer, _ = _load_model(args, trainable=False)
     source, num_frames, _ = _video_setup(args, model)
+    _check_video_ids(source, rows)
     collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
-    rows = _read_annotations(args, args.annotations)
     accelerator = Accelerator()
     module, loader = accelerator.prepare(GroundingModule(model), DataLoader(rows, batch_size=args.batch_size,
                                                                             collate_fn=collator))
@@ -269,21 +491,28 @@ def _evaluate(args: argparse.Namespace) -> int:
                                               nms_threshold=args.nms_threshold)
     if accelerator.is_main_process:
         if args.predictions_out:
-            with open(args.predictions_out, "w") as handle:
-                for qid, moments in predictions.items():
-                    handle.write(json.dumps({"qid": qid, "pred_windows": [list(m) for m in moments]}) + "\n")
-        print(json.dumps(metrics) if args.json else format_table(metrics))
+            # allow_nan=False: a NaN score (a broken model) raises instead of writing a file `score` cannot read.
+            lines = [json.dumps({"qid": qid, "pred_windows": [list(m) for m in moments]}, allow_nan=False) + "\n"
+                     for qid, moments in predictions.items()]
+            _write_atomically(args.predictions_out, "".join(lines))
+        print(json.dumps(metrics, allow_nan=False) if args.json else format_table(metrics))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .inference import ground
 
+    if not os.path.isfile(args.video):  # before the model is loaded
+        raise FileNotFoundError(f"--video {args.video}: no such file.")
+    if not args.query.strip():
+        raise ValueError("--query is empty; give the sentence to ground.")
+    if args.num_frames is not None and args.fps is not None:
+        raise ValueError("Give at most one of --num-frames and --fps (how to sample the video).")
     model, tokenizer, _ = _load_model(args, trainable=False)
     moments = ground(model, args.video, args.query, tokenizer=tokenizer, num_frames=args.num_frames, fps=args.fps,
                      image_size=args.image_size, top_k=args.top_k, nms_threshold=args.nms_threshold)
     if args.json:
-        print(json.dumps([{"start": s, "end": e, "score": p} for s, e, p in moments]))
+        print(json.dumps([{"start": s, "end": e, "score": p} for s, e, p in moments], allow_nan=False))
     else:
         for start, end, score in moments:
             print(f"{start:8.2f} s  {end:8.2f} s  score {score:.3f}")
@@ -307,7 +536,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _load_config_file(path: Optional[str]) -> dict[str, Any]:
     if not path:
         return {}
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # -sig: accept a byte-order mark (Windows editors write one)
         settings = json.load(handle)
     if not isinstance(settings, dict):
         raise ValueError(f"{path} must hold a JSON object of settings.")
@@ -347,9 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Evaluate an adapter: R@1/R@5 at IoU 0.1/0.3/0.5/0.7 and mIoU.")
     _add_model_arguments(evaluate, adapter_required=True)
     _add_data_arguments(evaluate, "--annotations", required=True)
-    evaluate.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default: 16)")
-    evaluate.add_argument("--top-k", type=int, default=5, help="moments per query (default: 5)")
-    evaluate.add_argument("--nms-threshold", type=_optional(float), default=0.5, help="NMS IoU (default: 0.5)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=16, help="pairs per batch (default: 16)")
+    evaluate.add_argument("--top-k", type=_positive_int, default=5, help="moments per query (default: 5)")
+    evaluate.add_argument("--nms-threshold", type=_optional(_iou), default=0.5, help="NMS IoU (default: 0.5)")
     evaluate.add_argument("--predictions-out", default=None, help="also write the predictions as JSON lines")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.set_defaults(run=_evaluate)
@@ -360,12 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(predict, adapter_required=True)
     predict.add_argument("--video", required=True, help="video file (decoded with PyAV)")
     predict.add_argument("--query", required=True, help="the sentence to ground")
-    predict.add_argument("--num-frames", type=int, default=None, help="frames sampled (default: the encoder's "
-                         "fixed count, else 32)")
-    predict.add_argument("--fps", type=float, default=None, help="sample at this rate instead of --num-frames")
-    predict.add_argument("--image-size", type=int, default=None, help="frame size (default: the encoder's)")
-    predict.add_argument("--top-k", type=int, default=5, help="moments to print (default: 5)")
-    predict.add_argument("--nms-threshold", type=_optional(float), default=0.5, help="NMS IoU (default: 0.5)")
+    predict.add_argument("--num-frames", type=_positive_int, default=None, help="frames sampled (default: the "
+                         "encoder's fixed count, else 32)")
+    predict.add_argument("--fps", type=_positive_float, default=None, help="sample at this rate (frames per second) "
+                         "instead of --num-frames")
+    predict.add_argument("--image-size", type=_positive_int, default=None, help="frame size in pixels (default: the "
+                         "encoder's)")
+    predict.add_argument("--top-k", type=_positive_int, default=5, help="moments to print (default: 5)")
+    predict.add_argument("--nms-threshold", type=_optional(_iou), default=0.5, help="NMS IoU (default: 0.5)")
     predict.add_argument("--json", action="store_true", help="print a JSON list")
     predict.set_defaults(run=_predict)
 
@@ -414,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["jsonl", "charades_sta", "activitynet_captions", "tacos", "qvhighlights"],
                        help="ground-truth format (default: detected from the file)")
     score.add_argument("--durations", default=None, help="Charades-STA only: the Charades csv with video lengths")
-    score.add_argument("--nms-threshold", type=float, default=None,
+    score.add_argument("--nms-threshold", type=_iou, default=None,
                        help="apply temporal NMS at this IoU before taking the top n (default: none)")
     score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     score.set_defaults(run=_score)
@@ -427,8 +658,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.file_settings = _load_config_file(getattr(args, "config", None))
         return args.run(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"peft-vtg {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as err:
+        # Bad input (files, flags, settings): one line on stderr, no traceback. OSError covers unreadable paths
+        # (a directory given as a file, permissions) and the Hub client's network errors.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
+        print(f"peft-vtg {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 from typing import Any, Optional
 
 from .metrics import IOU_THRESHOLDS, RECALL_AT
 
 RUN_INFO_FILE = "run.json"
 METRICS_FILE = "metrics.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+CARD_FILE = "README.md"
+# What a push uploads, and nothing else: no run.json (local paths), checkpoints, lock or temporary files.
+UPLOADED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD_FILE, METRICS_FILE)
 
 
 def _read_json(path: str) -> Optional[dict[str, Any]]:
@@ -18,6 +26,52 @@ def _read_json(path: str) -> Optional[dict[str, Any]]:
         return None
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def _is_local_path(value: str) -> bool:
+    return os.path.isabs(value) or value.startswith(("~", "./", "../")) or os.path.exists(value)
+
+
+def public_name(value: Optional[str]) -> Optional[str]:
+    """`value` as it may appear on the Hub: a Hub id stays, a local path becomes its last component (a model card
+    or config must not publish someone's directory layout, home directory or user name)."""
+    if not value or not _is_local_path(value):
+        return value
+    return os.path.basename(os.path.normpath(os.path.expanduser(value))) or value
+
+
+def _public_source(described: str) -> str:
+    """'features: /home/me/feats' -> 'features: feats' (run.json's video_source)."""
+    kind, sep, path = described.partition(": ")
+    return f"{kind}{sep}{public_name(path)}" if sep else str(public_name(described))
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_metrics_match(adapter_dir: str) -> None:
+    """Raise `ValueError` if `metrics.json` was written for other weights than `adapter_model.safetensors`.
+
+    Training records the weights' sha256 in `metrics.json` (`adapter_sha256`); a mismatch means the directory was
+    read while a run replaced its adapter, a crash interrupted that replacement, or a file was edited by hand.
+    Directories without the record (older runs, hand-made) are accepted.
+    """
+    metrics = _read_json(os.path.join(adapter_dir, METRICS_FILE))
+    if not metrics or "adapter_sha256" not in metrics:
+        return
+    actual = _sha256(os.path.join(adapter_dir, ADAPTER_WEIGHTS))
+    if actual != metrics["adapter_sha256"]:
+        raise ValueError(
+            f"{adapter_dir}: {METRICS_FILE} (step {metrics.get('step', '?')}) belongs to other weights than "
+            f"{ADAPTER_WEIGHTS} (sha256 {metrics['adapter_sha256'][:12]}... recorded, {actual[:12]}... found). A "
+            "training run is replacing the adapter, or one was interrupted while it did. Wait for the run to finish "
+            "(or resume it with --resume-from-checkpoint latest, which completes the replacement) and push again."
+        )
 
 
 def _adapter_size(adapter_dir: str) -> tuple[int, int]:
@@ -41,7 +95,8 @@ def model_card(adapter_dir: str, repo_id: Optional[str] = None) -> str:
         raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json; is it an adapter directory?")
     metrics = _read_json(os.path.join(adapter_dir, METRICS_FILE)) or {}
     run = _read_json(os.path.join(adapter_dir, RUN_INFO_FILE)) or {}
-    base = run.get("base_model") or config.get("base_model_name_or_path") or "<base model>"
+    recorded_base = run.get("base_model") or config.get("base_model_name_or_path") or "<base model>"
+    base = public_name(recorded_base)
     name = repo_id or os.path.basename(os.path.abspath(adapter_dir))
     params, size = _adapter_size(adapter_dir)
     lines = [
@@ -77,7 +132,8 @@ def model_card(adapter_dir: str, repo_id: Optional[str] = None) -> str:
     if run:
         for key in ("train_annotations", "eval_annotations", "format", "video_source"):
             if run.get(key):
-                lines.append(f"- {key.replace('_', ' ')}: `{run[key]}`")
+                value = _public_source(run[key]) if key == "video_source" else public_name(str(run[key]))
+                lines.append(f"- {key.replace('_', ' ')}: `{value}`")
     else:
         lines.append("Not recorded.")
     lines += ["", "## Results", ""]
@@ -94,6 +150,8 @@ def model_card(adapter_dir: str, repo_id: Optional[str] = None) -> str:
         "",
         "## How to load",
         "",
+        *([f"The base model was a local directory (`{base}`); load the matching model in its place.", ""]
+          if base != recorded_base else []),
         "```python",
         "import peft_vtg  # registers the method with peft",
         "from peft import PeftModel",
@@ -114,20 +172,40 @@ def push_adapter(
     adapter_dir: str, repo_id: str, private: bool = False, token: Optional[str] = None,
     commit_message: str = "Upload VTG prompt adapter",
 ) -> str:
-    """Write the model card into `adapter_dir` and upload the directory to the Hub repo `repo_id` (created if needed).
+    """Write the model card into `adapter_dir` and upload the adapter to the Hub repo `repo_id` (created if needed).
 
-    Returns the commit URL. Only the adapter files, the card, `metrics.json` and `run.json` are uploaded (no
-    checkpoints).
+    Returns the commit URL. Exactly `UPLOADED_FILES` are uploaded: the adapter's config and weights, the card and
+    `metrics.json`; never `run.json`, checkpoints, the run lock or temporary files. They are copied to a private
+    snapshot first and checked there (`check_metrics_match`), so a training run that replaces the adapter during the
+    upload cannot mix two steps. Local paths are reduced to their last component in the card and in the uploaded
+    `adapter_config.json` (`base_model_name_or_path`).
     """
     from huggingface_hub import HfApi
 
-    card = model_card(adapter_dir, repo_id)
-    with open(os.path.join(adapter_dir, "README.md"), "w", encoding="utf-8") as handle:
-        handle.write(card)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id, folder_path=adapter_dir, commit_message=commit_message,
-        allow_patterns=["adapter_config.json", "adapter_model.safetensors", "README.md", METRICS_FILE, RUN_INFO_FILE],
-    )
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not os.path.isfile(os.path.join(adapter_dir, name)):
+            raise FileNotFoundError(f"{adapter_dir} has no {name}; is it an adapter directory?")
+    with tempfile.TemporaryDirectory(prefix="peft-vtg-push-") as snapshot:
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS_FILE, RUN_INFO_FILE):
+            if os.path.isfile(os.path.join(adapter_dir, name)):
+                shutil.copyfile(os.path.join(adapter_dir, name), os.path.join(snapshot, name))
+        check_metrics_match(snapshot)
+        card = model_card(snapshot, repo_id)
+        if os.path.exists(os.path.join(snapshot, RUN_INFO_FILE)):  # read by the card, never uploaded
+            os.remove(os.path.join(snapshot, RUN_INFO_FILE))
+        config_path = os.path.join(snapshot, ADAPTER_CONFIG)
+        config = _read_json(config_path) or {}
+        if config.get("base_model_name_or_path"):
+            config["base_model_name_or_path"] = public_name(config["base_model_name_or_path"])
+            with open(config_path, "w", encoding="utf-8") as handle:
+                json.dump(config, handle, indent=2, sort_keys=True)
+        for path in (os.path.join(snapshot, CARD_FILE), os.path.join(adapter_dir, CARD_FILE)):
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(card)
+            os.replace(tmp, path)
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=snapshot, commit_message=commit_message,
+                                   allow_patterns=list(UPLOADED_FILES))
     return str(getattr(commit, "commit_url", commit))

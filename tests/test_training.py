@@ -137,7 +137,9 @@ def test_training_keeps_the_frozen_base_in_eval_mode_and_optimises_only_the_adap
     frozen = {k: v.clone() for k, v in base.state_dict().items() if "vtg_prompt" not in k}
     train(model, rows, collate, args)
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in frozen.items())
-    assert json.loads((tmp_path / "modes" / "metrics.json").read_text()) == {"step": 1}  # no eval set
+    metrics = json.loads((tmp_path / "modes" / "metrics.json").read_text())
+    # no eval set: the step, and the sha256 of the weights these metrics belong to
+    assert metrics == {"step": 1, "adapter_sha256": metrics["adapter_sha256"]} and len(metrics["adapter_sha256"]) == 64
 
 
 def test_head_learning_rate_gets_its_own_parameter_groups(tmp_path):

@@ -1,14 +1,20 @@
 """Training and evaluation: an accelerate loop (one CPU, one GPU or many), evaluation across processes, Trainer."""
 
 from .arguments import VTGTrainingArguments
+from .checkpoints import DamagedCheckpointError, SettingsChangedError
 from .evaluation import evaluate_grounding, predict_moments
 from .hf_trainer import GroundingTrainer
 from .loop import TrainResult, train
 from .module import GroundingModule
+from .safety import NonFiniteError, OutputDirInUseError
 
 __all__ = [
+    "DamagedCheckpointError",
     "GroundingModule",
     "GroundingTrainer",
+    "NonFiniteError",
+    "OutputDirInUseError",
+    "SettingsChangedError",
     "TrainResult",
     "VTGTrainingArguments",
     "evaluate_grounding",

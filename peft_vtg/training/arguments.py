@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -68,8 +69,18 @@ class VTGTrainingArguments:
     )
     resume_from_checkpoint: Optional[str] = field(
         default=None,
-        metadata={"help": "Resume from a checkpoint directory, or 'latest' for the newest in output_dir/checkpoints. "
-                  "Only resume your own checkpoints: accelerate's optimizer/RNG state files are pickles."},
+        metadata={"help": "Resume from a checkpoint directory, or 'latest' for the newest complete one in "
+                  "output_dir/checkpoints. The checkpoint's files are verified and its settings must match this run's "
+                  "(see allow_changed_settings). Only resume your own checkpoints: accelerate's optimizer/RNG state "
+                  "files are pickles."},
+    )
+    allow_changed_settings: bool = field(
+        default=False,
+        metadata={"help": "When resuming, accept changed settings that a resume honours (max_steps/num_train_epochs, "
+                  "logging/eval/save frequency, output_dir, workers, eval batch size, max_grad_norm, mixed "
+                  "precision, data file paths/dates). Settings the restored state would contradict (model, adapter "
+                  "config, batch size, accumulation, processes, seed, learning rates, schedule, weight decay, number "
+                  "of training rows, eval set and metric) are refused even with it."},
     )
     logging_steps: int = field(default=10, metadata={"help": "Log the loss and learning rate every N steps."})
     report_to: str = field(
@@ -102,6 +113,12 @@ class VTGTrainingArguments:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}.")
+        for name in ("learning_rate", "head_learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm",
+                     "max_span_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                # inf would turn the first optimizer step into NaN weights; refuse before anything runs.
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:

@@ -1,35 +1,54 @@
-"""The training loop: one code path for a CPU, one GPU or many (`accelerate launch`), with checkpoint and resume."""
+"""The training loop: one code path for a CPU, one GPU or many (`accelerate launch`), with checkpoint and resume.
+
+Run safety (docs/design.md, "Run safety"): one run per output directory (a lock file), a stop at the first
+non-finite loss, gradient or weight, checkpoints and the kept adapter made visible only when complete, and a resume
+that refuses damaged checkpoints and changed settings.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
+import pickle
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import is_tensorboard_available, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, is_tensorboard_available, set_seed
 from safetensors import safe_open
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .arguments import VTGTrainingArguments
+from .checkpoints import (
+    CHECKPOINT_DIR,
+    clean_interrupted,
+    compare_fingerprints,
+    finalize_checkpoint,
+    resolve_resume,
+    rotate_checkpoints,
+    run_fingerprint,
+    tmp_name,
+)
 from .evaluation import evaluate_grounding
 from .module import GroundingModule
+from .safety import NonFiniteError, RunLock, fsync_path, fsync_tree, note, sha256_file, write_json_atomic
 
-CHECKPOINT_DIR = "checkpoints"
-PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"
+RUN_INFO_FILE = "run.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# The kept adapter and its metrics are written here first, then moved into output_dir (see _publish_adapter).
+ADAPTER_STAGING = ".adapter.tmp"
 
 # (global_step, logs) -> None; raise to stop the run (as a crash would).
 StepCallback = Callable[[int, dict[str, float]], None]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -68,25 +87,43 @@ def _parameter_groups(
     return result
 
 
-def _checkpoints(output_dir: str) -> list[str]:
-    root = os.path.join(output_dir, CHECKPOINT_DIR)
-    if not os.path.isdir(root):
-        return []
-    found = [(int(m.group(1)), os.path.join(root, n)) for n in os.listdir(root) if (m := re.fullmatch(r"step-(\d+)", n))]
-    return [path for _, path in sorted(found)]
+def _on_main(accelerator: Accelerator, function: Callable[[], _T]) -> _T:
+    """Run `function` on the main process only and hand its result, or its exception, to every process.
+
+    Decisions that must be taken once (the lock, which checkpoint to resume, renames) go through here, so that an
+    error on the main process stops every process instead of leaving the others waiting in a collective.
+    """
+    result: Any = None
+    error: Optional[BaseException] = None
+    if accelerator.is_main_process:
+        try:
+            result = function()
+        except Exception as err:  # noqa: BLE001 - re-raised below, on every process
+            error = err
+    if accelerator.num_processes > 1:
+        shipped: Any = error
+        if error is not None:
+            try:
+                pickle.dumps(error)
+            except Exception:  # noqa: BLE001 - an exception that cannot travel is sent as its text
+                shipped = RuntimeError(f"{type(error).__name__}: {error}")
+        box = [(result, shipped)]
+        broadcast_object_list(box, from_process=0)
+        if not accelerator.is_main_process:
+            result, error = box[0]
+    if error is not None:
+        raise error
+    return result
 
 
-def _resolve_resume(args: VTGTrainingArguments) -> Optional[str]:
-    if args.resume_from_checkpoint is None:
-        return None
-    if args.resume_from_checkpoint == "latest":
-        found = _checkpoints(args.output_dir)
-        if not found:
-            raise FileNotFoundError(f"resume_from_checkpoint='latest' but {args.output_dir}/{CHECKPOINT_DIR} holds none.")
-        return found[-1]
-    if not os.path.isfile(os.path.join(args.resume_from_checkpoint, PROGRESS_FILE)):
-        raise FileNotFoundError(f"{args.resume_from_checkpoint} is not a peft_vtg checkpoint (no {PROGRESS_FILE}).")
-    return args.resume_from_checkpoint
+def _start_run(lock: RunLock, args: VTGTrainingArguments, run_info: Optional[Mapping[str, Any]]) -> None:
+    """Main process, before anything is written: take the lock, then clean up after an interrupted run."""
+    lock.acquire()
+    clean_interrupted(args.output_dir)
+    _recover_staged_adapter(args.output_dir)
+    if run_info is not None:
+        write_json_atomic(os.path.join(args.output_dir, RUN_INFO_FILE),
+                          {**run_info, "training_arguments": asdict(args)})
 
 
 def train(
@@ -96,6 +133,9 @@ def train(
     args: VTGTrainingArguments,
     eval_dataset: Optional[Sequence[dict]] = None,
     callbacks: Sequence[StepCallback] = (),
+    *,
+    run_info: Optional[Mapping[str, Any]] = None,
+    data_fingerprint: Optional[Mapping[str, Any]] = None,
 ) -> TrainResult:
     """Train the adapter of a VTG `PeftModel` on `train_dataset` (rows of the common schema).
 
@@ -104,10 +144,24 @@ def train(
     keeps the adapter with the best `metric_for_best_model` in `output_dir`, beside `metrics.json`; without, the last
     adapter is kept. `save_steps` writes resumable checkpoints to `output_dir/checkpoints/step-N`.
 
+    `args.seed` seeds data order, dropout and sampling from the start of this call; the adapter's initial weights
+    are drawn when the model is built, so seed before building it (`accelerate.utils.set_seed`), as the CLI does.
+
     Args:
         model: a `PeftModel` with a VTG adapter that has a grounding head (trainable).
-        collator: e.g. `GroundingCollator`; its batches must hold span labels.
+        collator: e.g. `GroundingCollator`; its batches must hold span labels, and the `video_ids` / `qid` it passes
+            along name the samples in a `NonFiniteError`.
         callbacks: called after each optimizer step with the step and its logs.
+        run_info: written with the training arguments to `output_dir/run.json` at the start (e.g. the base model
+            and data files, for the model card).
+        data_fingerprint: the caller's description of its data (file paths, sizes, mtimes), stored in each
+            checkpoint's settings fingerprint; a resume where it differs needs `allow_changed_settings`.
+
+    Raises:
+        OutputDirInUseError: another live run holds `output_dir`.
+        NonFiniteError: a loss, gradient or weight became NaN/inf; nothing of that step was saved.
+        SettingsChangedError: the resumed checkpoint was written with other settings.
+        DamagedCheckpointError: the checkpoint to resume is incomplete or damaged.
     """
     if args.report_to == "tensorboard" and not is_tensorboard_available():
         raise ValueError("report_to='tensorboard' needs tensorboard: pip install tensorboard (or report_to='none').")
@@ -121,6 +175,25 @@ def train(
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=handlers,
     )
+    # Only the main process holds the lock: the other processes of the same launch write into the directory too.
+    lock = RunLock(args.output_dir)
+    try:
+        _on_main(accelerator, lambda: _start_run(lock, args, run_info))
+        return _train(accelerator, model, train_dataset, collator, args, eval_dataset, callbacks, data_fingerprint)
+    finally:
+        lock.release()
+
+
+def _train(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    train_dataset: Sequence[dict],
+    collator: Callable[[list[dict]], dict[str, Any]],
+    args: VTGTrainingArguments,
+    eval_dataset: Optional[Sequence[dict]],
+    callbacks: Sequence[StepCallback],
+    data_fingerprint: Optional[Mapping[str, Any]],
+) -> TrainResult:
     set_seed(args.seed)
     module = GroundingModule(model, train_base_model_modes=args.train_base_model_modes)
     optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay, args.head_learning_rate),
@@ -143,7 +216,9 @@ def train(
     warmup = args.warmup_steps or int(args.warmup_ratio * total_steps)
     # Stepped once per optimizer step by this loop (not prepared: accelerate would step it once per process).
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    trainable = {n for n, p in accelerator.unwrap_model(module).named_parameters() if p.requires_grad}
+    unwrapped = accelerator.unwrap_model(module)
+    trainable = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
+    parameters = [p for p in unwrapped.parameters() if p.requires_grad]
 
     def keep_adapter_weights_only(models, weights, output_dir):
         # Checkpoints hold the adapter, not the frozen base (which would be the whole model, every time).
@@ -151,28 +226,46 @@ def train(
             weights[i] = {k: v for k, v in state.items() if k in trainable}
 
     accelerator.register_save_state_pre_hook(keep_adapter_weights_only)
-    trainable_count, total_count = accelerator.unwrap_model(module).peft_model.get_nb_trainable_parameters()
+    trainable_count, total_count = unwrapped.peft_model.get_nb_trainable_parameters()
     accelerator.print(f"trainable parameters: {trainable_count:,} of {total_count:,} "
                       f"({100 * trainable_count / total_count:.3f}%); {accelerator.num_processes} process(es)")
     if args.report_to != "none":
         accelerator.init_trackers("peft_vtg", config={k: v for k, v in asdict(args).items() if v is not None})
 
-    progress = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "history": []}
-    resume_dir = _resolve_resume(args)
+    fingerprint = run_fingerprint(unwrapped.peft_model, args, accelerator.num_processes, total_steps, train_dataset,
+                                  eval_dataset, data_fingerprint)
+
+    def choose_checkpoint() -> tuple[Optional[str], Optional[dict[str, Any]]]:
+        directory, saved, notes = resolve_resume(args)
+        if directory is not None:
+            # Before any tensor is loaded: changed shapes get this error, not a torch traceback.
+            notes += compare_fingerprints(directory, saved.get("settings"), fingerprint, args.allow_changed_settings)
+        for text in notes:
+            note(text)
+        return directory, saved
+
+    progress: dict[str, Any] = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None,
+                                "history": []}
+    resume_dir, saved = _on_main(accelerator, choose_checkpoint)
     if resume_dir is not None:
         accelerator.load_state(resume_dir, strict=False)
         _check_restored(resume_dir, trainable)
-        with open(os.path.join(resume_dir, PROGRESS_FILE)) as handle:
-            progress = json.load(handle)
+        progress = {k: v for k, v in saved.items() if k not in ("files", "settings")}
         scheduler.load_state_dict(progress.pop("scheduler"))
 
     best_metric = progress["best_metric"]
     history: list[dict[str, float]] = progress["history"]
     best_metrics: dict[str, float] = progress.get("best_metrics", {})
     global_step = progress["global_step"]
+    # The weights we start from (a given adapter, a checkpoint) must be finite, or every step would be wasted.
+    _require_finite_parameters(accelerator, parameters, global_step, "before training")
+    # With fp16 the grad scaler produces inf gradients on purpose and skips those steps, so only the loss and the
+    # weights are checked there.
+    check_gradients = accelerator.scaler is None
     bar = tqdm(total=total_steps, initial=global_step, desc="training",
                disable=args.disable_tqdm or not accelerator.is_local_main_process)
     running_loss, running_count = 0.0, 0
+    window_ids: list[tuple[list[str], list[str]]] = []  # the samples of this accumulation window, this process
     done = global_step >= total_steps
     for epoch in range(progress["epoch"], num_epochs):
         if done:
@@ -183,18 +276,33 @@ def train(
         batches_in_epoch = skip
         module.train()
         for batch in batches:
+            window_ids.append((list(batch.get("video_ids", [])), [str(q) for q in batch.get("qid", [])]))
             with accelerator.accumulate(module):
                 loss = module(**batch).loss
                 accelerator.backward(loss)
+                loss_bad = ~torch.isfinite(loss.detach())
+                grad_bad = torch.zeros_like(loss_bad)
+                if accelerator.sync_gradients and check_gradients:
+                    grad_bad = ~_all_finite(p.grad for p in parameters if p.grad is not None)
+                # One reduction per batch (as for the logged loss before): every process learns whether any
+                # process saw a non-finite value, so all stop together instead of some waiting in a collective.
+                local = torch.stack([loss.detach().float(), loss_bad.float(), grad_bad.float()])
+                summed = accelerator.reduce(local, reduction="sum")
+                if summed[1] > 0 or summed[2] > 0:
+                    _raise_non_finite(accelerator, global_step + 1, "loss" if summed[1] > 0 else "gradient",
+                                      bool(loss_bad) if summed[1] > 0 else bool(grad_bad),
+                                      window_ids[-1:] if summed[1] > 0 else window_ids, loss.detach())
                 if accelerator.sync_gradients and args.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(module.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             batches_in_epoch += 1
-            running_loss += accelerator.reduce(loss.detach().float(), reduction="mean").item()
+            running_loss += (summed[0] / accelerator.num_processes).item()
             running_count += 1
             if not accelerator.sync_gradients:
                 continue
+            window_ids = []
+            _require_finite_parameters(accelerator, parameters, global_step + 1, "after the optimizer step")
             scheduler.step()
             global_step += 1
             bar.update(1)
@@ -222,7 +330,7 @@ def train(
                 score = metrics[args.metric_for_best_model]
                 if best_metric is None or score > best_metric:
                     best_metric, best_metrics = score, metrics
-                    _save_adapter(accelerator, module, args.output_dir, metrics, global_step)
+                    _publish_adapter(accelerator, module, parameters, args.output_dir, metrics, global_step)
             if logs:
                 history.append(logs)
                 accelerator.log({k: v for k, v in logs.items() if k != "step"}, step=global_step)
@@ -231,7 +339,7 @@ def train(
                 state = {"global_step": global_step, "epoch": epoch if not end_of_epoch else epoch + 1,
                          "batches_in_epoch": 0 if end_of_epoch else batches_in_epoch, "best_metric": best_metric,
                          "best_metrics": best_metrics, "history": history, "scheduler": scheduler.state_dict()}
-                _save_checkpoint(accelerator, args, state)
+                _save_checkpoint(accelerator, parameters, args, state, fingerprint)
             for callback in callbacks:
                 callback(global_step, logs)
             if global_step >= total_steps:
@@ -239,11 +347,65 @@ def train(
                 break
     bar.close()
     if eval_loader is None:
-        _save_adapter(accelerator, module, args.output_dir, {}, global_step)
+        _publish_adapter(accelerator, module, parameters, args.output_dir, {}, global_step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(global_step=global_step, best_metric=best_metric, metrics=best_metrics, history=history,
                        output_dir=args.output_dir)
+
+
+# ---------------------------------------------------------------- non-finite values
+def _all_finite(tensors: Any) -> torch.Tensor:
+    """A bool tensor: every element of every tensor is finite (no host sync until someone reads it)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return torch.stack(flags).all() if flags else torch.tensor(True)
+
+
+def _require_finite_parameters(accelerator: Accelerator, parameters: Sequence[torch.nn.Parameter], step: int,
+                               when: str) -> None:
+    """Raise `NonFiniteError` on every process if any process's adapter weights are NaN/inf."""
+    bad = (~_all_finite(p.detach() for p in parameters)).float().reshape(1).to(accelerator.device)
+    if accelerator.reduce(bad, reduction="sum").item() == 0:
+        return
+    if when == "before training":
+        message = (f"The adapter's weights are non-finite (NaN/inf) {when} (at step {step}): the adapter or "
+                   "checkpoint it was loaded from is damaged. Nothing was trained or saved; start from another "
+                   "adapter or checkpoint.")
+    else:
+        message = (f"Non-finite (NaN/inf) adapter weights {when} {step}: the update overflowed (learning rate too "
+                   "large?). Nothing of this step was saved. Train again with a lower learning rate (a new run: a "
+                   "resume cannot change it) or with max_grad_norm set.")
+    raise NonFiniteError(message, step=step, kind="parameters",
+                         processes=list(range(accelerator.num_processes)))
+
+
+def _raise_non_finite(accelerator: Accelerator, step: int, kind: str, local_bad: bool,
+                      samples: Sequence[tuple[list[str], list[str]]], loss: torch.Tensor) -> None:
+    """Collect which processes and samples were involved, then raise the same `NonFiniteError` everywhere."""
+    video_ids = [v for vids, _ in samples for v in vids]
+    query_ids = [q for _, qids in samples for q in qids]
+    reports = gather_object([(accelerator.process_index, local_bad, float(loss), video_ids, query_ids)])
+    involved = [r for r in reports if r[1]] or list(reports)
+    processes = [r[0] for r in involved]
+    videos = [v for r in involved for v in r[3]]
+    queries = [q for r in involved for q in r[4]]
+    where = f"process {processes[0]}" if len(processes) == 1 else f"processes {processes}"
+    if kind == "loss":
+        values = ", ".join(f"{r[2]}" for r in involved)
+        message = (f"Non-finite training loss ({values}) at step {step} on {where}; batch video ids "
+                   f"{_ids(videos)}, query ids {_ids(queries)}. Nothing of this step was applied or saved. Check "
+                   "these videos' inputs for NaN/inf (and the learning rate if the loss grew before).")
+    else:
+        message = (f"Non-finite gradient at step {step} (after averaging over {accelerator.num_processes} "
+                   f"process(es)); the step's batches held video ids {_ids(videos)}, query ids {_ids(queries)}. "
+                   "Nothing of this step was applied or saved. Check these inputs for NaN/inf or lower the learning "
+                   "rate / set max_grad_norm.")
+    raise NonFiniteError(message, step=step, kind=kind, processes=processes, video_ids=videos, query_ids=queries)
+
+
+def _ids(ids: Sequence[str], limit: int = 16) -> str:
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return f"[{shown}{f', ... ({len(ids)} in all)' if len(ids) > limit else ''}]" if ids else "(unknown)"
 
 
 def _allow_new_precision(mixed_precision: str) -> None:
@@ -253,6 +415,33 @@ def _allow_new_precision(mixed_precision: str) -> None:
     if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
         if PartialState().num_processes == 1:
             AcceleratorState._reset_state(reset_partial_state=True)
+
+
+# ---------------------------------------------------------------- checkpoints and the kept adapter
+def _save_checkpoint(accelerator: Accelerator, parameters: Sequence[torch.nn.Parameter], args: VTGTrainingArguments,
+                     progress: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """Write `checkpoints/step-N` so that it appears only when complete (see `checkpoints.py`)."""
+    step = progress["global_step"]
+    _require_finite_parameters(accelerator, parameters, step, "when saving the checkpoint of step")
+    root = os.path.join(args.output_dir, CHECKPOINT_DIR)
+    tmp, final = os.path.join(root, tmp_name(step)), os.path.join(root, f"step-{step}")
+
+    def prepare() -> None:
+        os.makedirs(root, exist_ok=True)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+
+    _on_main(accelerator, prepare)
+    accelerator.save_state(tmp)
+    # After this barrier every process has written its files (each writes its own RNG state); then only the main
+    # process publishes, and the others wait for it (_on_main is a collective) so none runs ahead of a failed save.
+    accelerator.wait_for_everyone()
+
+    def publish() -> None:
+        finalize_checkpoint(tmp, final, {**progress, "settings": fingerprint})
+        rotate_checkpoints(args.output_dir, args.save_total_limit)
+
+    _on_main(accelerator, publish)
 
 
 def _check_restored(resume_dir: str, trainable: set[str]) -> None:
@@ -267,25 +456,68 @@ def _check_restored(resume_dir: str, trainable: set[str]) -> None:
         )
 
 
-def _save_checkpoint(accelerator: Accelerator, args: VTGTrainingArguments, progress: dict[str, Any]) -> None:
-    directory = os.path.join(args.output_dir, CHECKPOINT_DIR, f"step-{progress['global_step']}")
-    accelerator.save_state(directory)
-    if accelerator.is_main_process:
-        with open(os.path.join(directory, PROGRESS_FILE), "w") as handle:
-            json.dump(progress, handle)
-        if args.save_total_limit is not None:
-            for old in _checkpoints(args.output_dir)[: -args.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+def _publish_adapter(accelerator: Accelerator, module: torch.nn.Module, parameters: Sequence[torch.nn.Parameter],
+                     output_dir: str, metrics: dict[str, float], step: int) -> None:
+    """Replace the kept adapter and `metrics.json` in `output_dir` together (main process writes).
 
-
-def _save_adapter(accelerator: Accelerator, module: torch.nn.Module, output_dir: str, metrics: dict[str, float],
-                  step: int) -> None:
-    """The adapter `PeftModel.from_pretrained` needs, plus `metrics.json`, written by the main process."""
+    Everything is written to `output_dir/.adapter.tmp` first, with `metrics.json` (which records the sha256 of the
+    weights it belongs to) written last, so a complete staging directory is one that has `metrics.json`.
+    """
     accelerator.wait_for_everyone()
+    _require_finite_parameters(accelerator, parameters, step, "when saving the adapter of step")
     peft_model = accelerator.unwrap_model(module).peft_model
-    peft_model.save_pretrained(output_dir, is_main_process=accelerator.is_main_process)
-    if accelerator.is_main_process:
-        with open(os.path.join(output_dir, METRICS_FILE), "w") as handle:
-            json.dump({"step": step, **metrics}, handle, indent=2)
-    accelerator.wait_for_everyone()
+
+    def write() -> None:
+        staging = os.path.join(output_dir, ADAPTER_STAGING)
+        if os.path.exists(staging):
+            shutil.rmtree(staging)
+        peft_model.save_pretrained(staging)
+        record = {"step": step, **metrics, "adapter_sha256": sha256_file(os.path.join(staging, ADAPTER_WEIGHTS))}
+        with open(os.path.join(staging, METRICS_FILE), "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fsync_tree(staging)
+        _swap_in(staging, output_dir)
+
+    _on_main(accelerator, write)
+
+
+def _swap_in(staging: str, output_dir: str) -> None:
+    """Move every entry of a complete staging directory into `output_dir`, `metrics.json` last, then remove it.
+
+    POSIX has no rename of several files at once, and output_dir itself cannot be swapped (it also holds the
+    checkpoints, run.json and the lock). Each file is replaced atomically (os.replace), so a reader sees whole files;
+    the residual window is between the first and the last replace, where it can see the new weights with the old
+    metrics.json. metrics.json records the sha256 of its weights, so `push` detects that (and refuses), and a crash
+    in the window is completed by the next run in this directory (`_recover_staged_adapter`).
+    """
+    names = sorted(n for n in os.listdir(staging) if n != METRICS_FILE)
+    names += [METRICS_FILE] if os.path.exists(os.path.join(staging, METRICS_FILE)) else []
+    for name in names:
+        source, target = os.path.join(staging, name), os.path.join(output_dir, name)
+        if os.path.isdir(source):  # adapters other than "default" are saved in subdirectories
+            if os.path.exists(target):
+                aside = os.path.join(output_dir, f".{name}.replaced")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.rename(target, aside)
+                os.rename(source, target)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.rename(source, target)
+        else:
+            os.replace(source, target)
+    fsync_path(output_dir)
+    os.rmdir(staging)
+
+
+def _recover_staged_adapter(output_dir: str) -> None:
+    """Complete (roll forward) an adapter publish that a crash interrupted, or drop an incomplete staging copy."""
+    staging = os.path.join(output_dir, ADAPTER_STAGING)
+    if not os.path.isdir(staging):
+        return
+    if os.path.isfile(os.path.join(staging, METRICS_FILE)):
+        note(f"completing the replacement of the kept adapter in {output_dir}, which a crash interrupted.")
+        _swap_in(staging, output_dir)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
