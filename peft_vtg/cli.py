@@ -433,12 +433,17 @@ def _train(args: argparse.Namespace) -> int:
     # Before the model is built: a new adapter's initial prompts and heads are random draws. (set_seed does not
     # create a PartialState, which must wait for train()'s Accelerator; see below.)
     set_seed(training_args.seed)
+    # The cheap checks first: a bad annotation file fails before the model is loaded. (Reading annotations draws no
+    # random numbers, so the adapter's initial weights still follow the seed.)
+    train_rows = _read_annotations(args, args.train_annotations)
+    eval_rows = _read_annotations(args, args.eval_annotations) if args.eval_annotations else None
     model, tokenizer, base_name = _load_model(args, trainable=True,
                                               config_settings=_settings(args, _config_field_names()))
     source, num_frames, described = _video_setup(args, model)
+    for rows in (train_rows, eval_rows):
+        if rows is not None:
+            _check_video_ids(source, rows)
     collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
-    train_rows = _read_annotations(args, args.train_annotations)
-    eval_rows = _read_annotations(args, args.eval_annotations) if args.eval_annotations else None
     # run.json is the local record of the run (paths as given); `push` never uploads it.
     run_info = {"base_model": base_name, "train_annotations": args.train_annotations,
                 "eval_annotations": args.eval_annotations, "format": args.format, "video_source": described}
