@@ -223,7 +223,7 @@ if not USE_REAL_HUB:
                 setattr(module, name, getattr(huggingface_hub.hf_api.api, name))'''),
     ("code", '''from peft_vtg.hub import push_adapter
 
-print(push_adapter(adapter_dir, "you/synthvtg-vtg"))   # the VTG model card, adapter, metrics.json, run info
+print(push_adapter(adapter_dir, "you/synthvtg-vtg"))   # the VTG model card, adapter and metrics.json
 print(model.push_to_hub("you/synthvtg-vtg-peft"))     # PEFT's own path works too (with transformers' generic card)'''),
     ("md", "## Load back by name"),
     ("code", '''loaded = PeftModel.from_pretrained(load_backbone()[0], "you/synthvtg-vtg", cache_dir=HUB_CACHE)
