@@ -19,6 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
+from peft import PeftModel
+from transformers import AutoModel
 
 from peft_vtg import ground
 from peft_vtg.cli import main, read_predictions
@@ -358,6 +360,11 @@ API_CASES = [
     ("predictions-qid-a-list", rows("p.jsonl", {"qid": ["a"], "pred_windows": [[0, 1, 1]]}),
      lambda t, w, m: read_predictions(str(t / "p.jsonl")), ValueError,
      r"p.jsonl, line 1: 'qid' must be a string or an integer, got \['a'\]"),
+    # adapters through PEFT's own API
+    ("peft-from-pretrained-without-weights", adapter_copy(without_weights),
+     lambda t, w, m: PeftModel.from_pretrained(AutoModel.from_pretrained(w / "base"), t / "adapter"),
+     FileNotFoundError, r"adapter/? holds an adapter's config \(clip\) but no adapter_model.safetensors: the "
+                        r"adapter directory is incomplete"),
     ("evaluate-moments-inf", nothing, lambda t, w, m: evaluate_moments({"a": [[0, math.inf, 1.0]]}, {"a": [[0, 1]]}),
      ValueError, r"predictions for query 'a', window 0: \[0, inf, 1.0\] holds NaN or Inf"),
 ]

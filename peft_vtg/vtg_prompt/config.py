@@ -437,4 +437,15 @@ class VTGPromptConfig(PeftConfig):
         """
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
         check_adapter_directory(directory)
-        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        # A config that records its base architecture was saved with an adapter (see __post_init__), so a local
+        # directory without the weights is an incomplete adapter; PEFT would go on to look for the file on the Hub
+        # and fail with an unrelated repo-id error. A bare config (never attached to a model) reads fine alone.
+        if (os.path.isdir(directory) and config.base_architecture is not None
+                and not os.path.exists(os.path.join(directory, ADAPTER_WEIGHTS_NAME))):
+            raise FileNotFoundError(
+                f"{directory} holds an adapter's config ({config.base_architecture}) but no {ADAPTER_WEIGHTS_NAME}: "
+                "the adapter directory is incomplete. Save (or download) the adapter again; to read only its "
+                "settings, use PeftConfig.from_pretrained."
+            )
+        return config
