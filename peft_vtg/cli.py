@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .data.annotations import iter_json_lines, load_annotations
+from .files import write_text_atomic
 from .metrics import check_windows, evaluate_moments, format_table
 
 
@@ -385,19 +386,6 @@ def _check_output_file(path: Optional[str], flag: str) -> None:
         raise FileNotFoundError(f"{flag} {path}: the directory {parent} does not exist.")
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory, so an interrupted write never leaves a
-    half-written file where a complete one was."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 # ---------------------------------------------------------------- train / evaluate / predict / push
 def _path_identity(path: Optional[str]) -> Optional[str]:
     """'<absolute path> (<bytes>, modified <time>)' of a file, or the same summary over a directory's files: what a
@@ -499,7 +487,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             # allow_nan=False: a NaN score (a broken model) raises instead of writing a file `score` cannot read.
             lines = [json.dumps({"qid": qid, "pred_windows": [list(m) for m in moments]}, allow_nan=False) + "\n"
                      for qid, moments in predictions.items()]
-            _write_atomically(args.predictions_out, "".join(lines))
+            write_text_atomic(args.predictions_out, "".join(lines))
         print(json.dumps(metrics, allow_nan=False) if args.json else format_table(metrics))
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -10,6 +9,7 @@ import shutil
 import tempfile
 from typing import Any, Optional
 
+from .files import sha256_file
 from .metrics import IOU_THRESHOLDS, RECALL_AT
 
 RUN_INFO_FILE = "run.json"
@@ -46,14 +46,6 @@ def _public_source(described: str) -> str:
     return f"{kind}{sep}{public_name(path)}" if sep else str(public_name(described))
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_metrics_match(adapter_dir: str) -> None:
     """Raise `ValueError` if `metrics.json` was written for other weights than `adapter_model.safetensors`.
 
@@ -64,7 +56,7 @@ def check_metrics_match(adapter_dir: str) -> None:
     metrics = _read_json(os.path.join(adapter_dir, METRICS_FILE))
     if not metrics or "adapter_sha256" not in metrics:
         return
-    actual = _sha256(os.path.join(adapter_dir, ADAPTER_WEIGHTS))
+    actual = sha256_file(os.path.join(adapter_dir, ADAPTER_WEIGHTS))
     if actual != metrics["adapter_sha256"]:
         raise ValueError(
             f"{adapter_dir}: {METRICS_FILE} (step {metrics.get('step', '?')}) belongs to other weights than "

@@ -8,14 +8,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "peft_vtg"
 # What each part may import from peft_vtg (besides itself). The tuner (vtg_prompt) builds heads into adapters.
 ALLOWED = {
     "timeline": set(),
+    "files": set(),
     "injection": {"timeline", "vtg_prompt"},  # vtg_prompt only for the config type, under TYPE_CHECKING
     "heads": {"timeline"},
     "metrics": {"timeline"},
     "data": {"timeline"},
     "vtg_prompt": {"timeline", "injection", "heads"},
     "inference": {"timeline", "heads", "data", "vtg_prompt"},
-    "training": {"timeline", "heads", "data", "metrics", "vtg_prompt"},
-    "hub": {"metrics"},
+    "training": {"timeline", "files", "heads", "data", "metrics", "vtg_prompt"},
+    "hub": {"files", "metrics"},
     "baselines": {"timeline", "heads"},
     "synth": {"timeline", "heads", "data"},
     "demo": {"data", "synth", "training", "vtg_prompt", "metrics"},

@@ -167,6 +167,16 @@ def _single_key(keys: Sequence[str], key: Optional[str], path: PathLike) -> str:
     return keys[0]
 
 
+def _check_nonempty_file(name: str, what: str, fix: str) -> None:
+    """Fail, naming the file, unless `name` is an existing regular file with at least one byte."""
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"{what} {name} does not exist.")
+    if not os.path.isfile(name):
+        raise ValueError(f"{what} {name} is not a file.")
+    if os.path.getsize(name) == 0:
+        raise ValueError(f"{what} {name} is empty (0 bytes); {fix}.")
+
+
 def load_feature_file(path: PathLike, key: Optional[str] = None, dim: Optional[int] = None) -> np.ndarray:
     """Per-frame features (frames, dim) of one video from `.npy`, `.npz`, `.safetensors` or `.h5`/`.hdf5`.
 
@@ -188,12 +198,7 @@ def load_feature_file(path: PathLike, key: Optional[str] = None, dim: Optional[i
         )
     if suffix not in FEATURE_SUFFIXES:
         raise ValueError(f"{name}: unsupported feature format {suffix!r}; use one of {FEATURE_SUFFIXES}.")
-    if not os.path.exists(name):
-        raise FileNotFoundError(f"Feature file {name} does not exist.")
-    if not os.path.isfile(name):
-        raise ValueError(f"{name} is not a file.")
-    if os.path.getsize(name) == 0:
-        raise ValueError(f"{name} is empty (0 bytes); re-extract the features of this video.")
+    _check_nonempty_file(name, "Feature file", "re-extract the features of this video")
     _check_signature(name, suffix)
     try:
         array = _read_array(name, suffix, key)
@@ -421,12 +426,7 @@ def decode_video(
     num_frames, fps = check_sampling(num_frames, fps)
     av = _av()
     name = os.fspath(path)
-    if not os.path.exists(name):
-        raise FileNotFoundError(f"Video file {name} does not exist.")
-    if not os.path.isfile(name):
-        raise ValueError(f"{name} is not a file.")
-    if os.path.getsize(name) == 0:
-        raise ValueError(f"Video file {name} is empty (0 bytes).")
+    _check_nonempty_file(name, "Video file", "the download or copy was probably interrupted")
     try:
         with av.open(name) as container:
             if not container.streams.video:

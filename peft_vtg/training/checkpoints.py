@@ -21,7 +21,8 @@ from dataclasses import asdict
 from typing import Any, Optional
 
 from .arguments import VTGTrainingArguments
-from .safety import fsync_path, fsync_tree, note, remove_tree_atomically, sha256_file
+from ..files import fsync_path, fsync_tree, remove_tree_atomically, sha256_file
+from .safety import note
 
 CHECKPOINT_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"

@@ -38,7 +38,8 @@ from .checkpoints import (
 )
 from .evaluation import evaluate_grounding
 from .module import GroundingModule
-from .safety import NonFiniteError, RunLock, fsync_path, fsync_tree, note, sha256_file, write_json_atomic
+from ..files import fsync_path, fsync_tree, sha256_file, write_json_atomic
+from .safety import NonFiniteError, RunLock, note
 
 METRICS_FILE = "metrics.json"
 RUN_INFO_FILE = "run.json"

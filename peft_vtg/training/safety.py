@@ -1,5 +1,4 @@
-"""Run safety: the errors a run stops with, the output-directory lock, and the file operations that make writes
-atomic (write to a temporary name, fsync, rename into place).
+"""Run safety: the errors a run stops with and the output-directory lock (atomic file operations: `peft_vtg.files`).
 
 Nothing here knows about models; `loop.py` and `checkpoints.py` use it.
 """
@@ -7,11 +6,8 @@ Nothing here knows about models; `loop.py` and `checkpoints.py` use it.
 from __future__ import annotations
 
 import datetime
-import errno
-import hashlib
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -51,64 +47,6 @@ class OutputDirInUseError(RuntimeError):
 def note(message: str) -> None:
     """A one-line note on stderr: something the run decided on its own that the user should know about."""
     print(f"peft_vtg: note: {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- atomic files
-def fsync_path(path: str) -> None:
-    """Flush a file's (or a directory's entries') data to disk, so a rename that follows cannot outlive it."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # e.g. directories on platforms that cannot open them; the rename is then best effort
-        return
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno not in (errno.EINVAL, errno.EBADF):  # some filesystems do not fsync directories
-            raise
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(directory: str) -> None:
-    """fsync every file below `directory`, then the directories themselves (deepest first)."""
-    for root, dirs, files in os.walk(directory, topdown=False):
-        for name in files:
-            fsync_path(os.path.join(root, name))
-        fsync_path(root)
-
-
-def write_json_atomic(path: str, data: Any, indent: Optional[int] = 2) -> None:
-    """Write JSON to `path` so that a reader (or a crash) sees the old file or the new one, never a partial one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=indent, allow_nan=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_path(os.path.dirname(os.path.abspath(path)))
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def remove_tree_atomically(path: str, graveyard_name: str) -> None:
-    """Delete a directory so that no reader ever sees it half deleted: rename it out of the way, then remove it.
-
-    A crash during the removal leaves `graveyard_name` (in the same parent), which the next run cleans up.
-    """
-    parent = os.path.dirname(path)
-    graveyard = os.path.join(parent, graveyard_name)
-    if os.path.exists(graveyard):
-        shutil.rmtree(graveyard, ignore_errors=True)
-    os.rename(path, graveyard)
-    fsync_path(parent)
-    shutil.rmtree(graveyard, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- one run per output directory

@@ -1,0 +1,84 @@
+"""File operations that never leave a half-written file behind: write to a temporary name, fsync, rename into place.
+
+The lowest layer (it imports nothing of peft_vtg): the training loop's checkpoints and kept adapter, the Hub push's
+consistency check and the CLI's output files all go through it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from typing import Any, Optional
+
+
+def fsync_path(path: str) -> None:
+    """Flush a file's (or a directory's entries') data to disk, so a rename that follows cannot outlive it."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. directories on platforms that cannot open them; the rename is then best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EBADF):  # some filesystems do not fsync directories
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: str) -> None:
+    """fsync every file below `directory`, then the directories themselves (deepest first)."""
+    for root, dirs, files in os.walk(directory, topdown=False):
+        for name in files:
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write `text` (UTF-8) to `path` so that a reader, or a crash, sees the old file or the new one, never a part.
+
+    The temporary file sits beside `path` (a rename within one filesystem is atomic) and is removed if the write
+    fails."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+def write_json_atomic(path: str, data: Any, indent: Optional[int] = 2) -> None:
+    """`write_text_atomic` of `data` as JSON; NaN and Inf raise (`allow_nan=False`) instead of writing bad JSON."""
+    write_text_atomic(path, json.dumps(data, indent=indent, allow_nan=False))
+
+
+def sha256_file(path: str) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_tree_atomically(path: str, graveyard_name: str) -> None:
+    """Delete a directory so that no reader ever sees it half deleted: rename it out of the way, then remove it.
+
+    A crash during the removal leaves `graveyard_name` (in the same parent), which the next run cleans up.
+    """
+    parent = os.path.dirname(path)
+    graveyard = os.path.join(parent, graveyard_name)
+    if os.path.exists(graveyard):
+        shutil.rmtree(graveyard, ignore_errors=True)
+    os.rename(path, graveyard)
+    fsync_path(parent)
+    shutil.rmtree(graveyard, ignore_errors=True)
