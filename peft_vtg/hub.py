@@ -160,6 +160,13 @@ def model_card(adapter_dir: str, repo_id: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def _write_card(path: str, card: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(card)
+    os.replace(tmp, path)
+
+
 def push_adapter(
     adapter_dir: str, repo_id: str, private: bool = False, token: Optional[str] = None,
     commit_message: str = "Upload VTG prompt adapter",
@@ -173,7 +180,13 @@ def push_adapter(
     `adapter_config.json` (`base_model_name_or_path`).
     """
     from huggingface_hub import HfApi
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:  # before anything is written
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"--repo-id {repo_id!r} is not a Hub repository id ({err}); give 'namespace/name' (or 'name'), "
+                         "e.g. 'user/xclip-charades-vtg'.") from None
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not os.path.isfile(os.path.join(adapter_dir, name)):
             raise FileNotFoundError(f"{adapter_dir} has no {name}; is it an adapter directory?")
@@ -191,13 +204,11 @@ def push_adapter(
             config["base_model_name_or_path"] = public_name(config["base_model_name_or_path"])
             with open(config_path, "w", encoding="utf-8") as handle:
                 json.dump(config, handle, indent=2, sort_keys=True)
-        for path in (os.path.join(snapshot, CARD_FILE), os.path.join(adapter_dir, CARD_FILE)):
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(card)
-            os.replace(tmp, path)
+        _write_card(os.path.join(snapshot, CARD_FILE), card)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=snapshot, commit_message=commit_message,
                                    allow_patterns=list(UPLOADED_FILES))
+    # Only once uploaded: a failed push (offline, a refused token) leaves the adapter directory as it was.
+    _write_card(os.path.join(adapter_dir, CARD_FILE), card)
     return str(getattr(commit, "commit_url", commit))

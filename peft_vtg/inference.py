@@ -9,6 +9,7 @@ for it gets a warning (see `peft_vtg.data.video.DURATION_TOLERANCE_SECONDS`).
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -16,7 +17,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from .data.collate import pad_videos
+from .data.collate import check_query_tokens, check_tokenizer, pad_videos
 from .data.video import (
     check_feature_array,
     check_fps,
@@ -88,6 +89,9 @@ def _check_settings(
 
 def _check_tensor(item: Any, index: int, feature_size: Optional[int]) -> torch.Tensor:
     """Video `index` as a tensor, checked: features (frames, dim) or frames (frames, 3, H, W), finite, >= 1 frame."""
+    if isinstance(item, np.ndarray) and item.dtype.kind not in "biufc":
+        raise ValueError(f"Video {index}: an array of {item.dtype} values; give numbers (float32 features or "
+                         "frames).")
     tensor = torch.as_tensor(np.asarray(item)) if isinstance(item, np.ndarray) else item
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"Video {index} is a {type(item).__name__}; give a file path, a tensor or an array.")
@@ -96,6 +100,8 @@ def _check_tensor(item: Any, index: int, feature_size: Optional[int]) -> torch.T
     elif tensor.dim() == 4:
         if tensor.shape[0] < 1:
             raise ValueError(f"Video {index} has no frames, shape {tuple(tensor.shape)}.")
+        if tensor.shape[1] != 3:
+            raise ValueError(f"Video {index}: frames must be (frames, 3, H, W) RGB, got shape {tuple(tensor.shape)}.")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"Video {index}: its frames hold NaN or Inf values; the scores would be NaN.")
     else:
@@ -141,6 +147,7 @@ def ground(
     """
     tuner = _tuner(model)
     layer, _ = tuner._feature_spec()
+    check_tokenizer(tokenizer)
     _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
     videos, single_video = _split_videos(video)
     if isinstance(query, str):
@@ -163,7 +170,11 @@ def ground(
     if len(videos) != len(queries):
         raise ValueError(f"Got {len(videos)} videos and {len(queries)} queries; give one query per video, or one of either.")
     durations: list[Optional[float]]
-    if duration is None or isinstance(duration, (int, float)):
+    if isinstance(duration, (np.ndarray, torch.Tensor)) and duration.ndim == 0:
+        duration = duration.item()
+    if isinstance(duration, (str, bytes)):
+        raise ValueError(f"duration must be seconds (a number, or one per video), got {duration!r}.")
+    if duration is None or isinstance(duration, numbers.Real):
         durations = [duration] * len(videos)
     else:
         durations = list(duration) * (len(videos) if len(duration) == 1 else 1)
@@ -200,6 +211,7 @@ def ground(
     reference = next(tuner.parameters())
     text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
                      return_tensors="pt")
+    check_query_tokens(tokenizer, text["input_ids"], text["attention_mask"], [f"query {k}" for k in range(len(queries))])
     video_key = "video_features" if padded.dim() == 3 else "pixel_values"
     was_training = tuner.training
     tuner.eval()

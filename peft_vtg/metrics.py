@@ -42,6 +42,13 @@ def best_iou(prediction: Window, ground_truth: Sequence[Window]) -> float:
     return max(temporal_iou(prediction, window) for window in ground_truth)
 
 
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
 def check_windows(windows: object, what: str, with_score: bool) -> None:
     """Raise `ValueError` naming `what` unless `windows` is a list of `[start, end]` (or, with `with_score`,
     `[start, end, score]`) of finite numbers with start <= end (seconds)."""
@@ -54,11 +61,15 @@ def check_windows(windows: object, what: str, with_score: bool) -> None:
             raise ValueError(f"{what}, window {k}: expected {shape} in seconds, got {window!r}.")
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in window):
             raise ValueError(f"{what}, window {k}: {list(window)!r} holds a value that is not a number.")
-        if not all(math.isfinite(v) for v in window):
+        if not all(_finite(v) for v in window):
             raise ValueError(f"{what}, window {k}: {list(window)!r} holds NaN or Inf; only finite start, end and "
                              "score values can be ranked and scored.")
         if window[1] < window[0]:
             raise ValueError(f"{what}, window {k}: {list(window)!r} ends before it starts (end < start).")
+    if with_score and len({len(window) for window in windows}) > 1:
+        # A window without a score ranks as score 0, so mixing the two orders the windows arbitrarily.
+        raise ValueError(f"{what}: some windows have a score and some do not; give every window as [start, end, "
+                         "score] (or none of them a score, to rank them in the order given).")
 
 
 def evaluate_moments(
@@ -83,6 +94,19 @@ def evaluate_moments(
             query has no predicted window, or a window is malformed or not finite (see `check_windows`); the message
             names the qids.
     """
+    for name, value in (("predictions", predictions), ("ground_truth", ground_truth)):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{name} must be a mapping qid -> windows (a dict), got {type(value).__name__}.")
+    for name, values in (("recall_at", recall_at), ("iou_thresholds", iou_thresholds)):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"{name} must be a non-empty list, got {values!r}.")
+    if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1 for n in recall_at):
+        raise ValueError(f"recall_at must hold whole numbers >= 1 (R@n ranks), got {list(recall_at)!r}.")
+    if not all(isinstance(m, numbers.Real) and not isinstance(m, bool) and 0.0 < m <= 1.0 for m in iou_thresholds):
+        raise ValueError(f"iou_thresholds must hold IoUs in (0, 1], got {list(iou_thresholds)!r}.")
+    if nms_threshold is not None and (isinstance(nms_threshold, bool) or not isinstance(nms_threshold, numbers.Real)
+                                      or not 0.0 <= nms_threshold <= 1.0):
+        raise ValueError(f"nms_threshold must be an IoU in [0, 1] or None, got {nms_threshold!r}.")
     missing = sorted(set(ground_truth) - set(predictions), key=str)
     extra = sorted(set(predictions) - set(ground_truth), key=str)
     if missing or extra:
@@ -120,6 +144,11 @@ def evaluate_moments(
 
 def format_table(metrics: dict[str, float]) -> str:
     """The metrics as a small text table, rows R@1 / R@5, columns IoU thresholds, then mIoU."""
+    needed = [f"R{n}@{m}" for n in RECALL_AT for m in IOU_THRESHOLDS] + ["mIoU", "num_queries"]
+    absent = [name for name in needed if name not in metrics]
+    if absent:
+        raise ValueError(f"format_table needs the metrics of evaluate_moments with the default recall_at and "
+                         f"iou_thresholds; missing {absent}.")
     header = "      " + "".join(f"IoU={m:<6}" for m in IOU_THRESHOLDS)
     rows = [header]
     for n in RECALL_AT:

@@ -38,8 +38,12 @@ from peft_vtg.data import (
     read_tacos,
     resample_features,
 )
-from peft_vtg.metrics import evaluate_moments
-from tiny_models import tiny_tokenizer, write_video
+from peft import get_peft_model
+from peft_vtg import VTGPromptConfig
+from peft_vtg.heads import decode_moments
+from peft_vtg.metrics import evaluate_moments, format_table
+from peft_vtg.training import VTGTrainingArguments
+from tiny_models import tiny_clip, tiny_tokenizer, write_video
 
 pytest.importorskip("av")
 h5py = pytest.importorskip("h5py")
@@ -367,6 +371,100 @@ API_CASES = [
                         r"adapter directory is incomplete"),
     ("evaluate-moments-inf", nothing, lambda t, w, m: evaluate_moments({"a": [[0, math.inf, 1.0]]}, {"a": [[0, 1]]}),
      ValueError, r"predictions for query 'a', window 0: \[0, inf, 1.0\] holds NaN or Inf"),
+    # adversarial sweep: wrong types and values at every entry point
+    ("config-float-field-text", nothing, lambda t, w, m: VTGPromptConfig(head_dropout="high"), ValueError,
+     r"head_dropout must be a finite number, got str 'high'"),
+    ("config-bool-field-text", nothing, lambda t, w, m: VTGPromptConfig(predict_inside="no"), ValueError,
+     r"predict_inside must be True or False, got str 'no'"),
+    ("config-list-field-number", nothing, lambda t, w, m: VTGPromptConfig(vtm_heads=5), ValueError,
+     r"vtm_heads must be a list of names \(strings\) or None, got int 5"),
+    ("config-text-tokens-fill-positions", nothing,
+     lambda t, w, m: get_peft_model(tiny_clip(), VTGPromptConfig(num_text_tokens=22)), ValueError,
+     r"num_text_tokens=22 leaves no room for the query: .*max_position_embeddings=24.*num_text_tokens <= 21"),
+    ("config-text-insert-past-text", nothing,
+     lambda t, w, m: get_peft_model(tiny_clip(), VTGPromptConfig(text_insert_position=1000)), ValueError,
+     r"text_insert_position=1000 lies past any query .* use a position <= 15"),
+    ("config-adapter-too-large", nothing,
+     lambda t, w, m: get_peft_model(tiny_clip(), VTGPromptConfig(num_text_tokens=0, num_video_tokens=10**12)),
+     ValueError, r"Adapter 'default' does not fit in memory .*num_video_tokens=1000000000000"),
+    ("training-args-lr-text", nothing, lambda t, w, m: VTGTrainingArguments(learning_rate="fast"), ValueError,
+     r"learning_rate must be a finite number, got str 'fast'"),
+    ("training-args-seed-text", nothing, lambda t, w, m: VTGTrainingArguments(seed="abc"), ValueError,
+     r"seed must be a whole number, got str 'abc'"),
+    ("training-args-max-span-negative", nothing, lambda t, w, m: VTGTrainingArguments(max_span_seconds=-1.0),
+     ValueError, r"max_span_seconds must be > 0 \(seconds\) or None"),
+    ("training-args-unknown-metric", nothing, lambda t, w, m: VTGTrainingArguments(metric_for_best_model="acc"),
+     ValueError, r"metric_for_best_model='acc' is not a metric the evaluation returns; choose one of \['R1@0.1'"),
+    ("jsonl-duration-huge-integer", rows("a.jsonl", '{"qid": "q0", "query": "q", "duration": 1' + "0" * 400 + "}"),
+     lambda t, w, m: read_moment_jsonl(t / "a.jsonl"), ValueError,
+     r"line 1: 'duration' must be a finite number of seconds > 0"),
+    ("jsonl-nested-too-deep", rows("a.jsonl", "[" * 100000 + "]" * 100000), lambda t, w, m: load_annotations(t / "a.jsonl"),
+     ValueError, r"a.jsonl, line 1: the JSON is nested too deeply to read"),
+    ("jsonl-lone-surrogate-query", rows("a.jsonl", '{"qid": "q0", "query": "\\ud800", "duration": 5, "windows": [[1, 2]]}'),
+     lambda t, w, m: read_moment_jsonl(t / "a.jsonl"), ValueError,
+     r"line 1: 'query' holds a character that is not valid Unicode text"),
+    ("annotations-path-a-directory", nothing, lambda t, w, m: load_annotations(t), IsADirectoryError,
+     r"is a directory; give the annotation file itself"),
+    ("annotations-path-an-int", nothing, lambda t, w, m: read_moment_jsonl(0), TypeError,
+     r"The annotation file must be a path \(str or os.PathLike\), got int 0"),
+    ("charades-durations-an-int", text("sta.txt", "AAAAA 1.0 5.0##a person sits.\n"),
+     lambda t, w, m: read_charades_sta(t / "sta.txt", 3), TypeError, r"durations csv .* must be a path.*got int 3"),
+    ("load-format-a-list", rows("a.jsonl", ROW), lambda t, w, m: load_annotations(t / "a.jsonl", format=["jsonl"]),
+     ValueError, r"format=\['jsonl'\] is not known"),
+    ("reader-strict-text", rows("a.jsonl", ROW), lambda t, w, m: read_moment_jsonl(t / "a.jsonl", strict="no"),
+     ValueError, r"strict must be True or False, got 'no'"),
+    ("collate-row-missing-key", nothing, lambda t, w, m: GroundingCollator(tiny_tokenizer(), FeatureDirectory(w / "feats"))(
+        [{k: v for k, v in ROW.items() if k != "duration"}]), ValueError, r"Row 0 \(qid 'q0'\) has no \['duration'\]"),
+    ("collate-row-not-mapping", nothing, lambda t, w, m: GroundingCollator(tiny_tokenizer(), FeatureDirectory(w / "feats"))(
+        ["q0"]), ValueError, r"Row 0 of the batch is a str; rows are mappings"),
+    ("collate-empty-query", nothing, lambda t, w, m: GroundingCollator(tiny_tokenizer(), FeatureDirectory(w / "feats"))(
+        [row(query="")]), ValueError, r"Row 0 \(qid 'q0'\): 'query' must be a non-empty string"),
+    ("collate-window-reversed", nothing, lambda t, w, m: GroundingCollator(tiny_tokenizer(), FeatureDirectory(w / "feats"))(
+        [row(windows=[[3.0, 1.0]])]), ValueError, r"'windows' item \[3.0, 1.0\] must be \[start, end\]"),
+    ("collate-duration-text", nothing, lambda t, w, m: GroundingCollator(tiny_tokenizer(), FeatureDirectory(w / "feats"))(
+        [row(duration="five")]), ValueError, r"'duration' must be a finite number of seconds > 0, got 'five'"),
+    ("collate-feature-sizes-differ", nothing, lambda t, w, m: GroundingCollator(
+        tiny_tokenizer(), lambda vid: torch.ones(5, DIM if vid == "v0" else 7))([ROW, row(qid="q1", vid="v1")]),
+     ValueError, r"must share their per-frame shape .*\[\(7,\), \(48,\)\]"),
+    ("collate-tokenizer-none", nothing, lambda t, w, m: GroundingCollator(None, FeatureDirectory(w / "feats")),
+     ValueError, r"tokenizer must be the base model's tokenizer"),
+    ("ground-tokenizer-none", nothing, lambda t, w, m: ground(m, torch.ones(5, DIM), "a door", None, duration=5.0),
+     ValueError, r"tokenizer must be the base model's tokenizer"),
+    ("ground-duration-numpy-scalar", nothing, lambda t, w, m: ground(m, torch.ones(0, DIM), "a door", tiny_tokenizer(),
+                                                                      duration=np.float32(5.0)), ValueError,
+     r"video 0 \(features\): features are empty"),
+    ("ground-frames-one-channel", nothing, lambda t, w, m: ground(m, torch.ones(4, 1, 32, 32), "a door", tiny_tokenizer(),
+                                                                  duration=5.0), ValueError,
+     r"Video 0: frames must be \(frames, 3, H, W\) RGB, got shape \(4, 1, 32, 32\)"),
+    ("ground-object-array", nothing, lambda t, w, m: ground(m, np.array([[None] * DIM] * 5), "a door", tiny_tokenizer(),
+                                                            duration=5.0), ValueError, r"Video 0: an array of object values"),
+    ("ground-query-no-word", nothing, lambda t, w, m: ground(m, torch.ones(5, DIM), "a door opens", tiny_tokenizer(),
+                                                             duration=5.0, max_text_length=2), ValueError,
+     r"query 0 tokenizes to no word"),
+    ("evaluate-moments-not-a-dict", nothing, lambda t, w, m: evaluate_moments(None, {"a": [[0, 1]]}), ValueError,
+     r"predictions must be a mapping qid -> windows"),
+    ("evaluate-moments-recall-0", nothing, lambda t, w, m: evaluate_moments({"a": [[0, 1, 1]]}, {"a": [[0, 1]]},
+                                                                           recall_at=[0]), ValueError,
+     r"recall_at must hold whole numbers >= 1"),
+    ("evaluate-moments-nms-out-of-range", nothing, lambda t, w, m: evaluate_moments({"a": [[0, 1, 1]]}, {"a": [[0, 1]]},
+                                                                                   nms_threshold=2.0), ValueError,
+     r"nms_threshold must be an IoU in \[0, 1\] or None, got 2.0"),
+    ("evaluate-moments-scores-mixed", nothing, lambda t, w, m: evaluate_moments({"a": [[0, 1], [0, 2, 0.9]]},
+                                                                               {"a": [[0, 1]]}), ValueError,
+     r"predictions for query 'a': some windows have a score and some do not"),
+    ("format-table-missing-metrics", nothing, lambda t, w, m: format_table({"mIoU": 1.0}), ValueError,
+     r"format_table needs the metrics of evaluate_moments .*missing \['R1@0.1'"),
+    ("decode-moments-nan-logits", nothing, lambda t, w, m: decode_moments(torch.full((1, 5), math.nan),
+                                                                         torch.zeros(1, 5), [5.0]), ValueError,
+     r"start_logits hold NaN or Inf at real frames of clip\(s\) \[0\]"),
+    ("decode-moments-duration-0", nothing, lambda t, w, m: decode_moments(torch.zeros(1, 5), torch.zeros(1, 5), [0.0],
+                                                                         max_span_seconds=1.0), ValueError,
+     r"durations\[0\] must be a finite number of seconds > 0, got 0.0"),
+    ("decode-moments-mask-shape", nothing, lambda t, w, m: decode_moments(torch.zeros(1, 5), torch.zeros(1, 5), [5.0],
+                                                                         frame_mask=torch.ones(1, 9)), ValueError,
+     r"frame_mask must be a tensor of the logits' shape \(1, 5\), got \(1, 9\)"),
+    ("predictions-huge-integer", rows("p.jsonl", '{"qid": "a", "pred_windows": [[0, 1' + "0" * 400 + ', 1]]}'),
+     lambda t, w, m: read_predictions(str(t / "p.jsonl")), ValueError, r"line 1 \(qid 'a'\): 'pred_windows', window 0: .*NaN or Inf"),
 ]
 
 
@@ -383,6 +481,8 @@ def evaluate(*flags: str, adapter: str = "{w}/adapter", data_flags=("--features-
 
 
 ANN = ("--annotations", "{w}/ann.jsonl")
+TRAIN = ("train", "--base-model", "{w}/base", "--train-annotations", "{w}/ann.jsonl", "--features-dir", "{w}/feats",
+         "--num-video-tokens", "0", "--max-steps", "1", "--output-dir", "{t}/run")
 VIDEO = ("--video-dir", "{w}/videos", "--image-size", "32")
 
 # (id, builder, argv with {t} = the case directory and {w} = the workspace, stderr regex)
@@ -462,6 +562,33 @@ CLI_CASES = [
     ("train-query-a-list", rows("a.jsonl", row(query=["a", "b"])),
      ["train", "--base-model", "{w}/base", "--train-annotations", "{t}/a.jsonl", "--features-dir", "{w}/feats",
       "--output-dir", "{t}/run", "--num-video-tokens", "0", "--max-steps", "1"], r"'query' must be a string, got list"),
+    # adversarial sweep
+    ("train-config-wrong-type", text("c.json", json.dumps({"learning_rate": "fast"})),
+     [*TRAIN, "--config", "{t}/c.json"], r"learning_rate must be a finite number, got str 'fast'"),
+    ("train-config-none-for-float", text("c.json", json.dumps({"head_dropout": None})),
+     [*TRAIN, "--config", "{t}/c.json"], r"head_dropout must not be None"),
+    ("train-config-broken-json", text("c.json", "{broken"), [*TRAIN, "--config", "{t}/c.json"],
+     r"--config .*c.json is not a JSON file of settings \(Expecting property name"),
+    ("train-config-unknown-metric", text("c.json", json.dumps({"metric_for_best_model": "accuracy"})),
+     [*TRAIN, "--eval-annotations", "{w}/ann.jsonl", "--config", "{t}/c.json"],
+     r"metric_for_best_model='accuracy' is not a metric the evaluation returns"),
+    ("train-output-dir-a-file", text("out.txt", "x"), [*TRAIN[:-2], "--output-dir", "{t}/out.txt"],
+     r"--output-dir .*out.txt is a file; give a directory"),
+    ("train-resume-missing-checkpoint", nothing, [*TRAIN, "--resume-from-checkpoint", "{t}/no-checkpoint"],
+     r"--resume-from-checkpoint .*no-checkpoint: no such checkpoint directory"),
+    ("train-text-insert-past-text", nothing, [*TRAIN, "--text-insert-position", "1000"],
+     r"text_insert_position=1000 lies past any query"),
+    ("score-huge-integer-duration", both(rows("gt.jsonl", '{"qid": "a", "duration": 1' + "0" * 400 + ', "windows": [[0, 1]]}'),
+                                         rows("p.jsonl", {"qid": "a", "pred_windows": [[0, 1, 1]]})),
+     ["score", "--predictions", "{t}/p.jsonl", "--ground-truth", "{t}/gt.jsonl"],
+     r"gt.jsonl, line 1: 'duration' must be a finite number"),
+    ("score-predictions-nested-too-deep", both(rows("gt.jsonl", {"qid": "a", "duration": 5, "windows": [[0, 1]]}),
+                                               rows("p.jsonl", "[" * 100000 + "]" * 100000)),
+     ["score", "--predictions", "{t}/p.jsonl", "--ground-truth", "{t}/gt.jsonl"], r"p.jsonl, line 1: the JSON is nested"),
+    ("demo-train-videos-negative", nothing, ["demo", "--train-videos", "-5", "--output-dir", "{t}/demo"],
+     r"argument --train-videos: must be >= 1, got -5"),
+    ("push-invalid-repo-id", adapter_copy(lambda path: None), ["push", "--adapter", "{t}/adapter", "--repo-id", "a b!!"],
+     r"--repo-id 'a b!!' is not a Hub repository id"),
 ]
 
 

@@ -117,13 +117,18 @@ def _number(value: Any) -> Optional[float]:
     """`value` as a float if it is a JSON/Python number (bools and numeric text are not), else None."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float range (JSON allows 1000...0 with 400 digits): not finite
+        return math.inf if value > 0 else -math.inf
 
 
 class _RowPolicy:
     """Checks each pair, applies the module's bad-row policy and keeps the report."""
 
     def __init__(self, source: str, strict: bool) -> None:
+        if not isinstance(strict, bool):  # strict="no" would be truthy
+            raise ValueError(f"strict must be True or False, got {strict!r}.")
         self.report = ReadReport(source=source)
         self.strict = strict
         self.rows: list[dict[str, Any]] = []
@@ -145,7 +150,16 @@ class _RowPolicy:
         # Integers are fine (QVHighlights qids are); a float, list or null id is a broken export.
         if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value):
             self.error(where, f"'{name}' must be a non-empty string or an integer, got {value!r}.")
-        return str(value)
+        return self._text(where, name, str(value))
+
+    def _text(self, where: str, name: str, value: str) -> str:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"), which no UTF-8 file, tokenizer or dataset can hold.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            self.error(where, f"'{name}' holds a character that is not valid Unicode text ({err.reason} at "
+                              f"position {err.start}); {_FIX}.")
+        return value
 
     def _window(self, where: str, name: str, window: Any, scale: float) -> tuple[float, float]:
         """(start, end) in seconds of one window given in units of `scale` seconds; raises on a malformed one.
@@ -204,7 +218,7 @@ class _RowPolicy:
         several = windows is not None and len(windows) > 1
         checked = [self._window(where, f"'{field_name}'" + (f" item {k}" if several else ""), window, scale)
                    for k, window in enumerate(windows or [])]
-        query = query.strip()
+        query = self._text(where, "query", query).strip()
         if not query:
             return self._bad(where, "empty query", "drop")
         if duration is None:
@@ -251,8 +265,22 @@ def read_report(dataset: datasets.Dataset) -> dict[str, Any]:
         raise ValueError("This dataset was not made by a peft_vtg reader; it carries no read report.") from err
 
 
+def _check_path(path: Any, what: str = "annotation file") -> None:
+    # open(5) would read file descriptor 5 (open(0): standard input) instead of failing.
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"The {what} must be a path (str or os.PathLike), got {type(path).__name__} {path!r}.")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{os.fspath(path)} is a directory; give the {what} itself.")
+
+
+def _source(path: Any) -> str:
+    _check_path(path)
+    return os.fspath(path)
+
+
 def _read_text(path: PathLike, newline: Optional[str] = None) -> str:
     """The whole file as text: UTF-8, a leading byte-order mark dropped (files saved by Excel / Notepad have one)."""
+    _check_path(path)
     try:
         with open(path, encoding="utf-8-sig", newline=newline) as handle:
             return handle.read()
@@ -282,6 +310,9 @@ def _parse_json(text: str, where: str) -> Any:
         raise ValueError(f"{where}: the key {err.args[0]!r} appears twice in one object; give each key once.") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{where} is not valid JSON ({err}).") from err
+    except RecursionError:
+        raise ValueError(f"{where}: the JSON is nested too deeply to read (thousands of levels); no annotation "
+                         "file has that shape, is it the right file?") from None
 
 
 def _load_json(path: PathLike) -> Any:
@@ -348,8 +379,9 @@ def read_charades_sta(
             "(Charades_v1_train.csv for train), or a mapping vid -> seconds."
         )
     if not isinstance(durations, Mapping):
+        _check_path(durations, "durations csv (or a mapping vid -> seconds)")
         durations = read_charades_durations(durations)
-    policy = _RowPolicy(os.fspath(path), strict)
+    policy = _RowPolicy(_source(path), strict)
     counters: Counter = Counter()
     for number, line in enumerate(_read_text(path).split("\n"), start=1):
         line = line.rstrip("\r")
@@ -370,7 +402,7 @@ def read_charades_sta(
 
 # ---------------------------------------------------------------- ActivityNet Captions / per-video json
 def _read_per_video_json(path: PathLike, data: Any, strict: bool, frames: bool) -> datasets.Dataset:
-    policy = _RowPolicy(os.fspath(path), strict)
+    policy = _RowPolicy(_source(path), strict)
     _check_videos_object(path, data)
     for key, entry in data.items():
         vid = key[:-4] if key.endswith(".avi") else key
@@ -465,7 +497,7 @@ def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
     """JSON lines with one query per line: QVHighlights (`qid, query, duration, vid, relevant_windows`), the unified
     releases of other benchmarks in that form, and peft_vtg's ground-truth format (`qid, duration, windows`; `vid` and
     `query` optional). A line without any window key is an unlabelled query (kept with no windows)."""
-    policy = _RowPolicy(os.fspath(path), strict)
+    policy = _RowPolicy(_source(path), strict)
     for number, entry in iter_json_lines(path):
         where = f"line {number}"
         if "qid" not in entry:
@@ -519,7 +551,8 @@ def load_annotations(path: PathLike, format: Optional[str] = None, **kwargs: Any
     `kwargs` go to the reader (e.g. `durations=` for Charades-STA, `strict=True`); one the reader does not take is an
     error rather than ignored.
     """
-    if format is not None and format not in READERS:
+    _check_path(path)
+    if format is not None and (not isinstance(format, str) or format not in READERS):
         raise ValueError(f"format={format!r} is not known; choose one of {sorted(READERS)}.")
     format = format or detect_format(path)
     reader = READERS[format]

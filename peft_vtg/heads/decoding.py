@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+import numbers
+from typing import Any, Optional
 
 import torch
 
@@ -56,6 +57,33 @@ def top_spans(scores: torch.Tensor, top_k: int, nms_threshold: Optional[float]) 
     return [(int(s), int(e) - 1, score) for s, e, score in kept]
 
 
+def _check_decoding(start_logits: Any, end_logits: Any, frame_mask: Any, top_k: Any, nms_threshold: Any) -> None:
+    """Raise `ValueError` naming the argument when the decoding inputs cannot give meaningful moments."""
+    for name, value in (("start_logits", start_logits), ("end_logits", end_logits)):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor (batch, frames), got {type(value).__name__}.")
+    if start_logits.shape != end_logits.shape or start_logits.dim() != 2:
+        raise ValueError(
+            f"start_logits and end_logits must both be (batch, frames), got {tuple(start_logits.shape)} and "
+            f"{tuple(end_logits.shape)}."
+        )
+    if frame_mask is not None and (not isinstance(frame_mask, torch.Tensor) or frame_mask.shape != start_logits.shape):
+        raise ValueError(f"frame_mask must be a tensor of the logits' shape {tuple(start_logits.shape)}, got "
+                         f"{tuple(frame_mask.shape) if isinstance(frame_mask, torch.Tensor) else frame_mask!r}.")
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}.")
+    if nms_threshold is not None and (isinstance(nms_threshold, bool) or not isinstance(nms_threshold, numbers.Real)
+                                      or not 0.0 <= nms_threshold <= 1.0):
+        raise ValueError(f"nms_threshold must be an IoU in [0, 1] or None, got {nms_threshold!r}.")
+    real = frame_mask.bool() if frame_mask is not None else torch.ones_like(start_logits, dtype=torch.bool)
+    for name, value in (("start_logits", start_logits), ("end_logits", end_logits)):
+        bad = real & ~torch.isfinite(value.float())
+        if bool(bad.any()):  # a NaN scores every span NaN, and decoding would silently return no moment
+            rows = sorted({int(r) for r in bad.nonzero()[:, 0].tolist()})
+            raise ValueError(f"{name} hold NaN or Inf at real frames of clip(s) {rows[:10]}; the model's output is "
+                             "broken (check its inputs and weights).")
+
+
 def decode_frame_spans(
     start_logits: torch.Tensor,
     end_logits: torch.Tensor,
@@ -76,13 +104,7 @@ def decode_frame_spans(
     Returns:
         One list per clip of `(first_frame, last_frame, score)`, best first; the first entry is the argmax span.
     """
-    if start_logits.shape != end_logits.shape or start_logits.dim() != 2:
-        raise ValueError(
-            f"start_logits and end_logits must both be (batch, frames), got {tuple(start_logits.shape)} and "
-            f"{tuple(end_logits.shape)}."
-        )
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    _check_decoding(start_logits, end_logits, frame_mask, top_k, nms_threshold)
     lengths = (
         frame_mask.sum(dim=1).tolist() if frame_mask is not None else [start_logits.shape[1]] * start_logits.shape[0]
     )
@@ -115,9 +137,22 @@ def decode_moments(
     Returns:
         One list per clip of `(start_s, end_s, score)`, best first.
     """
+    _check_decoding(start_logits, end_logits, frame_mask, top_k, nms_threshold)
     batch = start_logits.shape[0]
+    if isinstance(durations, (str, bytes)) or not hasattr(durations, "__len__"):
+        raise ValueError(f"durations must be a list of seconds, one per clip, got {durations!r}.")
     if len(durations) != batch:
         raise ValueError(f"durations has {len(durations)} entries for a batch of {batch} clips.")
+    for row, duration in enumerate(durations):
+        if isinstance(duration, torch.Tensor) and duration.numel() == 1:
+            duration = duration.item()
+        if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not math.isfinite(duration) \
+                or duration <= 0:
+            raise ValueError(f"durations[{row}] must be a finite number of seconds > 0, got {duration!r}.")
+    if max_span_seconds is not None and (isinstance(max_span_seconds, bool)
+                                         or not isinstance(max_span_seconds, numbers.Real)
+                                         or not math.isfinite(max_span_seconds) or max_span_seconds <= 0):
+        raise ValueError(f"max_span_seconds must be a finite number of seconds > 0 or None, got {max_span_seconds!r}.")
     lengths = frame_mask.sum(dim=1).tolist() if frame_mask is not None else [start_logits.shape[1]] * batch
     results = []
     for row in range(batch):

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
+
+from ..metrics import IOU_THRESHOLDS, RECALL_AT
+from ..vtg_prompt.config import check_field_types
+
+# What `metric_for_best_model` may name: the metrics every evaluation returns (higher is better).
+METRIC_NAMES = tuple(f"R{n}@{m}" for n in RECALL_AT for m in IOU_THRESHOLDS) + ("mIoU",)
 
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -103,6 +110,7 @@ class VTGTrainingArguments:
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars."})
 
     def __post_init__(self) -> None:
+        check_field_types(self, [f.name for f in dataclasses.fields(self)])
         positive = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                     "gradient_accumulation_steps", "logging_steps", "top_k")
         for name in positive:
@@ -135,3 +143,13 @@ class VTGTrainingArguments:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; choose one of {list(allowed)}.")
         if self.nms_threshold is not None and not 0.0 <= self.nms_threshold <= 1.0:
             raise ValueError(f"nms_threshold must be in [0, 1] or None, got {self.nms_threshold!r}.")
+        if not self.output_dir.strip():
+            raise ValueError("output_dir is empty; give the directory the adapter is written to.")
+        if not 0 <= self.seed < 2**32:  # what numpy's and torch's seeding accept
+            raise ValueError(f"seed must be a whole number in [0, 2**32 - 1], got {self.seed!r}.")
+        if self.max_span_seconds is not None and not self.max_span_seconds > 0:
+            raise ValueError(f"max_span_seconds must be > 0 (seconds) or None (no limit), got {self.max_span_seconds!r}.")
+        if self.metric_for_best_model not in METRIC_NAMES:
+            # Checked here, not at the first evaluation: a typo would otherwise fail only after the first epoch.
+            raise ValueError(f"metric_for_best_model={self.metric_for_best_model!r} is not a metric the evaluation "
+                             f"returns; choose one of {list(METRIC_NAMES)}.")

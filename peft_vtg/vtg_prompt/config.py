@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import math
+import numbers
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -75,6 +79,44 @@ def check_adapter_directory(directory: str) -> None:
             f"{weights} is corrupt or truncated and cannot be read ({err}). Save the adapter again, or download it "
             "again if it came from the Hub."
         ) from err
+
+
+def check_field_types(obj: object, names: typing.Iterable[str]) -> None:
+    """Raise `ValueError` naming the field unless each of `names` holds a value of its annotated type: a bool field
+    True or False, an int field a whole number (not a bool, not 2.0), a float field a finite number, a str (or
+    str-valued enum) field a string, a list field a list of strings (one string is accepted as a list of one), a dict
+    field a mapping; `Optional` fields also None. A wrong type would otherwise fail deep inside (or be used as is)."""
+    hints = typing.get_type_hints(type(obj))
+    for name in names:
+        value, hint = getattr(obj, name), hints[name]
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        if value is None:
+            if optional:
+                continue
+            raise ValueError(f"{name} must not be None; leave it out to get its default.")
+        kinds = [a for a in args if a is not type(None)] if typing.get_origin(hint) is Union else [hint]
+        origins = {typing.get_origin(k) or k for k in kinds}
+        if bool in origins:
+            ok, want = isinstance(value, bool), "True or False"
+        elif int in origins:
+            ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "a whole number"
+        elif float in origins:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            ok, want = ok and math.isfinite(value), "a finite number"
+        elif list in origins:
+            ok = isinstance(value, str) or (isinstance(value, (list, tuple))
+                                            and all(isinstance(v, str) for v in value))
+            want = "a list of names (strings)"
+        elif dict in origins:
+            ok, want = isinstance(value, dict), "a JSON object (mapping)"
+        elif str in origins or any(isinstance(k, type) and issubclass(k, enum.Enum) for k in origins):
+            ok, want = isinstance(value, (str, enum.Enum)), "a string"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{name} must be {want}{' or None' if optional else ''}, got {type(value).__name__} "
+                             f"{value!r}.")
 
 
 def _enum_value(enum_cls: type[enum.Enum], value: Union[str, enum.Enum], field_name: str) -> str:
@@ -296,6 +338,8 @@ class VTGPromptConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.VTG_PROMPT  # type: ignore[attr-defined]  # added by peft_vtg's registration
+        inherited = {f.name for f in dataclasses.fields(PeftConfig)}
+        check_field_types(self, [f.name for f in dataclasses.fields(self) if f.name not in inherited])
         # Every read path (VTGPromptConfig.from_pretrained, PeftConfig.from_pretrained, PeftModel.from_pretrained with
         # or without config=, load_adapter) ends in this constructor, so this is the one place that tells "saved
         # before the setting existed" from "not decided yet". Creating an adapter records `base_architecture` and the

@@ -36,6 +36,27 @@ def _check_depth(stream: str, bs: BoundStream, start: int, depth: int) -> None:
         )
 
 
+def _check_text_room(config: VTGPromptConfig, bs: BoundStream) -> None:
+    """Where text prompts take token slots in input_ids, the encoder's positions must hold them, the insert position
+    and a query of at least one word between BOS and EOS; else every forward would fail (or, for an insert position
+    past the text, put the prompts after it)."""
+    if bs.max_positions is None or bs.spec.slot_source != "input_ids":
+        return
+    room = bs.max_positions - config.num_text_tokens
+    if room < 3:
+        raise ValueError(
+            f"num_text_tokens={config.num_text_tokens} leaves no room for the query: the text encoder has "
+            f"max_position_embeddings={bs.max_positions}, and a query needs at least 3 (BOS, a word, EOS); use "
+            f"num_text_tokens <= {bs.max_positions - 3}."
+        )
+    if bs.spec.insert_position > room - 1:
+        raise ValueError(
+            f"text_insert_position={bs.spec.insert_position} lies past any query that fits the text encoder "
+            f"(max_position_embeddings={bs.max_positions}, num_text_tokens={config.num_text_tokens}); use a position "
+            f"<= {room - 1}, e.g. 1 (after BOS)."
+        )
+
+
 def resolve_new_adapter_settings(config: VTGPromptConfig, bound: BoundSpec) -> None:
     """Set the fields of `config` left at None to `NEW_ADAPTER_SETTINGS`, and `prompt_tuning_init` to BOS where the text
     stream allows it (else RANDOM), so the saved config records what was built (a loaded config has them already: see
@@ -237,6 +258,7 @@ class VTGPromptEncoder(nn.Module):
         start = config.prompt_start_layer
         if config.num_text_tokens:
             _check_depth("text", bound.text, start, config.text_prompt_depth)
+            _check_text_room(config, bound.text)
             if empty:
                 initial = torch.empty(config.text_prompt_depth, config.num_text_tokens, bound.text.hidden_size,
                                       device="meta")
@@ -326,9 +348,20 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
                 bos = bos_states(self.bound.text, range(start, start + config.text_prompt_depth))
             finally:
                 self._serving_none = False
-        with init_empty_weights() if empty else nullcontext():
-            encoder = VTGPromptEncoder(config, self.bound, bos=bos, empty=empty)
-            heads = build_task_heads(config, self.bound)
+        try:
+            with init_empty_weights() if empty else nullcontext():
+                encoder = VTGPromptEncoder(config, self.bound, bos=bos, empty=empty)
+                heads = build_task_heads(config, self.bound)
+        except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+            if not (isinstance(err, MemoryError) or "allocate" in str(err) or "out of memory" in str(err)):
+                raise
+            raise ValueError(
+                f"Adapter {adapter_name!r} does not fit in memory ({str(err).splitlines()[0][:200]}); its sizes are "
+                f"too large: num_text_tokens={config.num_text_tokens}, num_video_tokens={config.num_video_tokens}, "
+                f"text/video_prompt_depth={config.text_prompt_depth}/{config.video_prompt_depth}, head_hidden_size="
+                f"{config.head_hidden_size}, head_num_layers={config.head_num_layers}, head_temporal_kernel_size="
+                f"{config.head_temporal_kernel_size}."
+            ) from None
         device, dtype = self._base_device_and_dtype()
         for module in (encoder, heads):
             if module is None:
