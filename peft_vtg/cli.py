@@ -8,6 +8,8 @@ Subcommands:
 - `predict`: moments of a query in a video file, in seconds.
 - `push`: upload an adapter with a model card to the Hugging Face Hub.
 - `score`: R@n IoU@m and mIoU of a predictions file against ground truth.
+- `cache`: run the frozen video encoder once over a dataset's videos up to a layer and store its hidden states
+  (`--cache-dir` of `train` / `evaluate` then runs only the layers above it).
 - `demo`: the embedded default, prompt-tuning the shipped backbone on SynthVTG.
 """
 
@@ -191,6 +193,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser, annotations_flag: str, 
     group.add_argument("--features-key", default=None, help="array name inside multi-array feature files")
     group.add_argument("--video-dir", default=None, help="directory of video files <vid><suffix>, decoded with PyAV")
     group.add_argument("--video-suffix", default=".mp4", help="video file suffix (default: .mp4)")
+    group.add_argument("--cache-dir", default=None, help="frozen-prefix cache written by `peft-vtg cache`: the "
+                       "encoder's hidden states entering its layer k; video prompts must start at layer >= k")
     group.add_argument("--num-frames", type=_positive_int, default=None, help="frames sampled per video, or feature "
                        "bins (default: the encoder's fixed count, else 32 for videos, native length for features)")
     group.add_argument("--fps", type=_positive_float, default=None, help="sample videos at this rate (frames per "
@@ -346,6 +350,8 @@ def _video_setup(args: argparse.Namespace, model: Any) -> tuple[Any, Optional[in
     from .inference import DEFAULT_NUM_FRAMES
 
     bound = model.base_model.model.vtg_prompts.bound
+    if getattr(args, "cache_dir", None):
+        return _cache_setup(args, model)
     if bool(args.features_dir) == bool(args.video_dir):
         raise ValueError("Give exactly one of --features-dir (pre-extracted features) and --video-dir (video files).")
     if args.num_frames is not None and args.fps is not None:
@@ -362,6 +368,19 @@ def _video_setup(args: argparse.Namespace, model: Any) -> tuple[Any, Optional[in
     source = VideoFiles(args.video_dir, num_frames=num_frames, fps=args.fps, image_size=image_size,
                         suffix=args.video_suffix)
     return source, num_frames, f"videos: {args.video_dir}"
+
+
+def _cache_setup(args: argparse.Namespace, model: Any) -> tuple[Any, None, str]:
+    """(cache source, None, description) for `--cache-dir`, after checking that the cache belongs to `model`, its
+    adapter and the sampling flags given (each mismatch is named, with the fix)."""
+    from .cache import CachedVideoStates
+
+    given = [flag for flag, value in (("--features-dir", args.features_dir), ("--video-dir", args.video_dir)) if value]
+    if given:
+        raise ValueError(f"Give one video source: --cache-dir or {given[0]}, not both.")
+    source = CachedVideoStates(args.cache_dir, model, num_frames=args.num_frames, fps=args.fps,
+                               image_size=args.image_size)
+    return source, None, f"cache: {args.cache_dir} (layer {source.layer})"
 
 
 def _check_video_ids(source: Any, rows: Any) -> None:
@@ -384,6 +403,17 @@ def _check_output_file(path: Optional[str], flag: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"{flag} {path}: the directory {parent} does not exist.")
+
+
+def _check_output_dir(path: str, flag: str) -> None:
+    """Fail before a long run when the output directory is an existing file (or lies under one)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file; give a directory (new or existing) for the outputs.")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path}: {parent} is a file, so the directory cannot be created there.")
 
 
 # ---------------------------------------------------------------- train / evaluate / predict / push
@@ -418,6 +448,11 @@ def _train(args: argparse.Namespace) -> int:
     from .training import NonFiniteError, OutputDirInUseError, VTGTrainingArguments, train
 
     training_args = VTGTrainingArguments(**_settings(args, _training_field_names()))
+    _check_output_dir(training_args.output_dir, "--output-dir")
+    resume = training_args.resume_from_checkpoint
+    if resume and resume != "latest" and not os.path.isdir(resume):  # before anything is loaded or written
+        raise FileNotFoundError(f"--resume-from-checkpoint {resume}: no such checkpoint directory; give one under "
+                                f"{os.path.join(training_args.output_dir, 'checkpoints')} or 'latest'.")
     # Before the model is built: a new adapter's initial prompts and heads are random draws. (set_seed does not
     # create a PartialState, which must wait for train()'s Accelerator; see below.)
     set_seed(training_args.seed)
@@ -439,7 +474,7 @@ def _train(args: argparse.Namespace) -> int:
         "train_annotations": _path_identity(args.train_annotations),
         "eval_annotations": _path_identity(args.eval_annotations),
         "durations": _path_identity(args.durations),
-        "video_source": _path_identity(args.features_dir or args.video_dir),
+        "video_source": _path_identity(args.features_dir or args.video_dir or args.cache_dir),
         "format": args.format, "features_key": args.features_key, "video_suffix": args.video_suffix,
         "num_frames": args.num_frames, "fps": args.fps, "image_size": args.image_size,
         "max_text_length": args.max_text_length, "tokenizer": args.tokenizer or base_name,
@@ -512,6 +547,43 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from transformers import AutoModel
+
+    from .cache import build_cache
+    from .data.video import VideoFiles
+    from .inference import DEFAULT_NUM_FRAMES
+    from .injection import bind_architecture
+
+    if args.num_frames is not None and args.fps is not None:
+        raise ValueError("Give at most one of --num-frames and --fps (how to sample each video).")
+    if args.layer < 0:
+        raise ValueError(f"--layer must be >= 0 (the video layer whose input is cached), got {args.layer}.")
+    durations: dict[str, float] = {}
+    for path in args.annotations:  # before the model is loaded: a bad file fails fast
+        for row in _read_annotations(args, path):
+            durations.setdefault(row["vid"], float(row["duration"]))
+    base_path = _resolve_pretrained(args.base_model, f"--base-model {args.base_model}", "config.json")
+    model = AutoModel.from_pretrained(base_path)
+    bound = bind_architecture(model)
+    num_frames = args.num_frames or (None if args.fps else bound.required_num_frames or DEFAULT_NUM_FRAMES)
+    image_size = args.image_size or (bound.video.extra.get("image_size") if bound.video else None) or 224
+    source = VideoFiles(args.video_dir, num_frames=num_frames, fps=args.fps, image_size=image_size,
+                        suffix=args.video_suffix)
+    _check_video_ids(source, {"vid": list(durations)})
+    manifest = build_cache(model, list(durations), source, args.layer, args.output_dir, dtype=args.dtype,
+                           batch_size=args.batch_size, base_model_name=args.base_model, durations=durations,
+                           num_workers=args.num_workers, disable_tqdm=args.disable_tqdm)
+    from accelerate import PartialState  # only after build_cache's Accelerator (see _train)
+
+    if PartialState().is_main_process:
+        size = sum(os.path.getsize(os.path.join(args.output_dir, name)) for name in os.listdir(args.output_dir))
+        print(f"cached {len(manifest['videos'])} videos (hidden states entering video layer {manifest['layer']} of "
+              f"{manifest['num_layers']}, {manifest['dtype']}) in {os.path.abspath(args.output_dir)} "
+              f"({size / 1e6:.2f} MB)")
+    return 0
+
+
 def _push(args: argparse.Namespace) -> int:
     from .hub import push_adapter
 
@@ -523,14 +595,19 @@ def _push(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import demo_main
 
+    _check_output_dir(args.output_dir, "--output-dir")
     return demo_main(args)
 
 
 def _load_config_file(path: Optional[str]) -> dict[str, Any]:
     if not path:
         return {}
-    with open(path, encoding="utf-8-sig") as handle:  # -sig: accept a byte-order mark (Windows editors write one)
-        settings = json.load(handle)
+    try:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: accept a byte-order mark (Windows editors write one)
+            settings = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"--config {path} is not a JSON file of settings ({err}); write one JSON object, e.g. "
+                         '{"num_video_tokens": 8, "learning_rate": 0.001}, saved as UTF-8.') from None
     if not isinstance(settings, dict):
         raise ValueError(f"{path} must hold a JSON object of settings.")
     known = set(_config_field_names()) | set(_training_field_names())
@@ -593,6 +670,42 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print a JSON list")
     predict.set_defaults(run=_predict)
 
+    cache = commands.add_parser(
+        "cache", help="store the frozen video encoder's hidden states at a layer, once per video",
+        description="Run the frozen video encoder of a base model once over the videos of annotation files, up to "
+        "video layer --layer k, and store the hidden states entering layer k (frames, tokens, dim) per video in "
+        "safetensors shards with a manifest. `train` / `evaluate --cache-dir` then run only layers k and above "
+        "(video prompts must start at layer >= k; k = the number of layers stores the final states, for adapters "
+        "without video prompts). Resumable: rerun the same command after an interruption. Several processes: "
+        "`accelerate launch --num_processes N -m peft_vtg cache ...`.",
+    )
+    cache.add_argument("--base-model", required=True, help="base model path or Hub id (AutoModel.from_pretrained)")
+    cache.add_argument("--annotations", required=True, nargs="+", metavar="FILE",
+                       help="annotation file(s) naming the videos (e.g. the train and the test split)")
+    cache.add_argument("--format", default=None, choices=["jsonl", "charades_sta", "activitynet_captions", "tacos",
+                                                         "qvhighlights"],
+                       help="annotation format (default: detected from the file)")
+    cache.add_argument("--durations", default=None, help="Charades-STA: the Charades csv with video lengths")
+    cache.add_argument("--strict", action="store_true", help="raise on the first bad annotation row")
+    cache.add_argument("--video-dir", required=True, help="directory of video files <vid><suffix>, decoded with PyAV")
+    cache.add_argument("--video-suffix", default=".mp4", help="video file suffix (default: .mp4)")
+    cache.add_argument("--num-frames", type=_positive_int, default=None, help="frames sampled per video (default: "
+                       "the encoder's fixed count, else 32)")
+    cache.add_argument("--fps", type=_positive_float, default=None, help="sample at this rate (frames per second) "
+                       "instead of --num-frames")
+    cache.add_argument("--image-size", type=_positive_int, default=None, help="frame size in pixels (default: the "
+                       "encoder's)")
+    cache.add_argument("--layer", type=int, required=True, help="k: cache the hidden states entering video layer k "
+                       "(0 = after the embeddings; the number of layers = the final states)")
+    cache.add_argument("--output-dir", required=True, help="cache directory (an unfinished cache there is resumed)")
+    cache.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"],
+                       help="storage dtype (default: fp16; fp32 reproduces the uncached path exactly)")
+    cache.add_argument("--batch-size", type=_positive_int, default=8, help="videos per forward and per shard "
+                       "(default: 8); memory holds one batch")
+    cache.add_argument("--num-workers", type=int, default=0, help="processes decoding videos ahead (default: 0)")
+    cache.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
+    cache.set_defaults(run=_cache)
+
     push = commands.add_parser("push", help="upload an adapter with a model card to the Hub",
                                description="Write a model card (base model, config, data, metrics, how to load) "
                                "into the adapter directory and upload it to a Hub repository.")
@@ -611,13 +724,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output-dir", default="vtg-demo-adapter", help="where the adapter is saved")
     # The same defaults as peft_vtg.demo.run_demo (a test keeps them equal; importing it here would slow --help).
-    demo.add_argument("--train-videos", type=int, default=1500, help="SynthVTG train videos (2 queries each)")
-    demo.add_argument("--val-videos", type=int, default=150, help="validation videos")
-    demo.add_argument("--test-videos", type=int, default=300, help="test videos")
-    demo.add_argument("--max-steps", type=int, default=400, help="optimizer steps")
-    demo.add_argument("--batch-size", type=int, default=32, help="training pairs per step")
-    demo.add_argument("--learning-rate", type=float, default=3e-2, help="peak learning rate of the prompts")
-    demo.add_argument("--head-learning-rate", type=float, default=3e-3, help="peak learning rate of the head")
+    demo.add_argument("--train-videos", type=_positive_int, default=1500, help="SynthVTG train videos (2 queries each)")
+    demo.add_argument("--val-videos", type=_positive_int, default=150, help="validation videos")
+    demo.add_argument("--test-videos", type=_positive_int, default=300, help="test videos")
+    demo.add_argument("--max-steps", type=_positive_int, default=400, help="optimizer steps")
+    demo.add_argument("--batch-size", type=_positive_int, default=32, help="training pairs per step")
+    demo.add_argument("--learning-rate", type=_positive_float, default=3e-2, help="peak learning rate of the prompts")
+    demo.add_argument("--head-learning-rate", type=_positive_float, default=3e-3, help="peak learning rate of the head")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     demo.add_argument("--domain", default="plain", choices=("cluttered", "plain"),
                       help="how the videos look: plain (as in the backbone's pre-training) or cluttered (a domain "

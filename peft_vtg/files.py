@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 def fsync_path(path: str) -> None:
@@ -49,6 +49,21 @@ def write_text_atomic(path: str, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+def write_file_atomic(path: str, write: Callable[[str], None]) -> None:
+    """Create `path` through `write(temporary_path)` (e.g. a library's own save function) so that a reader, or a
+    crash, sees the old file or the complete new one, never a part: the temporary file sits beside `path`, is
+    fsynced, renamed into place and removed if `write` fails."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(temporary)
+        fsync_path(temporary)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -17,6 +17,7 @@ ALLOWED = {
     "inference": {"timeline", "heads", "data", "vtg_prompt"},
     "training": {"timeline", "files", "heads", "data", "metrics", "vtg_prompt"},
     "hub": {"files", "metrics"},
+    "cache": {"timeline", "files", "injection", "data"},
     "baselines": {"timeline", "heads"},
     "synth": {"timeline", "heads", "data"},
     "demo": {"data", "synth", "training", "vtg_prompt", "metrics"},

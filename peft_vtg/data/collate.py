@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -21,6 +23,62 @@ from .video import (
 )
 
 
+ROW_KEYS = ("qid", "vid", "query", "duration", "windows")
+
+
+def check_tokenizer(tokenizer: Any) -> None:
+    if not callable(tokenizer):
+        raise ValueError(f"tokenizer must be the base model's tokenizer (e.g. AutoTokenizer.from_pretrained(base)), "
+                         f"got {type(tokenizer).__name__}.")
+
+
+def check_rows(rows: Any) -> None:
+    """Raise `ValueError` naming the row and the field unless `rows` are rows of the common schema (`qid, vid, query,
+    duration, windows`, as `load_annotations` gives them) with a non-empty query, a finite duration > 0 and windows
+    `[[start, end], ...]` of finite seconds with start <= end (an empty list or None: an unlabelled query)."""
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence):
+        raise ValueError(f"A batch must be a list of rows (mappings), got {type(rows).__name__}.")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"Row {i} of the batch is a {type(row).__name__}; rows are mappings with keys "
+                             f"{list(ROW_KEYS)} (what load_annotations gives).")
+        missing = [key for key in ROW_KEYS if key not in row]
+        where = f"Row {i}" + (f" (qid {row['qid']!r})" if "qid" in row else "")
+        if missing:
+            raise ValueError(f"{where} has no {missing}; rows need {list(ROW_KEYS)} (what load_annotations gives).")
+        if not isinstance(row["query"], str) or not row["query"].strip():
+            raise ValueError(f"{where}: 'query' must be a non-empty string, got {row['query']!r}.")
+        duration = row["duration"]
+        if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not math.isfinite(duration) \
+                or duration <= 0:
+            raise ValueError(f"{where}: 'duration' must be a finite number of seconds > 0, got {duration!r}.")
+        windows = row["windows"]
+        if windows is None:
+            continue
+        if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence):
+            raise ValueError(f"{where}: 'windows' must be a list of [start, end] windows, got {windows!r}.")
+        for window in windows:
+            ok = (isinstance(window, Sequence) and not isinstance(window, (str, bytes)) and len(window) == 2
+                  and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                          for v in window))
+            if not ok or window[1] < window[0]:
+                raise ValueError(f"{where}: 'windows' item {window!r} must be [start, end], finite seconds with "
+                                 "start <= end; for a single window write [[start, end]].")
+
+
+def check_query_tokens(tokenizer: Any, input_ids: Any, attention_mask: Any, names: Sequence[str]) -> None:
+    """Raise naming the query when it tokenizes to nothing but special tokens (BOS/EOS/padding): an empty or
+    untokenizable query, or a max_text_length that truncates every word away; the model would ground nothing."""
+    # The unknown-word token stands for a word (a query of rare words is still a query).
+    special = set(getattr(tokenizer, "all_special_ids", None) or []) - {getattr(tokenizer, "unk_token_id", None)}
+    if not special:
+        return
+    for name, ids, mask in zip(names, input_ids.tolist(), attention_mask.tolist()):
+        if not any(m and t not in special for t, m in zip(ids, mask)):
+            raise ValueError(f"{name} tokenizes to no word ({sum(mask)} special token(s) only): give a sentence the "
+                             "tokenizer reads, or a larger max_text_length.")
+
+
 def pad_videos(videos: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack videos of different lengths, zero-padded at the end to the longest.
 
@@ -32,6 +90,10 @@ def pad_videos(videos: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     """
     if len({v.dim() for v in videos}) != 1:
         raise ValueError("The videos mix feature arrays and frames; use one kind of video input.")
+    shapes = {tuple(v.shape[1:]) for v in videos}
+    if len(shapes) > 1:
+        raise ValueError(f"The videos of one batch must share their per-frame shape (only the number of frames may "
+                         f"differ), got {sorted(shapes)}: features of another extractor, or frames of another size.")
     longest = max(v.shape[0] for v in videos)
     padded = videos[0].new_zeros((len(videos), longest) + tuple(videos[0].shape[1:]))
     frame_mask = torch.zeros(len(videos), longest, dtype=torch.long)
@@ -47,7 +109,9 @@ class GroundingCollator:
     Args:
         tokenizer: a Hugging Face tokenizer for the base model's text encoder.
         video_source: vid -> per-frame features (frames, dim) or preprocessed frames (frames, 3, H, W); see
-            `FeatureDirectory`, `H5FeatureFile`, `VideoFiles`.
+            `FeatureDirectory`, `H5FeatureFile`, `VideoFiles`. A source may name the `forward_grounding` argument its
+            arrays go to (`batch_key`, e.g. "video_hidden_states" for `peft_vtg.cache.CachedVideoStates`, whose
+            arrays are (frames, tokens, hidden)) and constant entries for every batch (`batch_extras`, a mapping).
         num_frames: resample features to this many time bins (required for encoders with a fixed frame count,
             e.g. X-CLIP); None keeps each video's own length and pads to the longest in the batch.
         max_text_length: truncate queries to this many tokens (leave room for the text prompt tokens).
@@ -70,6 +134,7 @@ class GroundingCollator:
         num_frames: Optional[int] = None,
         max_text_length: Optional[int] = None,
     ) -> None:
+        check_tokenizer(tokenizer)
         if num_frames is not None:
             num_frames = check_num_frames(num_frames)
         if max_text_length is not None:
@@ -86,6 +151,18 @@ class GroundingCollator:
         if not isinstance(video, torch.Tensor):
             raise ValueError(f"The video source returned {type(video).__name__} for video {vid!r}; it must return "
                              "a tensor or an array.")
+        if getattr(self.video_source, "batch_key", None) == "video_hidden_states":
+            # Cached layer inputs (frames, tokens, hidden), in the cache's dtype: the model casts them.
+            if video.dim() != 3:
+                raise ValueError(f"Video {vid!r}: cached hidden states must be (frames, tokens, hidden), got shape "
+                                 f"{tuple(video.shape)}.")
+            if self.num_frames is not None and video.shape[0] != self.num_frames:
+                raise ValueError(f"Video {vid!r} was cached with {video.shape[0]} frames but num_frames="
+                                 f"{self.num_frames}; leave num_frames unset or build the cache with that count.")
+            if not bool(torch.isfinite(video).all()):
+                raise ValueError(f"Video {vid!r}: its cached hidden states hold NaN or Inf values; rebuild the cache "
+                                 "(a float16 cache overflows for encoders whose states exceed 65504: use bf16 or fp32).")
+            return video
         if video.dim() == 2:  # features (frames, dim)
             if not isinstance(self.video_source, (FeatureDirectory, H5FeatureFile)):  # those check their files
                 check_feature_array(video, f"video {vid!r}")
@@ -93,6 +170,9 @@ class GroundingCollator:
                 return resample_features(video, self.num_frames)
             return video.float()
         if video.dim() == 4:  # frames (frames, 3, H, W)
+            if video.shape[0] < 1 or video.shape[1] != 3:
+                raise ValueError(f"Video {vid!r}: frames must be (frames >= 1, 3, H, W) RGB, got shape "
+                                 f"{tuple(video.shape)}.")
             if self.num_frames is not None and video.shape[0] != self.num_frames:
                 raise ValueError(
                     f"Video {vid!r} was decoded to {video.shape[0]} frames but num_frames={self.num_frames}; sample it "
@@ -105,8 +185,9 @@ class GroundingCollator:
                          f"shape {tuple(video.shape)}.")
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if not rows:
+        if rows is None or (isinstance(rows, Sequence) and not rows):
             raise ValueError("Cannot collate an empty batch.")
+        check_rows(rows)
         videos = [self._video(row["vid"]) for row in rows]
         self._check_durations(rows)
         padded, frame_mask = pad_videos(videos)
@@ -118,10 +199,15 @@ class GroundingCollator:
             max_length=self.max_text_length,
             return_tensors="pt",
         )
+        check_query_tokens(self.tokenizer, text["input_ids"], text["attention_mask"],
+                           [f"The query of row {i} (qid {row['qid']!r})" for i, row in enumerate(rows)])
+        key = getattr(self.video_source, "batch_key", None) or ("video_features" if padded.dim() == 3
+                                                                 else "pixel_values")
         batch: dict[str, Any] = {
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "video_features" if padded.dim() == 3 else "pixel_values": padded,
+            key: padded,
+            **dict(getattr(self.video_source, "batch_extras", None) or {}),
             "frame_mask": frame_mask,
             "qid": [row["qid"] for row in rows],
             "video_ids": [row["vid"] for row in rows],

@@ -1,7 +1,25 @@
 """Where prompt tokens enter each supported encoder: one declarative spec per architecture."""
 
-from .architectures import ARCHITECTURES, CLIP, SIGLIP, TVP, X_CLIP, find_architecture, resolve_spec
-from .spec import ArchitectureSpec, BoundSpec, BoundStream, FeatureSpec, FramewiseVideoSpec, StreamSpec
+from .architectures import (
+    ARCHITECTURES,
+    CLIP,
+    SIGLIP,
+    TVP,
+    X_CLIP,
+    bind_architecture,
+    find_architecture,
+    resolve_spec,
+)
+from .spec import (
+    ArchitectureSpec,
+    BoundSpec,
+    BoundStream,
+    FeatureSpec,
+    FramewiseVideoSpec,
+    StreamSpec,
+    VideoTowerSpec,
+)
+from .tower import num_video_layers, run_video_tower_from, video_tower_input, video_tower_weights_sha256
 
 __all__ = [
     "ARCHITECTURES",
@@ -14,7 +32,13 @@ __all__ = [
     "SIGLIP",
     "StreamSpec",
     "TVP",
+    "VideoTowerSpec",
     "X_CLIP",
+    "bind_architecture",
     "find_architecture",
+    "num_video_layers",
     "resolve_spec",
+    "run_video_tower_from",
+    "video_tower_input",
+    "video_tower_weights_sha256",
 ]

@@ -7,11 +7,12 @@ To support a new model, add an `ArchitectureSpec` to `ARCHITECTURES` (or pass ex
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .spec import (
     ArchitectureSpec,
@@ -20,6 +21,7 @@ from .spec import (
     FeatureSpec,
     FramewiseVideoSpec,
     StreamSpec,
+    VideoTowerSpec,
     get_attribute,
     infer_hidden_size,
 )
@@ -51,29 +53,55 @@ def _text_tokens(root: nn.Module, input_ids: torch.Tensor, attention_mask: Optio
     return root.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (batch, length, dim)
 
 
-def _pooled_frames(root: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Image-text models: each frame through the image tower; its pooled output (CLS / attention pool) per frame."""
-    batch, frames = pixel_values.shape[:2]
-    pooled = root.vision_model(pixel_values=pixel_values.flatten(0, 1)).pooler_output  # (batch*frames, dim)
-    return pooled.view(batch, frames, -1)
+def _pooled_from_tower(root: nn.Module, tower_output: Any, batch: int, frames: int) -> torch.Tensor:
+    """Image-text models: the image tower's pooled output (CLS / attention pool) of each frame, (batch, frames, dim)."""
+    return tower_output.pooler_output.view(batch, frames, -1)
 
 
-def _xclip_frames(root: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+def _xclip_from_tower(root: nn.Module, tower_output: Any, batch: int, frames: int) -> torch.Tensor:
     """X-CLIP: per-frame CLS, projected, then its multi-frame integration transformer (temporal context per frame)."""
-    batch, frames = pixel_values.shape[:2]
-    cls = root.vision_model(pixel_values=pixel_values.flatten(0, 1)).pooler_output  # (batch*frames, vision_dim)
-    cls = root.visual_projection(cls).view(batch, frames, -1)  # (batch, frames, projection_dim)
+    cls = root.visual_projection(tower_output.pooler_output).view(batch, frames, -1)  # (batch, frames, projection_dim)
     # [0], not .last_hidden_state: early transformers 5 releases return the MIT's output as a plain tuple.
     return root.mit(cls)[0]  # (batch, frames, projection_dim)
 
 
-def _framewise_features(video_frames=_pooled_frames) -> FeatureSpec:
+def _tower_frames(frames_from_tower: Callable[[nn.Module, Any, int, int], torch.Tensor]):
+    """`FeatureSpec.video_frames` for a per-frame `vision_model`: the tower on every frame, then `frames_from_tower`."""
+
+    def video_frames(root: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        batch, frames = pixel_values.shape[:2]
+        tower_output = root.vision_model(pixel_values=pixel_values.flatten(0, 1))  # rows = batch*frames
+        return frames_from_tower(root, tower_output, batch, frames)
+
+    return video_frames
+
+
+_xclip_frames = _tower_frames(_xclip_from_tower)
+
+
+def _framewise_features(frames_from_tower=_pooled_from_tower) -> FeatureSpec:
     return FeatureSpec(
-        video_frames=video_frames,
+        video_frames=_tower_frames(frames_from_tower),
         text_tokens=_text_tokens,
         video_dim="config.vision_config.hidden_size",
         text_dim="config.text_config.hidden_size",
+        frames_from_tower=frames_from_tower,
     )
+
+
+def _cls_pooled_finish(tower: nn.Module, last_hidden_state: torch.Tensor) -> BaseModelOutputWithPooling:
+    """CLIP / X-CLIP vision towers after their layers: post layer-norm on the CLS token."""
+    pooled = tower.post_layernorm(last_hidden_state[:, 0, :])  # (rows, dim)
+    return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled)
+
+
+def _siglip_finish(tower: nn.Module, last_hidden_state: torch.Tensor) -> BaseModelOutputWithPooling:
+    """SigLIP's vision tower after its layers: post layer-norm on every token, then the attention-pooling head."""
+    last_hidden_state = tower.post_layernorm(last_hidden_state)
+    # Older releases set use_head only when the config has vision_use_head; the head is there either way then.
+    head = getattr(tower, "head", None) if getattr(tower, "use_head", True) else None
+    pooled = head(last_hidden_state) if head is not None else None
+    return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled)
 
 
 def _clip_style_text(prefix: str, insert_position: int, config_attr: str) -> StreamSpec:
@@ -112,6 +140,7 @@ CLIP = ArchitectureSpec(
     video=_vit_frames("vision_model", 1, "config.vision_config"),  # after CLS, which CLIP pools
     framewise=FramewiseVideoSpec(logits=_clip_logits, loss=_clip_loss),
     features=_framewise_features(),
+    video_tower=VideoTowerSpec(module="vision_model", finish=_cls_pooled_finish),
 )
 
 SIGLIP = ArchitectureSpec(
@@ -122,6 +151,7 @@ SIGLIP = ArchitectureSpec(
     video=_vit_frames("vision_model", 0, "config.vision_config"),
     framewise=FramewiseVideoSpec(logits=_siglip_logits, loss=_siglip_loss),
     features=_framewise_features(),
+    video_tower=VideoTowerSpec(module="vision_model", finish=_siglip_finish),
 )
 
 X_CLIP = ArchitectureSpec(
@@ -136,7 +166,9 @@ X_CLIP = ArchitectureSpec(
         video_dim="config.projection_dim",
         text_dim="config.text_config.hidden_size",
         num_frames="config.vision_config.num_frames",
+        frames_from_tower=_xclip_from_tower,
     ),
+    video_tower=VideoTowerSpec(module="vision_model", finish=_cls_pooled_finish),
 )
 
 
@@ -302,20 +334,37 @@ def resolve_spec(model: nn.Module, config: "VTGPromptConfig") -> BoundSpec:
         spec, root_path = _explicit_spec(config), ""
     else:
         spec = _with_overrides(spec, config)
+    bound = _bind(model, spec, root_path)
+    for name, wanted in (("video", config.num_video_tokens), ("text", config.num_text_tokens)):
+        if wanted and getattr(spec, name) is None:
+            raise ValueError(
+                f"num_{name}_tokens={wanted} but the {spec.name!r} spec of {type(bound.root).__name__} has no {name} "
+                f"stream; set num_{name}_tokens=0 or give {name}_embedding_module and {name}_layers_module."
+            )
+    return bound
+
+
+def bind_architecture(model: nn.Module) -> BoundSpec:
+    """The built-in spec of `model` (or of its first matching submodule), bound, without any adapter config: for
+    tools that run the frozen base model itself, such as the frozen-prefix cache builder."""
+    spec, root_path = find_architecture(model)
+    if spec is None:
+        supported = ", ".join(n for s in ARCHITECTURES for n in s.model_classes)
+        raise ValueError(f"peft_vtg has no built-in spec for {type(model).__name__} (built-in: {supported}).")
+    return _bind(model, spec, root_path)
+
+
+def _bind(model: nn.Module, spec: ArchitectureSpec, root_path: str) -> BoundSpec:
     root = get_attribute(model, root_path)
     # Bind every stream the spec has, used by this adapter or not, so later adapters can use it too.
     video = _bind_stream(root, spec.video, "video", spec.name) if spec.video else None
     text = _bind_stream(root, spec.text, "text", spec.name) if spec.text else None
-    for name, wanted, stream in (("video", config.num_video_tokens, spec.video), ("text", config.num_text_tokens, spec.text)):
-        if wanted and stream is None:
-            raise ValueError(
-                f"num_{name}_tokens={wanted} but the {spec.name!r} spec of {type(root).__name__} has no {name} stream; "
-                f"set num_{name}_tokens=0 or give {name}_embedding_module and {name}_layers_module."
-            )
     bound = BoundSpec(spec=spec, root=root, root_path=root_path, video=video, text=text)
     if spec.features is not None:
         bound.video_feature_size = int(get_attribute(root, spec.features.video_dim))
         bound.text_feature_size = int(get_attribute(root, spec.features.text_dim))
         if spec.features.num_frames:
             bound.required_num_frames = int(get_attribute(root, spec.features.num_frames))
+    if spec.video_tower is not None:
+        bound.video_tower = get_attribute(root, spec.video_tower.module)
     return bound

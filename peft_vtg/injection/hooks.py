@@ -161,6 +161,20 @@ class PromptInjector:
             handle.remove()
         self.handles.clear()
 
+    # ------------------------------------------------------------------ running layers without their parents
+    def forget_slots(self, stream: str) -> None:
+        """Start a new call of `stream` that enters its layers directly (not through the modules whose hooks reset
+        the bookkeeping, e.g. from a cached layer input): no slots of an earlier call are assumed present."""
+        self._slots.pop(stream, None)
+
+    def strip_slots(self, stream: str, hidden: torch.Tensor) -> torch.Tensor:
+        """Remove `stream`'s slots from `hidden` (rows, tokens, dim), as the hook on `strip_after` does, for callers
+        that ran the layers themselves; `hidden` unchanged when the stream has no slots in this call."""
+        if stream not in self._slots:
+            return hidden
+        stream_length, plan = self._slots.pop(stream)
+        return _remove(hidden, self._position(stream, hidden.shape[1], stream_length), plan.num_tokens)
+
     # ------------------------------------------------------------------ helpers
     def _stream(self, stream: str) -> BoundStream:
         return getattr(self.bound, stream)

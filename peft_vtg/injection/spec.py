@@ -95,6 +95,33 @@ class FeatureSpec:
     num_frames: Optional[str] = None
     """Attribute path of a fixed number of frames the video encoder requires (X-CLIP's temporal position
     embeddings); None = any number."""
+    frames_from_tower: Optional[Callable[[nn.Module, Any, int, int], torch.Tensor]] = None
+    """(root, the video tower's output for batch*frames rows, batch, frames) -> per-frame features (batch, frames,
+    video_dim): what `video_frames` does after the tower (CLIP, SigLIP: the pooled output; X-CLIP: projection and
+    MIT). With `ArchitectureSpec.video_tower`, it lets the heads read features computed from cached hidden states
+    (`peft_vtg.cache`); None = no cache for this architecture."""
+
+
+@dataclass(frozen=True)
+class VideoTowerSpec:
+    """The video tower as a stack of layers, for the frozen-prefix cache (`peft_vtg.cache`).
+
+    Layers below `prompt_start_layer = k` see no prompt, so their output is a function of the video alone: the cache
+    stores the hidden states entering layer k of the video stream's `layers` and later runs only layers k.. on them.
+
+    Only what follows the layers is declared here. The cached states are captured from the tower's own forward (a
+    hook at the input of layer k), so whatever sits between the embeddings and layer 0 (CLIP's `pre_layrnorm`,
+    X-CLIP's `pre_layernorm`) runs exactly as in the model and needs no declaration.
+    """
+
+    module: str
+    """Dotted path of the tower: the module that `FeatureSpec.video_frames` calls with pixel_values of shape
+    (rows, channels, height, width) and that holds the video stream's `layers` (e.g. `vision_model`)."""
+    finish: Callable[[nn.Module, torch.Tensor], Any]
+    """(tower, output of its last layer (rows, tokens, dim), prompt slots removed) -> the tower's output as its own
+    forward returns it (`last_hidden_state`, `pooler_output`): everything the tower does after its layers (post
+    layer-norm, CLS or attention pooling). Build the output with all fields at once (transformers 5.0 leaves fields
+    assigned later out of a ModelOutput's keys)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +135,8 @@ class ArchitectureSpec:
     framewise: Optional[FramewiseVideoSpec] = None
     features: Optional[FeatureSpec] = None
     """Per-frame / per-token features for the grounding and matching heads; None = the heads are not available."""
+    video_tower: Optional[VideoTowerSpec] = None
+    """How to run the video tower from the input of one of its layers (the frozen-prefix cache); None = no cache."""
     notes: str = ""
 
 
@@ -162,3 +191,5 @@ class BoundSpec:
     """Width of the per-token text features the heads read."""
     required_num_frames: Optional[int] = None
     """Number of frames the video encoder requires, if fixed."""
+    video_tower: Optional[nn.Module] = None
+    """The module `spec.video_tower.module` names (None: the spec declares no video tower)."""

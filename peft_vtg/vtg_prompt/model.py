@@ -15,6 +15,7 @@ from torch import nn
 from ..heads import VTGGroundingOutput, VTGTaskHeads
 from ..injection import resolve_spec
 from ..injection.spec import BoundSpec
+from ..injection.tower import check_video_tower, num_video_layers, run_video_tower_from
 from .config import VTGPromptConfig
 from .layer import LEGACY_CONTAINER_NAMES, VTGPromptLayer
 
@@ -301,6 +302,70 @@ class VTGPromptModel(BaseTuner):
             )
         return features.video_frames(layer.bound.root, pixel_values)
 
+    def check_video_hidden_states_layer(self, layer: int, adapter_names: Optional[list[str]] = None) -> None:
+        """Raise a `ValueError` naming the fix when features cannot be computed from the hidden states entering video
+        layer `layer` (the frozen-prefix cache): the architecture has no video tower spec, or an adapter (those in
+        `adapter_names`, default all of this model's) puts video prompts below `layer`, where the cached states were
+        computed without them."""
+        layer_module, _ = self._feature_spec()
+        bound = layer_module.bound
+        check_video_tower(bound)
+        total = num_video_layers(bound)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= total:
+            raise ValueError(f"video_hidden_states_layer must be a whole number in 0..{total} (the video tower's "
+                             f"layers; {total} = its final states), got {layer!r}.")
+        names = list(dict.fromkeys(adapter_names if adapter_names is not None else layer_module.vtg_prompt_tokens))
+        for name in names:
+            plan = layer_module.vtg_prompt_tokens[name].plans.get("video")
+            if plan is None:
+                continue
+            if plan.start_layer < layer:
+                raise ValueError(
+                    f"Adapter {name!r} puts video prompts into video layer {plan.start_layer} (prompt_start_layer="
+                    f"{plan.start_layer}), but the cached hidden states enter layer {layer}: layers 0..{layer - 1} "
+                    "ran without prompts when the cache was built. Build the cache at --layer "
+                    f"{plan.start_layer} or lower, set prompt_start_layer >= {layer}, or set num_video_tokens=0."
+                )
+            if bound.video.spec.slot_source != "layer_input":
+                raise ValueError(
+                    f"Adapter {name!r} inserts video prompts at {bound.video.spec.module!r} (before the first layer), "
+                    "so they cannot act on cached hidden states; drop the video_embedding_module override or set "
+                    "num_video_tokens=0."
+                )
+
+    def encode_video_from_hidden_states(self, hidden_states: torch.Tensor, layer: int) -> torch.Tensor:
+        """Per-frame video features from the hidden states entering video layer `layer`, with the active adapter's
+        prompts (which must enter at layers >= `layer`): only layers `layer`.. of the video tower run, then what
+        follows them (post layer-norm, pooling, X-CLIP's projection and MIT).
+
+        Args:
+            hidden_states: (batch, frames, tokens, hidden) as `peft_vtg.cache` stores them (any float dtype; cast
+                to the model's).
+            layer: k, the layer the states enter (0..L; L = the tower's final states).
+
+        Returns:
+            (batch, frames, video_feature_size), equal to `encode_video` on the frames the states came from.
+        """
+        layer_module, features = self._feature_spec()
+        bound = layer_module.bound
+        if hidden_states.dim() != 4:
+            raise ValueError(f"video_hidden_states must be (batch, frames, tokens, hidden), got shape "
+                             f"{tuple(hidden_states.shape)}.")
+        batch, frames = hidden_states.shape[:2]
+        required = bound.required_num_frames
+        if required is not None and frames != required:
+            raise ValueError(
+                f"The {bound.spec.name!r} video encoder needs exactly {required} frames per clip (its temporal "
+                f"position embeddings), got {frames}. Build the cache with --num-frames {required}."
+            )
+        if hidden_states.shape[-1] != bound.video.hidden_size:
+            raise ValueError(
+                f"video_hidden_states have width {hidden_states.shape[-1]} but this model's video layers have "
+                f"{bound.video.hidden_size}; the cache was built with another base model."
+            )
+        tower_output = run_video_tower_from(bound, hidden_states.flatten(0, 1), layer, injector=layer_module.injector)
+        return features.frames_from_tower(bound.root, tower_output, batch, frames)
+
     def _heads_of(self, name: str) -> VTGTaskHeads:
         layer = self._layer(self.model)
         if name not in layer.vtg_prompt_heads:
@@ -322,18 +387,25 @@ class VTGPromptModel(BaseTuner):
         video_ids: Optional[list[str]] = None,
         adapter_names: Optional[list[str]] = None,
         generator: Optional[torch.Generator] = None,
+        video_hidden_states: Optional[torch.Tensor] = None,
+        video_hidden_states_layer: Optional[int] = None,
         **unused: Any,
     ) -> VTGGroundingOutput:
         """Ground each query in its video: per-frame span logits, and the training loss when labels are given.
 
-        Reachable from the `PeftModel` as `model.forward_grounding(...)`. Give the video either as frames
-        (`pixel_values`, run through the prompted video encoder) or as pre-extracted per-frame features
-        (`video_features`, e.g. from `encode_video`; video prompts cannot act on those).
+        Reachable from the `PeftModel` as `model.forward_grounding(...)`. Give the video as frames (`pixel_values`,
+        run through the prompted video encoder), as pre-extracted per-frame features (`video_features`, e.g. from
+        `encode_video`; video prompts cannot act on those), or as the frozen encoder's hidden states entering video
+        layer k (`video_hidden_states` with `video_hidden_states_layer=k`, from `peft_vtg.cache`: only layers k.. run,
+        and video prompts must enter at layers >= k).
 
         Args:
             input_ids, attention_mask: (batch, length) tokenized queries.
             pixel_values: (batch, frames, channels, height, width).
             video_features: (batch, frames, video_feature_size) instead of `pixel_values`.
+            video_hidden_states: (batch, frames, tokens, hidden) instead of `pixel_values`: the states entering video
+                layer `video_hidden_states_layer` (see `encode_video_from_hidden_states`).
+            video_hidden_states_layer: k, the video layer `video_hidden_states` enter (0..L).
             frame_mask: (batch, frames), 1 for real frames, 0 for padding; default all ones.
             start_frames, end_frames: (batch,) inclusive frame indices of the true moment (see
                 `peft_vtg.timeline.seconds_to_frames`); when given, `loss` is set.
@@ -349,23 +421,34 @@ class VTGPromptModel(BaseTuner):
         layer, _ = self._feature_spec()
         if layer.disable_adapters:
             raise ValueError("Adapters are disabled; the grounding head belongs to an adapter. Leave disable_adapter().")
-        if (pixel_values is None) == (video_features is None):
-            raise ValueError("Give exactly one of pixel_values (frames) and video_features (pre-extracted features).")
+        given = [name for name, value in (("pixel_values", pixel_values), ("video_features", video_features),
+                                          ("video_hidden_states", video_hidden_states)) if value is not None]
+        if len(given) != 1:
+            raise ValueError("Give exactly one of pixel_values (frames), video_features (pre-extracted features) and "
+                             f"video_hidden_states (cached layer inputs); got {given or 'none'}.")
+        if (video_hidden_states is None) != (video_hidden_states_layer is None):
+            raise ValueError("video_hidden_states and video_hidden_states_layer (the video layer they enter) go "
+                             "together; give both or neither.")
         batch = input_ids.shape[0]
         if adapter_names is not None:
             if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
                 raise TypeError("adapter_names must be a list of adapter names, one per sample.")
             self._check_adapter_names_count(
                 list(adapter_names),
-                {"input_ids": input_ids, "pixel_values": pixel_values, "video_features": video_features},
+                {"input_ids": input_ids, "pixel_values": pixel_values, "video_features": video_features,
+                 "video_hidden_states": video_hidden_states},
             )
         names = list(adapter_names) if adapter_names is not None else layer._call_adapters()
         if adapter_names is None and not names:
             raise ValueError("No active adapter; call set_adapter first.")
+        if video_hidden_states is not None:
+            self.check_video_hidden_states_layer(video_hidden_states_layer, names)
         with self._enable_peft_forward_hooks(adapter_names=adapter_names):
             text = self.encode_text(input_ids, attention_mask)  # (batch, length, text_dim)
             if pixel_values is not None:
                 video = self.encode_video(pixel_values)  # (batch, frames, video_dim)
+            elif video_hidden_states is not None:
+                video = self.encode_video_from_hidden_states(video_hidden_states, video_hidden_states_layer)
             else:
                 with_video_prompts = sorted(n for n in set(names) if layer.vtg_prompt_tokens[n].plans.get("video"))
                 if with_video_prompts:
