@@ -373,7 +373,7 @@ def build_cache(
             name = _shard_name(list(tensors))
             metadata = {SHARD_METADATA_KEY: json.dumps({"settings_sha256": settings_hash, "videos": entries})}
             write_file_atomic(os.path.join(output_dir, name),
-                              lambda path: save_file(tensors, path, metadata=metadata))
+                              lambda path, tensors=tensors: save_file(tensors, path, metadata=metadata))
             for vid, entry in entries.items():
                 done[vid] = {"shard": name, "key": vid, **entry}
             if accelerator.num_processes == 1:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from peft import get_peft_model
@@ -19,7 +18,7 @@ from peft_vtg import VTGPromptConfig
 from peft_vtg.cache import CacheMismatchError, CachedVideoStates, build_cache
 from peft_vtg.data import GroundingCollator
 from peft_vtg.training import GroundingModule
-from tiny_models import BUILDERS, FRAMES, IMAGE, tiny_tokenizer
+from tiny_models import BUILDERS, FRAMES, IMAGE, tiny_tokenizer, write_light_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = 3  # video layers of the tiny models
@@ -258,31 +257,12 @@ def test_an_interrupted_build_resumes_with_the_rest_and_gives_the_same_files(tmp
 
 
 # ---------------------------------------------------------------- command line
-COLOURS = {"red": 0, "green": 1, "blue": 2}
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A saved tiny CLIP + tokenizer, 6 videos (8 s, 1 fps) where the queried colour fills the moment, annotations."""
     pytest.importorskip("av")
-    from tiny_models import write_video
-
     root = tmp_path_factory.mktemp("cli-cache")
-    base("clip").save_pretrained(root / "base")
-    tiny_tokenizer().save_pretrained(root / "base")
-    (root / "videos").mkdir()
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(6):
-        colour = list(COLOURS)[i % 3]
-        start = int(rng.integers(0, 6))
-        end = int(rng.integers(start + 1, 9))
-        frames = np.full((8, 32, 32, 3), 96, np.uint8)
-        frames[start:end, :, :, COLOURS[colour]] = 255
-        write_video(root / "videos" / f"v{i}.mp4", frames, fps=1)
-        lines.append({"qid": f"q{i}", "vid": f"v{i}", "query": f"the {colour} light turns on", "duration": 8.0,
-                      "relevant_windows": [[float(start), float(end)]]})
-    (root / "ann.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_light_workspace(root, base("clip"), num_videos=6)
     return root
 
 

@@ -4,34 +4,17 @@ every setting documented in `--help`."""
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 from peft_vtg.cli import build_parser, main
-from tiny_models import tiny_clip, tiny_tokenizer, write_video
-
-COLOURS = {"red": 0, "green": 1, "blue": 2}
+from tiny_models import tiny_clip, write_light_workspace
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A saved tiny CLIP + tokenizer, 8 videos (8 s, 1 fps) where the queried colour fills the moment, annotations."""
     root = tmp_path_factory.mktemp("cli")
-    tiny_clip().save_pretrained(root / "base")
-    tiny_tokenizer().save_pretrained(root / "base")
-    (root / "videos").mkdir()
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(8):
-        colour = list(COLOURS)[i % 3]
-        start = int(rng.integers(0, 6))
-        end = int(rng.integers(start + 1, 9))
-        frames = np.full((8, 32, 32, 3), 96, np.uint8)
-        frames[start:end, :, :, COLOURS[colour]] = 255
-        write_video(root / "videos" / f"v{i}.mp4", frames, fps=1)
-        lines.append({"qid": f"q{i}", "vid": f"v{i}", "query": f"the {colour} light turns on", "duration": 8.0,
-                      "relevant_windows": [[float(start), float(end)]]})
-    (root / "ann.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_light_workspace(root, tiny_clip(), num_videos=8)
     return root
 
 

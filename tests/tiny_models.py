@@ -115,3 +115,32 @@ def write_video(path, frames, fps: float = 4.0) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+# Colour -> RGB channel of the "light" in the coloured-light videos.
+LIGHT_COLOURS = {"red": 0, "green": 1, "blue": 2}
+
+
+def write_light_workspace(root, model, num_videos: int) -> None:
+    """A small grounding workspace under `root` for the CLI tests: `model` and the tiny tokenizer saved in `base/`,
+    `num_videos` 8 s videos at 1 fps in `videos/` where the queried colour's light is on during the moment, and
+    `ann.jsonl` with one query per video ("the red light turns on", window in seconds)."""
+    import json
+
+    import numpy as np
+
+    model.save_pretrained(root / "base")
+    tiny_tokenizer().save_pretrained(root / "base")
+    (root / "videos").mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(num_videos):
+        colour = list(LIGHT_COLOURS)[i % 3]
+        start = int(rng.integers(0, 6))
+        end = int(rng.integers(start + 1, 9))
+        frames = np.full((8, 32, 32, 3), 96, np.uint8)
+        frames[start:end, :, :, LIGHT_COLOURS[colour]] = 255
+        write_video(root / "videos" / f"v{i}.mp4", frames, fps=1)
+        lines.append({"qid": f"q{i}", "vid": f"v{i}", "query": f"the {colour} light turns on", "duration": 8.0,
+                      "relevant_windows": [[float(start), float(end)]]})
+    (root / "ann.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
