@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -411,6 +412,21 @@ def test_the_lock_is_noted_when_stale_and_released_after_an_error(tmp_path, caps
         train(model, rows, collate, args, callbacks=[crash_at(1)])
     err = capsys.readouterr().err
     assert "took over the stale lock" in err and f"pid {int(dead.stdout)}" in err
+    assert not (out / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("content", ['{"pid": 12345}', '{"pid": 12345, "hostname": 7}', "[1, 2]", ""])
+def test_a_lock_file_without_its_fields_counts_as_unreadable(tmp_path, capsys, content):
+    """A lock without a pid and a hostname cannot be judged live: once old enough it is taken over with a note
+    (not a KeyError)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).write_text(content)
+    old = time.time() - 60
+    os.utime(out / LOCK_FILE, (old, old))
+    model, rows, collate, args = make_run(out, max_steps=1, save_steps=None)
+    train(model, rows, collate, args)
+    assert "it is empty or unreadable" in capsys.readouterr().err
     assert not (out / LOCK_FILE).exists()
 
 

@@ -66,7 +66,9 @@ def _read_lock(path: str) -> Optional[dict[str, Any]]:
             owner = json.load(handle)
     except (OSError, ValueError):
         return None
-    return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+    # Both fields decide whether the lock is stale; a lock without them counts as unreadable.
+    valid = isinstance(owner, dict) and isinstance(owner.get("pid"), int) and isinstance(owner.get("hostname"), str)
+    return owner if valid else None
 
 
 class RunLock:
