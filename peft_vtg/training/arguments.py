@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -121,12 +120,6 @@ class VTGTrainingArguments:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}.")
-        for name in ("learning_rate", "head_learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm",
-                     "max_span_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                # inf would turn the first optimizer step into NaN weights; refuse before anything runs.
-                raise ValueError(f"{name} must be a finite number, got {value!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}.")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:

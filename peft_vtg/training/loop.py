@@ -288,17 +288,18 @@ def _train(
                 # One reduction per batch (as for the logged loss before): every process learns whether any
                 # process saw a non-finite value, so all stop together instead of some waiting in a collective.
                 local = torch.stack([loss.detach().float(), loss_bad.float(), grad_bad.float()])
-                summed = accelerator.reduce(local, reduction="sum")
-                if summed[1] > 0 or summed[2] > 0:
-                    _raise_non_finite(accelerator, global_step + 1, "loss" if summed[1] > 0 else "gradient",
-                                      bool(loss_bad) if summed[1] > 0 else bool(grad_bad),
-                                      window_ids[-1:] if summed[1] > 0 else window_ids, loss.detach())
+                # .tolist(): one wait for the device per batch, not one per comparison.
+                loss_sum, losses_bad, grads_bad = accelerator.reduce(local, reduction="sum").tolist()
+                if losses_bad > 0 or grads_bad > 0:
+                    _raise_non_finite(accelerator, global_step + 1, "loss" if losses_bad > 0 else "gradient",
+                                      bool(loss_bad) if losses_bad > 0 else bool(grad_bad),
+                                      window_ids[-1:] if losses_bad > 0 else window_ids, loss.detach())
                 if accelerator.sync_gradients and args.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(module.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             batches_in_epoch += 1
-            running_loss += (summed[0] / accelerator.num_processes).item()
+            running_loss += loss_sum / accelerator.num_processes
             running_count += 1
             if not accelerator.sync_gradients:
                 continue
