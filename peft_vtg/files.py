@@ -43,17 +43,12 @@ def write_text_atomic(path: str, text: str) -> None:
 
     The temporary file sits beside `path` (a rename within one filesystem is atomic) and is removed if the write
     fails."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
+
+    def write(temporary: str) -> None:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    fsync_path(os.path.dirname(os.path.abspath(path)))
+
+    write_file_atomic(path, write)
 
 
 def write_file_atomic(path: str, write: Callable[[str], None]) -> None:

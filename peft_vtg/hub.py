@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from typing import Any, Optional
 
-from .files import sha256_file
+from .files import sha256_file, write_text_atomic
 from .metrics import IOU_THRESHOLDS, RECALL_AT
 
 RUN_INFO_FILE = "run.json"
@@ -160,13 +160,6 @@ def model_card(adapter_dir: str, repo_id: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
-def _write_card(path: str, card: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(card)
-    os.replace(tmp, path)
-
-
 def push_adapter(
     adapter_dir: str, repo_id: str, private: bool = False, token: Optional[str] = None,
     commit_message: str = "Upload VTG prompt adapter",
@@ -204,11 +197,12 @@ def push_adapter(
             config["base_model_name_or_path"] = public_name(config["base_model_name_or_path"])
             with open(config_path, "w", encoding="utf-8") as handle:
                 json.dump(config, handle, indent=2, sort_keys=True)
-        _write_card(os.path.join(snapshot, CARD_FILE), card)
+        with open(os.path.join(snapshot, CARD_FILE), "w", encoding="utf-8") as handle:  # a private copy
+            handle.write(card)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=snapshot, commit_message=commit_message,
                                    allow_patterns=list(UPLOADED_FILES))
     # Only once uploaded: a failed push (offline, a refused token) leaves the adapter directory as it was.
-    _write_card(os.path.join(adapter_dir, CARD_FILE), card)
+    write_text_atomic(os.path.join(adapter_dir, CARD_FILE), card)
     return str(getattr(commit, "commit_url", commit))
