@@ -28,6 +28,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
@@ -42,6 +43,11 @@ from .files import write_file_atomic, write_json_atomic
 from .injection import bind_architecture, num_video_layers, video_tower_input, video_tower_weights_sha256
 from .injection.spec import BoundSpec
 from .injection.tower import check_video_tower
+
+# While building, the manifest is rewritten at most this often (each rewrite holds every video so far, so once per
+# batch would cost time quadratic in the number of videos). The shards' own headers are the record a resume reads;
+# the manifest is also written when the build stops, and completed at its end.
+MANIFEST_INTERVAL_SECONDS = 30.0
 
 CACHE_FORMAT = "peft_vtg.frozen_prefix_cache"
 FORMAT_VERSION = 1
@@ -354,6 +360,7 @@ def build_cache(
     where = f" (process {rank + 1} of {world})" if world > 1 else ""
     progress = tqdm(total=sum(len(batch) for batch in mine), unit="video", desc=f"caching layer {layer} inputs{where}",
                     disable=disable_tqdm or not accelerator.is_local_main_process)
+    manifest_written = time.monotonic()
     try:
         for items in loader:
             pixel_values = torch.cat([frames for _, frames, _ in items]).to(accelerator.device)  # (rows, 3, H, W)
@@ -376,13 +383,16 @@ def build_cache(
                               lambda path, tensors=tensors: save_file(tensors, path, metadata=metadata))
             for vid, entry in entries.items():
                 done[vid] = {"shard": name, "key": vid, **entry}
-            if accelerator.num_processes == 1:
-                # Several processes: the main one merges all shards at the end instead (it cannot see the others').
+            if accelerator.num_processes == 1 and time.monotonic() - manifest_written >= MANIFEST_INTERVAL_SECONDS:
                 _write_manifest(output_dir, settings, done, complete=False)
+                manifest_written = time.monotonic()
             progress.update(len(items))
             del states, tensors, pixel_values
     finally:
         progress.close()
+        # Several processes: the main one merges all shards at the end instead (it cannot see the others').
+        if accelerator.num_processes == 1:
+            _write_manifest(output_dir, settings, done, complete=False)
         model.train(was_training)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
