@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data.video import check_num_frames, check_video_id
+from .data.video import check_positive_int, check_video_id
 from .files import write_file_atomic, write_json_atomic
 from .injection import bind_architecture, num_video_layers, video_tower_input, video_tower_weights_sha256
 from .injection.spec import BoundSpec
@@ -322,7 +322,7 @@ def build_cache(
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
-    batch_size = check_num_frames(batch_size, "batch_size")
+    batch_size = check_positive_int(batch_size, "batch_size", "videos")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be a whole number >= 0, got {num_workers!r}.")
     if any(hasattr(module, "vtg_prompts") for module in model.modules()):

@@ -23,6 +23,7 @@ from .data.video import (
     check_fps,
     check_image_size,
     check_num_frames,
+    check_positive_int,
     check_positive_seconds,
     decode_video,
     duration_mismatch,
@@ -77,14 +78,14 @@ def _check_settings(
         check_fps(fps)
     if image_size is not None:
         check_image_size(image_size)
-    check_num_frames(top_k, "top_k")
+    check_positive_int(top_k, "top_k", "moments")
     if nms_threshold is not None and (isinstance(nms_threshold, bool) or not isinstance(nms_threshold, (int, float))
                                       or not 0.0 <= nms_threshold <= 1.0):
         raise ValueError(f"nms_threshold must be an IoU in [0, 1] or None, got {nms_threshold!r}.")
     if max_span_seconds is not None:
         check_positive_seconds(max_span_seconds, "max_span_seconds")
     if max_text_length is not None:
-        check_num_frames(max_text_length, "max_text_length")
+        check_positive_int(max_text_length, "max_text_length", "tokens")
 
 
 def _check_tensor(item: Any, index: int, feature_size: Optional[int]) -> torch.Tensor:

@@ -17,6 +17,7 @@ from .video import (
     VideoSource,
     check_feature_array,
     check_num_frames,
+    check_positive_int,
     duration_mismatch,
     resample_features,
     warn_duration_mismatches,
@@ -138,7 +139,7 @@ class GroundingCollator:
         if num_frames is not None:
             num_frames = check_num_frames(num_frames)
         if max_text_length is not None:
-            max_text_length = check_num_frames(max_text_length, "max_text_length")
+            max_text_length = check_positive_int(max_text_length, "max_text_length", "tokens")
         self.tokenizer = tokenizer
         self.video_source = video_source
         self.num_frames = num_frames

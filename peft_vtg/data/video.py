@@ -51,11 +51,16 @@ class VideoSource(Protocol):
 
 
 # ---------------------------------------------------------------- argument checks
+def check_positive_int(value: Any, name: str, unit: str) -> int:
+    """`value` as a whole number >= 1 of `unit` (frames, pixels, tokens, ...); raises `ValueError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number of {unit} >= 1, got {value!r}.")
+    return int(value)
+
+
 def check_num_frames(value: Any, name: str = "num_frames") -> int:
     """`value` as a frame count (a whole number >= 1); raises `ValueError` naming `name` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a whole number of frames >= 1, got {value!r}.")
-    return int(value)
+    return check_positive_int(value, name, "frames")
 
 
 def check_positive_seconds(value: Any, name: str, unit: str = "seconds") -> float:
@@ -72,9 +77,7 @@ def check_fps(value: Any, name: str = "fps") -> float:
 
 def check_image_size(value: Any, name: str = "image_size") -> int:
     """`value` as a frame side length in pixels (a whole number >= 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a whole number of pixels >= 1, got {value!r}.")
-    return int(value)
+    return check_positive_int(value, name, "pixels")
 
 
 def check_sampling(num_frames: Optional[int], fps: Optional[float]) -> tuple[Optional[int], Optional[float]]:
@@ -291,7 +294,7 @@ class FeatureDirectory:
         if suffix is not None and suffix not in FEATURE_SUFFIXES:
             raise ValueError(f"suffix={suffix!r} is not a feature format; use one of {FEATURE_SUFFIXES}.")
         if dim is not None:
-            check_num_frames(dim, "dim")
+            check_positive_int(dim, "dim", "feature values per frame")
         self.suffix, self.key, self.dim = suffix, key, dim
 
     def path(self, vid: str) -> str:
