@@ -23,7 +23,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
-from .timeline import Window, rank_windows, temporal_iou, temporal_nms
+from .timeline import Window, check_nms_threshold, rank_windows, temporal_iou, temporal_nms
 
 # Re-exported: the metrics API is where users look for them.
 __all__ = ["IOU_THRESHOLDS", "RECALL_AT", "best_iou", "check_windows", "evaluate_moments", "format_table",
@@ -104,9 +104,7 @@ def evaluate_moments(
         raise ValueError(f"recall_at must hold whole numbers >= 1 (R@n ranks), got {list(recall_at)!r}.")
     if not all(isinstance(m, numbers.Real) and not isinstance(m, bool) and 0.0 < m <= 1.0 for m in iou_thresholds):
         raise ValueError(f"iou_thresholds must hold IoUs in (0, 1], got {list(iou_thresholds)!r}.")
-    if nms_threshold is not None and (isinstance(nms_threshold, bool) or not isinstance(nms_threshold, numbers.Real)
-                                      or not 0.0 <= nms_threshold <= 1.0):
-        raise ValueError(f"nms_threshold must be an IoU in [0, 1] or None, got {nms_threshold!r}.")
+    check_nms_threshold(nms_threshold)
     missing = sorted(set(ground_truth) - set(predictions), key=str)
     extra = sorted(set(predictions) - set(ground_truth), key=str)
     if missing or extra:

@@ -13,6 +13,7 @@ less than one frame (`step = duration / num_frames`).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Optional
 
@@ -47,6 +48,14 @@ def temporal_iou(a: Window, b: Window) -> float:
 def rank_windows(windows: Sequence[Window]) -> list[Window]:
     """Windows by descending score (third element; missing = 0); ties keep their given order."""
     return sorted(windows, key=lambda w: -float(w[2]) if len(w) > 2 else 0.0)
+
+
+def check_nms_threshold(value: object) -> Optional[float]:
+    """`value` as an NMS IoU threshold: None (no NMS) or a real number in [0, 1]; raises `ValueError` otherwise."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                              or not 0.0 <= value <= 1.0):  # also false for NaN
+        raise ValueError(f"nms_threshold must be an IoU in [0, 1] or None, got {value!r}.")
+    return value
 
 
 def temporal_nms(windows: Sequence[Window], iou_threshold: float, max_windows: Optional[int] = None) -> list[Window]:

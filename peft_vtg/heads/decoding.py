@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..timeline import frames_to_seconds, temporal_nms
+from ..timeline import check_nms_threshold, frames_to_seconds, temporal_nms
 
 FrameSpan = tuple[int, int, float]  # (first_frame, last_frame inclusive, score)
 Moment = tuple[float, float, float]  # (start_s, end_s, score)
@@ -72,9 +72,7 @@ def _check_decoding(start_logits: Any, end_logits: Any, frame_mask: Any, top_k: 
                          f"{tuple(frame_mask.shape) if isinstance(frame_mask, torch.Tensor) else frame_mask!r}.")
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}.")
-    if nms_threshold is not None and (isinstance(nms_threshold, bool) or not isinstance(nms_threshold, numbers.Real)
-                                      or not 0.0 <= nms_threshold <= 1.0):
-        raise ValueError(f"nms_threshold must be an IoU in [0, 1] or None, got {nms_threshold!r}.")
+    check_nms_threshold(nms_threshold)
     real = frame_mask.bool() if frame_mask is not None else torch.ones_like(start_logits, dtype=torch.bool)
     for name, value in (("start_logits", start_logits), ("end_logits", end_logits)):
         bad = real & ~torch.isfinite(value.float())
