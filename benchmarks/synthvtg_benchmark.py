@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+CACHE_ROOT = HERE / ".cache"  # the frozen-prefix caches of the cached methods (git-ignored; rebuilt on demand)
 
 # The one head every trained method gets (the demo's head).
 HEAD = dict(grounding_head=True, head_hidden_size=64, head_num_layers=2, head_num_attention_heads=4, head_dropout=0.1,
@@ -56,6 +57,9 @@ class Settings:
     batch_size: int = 32
     data_seed: int = 0
     domain: str = "plain"  # how the grounding videos look: SynthVTG's "plain" (the backbone's) or "cluttered"
+    # > 0: every method gets this much training time instead of `steps`, turned into a step count per method from its
+    # paced seconds per step (and, for a cached method, the time to build its train cache); see `pace`.
+    budget_seconds: float = 0.0
 
 
 def _same_settings(recorded: dict[str, Any], settings: Settings) -> bool:
@@ -73,6 +77,9 @@ class Method:
     build: Optional[Callable[[Any], Any]]  # base CLIPModel -> PeftModel with the grounding forward; None = no training
     motion_window: int = 0  # zero-shot only: see peft_vtg.baselines.frame_query_similarity
     head_learning_rate: Optional[float] = None  # None: the head trains at the grid's rate (head-only)
+    # Train and evaluate from a frozen-prefix cache of the video states entering this layer (`peft_vtg.cache`)
+    # instead of from frames; None = from frames.
+    cache_layer: Optional[int] = None
 
 
 def _vtg(**prompts: Any) -> Callable[[Any], Any]:
@@ -136,6 +143,21 @@ METHODS = {m.name: m for m in (
     Method("vtg-coupled", "VTG deep, video prompts projected from the text prompts (MaPLe coupling) (+ head)",
            (3e-3, 3e-2), _vtg(num_video_tokens=8, num_text_tokens=8, video_prompt_depth=DEPTH,
                               text_prompt_depth=DEPTH, couple_video_to_text=True), head_learning_rate=HEAD_LR),
+    # The cached variants (issue 13): the frozen video layers below the prompts run once, into a cache; every step
+    # runs only the layers from the cached one on. Same adapters as their uncached twins.
+    Method("head-only-cached", "head-only, trained on cached final video states (the classic feature path)",
+           (1e-3, 3e-3), _vtg(num_video_tokens=0, num_text_tokens=0), cache_layer=DEPTH),
+    Method("vtg-top", "VTG: 16 video + 8 text tokens entering the top layer of each tower only (+ head)",
+           (3e-3, 3e-2), _vtg(num_video_tokens=16, num_text_tokens=8, prompt_start_layer=DEPTH - 1),
+           head_learning_rate=HEAD_LR),
+    Method("vtg-top-cached", "vtg-top, trained on cached video states entering the top layer",
+           (3e-3, 3e-2), _vtg(num_video_tokens=16, num_text_tokens=8, prompt_start_layer=DEPTH - 1),
+           head_learning_rate=HEAD_LR, cache_layer=DEPTH - 1),
+    Method("vtg-top2-cached", "VTG: 16 video + 8 text tokens in the top two layers of each tower, trained on cached "
+           "video states entering the first of them (+ head)",
+           (3e-3, 3e-2), _vtg(num_video_tokens=16, num_text_tokens=8, prompt_start_layer=DEPTH - 2,
+                              video_prompt_depth=2, text_prompt_depth=2),
+           head_learning_rate=HEAD_LR, cache_layer=DEPTH - 2),
     Method("lora", "PEFT LoRA r=4 on q/v projections of both towers (+ head)", (3e-4, 3e-3), _lora,
            head_learning_rate=HEAD_LR),
     Method("full-ft", "every backbone parameter trained (+ head)", (3e-5, 3e-4), _full, head_learning_rate=HEAD_LR),
@@ -153,6 +175,40 @@ def _data(settings: Settings):
         "train": settings.train_videos, "val": settings.val_videos, "test": settings.test_videos})
     splits, videos = data.splits()
     return splits, GroundingCollator(tokenizer, FrameSource(videos, num_frames=settings.frames)), tokenizer
+
+
+def _cache_directory(settings: Settings, layer: int, root: Path) -> Path:
+    """Where `run` keeps the cache of one data set at one layer (reused by every run and seed that needs it)."""
+    return root / (f"{settings.domain}-seed{settings.data_seed}-{settings.train_videos}-{settings.val_videos}-"
+                   f"{settings.test_videos}-f{settings.frames}-k{layer}")
+
+
+def _build_cache(rows: list[dict[str, Any]], collator: Any, layer: int, directory: Path) -> float:
+    """Cache the video states entering `layer` of the shipped backbone for the videos of `rows` (fp16, the default);
+    returns the seconds it took (nothing to do for a complete cache)."""
+    from peft_vtg.cache import build_cache
+    from peft_vtg.synth.backbone import load_backbone
+
+    started = time.perf_counter()
+    build_cache(load_backbone()[0], [row["vid"] for row in rows], collator.video_source, layer, str(directory),
+                durations={row["vid"]: row["duration"] for row in rows}, disable_tqdm=True)
+    return time.perf_counter() - started
+
+
+def _collator_for(method: Method, settings: Settings, data: Any, cache_root: Path) -> Any:
+    """The collator `method` trains and evaluates with: frames, or its cache (built over every split on first use)."""
+    from peft_vtg.cache import CachedVideoStates
+    from peft_vtg.data import GroundingCollator
+
+    splits, collator, tokenizer = data
+    if method.cache_layer is None:
+        return collator
+    directory = _cache_directory(settings, method.cache_layer, cache_root)
+    rows = [row for split in splits.values() for row in split]
+    seconds = _build_cache(rows, collator, method.cache_layer, directory)
+    if seconds > 5:
+        print(f"built the layer-{method.cache_layer} cache in {directory} ({seconds:.0f} s)", flush=True)
+    return GroundingCollator(tokenizer, CachedVideoStates(str(directory), layer=method.cache_layer))
 
 
 def _adapter_bytes(model: torch.nn.Module) -> int:
@@ -176,14 +232,18 @@ def _zero_shot(rows, collator, motion_window: int) -> dict[str, float]:
     return evaluate_moments(predictions, {row["qid"]: row["windows"] for row in rows})
 
 
-def train_and_evaluate(method: Method, lr: float, seed: int, settings: Settings, data=None) -> dict[str, Any]:
-    """One run: train `method` at `lr` with `seed`, evaluate the final weights on val and test."""
+def train_and_evaluate(method: Method, lr: float, seed: int, settings: Settings, data=None, *,
+                       steps: Optional[int] = None, cache_root: Path = CACHE_ROOT) -> dict[str, Any]:
+    """One run: train `method` at `lr` with `seed` for `steps` optimizer steps (default `settings.steps`), evaluate
+    the final weights on val and test."""
     from peft_vtg.synth.backbone import load_backbone
     from peft_vtg.training import GroundingModule, VTGTrainingArguments, evaluate_grounding, train
 
-    splits, collator, _ = data or _data(settings)
+    data = data or _data(settings)
+    splits, collator = data[0], _collator_for(method, settings, data, cache_root)
+    steps = settings.steps if steps is None else steps
     record: dict[str, Any] = {"method": method.name, "lr": lr, "head_lr": method.head_learning_rate, "seed": seed,
-                              "settings": asdict(settings)}
+                              "settings": asdict(settings), "steps": steps}
     if method.build is None:
         record.update(val=_zero_shot(splits["val"], collator, method.motion_window),
                       test=_zero_shot(splits["test"], collator, method.motion_window), trainable=0, adapter_bytes=0)
@@ -195,10 +255,10 @@ def train_and_evaluate(method: Method, lr: float, seed: int, settings: Settings,
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     started = time.time()
     with tempfile.TemporaryDirectory() as output_dir:
-        args = VTGTrainingArguments(output_dir=output_dir, max_steps=settings.steps,
+        args = VTGTrainingArguments(output_dir=output_dir, max_steps=steps,
                                     per_device_train_batch_size=settings.batch_size, learning_rate=lr,
                                     head_learning_rate=method.head_learning_rate, seed=seed,
-                                    logging_steps=max(1, settings.steps // 5), disable_tqdm=True)
+                                    logging_steps=max(1, steps // 5), disable_tqdm=True)
         result = train(model, splits["train"], collator, args)
     record["train_seconds"] = time.time() - started
     record["final_loss"] = result.history[-1].get("loss") if result.history else None
@@ -223,11 +283,15 @@ def run(args: argparse.Namespace) -> None:
     for name in args.methods:
         method = METHODS[name]
         grid = (args.grid if method.build is not None and args.grid else list(method.learning_rates)) or [0.0]
+        if name in args.method_lr:
+            grid = [args.method_lr[name]]
+
+        steps = _budget_steps(name, settings, Path(args.pace)) if method.build is not None else None
 
         def launch(lr: float, seed: int) -> None:
             if (name, lr, seed) in done:
                 return
-            record = train_and_evaluate(method, lr, seed, settings, data)
+            record = train_and_evaluate(method, lr, seed, settings, data, steps=steps, cache_root=Path(args.cache_root))
             with path.open("a") as handle:  # one line per run: an interrupted benchmark keeps what it finished
                 handle.write(json.dumps(record) + "\n")
             done.add((name, lr, seed))
@@ -242,6 +306,90 @@ def run(args: argparse.Namespace) -> None:
         best = _best_lr(name, settings, _load_runs(path))
         for seed in range(1, args.seeds):
             launch(best, seed)
+
+
+def _pace_key(settings: Settings) -> dict[str, Any]:
+    """What the paced step times depend on: the settings except the look, the step count and the budget."""
+    key = asdict(settings)
+    for name in ("domain", "steps", "budget_seconds"):
+        key.pop(name)
+    return {**key, "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine()}
+
+
+def _budget_steps(name: str, settings: Settings, pace_file: Path) -> Optional[int]:
+    """The step count that fills `settings.budget_seconds` for method `name` (None without a budget): (budget - the
+    train cache's build time) / seconds per step, both from `pace_file`."""
+    if settings.budget_seconds <= 0:
+        return None
+    paced = json.loads(pace_file.read_text()) if pace_file.exists() else {}
+    if paced.get("key") != _pace_key(settings):
+        raise SystemExit(f"{pace_file} was not measured for these settings and this machine (threads, torch); run "
+                         f"`python {Path(__file__).name} pace --methods {name} ...` with the same settings first.")
+    entry = paced["methods"].get(name)
+    if entry is None:
+        raise SystemExit(f"{pace_file} has no pace for {name}; run `pace --methods {name}` first.")
+    seconds = settings.budget_seconds - entry.get("cache_build_seconds", 0.0)
+    steps = int(seconds // entry["step_seconds"])
+    if steps < 1:
+        raise SystemExit(f"A budget of {settings.budget_seconds} s leaves {name} no step (it needs "
+                         f"{entry['step_seconds']:.3f} s a step after {entry.get('cache_build_seconds', 0):.1f} s of "
+                         "cache building).")
+    return steps
+
+
+def measure_pace(name: str, settings: Settings, warmup: int = 5, steps: int = 30) -> dict[str, Any]:
+    """Seconds per optimizer step of `method` in the benchmark's own training loop (`peft_vtg.training.train`: data
+    loading and collation of frames or cached states, forward, backward, optimizer), at the benchmark's batch size,
+    after `warmup` steps; and, for a cached method, the seconds to build its cache of the train split from scratch.
+
+    Run in a fresh process per method (`pace` does), one at a time on an otherwise idle machine.
+    """
+    from peft_vtg.synth.backbone import load_backbone
+    from peft_vtg.training import VTGTrainingArguments, train
+
+    method = METHODS[name]
+    data = _data(settings)
+    splits, collator, tokenizer = data
+    result: dict[str, Any] = {"method": name, "warmup_steps": warmup, "timed_steps": steps}
+    with tempfile.TemporaryDirectory() as scratch:
+        if method.cache_layer is not None:
+            from peft_vtg.cache import CachedVideoStates
+            from peft_vtg.data import GroundingCollator
+
+            directory = Path(scratch) / "cache"
+            result["cache_build_seconds"] = _build_cache(splits["train"], collator, method.cache_layer, directory)
+            result["cache_bytes"] = sum(f.stat().st_size for f in directory.iterdir())
+            collator = GroundingCollator(tokenizer, CachedVideoStates(str(directory), layer=method.cache_layer))
+        torch.manual_seed(0)
+        model = method.build(load_backbone()[0])
+        stamps: dict[int, float] = {}
+        args = VTGTrainingArguments(output_dir=str(Path(scratch) / "run"), max_steps=warmup + steps,
+                                    per_device_train_batch_size=settings.batch_size, learning_rate=1e-4,
+                                    head_learning_rate=method.head_learning_rate, seed=0, disable_tqdm=True)
+        train(model, splits["train"], collator, args, callbacks=[lambda step, logs: stamps.__setitem__(step, time.perf_counter())])
+    result["step_seconds"] = (stamps[warmup + steps] - stamps[warmup]) / steps
+    return result
+
+
+def pace(args: argparse.Namespace) -> None:
+    settings = _settings(args)
+    if args.one_method:
+        print(json.dumps(measure_pace(args.one_method, settings)))
+        return
+    out = Path(args.pace)
+    key = _pace_key(settings)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    methods = previous.get("methods", {}) if previous.get("key") == key else {}
+    for name in args.methods:
+        if METHODS[name].build is None:
+            continue
+        command = [sys.executable, __file__, "pace", "--one-method", name, f"--threads={args.threads}",
+                   *(f"--{k.replace('_', '-')}={v}" for k, v in asdict(settings).items())]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        methods[name] = json.loads(output.strip().splitlines()[-1])
+        print(f"{name:16s} {methods[name]}", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"key": key, "methods": methods}, indent=1) + "\n")
 
 
 def _best_lr(name: str, settings: Settings, runs: list[dict[str, Any]]) -> float:
@@ -406,9 +554,11 @@ def report(args: argparse.Namespace) -> None:
         return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
     columns = ["R1@0.3", "R1@0.5", "R1@0.7", "R5@0.5", "mIoU"]
-    lines = ["| method | lr | seeds | " + " | ".join(columns) + " | trainable (% of base) | adapter bytes | "
+    budgeted = settings.budget_seconds > 0
+    lines = ["| method | lr | seeds | " + ("steps | " if budgeted else "") + " | ".join(columns)
+             + " | trainable (% of base) | adapter bytes | "
              "step time / full FT | peak memory / full FT | inference latency / base |",
-             "|" + "---|" * (len(columns) + 8)]
+             "|" + "---|" * (len(columns) + 8 + budgeted)]
     for name in args.methods:
         mine = [r for r in runs if r["method"] == name]
         if not mine:
@@ -421,12 +571,85 @@ def report(args: argparse.Namespace) -> None:
         base_latency = cost.get(name, {}).get("base_inference_seconds")
         rate = "-" if lr is None else f"{lr:g}" + (f" (head {first['head_lr']:g})" if first.get("head_lr") else "")
         lines.append(
-            f"| {name} | {rate} | {len(chosen)} | {metrics} | {first['trainable']:,} "
+            f"| {name} | {rate} | {len(chosen)} | " + (f"{first['steps']:,} | " if budgeted else "") +
+            f"{metrics} | {first['trainable']:,} "
             f"({share:.2f}%) | {first['adapter_bytes']:,} | {ratio(name, 'train_step_seconds', full.get('train_step_seconds'))} | "
             f"{ratio(name, 'peak_train_memory_bytes', full.get('peak_train_memory_bytes'))} | "
             f"{ratio(name, 'inference_seconds', base_latency)} |"
         )
     print("\n".join(lines))
+
+
+def _paced_seconds(run: dict[str, Any], paced: dict[str, Any]) -> Optional[float]:
+    """The training time of a run at the paced speed of its method: its steps x seconds per step, plus the train
+    cache's build time for a cached method; None when the method has no pace."""
+    entry = paced.get(run["method"])
+    if entry is None:
+        return None
+    steps = run.get("steps", run["settings"]["steps"])
+    return steps * entry["step_seconds"] + entry.get("cache_build_seconds", 0.0)
+
+
+def plot(args: argparse.Namespace) -> None:
+    """One PNG per look: test R1@0.5 against training seconds and against trainable parameters, every trained
+    method, every step count or budget it was run at (mean and std over seeds at the rate chosen on val).
+
+    Seconds are paced (`_paced_seconds`), not the wall-clock each run happened to take, so runs made at different
+    times, loads or thread counts sit on one axis; the paces come from one `pace` run on an idle machine.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paced_file = json.loads(Path(args.pace).read_text())
+    paced = paced_file["methods"]
+    runs = [r for r in _load_runs(Path(args.results)) if r["method"] in args.methods and METHODS[r["method"]].build]
+    domains = sorted({r["settings"].get("domain", "plain") for r in runs})
+    written = []
+    for domain in domains:
+        figure, (by_time, by_size) = plt.subplots(1, 2, figsize=(12, 5))
+        for index, name in enumerate(args.methods):
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for r in runs:
+                if r["method"] == name and r["settings"].get("domain", "plain") == domain:
+                    groups.setdefault(json.dumps({**asdict(Settings()), **r["settings"]}, sort_keys=True), []).append(r)
+            points = []
+            for key, group in groups.items():
+                settings = Settings(**json.loads(key))
+                chosen_lr = _best_lr(name, settings, group)
+                chosen = [r for r in group if r["lr"] == chosen_lr]
+                seconds = [_paced_seconds(r, paced) for r in chosen]
+                if None in seconds:
+                    continue
+                scores = [r["test"]["R1@0.5"] for r in chosen]
+                points.append((statistics.mean(seconds), statistics.mean(scores),
+                               statistics.stdev(scores) if len(scores) > 1 else 0.0, chosen[0]["trainable"],
+                               settings.budget_seconds > 0))
+            if not points:
+                continue
+            points.sort()
+            color = f"C{index % 10}"
+            style = "--" if METHODS[name].cache_layer is None else "-"
+            by_time.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                             fmt="o" + style, color=color, label=name, capsize=3)
+            best = max(points, key=lambda p: p[1])
+            by_size.errorbar([best[3]], [best[1]], yerr=[best[2]], fmt="o", color=color, capsize=3)
+            by_size.annotate(name, (best[3], best[1]), textcoords="offset points", xytext=(5, 3), fontsize=8)
+        by_time.set(xscale="log", xlabel="training seconds (paced; 1 CPU thread)", ylabel="test R1@0.5 (%)",
+                    title=f"SynthVTG, {domain} look: accuracy against training time")
+        by_time.grid(alpha=0.3)
+        by_time.legend(fontsize=8)
+        by_size.set(xscale="log", xlabel="trainable parameters (adapter + head)", ylabel="test R1@0.5 (%)",
+                    title="best run of each method against its size")
+        by_size.grid(alpha=0.3)
+        figure.tight_layout()
+        out = Path(args.plot_dir) / f"synthvtg-{domain}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out, dpi=110)
+        plt.close(figure)
+        written.append(str(out))
+    print("\n".join(written))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -435,20 +658,38 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "costs", "report"])
+    parser.add_argument("command", choices=["run", "costs", "pace", "report", "plot"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
                         help=f"methods to run (default: all of {', '.join(METHODS)})")
     parser.add_argument("--grid", type=float, nargs="+", default=None,
                         help="run: learning rates to try for every trained method instead of each method's own grid")
+    parser.add_argument("--method-lr", nargs="+", default=[], metavar="METHOD=LR",
+                        help="run: one learning rate for a method instead of a grid (e.g. its choice at another "
+                             "budget), e.g. full-ft=3e-4")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method at its chosen learning rate")
     parser.add_argument("--results", default=str(RESULTS / "runs.jsonl"), help="accuracy results (JSON lines)")
     parser.add_argument("--costs", default=str(RESULTS / "costs.json"), help="cost results (JSON)")
     parser.add_argument("--device", default=None, help="costs: cpu or cuda (default: cuda when available)")
+    parser.add_argument("--pace", default=str(RESULTS / "pace.json"),
+                        help="seconds per step of each method, for --budget-seconds (JSON; written by `pace`)")
+    parser.add_argument("--plot-dir", default=str(RESULTS), help="plot: where the PNGs go")
+    parser.add_argument("--cache-root", default=str(CACHE_ROOT), help="where the cached methods keep their caches")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); the paces record it and `run` must match")
     parser.add_argument("--one-method", default=None, help=argparse.SUPPRESS)
     for key, value in asdict(Settings()).items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
     args = parser.parse_args()
-    {"run": run, "costs": costs, "report": report}[args.command](args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+    try:
+        args.method_lr = {name: float(lr) for name, lr in (item.split("=", 1) for item in args.method_lr)}
+    except ValueError:
+        parser.error(f"--method-lr takes METHOD=LR pairs such as full-ft=3e-4, got {args.method_lr}")
+    if set(args.method_lr) - set(METHODS):
+        parser.error(f"--method-lr names unknown methods {sorted(set(args.method_lr) - set(METHODS))}")
+    {"run": run, "costs": costs, "pace": pace, "report": report, "plot": plot}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def test_round_trip_in_a_fresh_interpreter(tmp_path):
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ROUND TRIP OK" in result.stdout
 

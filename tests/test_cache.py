@@ -351,7 +351,7 @@ def test_two_processes_write_the_same_cache_as_one(workspace, tmp_path):
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
               str(free_port()), "-m", "peft_vtg"]
     result = subprocess.run(launch + cache_command(root, tmp_path / "two"), capture_output=True, text=True,
-                            timeout=300, cwd=ROOT,
+                            timeout=900, cwd=ROOT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.count("cached 6 videos") == 1  # printed by the main process only

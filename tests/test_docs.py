@@ -38,7 +38,7 @@ def test_quickstart_example_runs(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--steps", "5", "--output-dir", str(tmp_path / "a")],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reloaded adapter reproduces the outputs exactly" in result.stdout

@@ -1,5 +1,6 @@
 """Grounding and matching heads: losses against hand-computed values, decoding, and the heads inside adapters."""
 
+import json
 import math
 
 import pytest
@@ -8,6 +9,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 from peft_vtg import VTGPromptConfig
+from peft_vtg.vtg_prompt.config import default_head_hidden_size
 from peft_vtg.heads import (
     AllInOneMatchingHead,
     VioletMatchingHead,
@@ -367,3 +369,38 @@ def test_adapter_saved_before_the_temporal_and_hadamard_settings_loads_without_t
     loaded = PeftModel.from_pretrained(tiny_clip(), old_path)
     head = loaded.base_model.model.vtg_prompts.vtg_prompt_heads["default"].grounding
     assert not hasattr(head, "temporal_conv") and not hasattr(head, "sentence_pool")
+
+
+@pytest.mark.parametrize("encoder, width", [(32, 64), (64, 64), (512, 64), (768, 128), (1024, 160), (1152, 192),
+                                            (1536, 256), (4096, 256)])
+def test_default_head_width_scales_with_the_encoder(encoder, width):
+    assert default_head_hidden_size(encoder) == width
+
+
+def test_default_head_width_is_resolved_from_the_encoder_width_and_saved(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    # A video tower 768 wide (ViT-B's), one layer deep so the test stays light.
+    config = CLIPConfig(projection_dim=32,
+                        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                         num_attention_heads=4, vocab_size=99, max_position_embeddings=32),
+                        vision_config=dict(hidden_size=768, intermediate_size=37, num_hidden_layers=1,
+                                           num_attention_heads=4, image_size=32, patch_size=16))
+    model = get_peft_model(CLIPModel(config), VTGPromptConfig(num_video_tokens=0, num_text_tokens=0,
+                                                              grounding_head=True))
+    assert model.peft_config["default"].head_hidden_size == 128
+    head = model.base_model._heads_of("default").grounding
+    assert head.video_proj[1].out_features == 128
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["head_hidden_size"] == 128
+    explicit = get_peft_model(CLIPModel(config), VTGPromptConfig(num_video_tokens=0, num_text_tokens=0,
+                                                                 grounding_head=True, head_hidden_size=96))
+    assert explicit.peft_config["default"].head_hidden_size == 96
+
+
+def test_default_head_width_needs_heads_that_divide_it():
+    # tiny CLIP: features below 256 wide -> width 64, which 3 heads do not divide.
+    with pytest.raises(ValueError, match="head_num_attention_heads \\(3\\) must divide head_hidden_size \\(64\\)"):
+        get_peft_model(tiny_clip(), VTGPromptConfig(num_video_tokens=0, num_text_tokens=0, grounding_head=True,
+                                                    head_num_attention_heads=3))
+    assert VTGPromptConfig(head_num_attention_heads=3).head_hidden_size is None  # decided with the model

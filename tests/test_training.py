@@ -25,7 +25,7 @@ HEAD = dict(head_hidden_size=16, head_num_attention_heads=2, head_num_layers=1)
 
 
 def run(command, **env):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     return result

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data.annotations import MOMENT_FEATURES
-from ..data.video import preprocess_frames
+from ..data.video import CLIP_MEAN, CLIP_STD, preprocess_frames
 from .generator import FRAME_SIZE, SynthVideo, generate_clip, generate_video, held_out_combinations, render_domain
 from .text import describe
 
@@ -30,11 +30,18 @@ class FrameSource:
 
     With `num_frames`, each video is sampled at the centres of `num_frames` equal time bins (the frame convention of
     `peft_vtg.timeline`), so every clip has the same length and labels stay consistent.
+
+    `num_frames`, `fps` and `preprocess` describe the sampling and preprocessing as `VideoFiles` does, so a
+    frozen-prefix cache (`peft_vtg.cache.build_cache`) can record them.
     """
+
+    fps = None  # frames are picked by count, never by rate
 
     def __init__(self, videos: dict[str, SynthVideo], num_frames: Optional[int] = None) -> None:
         self.videos = videos
         self.num_frames = num_frames
+        # What `pixel_values` does: the keyword arguments of `preprocess_frames`.
+        self.preprocess = {"image_size": FRAME_SIZE, "mean": CLIP_MEAN, "std": CLIP_STD, "processor": None}
 
     def __call__(self, vid: str) -> torch.Tensor:
         frames = self.videos[vid].frames

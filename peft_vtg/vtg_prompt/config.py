@@ -134,11 +134,32 @@ NEW_ADAPTER_SETTINGS = {"keep_text_positions": True, "head_temporal_kernel_size"
 # ... and a saved adapter that has None (or lacks the field) was saved before the setting existed: it loads with these,
 # what it was trained with, and no module it lacks weights for.
 LEGACY_ADAPTER_SETTINGS = {
+    "head_hidden_size": 256,
     "keep_text_positions": False,
     "grounding_head": False,
     "head_temporal_kernel_size": 0,
     "head_hadamard_fusion": False,
 }
+
+
+def default_head_hidden_size(video_hidden_size: int) -> int:
+    """The grounding head's width for a video encoder `video_hidden_size` wide (what `head_hidden_size=None` resolves
+    to): a sixth of it, rounded down to a multiple of 32, within 64..256.
+
+    The fusion layers cost about 32 x width^2 parameters, so a fixed width of 256 (2.8 M with its projections) was
+    1.9 % of CLIP ViT-B/32; at 128 (ViT-B's 768 / 6) the head is about 0.5 %. The encoder's width, not the width of
+    the features the head reads, sets it: those are the pooled state for CLIP (768) but the projection for X-CLIP
+    (512), on towers of the same size. 64 is the floor: the SynthVTG benchmark's head, on a 64-wide encoder."""
+    return max(64, min(256, video_hidden_size // 6 // 32 * 32))
+
+
+def check_head_width(hidden_size: int, num_heads: int) -> None:
+    """Raise a `ValueError` naming both fields when `num_heads` does not divide `hidden_size`."""
+    if hidden_size % num_heads:
+        raise ValueError(
+            f"head_num_attention_heads ({num_heads}) must divide head_hidden_size ({hidden_size}); set "
+            "head_hidden_size to a multiple of it (e.g. 128 or 256 with 4 or 8 heads)."
+        )
 
 
 @dataclass
@@ -246,7 +267,14 @@ class VTGPromptConfig(PeftConfig):
                   "architecture spec can read per-frame features (every built-in but TVP); the resolved value is "
                   "saved."},
     )
-    head_hidden_size: int = field(default=256, metadata={"help": "Width of the grounding head's fusion layers."})
+    head_hidden_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Width of the grounding head's fusion layers. None (default) scales it with the video "
+                  "encoder: a sixth of its hidden size, rounded down to a multiple of 32, within 64..256 (ViT-B: "
+                  "128, so the head is about 0.5 % of CLIP ViT-B/32; ViT-L: 160). The fusion layers cost about 32 x "
+                  "width^2 parameters. The resolved value is saved; adapters saved before the default scaled were "
+                  "made at 256."},
+    )
     head_num_layers: int = field(
         default=2, metadata={"help": "Number of fusion layers (self-attention over frames + cross-attention to text)."}
     )
@@ -435,13 +463,12 @@ class VTGPromptConfig(PeftConfig):
             raise ValueError(f"grounding_head must be True, False or None (auto), got {self.grounding_head!r}.")
         for name in ("head_hidden_size", "head_num_layers", "head_num_attention_heads"):
             value = getattr(self, name)
+            if name == "head_hidden_size" and value is None:
+                continue  # scaled with the encoder when the adapter is created (`default_head_hidden_size`)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-        if self.head_hidden_size % self.head_num_attention_heads:
-            raise ValueError(
-                f"head_num_attention_heads ({self.head_num_attention_heads}) must divide head_hidden_size "
-                f"({self.head_hidden_size}); e.g. head_hidden_size=256 with 4 or 8 heads."
-            )
+        if self.head_hidden_size is not None:
+            check_head_width(self.head_hidden_size, self.head_num_attention_heads)
         if not 0.0 <= self.head_dropout < 1.0:
             raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout!r}.")
         if self.head_hadamard_fusion is not None and not isinstance(self.head_hadamard_fusion, bool):

@@ -15,7 +15,14 @@ from torch import nn
 from ..heads import VTGTaskHeads
 from ..injection.hooks import PromptInjector, StreamPlan
 from ..injection.spec import BoundSpec, BoundStream
-from .config import NEW_ADAPTER_SETTINGS, TextPromptInit, VideoPromptInit, VTGPromptConfig
+from .config import (
+    NEW_ADAPTER_SETTINGS,
+    TextPromptInit,
+    VideoPromptInit,
+    VTGPromptConfig,
+    check_head_width,
+    default_head_hidden_size,
+)
 
 
 def _creating_empty_weights() -> bool:
@@ -67,6 +74,10 @@ def resolve_new_adapter_settings(config: VTGPromptConfig, bound: BoundSpec) -> N
     if config.prompt_tuning_init is None:
         available = bool(config.num_text_tokens) and bos_init_available(bound.text)
         config.prompt_tuning_init = TextPromptInit.BOS.value if available else TextPromptInit.RANDOM.value
+    if config.head_hidden_size is None:
+        # A model without a video stream has no head to size; the value is recorded all the same.
+        config.head_hidden_size = default_head_hidden_size(bound.video.hidden_size if bound.video else 0)
+        check_head_width(config.head_hidden_size, config.head_num_attention_heads)
 
 
 def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGTaskHeads]:
