@@ -11,4 +11,5 @@ look=${1:?usage: run_equal_compute.sh plain|cluttered BUDGET_SECONDS}
 budget=${2:?usage: run_equal_compute.sh plain|cluttered BUDGET_SECONDS}
 here=$(cd "$(dirname "$0")" && pwd)
 python "$here/synthvtg_benchmark.py" run --threads 1 --budget-seconds "$budget" --domain "$look" \
-  --methods full-ft head-only-cached vtg-top-cached head-only lora vtg-deep vtg-top2-cached vtg-top
+  --methods full-ft head-only-cached vtg-top-cached head-only lora vtg-deep vtg-top2-cached vtg-top head-layers-cached \
+  head-layers2-cached

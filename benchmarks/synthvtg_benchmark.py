@@ -80,6 +80,8 @@ class Method:
     # Train and evaluate from a frozen-prefix cache of the video states entering this layer (`peft_vtg.cache`)
     # instead of from frames; None = from frames.
     cache_layer: Optional[int] = None
+    # With cache_layer = L: how many final layer outputs the cache stores (a head over several layers reads them).
+    cache_feature_layers: int = 1
 
 
 def _vtg(**prompts: Any) -> Callable[[Any], Any]:
@@ -158,6 +160,15 @@ METHODS = {m.name: m for m in (
            (3e-3, 3e-2), _vtg(num_video_tokens=16, num_text_tokens=8, prompt_start_layer=DEPTH - 2,
                               video_prompt_depth=2, text_prompt_depth=2),
            head_learning_rate=HEAD_LR, cache_layer=DEPTH - 2),
+    # Heads over several layers (R2-Tuning's point: frozen CLIP's last layers hold grounding cues the final one lost),
+    # on a cache of the last layers' final outputs: a step costs about what the cached head's does.
+    Method("head-layers-cached", "the head over the features of all 3 video layers, weighted per query, on a cache "
+           "of the 3 layers' final outputs", (1e-3, 3e-3),
+           _vtg(num_video_tokens=0, num_text_tokens=0, head_video_layers=DEPTH), cache_layer=DEPTH,
+           cache_feature_layers=DEPTH),
+    Method("head-layers2-cached", "as head-layers-cached, over the last 2 video layers", (1e-3, 3e-3),
+           _vtg(num_video_tokens=0, num_text_tokens=0, head_video_layers=2), cache_layer=DEPTH,
+           cache_feature_layers=2),
     Method("lora", "PEFT LoRA r=4 on q/v projections of both towers (+ head)", (3e-4, 3e-3), _lora,
            head_learning_rate=HEAD_LR),
     Method("full-ft", "every backbone parameter trained (+ head)", (3e-5, 3e-4), _full, head_learning_rate=HEAD_LR),
@@ -177,20 +188,24 @@ def _data(settings: Settings):
     return splits, GroundingCollator(tokenizer, FrameSource(videos, num_frames=settings.frames)), tokenizer
 
 
-def _cache_directory(settings: Settings, layer: int, root: Path) -> Path:
-    """Where `run` keeps the cache of one data set at one layer (reused by every run and seed that needs it)."""
+def _cache_directory(settings: Settings, method: Method, root: Path) -> Path:
+    """Where `run` keeps the cache of one data set for `method`'s cache layer (and final layers), reused by every
+    run, seed and method that needs the same one."""
+    layers = f"-m{method.cache_feature_layers}" if method.cache_feature_layers > 1 else ""
     return root / (f"{settings.domain}-seed{settings.data_seed}-{settings.train_videos}-{settings.val_videos}-"
-                   f"{settings.test_videos}-f{settings.frames}-k{layer}")
+                   f"{settings.test_videos}-f{settings.frames}-k{method.cache_layer}{layers}")
 
 
-def _build_cache(rows: list[dict[str, Any]], collator: Any, layer: int, directory: Path) -> float:
-    """Cache the video states entering `layer` of the shipped backbone for the videos of `rows` (fp16, the default);
-    returns the seconds it took (nothing to do for a complete cache)."""
+def _build_cache(rows: list[dict[str, Any]], collator: Any, method: Method, directory: Path) -> float:
+    """Cache the video states `method` trains from (entering its cache layer; at L the final outputs of its
+    `cache_feature_layers` last layers) for the videos of `rows`, in fp16 (the default); returns the seconds it took
+    (nothing to do for a complete cache)."""
     from peft_vtg.cache import build_cache
     from peft_vtg.synth.backbone import load_backbone
 
     started = time.perf_counter()
-    build_cache(load_backbone()[0], [row["vid"] for row in rows], collator.video_source, layer, str(directory),
+    build_cache(load_backbone()[0], [row["vid"] for row in rows], collator.video_source, method.cache_layer,
+                str(directory), feature_layers=method.cache_feature_layers,
                 durations={row["vid"]: row["duration"] for row in rows}, disable_tqdm=True)
     return time.perf_counter() - started
 
@@ -203,9 +218,9 @@ def _collator_for(method: Method, settings: Settings, data: Any, cache_root: Pat
     splits, collator, tokenizer = data
     if method.cache_layer is None:
         return collator
-    directory = _cache_directory(settings, method.cache_layer, cache_root)
+    directory = _cache_directory(settings, method, cache_root)
     rows = [row for split in splits.values() for row in split]
-    seconds = _build_cache(rows, collator, method.cache_layer, directory)
+    seconds = _build_cache(rows, collator, method, directory)
     if seconds > 5:
         print(f"built the layer-{method.cache_layer} cache in {directory} ({seconds:.0f} s)", flush=True)
     return GroundingCollator(tokenizer, CachedVideoStates(str(directory), layer=method.cache_layer))
@@ -357,7 +372,7 @@ def measure_pace(name: str, settings: Settings, warmup: int = 5, steps: int = 30
             from peft_vtg.data import GroundingCollator
 
             directory = Path(scratch) / "cache"
-            result["cache_build_seconds"] = _build_cache(splits["train"], collator, method.cache_layer, directory)
+            result["cache_build_seconds"] = _build_cache(splits["train"], collator, method, directory)
             result["cache_bytes"] = sum(f.stat().st_size for f in directory.iterdir())
             collator = GroundingCollator(tokenizer, CachedVideoStates(str(directory), layer=method.cache_layer))
         torch.manual_seed(0)

@@ -4,8 +4,12 @@ With `prompt_start_layer = k`, layers 0..k-1 of the video tower see no prompt an
 entering layer k are a pure function of the video. `build_cache` computes them once per video and stores them, per
 video, as a (frames, tokens, hidden) tensor in safetensors shards, with a JSON manifest; `CachedVideoStates` serves
 them to `GroundingCollator`, and `forward_grounding(video_hidden_states=..., video_hidden_states_layer=k)` runs only
-layers k..L and what follows them. `k = L` (the number of layers) stores the tower's final hidden states: the
-classic feature path, for adapters without video prompts.
+layers k..L and what follows them.
+
+`k = L` (the number of layers) stores the tower's final outputs: the classic feature path, for adapters without
+video prompts. Only the tokens the tower's pooling reads are kept (CLIP and X-CLIP: the CLS token, 1 of 50 on
+ViT-B/32; SigLIP: all), and with `feature_layers = m` the outputs of the last m layers, (frames, m, tokens, hidden),
+for heads that read several layers (`head_video_layers`).
 
 Layout of a cache directory:
 
@@ -40,7 +44,13 @@ from tqdm.auto import tqdm
 
 from .data.video import check_positive_int, check_video_id
 from .files import write_file_atomic, write_json_atomic
-from .injection import bind_architecture, num_video_layers, video_tower_input, video_tower_weights_sha256
+from .injection import (
+    bind_architecture,
+    num_video_layers,
+    video_tower_input,
+    video_tower_outputs,
+    video_tower_weights_sha256,
+)
 from .injection.spec import BoundSpec
 from .injection.tower import check_video_tower
 
@@ -62,7 +72,7 @@ RESIZE = "short side to image_size (bilinear, antialiased), centre crop, /255, t
 # The settings the cached values depend on. A resumed build must match all of them; the base model's name or path,
 # the peft_vtg version and the batch size are recorded but may differ.
 SETTING_KEYS = ("architecture", "model_class", "weights_sha256", "layer", "num_layers", "hidden_size", "num_frames",
-                "fps", "preprocessing", "dtype")
+                "fps", "preprocessing", "dtype", "feature_layers")
 
 
 class CacheMismatchError(ValueError):
@@ -113,21 +123,44 @@ def sampling_settings(videos: Any) -> dict[str, Any]:
             "fps": None if fps is None else float(fps), "preprocessing": preprocessing}
 
 
-def model_settings(bound: BoundSpec, layer: int) -> dict[str, Any]:
+def model_settings(bound: BoundSpec, layer: int, feature_layers: int = 1) -> dict[str, Any]:
     """The model side of a cache's settings: architecture, model class, the sha256 of the weights the states entering
-    video layer `layer` depend on (`video_tower_weights_sha256`), the layer and the tower's depth and width."""
+    video layer `layer` depend on (`video_tower_weights_sha256`), the layer, the tower's depth and width, and how many
+    final layer outputs a cache of layer L holds (`feature_layers`, 1 below L)."""
     check_video_tower(bound)
     total = num_video_layers(bound)
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= total:
         raise ValueError(f"layer must be a whole number in 0..{total}: the video layer whose input is cached ({total} "
                          f"= the final hidden states of the {total}-layer video tower), got {layer!r}.")
+    if isinstance(feature_layers, bool) or not isinstance(feature_layers, int) or not 1 <= feature_layers <= total:
+        raise ValueError(f"feature_layers must be a whole number in 1..{total} (the video tower's layers), got "
+                         f"{feature_layers!r}.")
+    if feature_layers > 1 and layer != total:
+        raise ValueError(
+            f"feature_layers={feature_layers} stores the outputs of the last {feature_layers} layers, which only a "
+            f"cache of final features holds (--layer {total}); a cache at layer {layer} already gives the model "
+            f"the outputs of layers {max(layer - 1, 0)}..{total - 1}. Use --layer {total} or --feature-layers 1."
+        )
     return {"architecture": bound.spec.name, "model_class": type(bound.root).__name__,
             "weights_sha256": video_tower_weights_sha256(bound, layer), "layer": layer, "num_layers": total,
-            "hidden_size": bound.video.hidden_size}
+            "hidden_size": bound.video.hidden_size, "feature_layers": feature_layers}
+
+
+def _with_setting_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`settings` with what caches built before a setting existed mean by leaving it out: below layer L,
+    `feature_layers` 1. (A cache of layer L from before stored every token of the final states, not the pooled ones,
+    so it has no default and does not resume.)"""
+    settings = dict(settings)
+    if "feature_layers" not in settings and settings.get("layer") != settings.get("num_layers"):
+        settings["feature_layers"] = 1
+    return settings
 
 
 def _settings_sha256(settings: Mapping[str, Any]) -> str:
-    chosen = {key: settings[key] for key in SETTING_KEYS}
+    # Below layer L, feature_layers (always 1 there) stays out of the hash: shards of caches built before it existed
+    # then still count as finished.
+    below_last = settings["layer"] != settings["num_layers"]
+    chosen = {key: settings[key] for key in SETTING_KEYS if not (key == "feature_layers" and below_last)}
     return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
 
 
@@ -209,7 +242,7 @@ def _prepare_directory(directory: str, settings: dict[str, Any]) -> None:
     leftovers of interrupted writes and rewrite the manifest from the finished shards."""
     os.makedirs(directory, exist_ok=True)
     if os.path.exists(os.path.join(directory, MANIFEST_NAME)):
-        recorded = read_manifest(directory)
+        recorded = _with_setting_defaults(read_manifest(directory))
         differences = _differences(recorded, settings, SETTING_KEYS)
         if differences:
             raise CacheMismatchError(
@@ -289,6 +322,7 @@ def build_cache(
     layer: int,
     output_dir: str,
     *,
+    feature_layers: int = 1,
     dtype: str = "fp16",
     batch_size: int = 8,
     base_model_name: Optional[str] = None,
@@ -305,7 +339,10 @@ def build_cache(
         video_ids: the videos to cache (duplicates are ignored); plain file names (`check_video_id`).
         videos: a `VideoFiles` (or a source with its `num_frames` / `fps` / `preprocess` attributes): vid ->
             preprocessed frames (frames, 3, H, W).
-        layer: k in 0..L: the states entering video layer k; L = the tower's final hidden states.
+        layer: k in 0..L: the states entering video layer k; L = the tower's final outputs, cut to the tokens its
+            pooling reads (`VideoTowerSpec.pooled_tokens`: CLIP's and X-CLIP's CLS token).
+        feature_layers: at k = L, how many of the last layers' outputs to store (for heads with
+            `head_video_layers` > 1); 1 below L.
         output_dir: the cache directory (created; an unfinished cache of the same settings there is resumed).
         dtype: storage dtype, "fp16" (default), "bf16" or "fp32" (fp32 reproduces the uncached path exactly).
         batch_size: videos per forward and per shard; memory holds one batch of frames and states.
@@ -333,7 +370,7 @@ def build_cache(
     if not ids:
         raise ValueError("No videos to cache: the annotation rows name no video.")
     bound = bind_architecture(model)
-    settings = {**model_settings(bound, layer), **sampling_settings(videos), "dtype": dtype}
+    settings = {**model_settings(bound, layer, feature_layers), **sampling_settings(videos), "dtype": dtype}
     if bound.required_num_frames is not None and settings["num_frames"] != bound.required_num_frames:
         raise ValueError(
             f"The {bound.spec.name!r} video encoder needs exactly {bound.required_num_frames} frames per clip; sample "
@@ -365,7 +402,12 @@ def build_cache(
         for items in loader:
             pixel_values = torch.cat([frames for _, frames, _ in items]).to(accelerator.device)  # (rows, 3, H, W)
             with torch.no_grad():
-                states = video_tower_input(bound, pixel_values, layer)  # (rows, tokens, hidden)
+                if layer < settings["num_layers"]:
+                    states = video_tower_input(bound, pixel_values, layer)  # (rows, tokens, hidden)
+                else:
+                    states = video_tower_outputs(bound, pixel_values, feature_layers)  # (rows, m, tokens, hidden)
+                    states = states[:, 0] if feature_layers == 1 else states  # one layer: no layer axis
+
             tensors, entries, offset = {}, {}, 0
             for vid, frames, duration in items:
                 state = states[offset:offset + len(frames)].to(device="cpu", dtype=storage).contiguous()
@@ -407,10 +449,11 @@ def build_cache(
 
 
 def _stored_tokens(directory: str, entries: Mapping[str, Mapping[str, Any]]) -> int:
-    """Tokens per frame of the stored states, read from one shard's header (one model gives one shape)."""
+    """Tokens per frame (per layer) of the stored states, read from one shard's header (one model gives one
+    shape)."""
     entry = next(iter(entries.values()))
     with safe_open(os.path.join(directory, entry["shard"]), framework="pt") as handle:
-        return int(handle.get_slice(entry["key"]).get_shape()[1])
+        return int(handle.get_slice(entry["key"]).get_shape()[-2])
 
 
 # ---------------------------------------------------------------- reading
@@ -456,6 +499,9 @@ class CachedVideoStates:
         self.manifest = read_manifest(self.root)
         manifest = self.manifest
         self.layer: int = int(manifest["layer"])
+        # How many final layer outputs each frame holds (a cache of layer L built with feature_layers > 1; those are
+        # stored with a layer axis: (frames, layers, tokens, hidden)).
+        self.feature_layers: int = int(manifest.get("feature_layers") or 1)
         self.batch_extras = {"video_hidden_states_layer": self.layer}
         self.videos: dict[str, dict[str, Any]] = manifest["videos"]
         self.decoded_durations = {vid: float(e["duration"]) for vid, e in self.videos.items()
@@ -511,7 +557,7 @@ class CachedVideoStates:
             )
         check = getattr(model, "check_video_hidden_states_layer", None)
         if callable(check):
-            check(self.layer)
+            check(self.layer, stored_layers=self.feature_layers)
 
     def path(self, vid: str) -> str:
         """The shard file holding `vid`."""
@@ -537,7 +583,10 @@ class CachedVideoStates:
         except Exception as err:  # noqa: BLE001 - a damaged file, whatever safetensors says about it
             raise ValueError(f"The cache shard {path} (video {vid!r}) cannot be read ({err}); delete it and rerun "
                              "`peft-vtg cache` with the same arguments.") from err
-        if states.dim() != 3 or states.shape[0] != entry["frames"]:
+        dims = 3 if self.feature_layers == 1 else 4
+        if states.dim() != dims or states.shape[0] != entry["frames"] or (
+                dims == 4 and states.shape[1] != self.feature_layers):
+            layout = "(frames, tokens, hidden)" if dims == 3 else f"(frames, {self.feature_layers} layers, tokens, hidden)"
             raise ValueError(f"The cache shard {path} holds shape {tuple(states.shape)} for video {vid!r}, but the "
-                             f"manifest says {entry['frames']} frames; rebuild the cache.")
+                             f"manifest says {entry['frames']} frames {layout}; rebuild the cache.")
         return states

@@ -571,16 +571,22 @@ def _cache(args: argparse.Namespace) -> int:
     source = VideoFiles(args.video_dir, num_frames=num_frames, fps=args.fps, image_size=image_size,
                         suffix=args.video_suffix)
     _check_video_ids(source, {"vid": list(durations)})
-    manifest = build_cache(model, list(durations), source, args.layer, args.output_dir, dtype=args.dtype,
+    manifest = build_cache(model, list(durations), source, args.layer, args.output_dir,
+                           feature_layers=args.feature_layers, dtype=args.dtype,
                            batch_size=args.batch_size, base_model_name=args.base_model, durations=durations,
                            num_workers=args.num_workers, disable_tqdm=args.disable_tqdm)
     from accelerate import PartialState  # only after build_cache's Accelerator (see _train)
 
     if PartialState().is_main_process:
         size = sum(os.path.getsize(os.path.join(args.output_dir, name)) for name in os.listdir(args.output_dir))
-        print(f"cached {len(manifest['videos'])} videos (hidden states entering video layer {manifest['layer']} of "
-              f"{manifest['num_layers']}, {manifest['dtype']}) in {os.path.abspath(args.output_dir)} "
-              f"({size / 1e6:.2f} MB)")
+        if manifest["layer"] < manifest["num_layers"]:
+            what = f"hidden states entering video layer {manifest['layer']} of {manifest['num_layers']}"
+        else:
+            layers = manifest.get("feature_layers") or 1
+            what = (f"final outputs of the last {layers} video layers" if layers > 1 else "final video states") + (
+                f", {manifest['tokens']} token(s) per frame")
+        print(f"cached {len(manifest['videos'])} videos ({what}, {manifest['dtype']}) in "
+              f"{os.path.abspath(args.output_dir)} ({size / 1e6:.2f} MB)")
     return 0
 
 
@@ -676,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
         "video layer --layer k, and store the hidden states entering layer k (frames, tokens, dim) per video in "
         "safetensors shards with a manifest. `train` / `evaluate --cache-dir` then run only layers k and above "
         "(video prompts must start at layer >= k; k = the number of layers stores the final states, for adapters "
-        "without video prompts). Resumable: rerun the same command after an interruption. Several processes: "
+        "without video prompts: only the tokens the encoder pools, e.g. CLIP's CLS, and with --feature-layers m "
+        "those of the last m layers, for heads with --head-video-layers m). Resumable: rerun the same command after an interruption. Several processes: "
         "`accelerate launch --num_processes N -m peft_vtg cache ...`.",
     )
     cache.add_argument("--base-model", required=True, help="base model path or Hub id (AutoModel.from_pretrained)")
@@ -697,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "encoder's)")
     cache.add_argument("--layer", type=int, required=True, help="k: cache the hidden states entering video layer k "
                        "(0 = after the embeddings; the number of layers = the final states)")
+    cache.add_argument("--feature-layers", type=_positive_int, default=1,
+                       help="with --layer L (final states): store the outputs of the last m layers, for adapters "
+                       "whose head reads several (--head-video-layers m) (default: 1)")
     cache.add_argument("--output-dir", required=True, help="cache directory (an unfinished cache there is resumed)")
     cache.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"],
                        help="storage dtype (default: fp16; fp32 reproduces the uncached path exactly)")

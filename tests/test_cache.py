@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,29 +56,36 @@ def base(arch: str, seed: int = 0):
     return BUILDERS[arch]()
 
 
-def adapter_config(layer: int) -> VTGPromptConfig:
+def adapter_config(layer: int, head_video_layers: int = 1) -> VTGPromptConfig:
     """Video and text prompts from layer `layer` (none in the video stream at k = L), with dropout and matching
-    negatives on, so that the training comparison exercises the random parts too."""
+    negatives on, so that the training comparison exercises the random parts too; the head reads the last
+    `head_video_layers` video layers."""
     video = dict(num_video_tokens=2, video_prompt_depth=LAYERS - layer) if layer < LAYERS else dict(num_video_tokens=0)
     return VTGPromptConfig(num_text_tokens=2, text_prompt_depth=1, prompt_start_layer=min(layer, LAYERS - 1),
-                           vtm_heads=["violet"], video_prompt_dropout=0.1, **video, **HEAD)
+                           vtm_heads=["violet"], video_prompt_dropout=0.1, head_video_layers=head_video_layers,
+                           **video, **HEAD)
 
 
 def labels_off(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k not in ("start_frames", "end_frames")}
 
 
-@pytest.mark.parametrize("layer", [0, 1, LAYERS])
+# (cache layer k, final layers the cache stores, layers the head reads): one-layer heads at k = 0, 1, L, and heads
+# over several layers from a cache below L (the layers from k-1 on are computed) and from final features.
+CASES = [(0, 1, 1), (1, 1, 1), (LAYERS, 1, 1), (0, 1, 3), (1, 1, 3), (2, 1, 2), (LAYERS, 3, 3), (LAYERS, 3, 2)]
+
+
+@pytest.mark.parametrize("layer, feature_layers, head_video_layers", CASES)
 @pytest.mark.parametrize("arch", ["clip", "siglip", "x_clip"])
-def test_cached_equals_uncached(arch, layer, tmp_path):
+def test_cached_equals_uncached(arch, layer, feature_layers, head_video_layers, tmp_path):
     frames = Frames()
     manifest = build_cache(base(arch), [r["vid"] for r in rows()], frames, layer, str(tmp_path), dtype="fp32",
-                           batch_size=4, disable_tqdm=True)
+                           batch_size=4, disable_tqdm=True, feature_layers=feature_layers)
     assert manifest["complete"] and len(manifest["videos"]) == 6 and manifest["layer"] == layer
 
     def model():
         torch.manual_seed(1)
-        return get_peft_model(base(arch), adapter_config(layer))
+        return get_peft_model(base(arch), adapter_config(layer, head_video_layers))
 
     cached_model, uncached_model = model(), model()
     cache = CachedVideoStates(str(tmp_path), cached_model, layer=layer, num_frames=FRAMES, image_size=IMAGE)
@@ -131,6 +139,9 @@ def test_cached_equals_uncached(arch, layer, tmp_path):
     # the adapter did train (the comparison is not between two untouched adapters)
     prompts = [name for name in initial if name.endswith(("text_prompts", "video_prompts"))]
     assert prompts and all(not torch.equal(cached_weights[name], initial[name]) for name in prompts)
+    mixing = [name for name in initial if ".layer_query." in name or name.endswith("layer_bias")]
+    assert len(mixing) == (3 if head_video_layers > 1 else 0)  # the per-query layer weights (weight, bias, bias)
+    assert all(not torch.equal(cached_weights[name], initial[name]) for name in mixing)
 
 
 def test_fp16_cache_is_close_and_half_the_size(tmp_path):
@@ -143,6 +154,72 @@ def test_fp16_cache_is_close_and_half_the_size(tmp_path):
     torch.testing.assert_close(half("v0").float(), full("v0"), atol=2e-2, rtol=1e-2)
     size = lambda d: sum(os.path.getsize(d / n) for n in os.listdir(d) if n.endswith(".safetensors"))  # noqa: E731
     assert size(tmp_path / "fp16") < 0.55 * size(tmp_path / "fp32")
+
+
+@pytest.mark.parametrize("arch, tokens", [("clip", 1), ("x_clip", 1), ("siglip", 16)])
+def test_a_cache_of_final_states_keeps_only_the_tokens_the_tower_pools(arch, tokens, tmp_path):
+    """At k = L only the tokens `finish` reads are stored (CLIP's and X-CLIP's CLS; SigLIP's attention pooling reads
+    all 16); with feature_layers = 3 those of each of the last three layers, equal to the base model's own states."""
+    vids = [r["vid"] for r in rows()]
+    model = base(arch)
+    one = build_cache(model, vids, Frames(), LAYERS, str(tmp_path / "one"), dtype="fp32", disable_tqdm=True)
+    three = build_cache(model, vids, Frames(), LAYERS, str(tmp_path / "three"), feature_layers=3, dtype="fp32",
+                        disable_tqdm=True)
+    assert (one["tokens"], one["feature_layers"], three["tokens"], three["feature_layers"]) == (tokens, 1, tokens, 3)
+    single, layered = CachedVideoStates(str(tmp_path / "one")), CachedVideoStates(str(tmp_path / "three"))
+    assert single("v2").shape == (FRAMES, tokens, 48) and layered("v2").shape == (FRAMES, 3, tokens, 48)
+    with torch.no_grad():
+        hidden = model.vision_model(pixel_values=Frames()("v2"), output_hidden_states=True).hidden_states
+    for index in range(3):
+        torch.testing.assert_close(layered("v2")[:, index], hidden[index + 1][:, :tokens])
+    assert torch.equal(layered("v2")[:, 2], single("v2"))
+    size = lambda d: sum(os.path.getsize(d / n) for n in os.listdir(d) if n.endswith(".safetensors"))  # noqa: E731
+    below = build_cache(model, vids, Frames(), LAYERS - 1, str(tmp_path / "below"), dtype="fp32", disable_tqdm=True)
+    assert below["tokens"] == (16 if arch == "siglip" else 17)  # SigLIP has no CLS token
+    if tokens == 1:  # 1 token of 17 per frame (plus the shards' headers)
+        assert size(tmp_path / "one") < 0.15 * size(tmp_path / "below")
+
+
+def test_heads_over_more_layers_than_a_cache_gives_are_refused_with_the_cache_to_build(tmp_path):
+    vids = [r["vid"] for r in rows()]
+    build_cache(base("clip"), vids, Frames(), LAYERS, str(tmp_path / "final"), disable_tqdm=True)
+    build_cache(base("clip"), vids, Frames(), 2, str(tmp_path / "two"), disable_tqdm=True)
+    model = get_peft_model(base("clip"), VTGPromptConfig(num_video_tokens=0, head_video_layers=3, **HEAD))
+    for directory, layer in (("final", LAYERS), ("two", 2)):
+        fix = (rf"reads the features of the last 3 video layers .* entering layer {layer} give the last "
+               rf"{LAYERS - layer + 1} only\. Build the cache at --layer 1 or below, or of final features with "
+               "--layer 3 --feature-layers 3")
+        with pytest.raises(ValueError, match=fix):
+            CachedVideoStates(str(tmp_path / directory), model)
+        batch = GroundingCollator(tiny_tokenizer(), CachedVideoStates(str(tmp_path / directory)))(rows()[:2])
+        with pytest.raises(ValueError, match=fix):
+            model.forward_grounding(**batch)
+    with pytest.raises(ValueError, match=r"feature_layers=2 stores the outputs of the last 2 layers, which only a "
+                       r"cache of final features holds \(--layer 3\)"):
+        build_cache(base("clip"), vids, Frames(), 1, str(tmp_path / "bad"), feature_layers=2, disable_tqdm=True)
+    with pytest.raises(ValueError, match=r"feature_layers must be a whole number in 1\.\.3"):
+        build_cache(base("clip"), vids, Frames(), LAYERS, str(tmp_path / "bad"), feature_layers=4, disable_tqdm=True)
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("layer, resumes", [(1, True), (LAYERS, False)])
+def test_caches_built_before_feature_layers_existed(layer, resumes, tmp_path):
+    """A manifest without feature_layers: below L it meant 1 and resumes; at L it stored every token of the final
+    states, so a build with today's settings (pooled tokens) must not add shards of another shape to it."""
+    vids = [f"v{i}" for i in range(4)]
+    build_cache(base("clip"), vids[:2], Frames(), layer, str(tmp_path), batch_size=2, disable_tqdm=True)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["feature_layers"]
+    path.write_text(json.dumps(manifest))
+    assert CachedVideoStates(str(tmp_path)).feature_layers == 1  # readable either way
+    if resumes:
+        rerun = Frames()
+        build_cache(base("clip"), vids, rerun, layer, str(tmp_path), batch_size=2, disable_tqdm=True)
+        assert rerun.calls == ["v2", "v3"]
+    else:
+        with pytest.raises(CacheMismatchError, match="feature_layers: cache None, now 1"):
+            build_cache(base("clip"), vids, Frames(), layer, str(tmp_path), batch_size=2, disable_tqdm=True)
 
 
 # ---------------------------------------------------------------- mismatches
@@ -256,6 +333,59 @@ def test_an_interrupted_build_resumes_with_the_rest_and_gives_the_same_files(tmp
     assert more.calls == ["v7", "v8"] and sorted(manifest["videos"]) == vids + ["v7", "v8"] and manifest["complete"]
 
 
+KILL_SCRIPT = ROOT / "tests" / "scripts" / "cache_kill.py"
+
+
+def run_cache_script(output: Path, kill_at: str = "", sleep: float = 0.0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KILL_AT": kill_at, "VIDEO_SLEEP": str(sleep)}
+    return subprocess.run([sys.executable, str(KILL_SCRIPT), str(output)], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=ROOT)
+
+
+def test_sigkill_at_any_moment_of_a_build_then_a_rerun_gives_the_uninterrupted_files(tmp_path):
+    """kill -9 in the middle of a shard's write, between a shard's write and its rename, in the middle of a manifest
+    rewrite and at a random moment, one after another on the same directory: every rerun keeps what was finished,
+    and the last one ends with the files of a build that was never interrupted."""
+    import random
+    import signal
+
+    vids = [f"v{i}" for i in range(7)]
+    build_cache(base("clip"), vids, Frames(), 1, str(tmp_path / "whole"), batch_size=2, disable_tqdm=True)
+    killed = tmp_path / "killed"
+
+    def shards() -> list[str]:
+        return sorted(n for n in os.listdir(killed) if n.endswith(".safetensors"))
+
+    for kill_at, finished, leftover in (("shard-write:2", 1, True), ("shard-rename:1", 1, True),
+                                        ("manifest:2", 2, True)):
+        result = run_cache_script(killed, kill_at)
+        assert result.returncode == -signal.SIGKILL and "finished" not in result.stdout, (kill_at, result.stderr)
+        assert len(shards()) == finished, kill_at
+        assert any(".tmp-" in name for name in os.listdir(killed)) == leftover, kill_at
+        manifest = read_manifest_of(killed)  # always whole JSON: written atomically
+        assert not manifest["complete"] and set(manifest["videos"]) <= set(vids)
+    seed = random.randrange(1 << 16)
+    process = subprocess.Popen([sys.executable, str(KILL_SCRIPT), str(killed)], stdout=subprocess.PIPE, text=True,
+                               cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "VIDEO_SLEEP": "0.2"})
+    assert process.stdout.readline().strip() == "started"
+    time.sleep(random.Random(seed).uniform(0.0, 1.2))
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+
+    result = run_cache_script(killed)
+    assert result.returncode == 0, (seed, result.stderr[-3000:])
+    encoded = result.stdout.strip().splitlines()[-1]
+    assert encoded.startswith("finished") and "'v0'" not in encoded, (seed, encoded)  # v0, v1 were never redone
+    names = sorted(os.listdir(tmp_path / "whole"))
+    assert sorted(os.listdir(killed)) == names, seed
+    for name in names:
+        assert (killed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), (seed, name)
+
+
+def read_manifest_of(directory: Path) -> dict:
+    return json.loads((directory / "manifest.json").read_text())
+
+
 # ---------------------------------------------------------------- command line
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
@@ -360,3 +490,57 @@ def test_two_processes_write_the_same_cache_as_one(workspace, tmp_path):
     assert sorted(os.listdir(tmp_path / "two")) == names
     for name in names:
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
+def test_cli_final_features_of_several_layers_train_and_evaluate_a_head_over_them(workspace, tmp_path, capsys):
+    from peft_vtg.cli import main
+
+    root = workspace
+    command = cache_command(root, tmp_path / "cache", "--dtype", "fp32")
+    command[command.index("--layer") + 1] = "3"
+    assert main([*command, "--feature-layers", "2"]) == 0
+    assert "cached 6 videos (final outputs of the last 2 video layers, 1 token(s) per frame, fp32)" in \
+        capsys.readouterr().out
+    below = cache_command(root, tmp_path / "below", "--feature-layers", "2")  # at layer 1: no layers to keep
+    assert main(below) == 2 and not (tmp_path / "below").exists()
+    assert "feature_layers=2 stores the outputs of the last 2 layers" in capsys.readouterr().err
+    train = ["train", "--base-model", str(root / "base"), "--train-annotations", str(root / "ann.jsonl"),
+             "--max-steps", "2", "--per-device-train-batch-size", "3", "--num-video-tokens", "0", "--num-text-tokens",
+             "0", "--grounding-head", "true", "--head-hidden-size", "16", "--head-num-attention-heads", "2",
+             "--head-num-layers", "1", "--disable-tqdm", "true", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*train, "--head-video-layers", "2", "--output-dir", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["head_video_layers"] == 2
+    capsys.readouterr()
+    evaluate = ["evaluate", "--adapter", str(tmp_path / "a"), "--annotations", str(root / "ann.jsonl"), "--json"]
+    assert main([*evaluate, "--cache-dir", str(tmp_path / "cache")]) == 0
+    from_cache = json.loads(capsys.readouterr().out)
+    assert main([*evaluate, "--video-dir", str(root / "videos"), "--num-frames", "8", "--image-size", "32"]) == 0
+    assert from_cache == json.loads(capsys.readouterr().out)
+    code = main([*train, "--head-video-layers", "3", "--output-dir", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--layer 3 --feature-layers 3" in err and "Traceback" not in err
+    assert not (tmp_path / "b" / "adapter_model.safetensors").exists()
+
+
+def test_hugging_face_trainer_trains_from_a_cache_as_from_frames(tmp_path):
+    """GroundingTrainer passes the cache's batch entries (video_hidden_states and the layer they enter) through to
+    the grounding forward: the losses per step equal those of the same run from frames."""
+    from transformers import TrainingArguments
+
+    from peft_vtg.training import GroundingTrainer
+
+    frames = Frames()
+    build_cache(base("clip"), [r["vid"] for r in rows()], frames, 2, str(tmp_path / "cache"), dtype="fp32",
+                batch_size=3, disable_tqdm=True)
+    losses = []
+    for source in (CachedVideoStates(str(tmp_path / "cache")), frames):
+        torch.manual_seed(1)
+        model = get_peft_model(base("clip"), adapter_config(2))
+        args = TrainingArguments(str(tmp_path / "hf"), remove_unused_columns=False, per_device_train_batch_size=3,
+                                 max_steps=4, learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to=[],
+                                 use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0)
+        trainer = GroundingTrainer(model=model, args=args, train_dataset=rows(),
+                                   data_collator=GroundingCollator(tiny_tokenizer(), source))
+        trainer.train()
+        losses.append([entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-4)

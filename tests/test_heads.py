@@ -404,3 +404,121 @@ def test_default_head_width_needs_heads_that_divide_it():
         get_peft_model(tiny_clip(), VTGPromptConfig(num_video_tokens=0, num_text_tokens=0, grounding_head=True,
                                                     head_num_attention_heads=3))
     assert VTGPromptConfig(head_num_attention_heads=3).head_hidden_size is None  # decided with the model
+
+
+# ---------------------------------------------------------------- heads over several video layers
+@pytest.mark.parametrize("arch", ["clip", "siglip", "x_clip"])
+def test_several_layers_features_are_each_layer_pooled_as_the_tower_pools(arch):
+    """encode_video(num_layers=3): layer i's entry is what the model would compute if its tower ended after layer
+    i. Video prompts enter at layer 2 here, so layers 0 and 1 equal the base model's; the last is encode_video's."""
+    model = grounding_model(arch, prompt_start_layer=2, head_video_layers=3).eval()
+    x = inputs(arch)
+    base = model.get_base_model()
+    tower = base.vision_model
+    with torch.no_grad():
+        layered = model.encode_video(x["pixel_values"], num_layers=3)
+        final = model.encode_video(x["pixel_values"])
+        with model.disable_adapter():
+            hidden = tower(pixel_values=x["pixel_values"].flatten(0, 1), output_hidden_states=True).hidden_states
+        for index in (0, 1):
+            state = hidden[index + 1]  # (rows, tokens, dim) after layer `index`
+            if arch == "siglip":
+                pooled = tower.head(tower.post_layernorm(state)).view(2, FRAMES, -1)
+            else:
+                pooled = tower.post_layernorm(state[:, 0]).view(2, FRAMES, -1)
+                if arch == "x_clip":
+                    pooled = base.mit(base.visual_projection(pooled))[0]
+            torch.testing.assert_close(layered[:, :, index], pooled, atol=1e-5, rtol=1e-5)
+    assert layered.shape == (2, FRAMES, 3, final.shape[-1])
+    assert torch.equal(layered[:, :, 2], final)
+    assert not torch.allclose(layered[:, :, 1], layered[:, :, 2])
+
+
+def test_a_head_over_several_layers_mixes_them_per_query_and_starts_even():
+    torch.manual_seed(0)
+    head = VTGTaskHeads(6, 5, hidden_size=8, num_layers=1, num_heads=2, dropout=0.0, video_layers=3).grounding
+    video, text = torch.randn(2, 4, 3, 6), torch.randn(2, 5, 5)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    projected = head.text_proj(text)
+    # A new head weighs the layers evenly whatever the query: the mean of the per-layer normalised features.
+    even = torch.stack([norm(video[:, :, i]) for i, norm in enumerate(head.layer_norms)], dim=2).mean(dim=2)
+    torch.testing.assert_close(head.mix_layers(video, projected, mask), even)
+    with torch.no_grad():
+        head.layer_query.weight.normal_()
+    mixed = head.mix_layers(video, projected, mask)
+    assert not torch.allclose(mixed, even)
+    # the weights come from each row's own query (and ignore its padding)
+    other = text.clone()
+    other[1] = torch.randn(5, 5)
+    moved = head.mix_layers(video, head.text_proj(other), mask)
+    assert torch.equal(moved[0], mixed[0]) and not torch.allclose(moved[1], mixed[1])
+    padded_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    changed_padding = text.clone()
+    changed_padding[0, 3:] = 100.0
+    torch.testing.assert_close(head.mix_layers(video, head.text_proj(text), padded_mask),
+                               head.mix_layers(video, head.text_proj(changed_padding), padded_mask))
+    # a 4-D input to a one-layer head: the last layer
+    single = VTGTaskHeads(6, 5, hidden_size=8, num_layers=1, num_heads=2, dropout=0.0).grounding
+    assert torch.equal(single.read_layers(video), video[:, :, -1])
+    assert torch.equal(head.read_layers(torch.cat([torch.randn(2, 4, 2, 6), video], dim=2)), video)  # the last 3
+
+
+def test_heads_over_several_layers_train_save_load_and_mix_with_other_adapters(tmp_path):
+    torch.manual_seed(0)
+    model = grounding_model("clip", head_video_layers=3)
+    model.add_adapter("other", VTGPromptConfig(num_video_tokens=2, num_text_tokens=2, **HEAD))  # reads one layer
+    x = inputs("clip")
+    out = model.forward_grounding(**x, **LABELS)
+    out.loss.backward()
+    head = model.base_model._heads_of("default").grounding
+    assert head.layer_query.weight.grad.abs().sum() > 0 and head.layer_norms[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    model.eval()
+    with torch.no_grad():
+        expected = model.forward_grounding(**x)
+        mixed = model.forward_grounding(**x, adapter_names=["default", "other"])
+        model.set_adapter("other")
+        other = model.forward_grounding(**x)
+        model.set_adapter("default")
+    torch.testing.assert_close(mixed.start_logits[0], expected.start_logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed.start_logits[1], other.start_logits[1], atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["head_video_layers"] == 3
+    fresh = tiny_clip()
+    fresh.load_state_dict({k: v for k, v in model.get_base_model().state_dict().items() if "vtg_prompt" not in k})
+    loaded = PeftModel.from_pretrained(fresh, tmp_path).eval()
+    with torch.no_grad():
+        got = loaded.forward_grounding(**x)
+    assert torch.equal(got.start_logits, expected.start_logits)
+
+
+def test_heads_over_several_layers_name_what_they_need():
+    with pytest.raises(ValueError, match="head_video_layers=4, but the video encoder of CLIPModel has 3 layers"):
+        grounding_model("clip", head_video_layers=4)
+    with pytest.raises(ValueError, match="head_video_layers=2 .* but grounding_head=False"):
+        VTGPromptConfig(head_video_layers=2, grounding_head=False)
+    with pytest.raises(ValueError, match="head_video_layers must be an integer >= 1"):
+        VTGPromptConfig(head_video_layers=0)
+    with pytest.raises(ValueError, match="head_video_layers must be a whole number"):
+        VTGPromptConfig(head_video_layers=2.0)
+    with pytest.raises(ValueError, match="grounding_head=True needs per-frame video features"):
+        get_peft_model(tiny_tvp(), VTGPromptConfig(num_video_tokens=2, grounding_head=True, head_video_layers=2))
+    model = grounding_model("clip", num_video_tokens=0, head_video_layers=2).eval()
+    x = inputs("clip")
+    with torch.no_grad():
+        features = model.encode_video(x["pixel_values"])  # one layer's
+        layered = model.encode_video(x["pixel_values"], num_layers=2)
+        with pytest.raises(ValueError, match=r"reads the features of the last 2 video layers .* pre-extracted "
+                           "features hold only the last layer's"):
+            model.forward_grounding(input_ids=x["input_ids"], video_features=features)
+        from_layers = model.forward_grounding(input_ids=x["input_ids"], attention_mask=x["attention_mask"],
+                                              video_features=layered)
+        from_frames = model.forward_grounding(**x)
+        with pytest.raises(ValueError, match="reads the features of the last 2 video layers, but the input holds 1"):
+            model.forward_grounding(input_ids=x["input_ids"], video_features=layered[:, :, -1:])
+        with pytest.raises(ValueError, match=r"num_layers must be a whole number in 1\.\.3"):
+            model.encode_video(x["pixel_values"], num_layers=4)
+    torch.testing.assert_close(from_layers.start_logits, from_frames.start_logits)

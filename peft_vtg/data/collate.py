@@ -112,7 +112,7 @@ class GroundingCollator:
         video_source: vid -> per-frame features (frames, dim) or preprocessed frames (frames, 3, H, W); see
             `FeatureDirectory`, `H5FeatureFile`, `VideoFiles`. A source may name the `forward_grounding` argument its
             arrays go to (`batch_key`, e.g. "video_hidden_states" for `peft_vtg.cache.CachedVideoStates`, whose
-            arrays are (frames, tokens, hidden)) and constant entries for every batch (`batch_extras`, a mapping).
+            arrays are (frames, [layers,] tokens, hidden)) and constant entries for every batch (`batch_extras`, a mapping).
         num_frames: resample features to this many time bins (required for encoders with a fixed frame count,
             e.g. X-CLIP); None keeps each video's own length and pads to the longest in the batch.
         max_text_length: truncate queries to this many tokens (leave room for the text prompt tokens).
@@ -153,10 +153,11 @@ class GroundingCollator:
             raise ValueError(f"The video source returned {type(video).__name__} for video {vid!r}; it must return "
                              "a tensor or an array.")
         if getattr(self.video_source, "batch_key", None) == "video_hidden_states":
-            # Cached layer inputs (frames, tokens, hidden), in the cache's dtype: the model casts them.
-            if video.dim() != 3:
-                raise ValueError(f"Video {vid!r}: cached hidden states must be (frames, tokens, hidden), got shape "
-                                 f"{tuple(video.shape)}.")
+            # Cached layer inputs (frames, tokens, hidden), or the last layers' outputs (frames, layers, tokens,
+            # hidden), in the cache's dtype: the model casts them.
+            if video.dim() not in (3, 4):
+                raise ValueError(f"Video {vid!r}: cached hidden states must be (frames, tokens, hidden) or (frames, "
+                                 f"layers, tokens, hidden), got shape {tuple(video.shape)}.")
             if self.num_frames is not None and video.shape[0] != self.num_frames:
                 raise ValueError(f"Video {vid!r} was cached with {video.shape[0]} frames but num_frames="
                                  f"{self.num_frames}; leave num_frames unset or build the cache with that count.")

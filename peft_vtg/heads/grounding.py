@@ -101,6 +101,11 @@ class GroundingHead(nn.Module):
             before fusion (the Hadamard fusion of 2D-TAN and its successors): "how much does this frame show what
             the sentence says" is then one linear read-out instead of a product that attention and FFNs approximate
             slowly.
+        video_layers: how many of the encoder's last layers' per-frame features the head reads (the input is then
+            (batch, frames, layers, video_dim)). Each layer is layer-normed and the layers are averaged with softmax
+            weights from a learned bias plus a linear read of the mean query token, so each query can lean on the
+            layer that suits it (R2-Tuning, Liu et al. 2024, refines frozen CLIP's last layers for grounding). The
+            read starts at zero: a new head begins with equal weights.
     """
 
     def __init__(
@@ -114,8 +119,20 @@ class GroundingHead(nn.Module):
         predict_inside: bool = True,
         temporal_kernel_size: int = 0,
         hadamard_fusion: bool = False,
+        video_layers: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(video_layers, bool) or not isinstance(video_layers, int) or video_layers < 1:
+            raise ValueError(f"video_layers must be a whole number >= 1, got {video_layers!r}.")
+        self.video_layers = video_layers
+        if video_layers > 1:
+            # One norm per layer: a ViT's feature scale grows with depth, and an unnormalised average would be the
+            # last layer's alone.
+            self.layer_norms = nn.ModuleList(nn.LayerNorm(video_dim) for _ in range(video_layers))
+            self.layer_bias = nn.Parameter(torch.zeros(video_layers))
+            self.layer_query = nn.Linear(hidden_size, video_layers)
+            nn.init.zeros_(self.layer_query.weight)
+            nn.init.zeros_(self.layer_query.bias)
         self.video_proj = nn.Sequential(nn.LayerNorm(video_dim), nn.Linear(video_dim, hidden_size))
         if temporal_kernel_size:
             if temporal_kernel_size % 2 == 0:
@@ -146,7 +163,8 @@ class GroundingHead(nn.Module):
         """Fused sequence (batch, 1 + frames, hidden): position 0 is the fused [CLS], then one state per frame.
 
         Args:
-            video_features: (batch, frames, video_dim).
+            video_features: (batch, frames, video_dim), or (batch, frames, layers, video_dim) with the features of
+                the encoder's last `layers` layers, earliest first (the head reads its last `video_layers` of them).
             frame_mask: (batch, frames), 1 for real frames, 0 for padding.
             text_features: (batch, length, text_dim).
             text_mask: (batch, length), 1 for real tokens, 0 for padding.
@@ -156,15 +174,17 @@ class GroundingHead(nn.Module):
         # half precision (autocast_adapter_dtype=False); either way the fusion sees one dtype, and gradients flow back
         # to the encoder's dtype through the cast. Logits leave `span_logits` as fp32 and every loss is taken in fp32.
         dtype = self.cls_token.dtype
-        video_features, text_features = video_features.to(dtype), text_features.to(dtype)
+        video_features, text_features = self.read_layers(video_features).to(dtype), text_features.to(dtype)
+        text = self.text_proj(text_features)  # (batch, length, hidden)
+        text_padding = text_mask == 0
+        if self.video_layers > 1:
+            video_features = self.mix_layers(video_features, text, text_mask)  # (batch, frames, video_dim)
         batch, frames, _ = video_features.shape
         video = self.video_proj(video_features)  # (batch, frames, hidden)
         if hasattr(self, "temporal_conv"):
             # Padded frames are zeroed first, so a padded video sees the same zero border as an unpadded one.
             real = video * frame_mask.unsqueeze(-1).to(video.dtype)
             video = video + self.temporal_conv(real.transpose(1, 2)).transpose(1, 2)  # (batch, frames, hidden)
-        text = self.text_proj(text_features)  # (batch, length, hidden)
-        text_padding = text_mask == 0
         if hasattr(self, "sentence_pool"):
             # contiguous(): an expanded (stride-0) input would make nn.Linear pick a kernel that depends on whether
             # its weight needs gradients, so a loaded (frozen) head would differ from the trained one in the last bits.
@@ -177,6 +197,46 @@ class GroundingHead(nn.Module):
         for layer in self.fusion:
             video = layer(video, video_padding, text, text_padding)
         return self.output_norm(video)
+
+    def read_layers(self, video_features: torch.Tensor) -> torch.Tensor:
+        """The part of `video_features` this head reads: (batch, frames, video_dim) for a one-layer head, (batch,
+        frames, video_layers, video_dim) otherwise (the last `video_layers` of a layer axis). A `ValueError` names
+        the fix when the input has fewer layers than the head reads."""
+        if video_features.dim() == 4:
+            available = video_features.shape[2]
+            if available < self.video_layers:
+                raise ValueError(
+                    f"This grounding head reads the features of the last {self.video_layers} video layers, but the "
+                    f"input holds {available}; compute them with the adapter's model (pixel_values, or a cache of a "
+                    "layer low enough, or of final features with --feature-layers)."
+                )
+            return video_features[:, :, -1] if self.video_layers == 1 else video_features[:, :, -self.video_layers:]
+        if video_features.dim() == 3 and self.video_layers > 1:
+            raise ValueError(
+                f"This grounding head reads the features of the last {self.video_layers} video layers (head_video_"
+                f"layers={self.video_layers}), (batch, frames, {self.video_layers}, dim), but got one layer's "
+                f"features {tuple(video_features.shape)}. Pass pixel_values or cached hidden states "
+                "(video_hidden_states) so the model computes every layer's features; pre-extracted features hold "
+                "only the last layer's."
+            )
+        return video_features
+
+    def mix_layers(self, video_features: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """The per-query weighted average of the layers' normalised features.
+
+        Args:
+            video_features: (batch, frames, video_layers, video_dim).
+            text: (batch, length, hidden), the projected text tokens; text_mask: (batch, length), 1 = real.
+
+        Returns:
+            (batch, frames, video_dim).
+        """
+        real = text_mask.unsqueeze(-1).to(text.dtype)  # (batch, length, 1)
+        sentence = (text * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)  # (batch, hidden)
+        weights = torch.softmax(self.layer_bias.to(text.dtype) + self.layer_query(sentence), dim=-1)  # (batch, layers)
+        normed = torch.stack([norm(video_features[:, :, index].contiguous())
+                              for index, norm in enumerate(self.layer_norms)], dim=2)  # (batch, frames, layers, dim)
+        return (normed * weights[:, None, :, None]).sum(dim=2)
 
     def span_logits(self, fused: torch.Tensor, frame_mask: torch.Tensor) -> dict[str, Optional[torch.Tensor]]:
         """Per-frame logits from the fused frames; padded frames get the dtype's lowest value (probability 0).

@@ -46,8 +46,8 @@ class VTGTaskHeads(nn.Module):
 
     Args:
         video_dim, text_dim: widths of the encoder's per-frame video and per-token text features.
-        hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size, hadamard_fusion: see
-            `GroundingHead`.
+        hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size, hadamard_fusion,
+            video_layers: see `GroundingHead`.
         vtm_heads: any of "violet", "all_in_one".
         boundary_smoothing: std (frames) of the Gaussian label smoothing of start/end targets; 0 = one-hot.
         inside_loss_weight: weight of the inside-moment BCE.
@@ -69,6 +69,7 @@ class VTGTaskHeads(nn.Module):
         vtm_loss_weight: float = 0.5,
         temporal_kernel_size: int = 0,
         hadamard_fusion: bool = False,
+        video_layers: int = 1,
     ) -> None:
         super().__init__()
         unknown = sorted(set(vtm_heads) - set(VTM_HEADS))
@@ -76,7 +77,7 @@ class VTGTaskHeads(nn.Module):
             raise ValueError(f"Unknown vtm_heads {unknown}; choose from {list(VTM_HEADS)}.")
         self.grounding = GroundingHead(
             video_dim, text_dim, hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size,
-            hadamard_fusion,
+            hadamard_fusion, video_layers,
         )
         if "violet" in vtm_heads:
             self.violet_vtm = VioletMatchingHead(hidden_size)
@@ -103,7 +104,8 @@ class VTGTaskHeads(nn.Module):
         """Span logits for each (video, query) row, and the loss when `start_frames`/`end_frames` are given.
 
         Args:
-            video_features: (batch, frames, video_dim) per-frame features.
+            video_features: (batch, frames, video_dim) per-frame features, or (batch, frames, layers, video_dim)
+                with several layers' (see `GroundingHead.fuse`).
             frame_mask: (batch, frames), 1 for real frames, 0 for padding.
             text_features: (batch, length, text_dim) token features.
             text_mask: (batch, length), 1 for real tokens.

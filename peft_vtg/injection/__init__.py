@@ -19,7 +19,15 @@ from .spec import (
     StreamSpec,
     VideoTowerSpec,
 )
-from .tower import num_video_layers, run_video_tower_from, video_tower_input, video_tower_weights_sha256
+from .tower import (
+    available_layer_outputs,
+    num_video_layers,
+    run_video_tower_from,
+    run_video_tower_layers,
+    video_tower_input,
+    video_tower_outputs,
+    video_tower_weights_sha256,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -34,11 +42,14 @@ __all__ = [
     "TVP",
     "VideoTowerSpec",
     "X_CLIP",
+    "available_layer_outputs",
     "bind_architecture",
     "find_architecture",
     "num_video_layers",
     "resolve_spec",
     "run_video_tower_from",
+    "run_video_tower_layers",
     "video_tower_input",
+    "video_tower_outputs",
     "video_tower_weights_sha256",
 ]

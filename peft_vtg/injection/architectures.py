@@ -140,7 +140,7 @@ CLIP = ArchitectureSpec(
     video=_vit_frames("vision_model", 1, "config.vision_config"),  # after CLS, which CLIP pools
     framewise=FramewiseVideoSpec(logits=_clip_logits, loss=_clip_loss),
     features=_framewise_features(),
-    video_tower=VideoTowerSpec(module="vision_model", finish=_cls_pooled_finish),
+    video_tower=VideoTowerSpec(module="vision_model", finish=_cls_pooled_finish, pooled_tokens=1),
 )
 
 SIGLIP = ArchitectureSpec(
@@ -168,7 +168,7 @@ X_CLIP = ArchitectureSpec(
         num_frames="config.vision_config.num_frames",
         frames_from_tower=_xclip_from_tower,
     ),
-    video_tower=VideoTowerSpec(module="vision_model", finish=_cls_pooled_finish),
+    video_tower=VideoTowerSpec(module="vision_model", finish=_cls_pooled_finish, pooled_tokens=1),
 )
 
 

@@ -170,9 +170,17 @@ class PromptInjector:
     def strip_slots(self, stream: str, hidden: torch.Tensor) -> torch.Tensor:
         """Remove `stream`'s slots from `hidden` (rows, tokens, dim), as the hook on `strip_after` does, for callers
         that ran the layers themselves; `hidden` unchanged when the stream has no slots in this call."""
+        hidden = self.without_slots(stream, hidden)
+        self._slots.pop(stream, None)
+        return hidden
+
+    def without_slots(self, stream: str, hidden: torch.Tensor) -> torch.Tensor:
+        """`hidden` (rows, tokens, dim), the output of one of `stream`'s layers in the current call, without the
+        prompt slots it holds (none below the first prompted layer); the bookkeeping stays, so the layers above still
+        find their slots. For reading intermediate layers (a head over several layers' features)."""
         if stream not in self._slots:
             return hidden
-        stream_length, plan = self._slots.pop(stream)
+        stream_length, plan = self._slots[stream]
         return _remove(hidden, self._position(stream, hidden.shape[1], stream_length), plan.num_tokens)
 
     # ------------------------------------------------------------------ helpers

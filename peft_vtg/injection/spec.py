@@ -122,6 +122,10 @@ class VideoTowerSpec:
     forward returns it (`last_hidden_state`, `pooler_output`): everything the tower does after its layers (post
     layer-norm, CLS or attention pooling). Build the output with all fields at once (transformers 5.0 leaves fields
     assigned later out of a ModelOutput's keys)."""
+    pooled_tokens: Optional[int] = None
+    """How many leading tokens of a layer's output `finish` reads to pool (1: the CLS token of CLIP and X-CLIP).
+    A cache of final layer outputs stores only these, 50 times less than every token of a ViT-B/32 frame. None =
+    every token (SigLIP's attention-pooling head reads them all)."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ video alone and can be computed once (`peft_vtg.cache`). This module does the tw
 - `run_video_tower_from`: layers k.. on such states, with the prompt hooks acting as in a full forward, then what the
   tower does after its layers (`VideoTowerSpec.finish`). Its output is what the tower's forward returns, so the
   feature code after the tower (`FeatureSpec.frames_from_tower`: X-CLIP's projection and MIT, ...) is shared.
+- Several layers' features (a head that reads the last m layers, `head_video_layers`): `run_video_tower_layers`
+  finishes each of the last m layer outputs as if the tower ended there; `captured_layer_outputs` collects them
+  during a full forward; `video_tower_outputs` computes them for a cache of final features, cut to the tokens the
+  pooling reads (`VideoTowerSpec.pooled_tokens`).
 
 `video_tower_weights_sha256` hashes the weights the prefix depends on, so a cache can be matched to its model.
 """
@@ -18,6 +22,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
@@ -138,7 +144,8 @@ def run_video_tower_from(
 
     Args:
         bound: the bound spec of the (adapter-carrying) model.
-        hidden_states: (rows, tokens, hidden), e.g. from `video_tower_input`; cast to the layers' dtype.
+        hidden_states: (rows, tokens, hidden), e.g. from `video_tower_input`; cast to the layers' dtype. At
+            `layer = L` also (rows, stored_layers, tokens, hidden), see `run_video_tower_layers`.
         layer: k in 0..L; L runs no layer (the states are the final ones).
         injector: the adapter layer's prompt injector (its bookkeeping is reset and its slots stripped); None for a
             model without adapter.
@@ -147,20 +154,141 @@ def run_video_tower_from(
         What the tower's forward returns for the same frames: `last_hidden_state` (rows, tokens, hidden) and
         `pooler_output` (rows, hidden).
     """
+    return run_video_tower_layers(bound, hidden_states, layer, injector, num_layers=1)[0]
+
+
+def available_layer_outputs(bound: BoundSpec, layer: int, stored_layers: int = 1) -> int:
+    """How many of the video tower's last layer outputs can be computed from states entering layer `layer`: from
+    k = 0 all L; from 0 < k < L the outputs of layers k-1 (the states themselves) .. L-1; from k = L the
+    `stored_layers` final outputs a cache of final features holds."""
+    total = num_video_layers(bound)
+    if layer == 0:
+        return total
+    return total - layer + 1 if layer < total else stored_layers
+
+
+def run_video_tower_layers(
+    bound: BoundSpec,
+    hidden_states: torch.Tensor,
+    layer: int,
+    injector: Optional[PromptInjector] = None,
+    num_layers: int = 1,
+) -> list[Any]:
+    """The tower's output as if it ended after each of its last `num_layers` layers, computed from the hidden states
+    entering layer `layer` (see `run_video_tower_from`, which is the last of these).
+
+    Each layer's output has its prompt slots removed and goes through `VideoTowerSpec.finish`, so every entry pools
+    as the tower's own output does (a head over several layers' features reads them all alike).
+
+    Args:
+        hidden_states: (rows, tokens, hidden) entering layer k; at k = L also (rows, stored_layers, tokens, hidden),
+            the outputs of the last `stored_layers` layers, earliest first (`video_tower_outputs`).
+        layer: k in 0..L.
+        num_layers: m >= 1; at most `available_layer_outputs(bound, k, stored_layers)`.
+
+    Returns:
+        m tower outputs (`last_hidden_state`, `pooler_output`), for layers L-m .. L-1 in that order.
+    """
     check_video_tower(bound)
     layer = _check_layer(bound, layer)
     layers = bound.video.layers
+    total = len(layers)
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
+        raise ValueError(f"num_layers must be a whole number in 1..{total} (the video tower has {total} layers), got "
+                         f"{num_layers!r}.")
     reference = next(layers.parameters(), None)
     hidden = hidden_states
     if reference is not None:
         hidden = hidden.to(device=reference.device, dtype=reference.dtype)
-    if injector is not None:
-        injector.forget_slots("video")
-    for index in range(layer, len(layers)):
-        hidden = call_layer(layers[index], hidden)
-    if injector is not None:
-        hidden = injector.strip_slots("video", hidden)
-    return bound.spec.video_tower.finish(bound.video_tower, hidden)
+    outputs: dict[int, torch.Tensor] = {}  # layer index -> its output (rows, tokens, hidden), slots removed
+    if layer == total and hidden.dim() == 4:
+        for index in range(hidden.shape[1]):
+            outputs[total - hidden.shape[1] + index] = hidden[:, index]
+    else:
+        if hidden.dim() != 3:
+            raise ValueError(f"Hidden states entering video layer {layer} must be (rows, tokens, hidden), got shape "
+                             f"{tuple(hidden.shape)}; only final states (layer {total}) carry a layer axis.")
+        if layer > 0:
+            outputs[layer - 1] = hidden
+        if injector is not None:
+            injector.forget_slots("video")
+        for index in range(layer, total):
+            hidden = call_layer(layers[index], hidden)
+            if index >= total - num_layers:
+                outputs[index] = injector.without_slots("video", hidden) if injector is not None else hidden
+        if injector is not None:
+            injector.strip_slots("video", hidden)  # ends the call's bookkeeping
+    wanted = range(total - num_layers, total)
+    if any(index not in outputs for index in wanted):
+        stored = hidden_states.shape[1] if layer == total and hidden_states.dim() == 4 else 1
+        raise ValueError(
+            f"The features of the last {num_layers!r} video layers cannot be computed from the hidden states entering "
+            f"layer {layer}: they give the outputs of the last {available_layer_outputs(bound, layer, stored)} layers "
+            f"only. Use a cache of a lower layer (--layer {total - num_layers + 1} or below), or of final features "
+            f"with --feature-layers {num_layers}."
+        )
+    finish = bound.spec.video_tower.finish
+    return [finish(bound.video_tower, outputs[index]) for index in wanted]
+
+
+@contextmanager
+def captured_layer_outputs(
+    bound: BoundSpec, injector: Optional[PromptInjector], indices: Iterable[int]
+) -> Iterator[dict[int, torch.Tensor]]:
+    """While the block runs the video tower, collect the outputs of video layers `indices` (prompt slots removed):
+    a dict layer index -> (rows, tokens, hidden), filled as the layers run."""
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keep(index: int, module: nn.Module, args: tuple, output: Any) -> None:
+        hidden = _hidden_of(output)
+        outputs[index] = injector.without_slots("video", hidden) if injector is not None else hidden
+
+    handles = [bound.video.layers[index].register_forward_hook(functools.partial(keep, index)) for index in indices]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def video_tower_outputs(bound: BoundSpec, pixel_values: torch.Tensor, num_layers: int = 1) -> torch.Tensor:
+    """The outputs of the video tower's last `num_layers` layers, cut to the tokens its pooling reads
+    (`VideoTowerSpec.pooled_tokens`; every token when it is None): what a cache of final features stores.
+
+    Run on the base model without prompts, as `video_tower_input`; nothing after the last layer runs.
+
+    Args:
+        pixel_values: (rows, channels, height, width), whole videos in order.
+        num_layers: m in 1..L.
+
+    Returns:
+        (rows, m, tokens, hidden), earliest layer first.
+    """
+    check_video_tower(bound)
+    total = num_video_layers(bound)
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
+        raise ValueError(f"feature_layers must be a whole number in 1..{total} (the video tower has {total} layers), "
+                         f"got {num_layers!r}.")
+    tokens = bound.spec.video_tower.pooled_tokens
+    layers = bound.video.layers
+
+    def stop(module: nn.Module, args: tuple, output: Any) -> None:
+        raise _Captured(_hidden_of(output))
+
+    handle = layers[-1].register_forward_hook(stop)
+    try:
+        with captured_layer_outputs(bound, None, range(total - num_layers, total - 1)) as earlier:
+            try:
+                bound.video_tower(pixel_values=pixel_values)
+            except _Captured as captured:
+                earlier[total - 1] = captured.hidden
+            else:
+                raise RuntimeError("The video tower's forward never reached its last layer; its spec does not match "
+                                   "the model.")
+    finally:
+        handle.remove()
+    stacked = torch.stack([earlier[index] for index in range(total - num_layers, total)], dim=1)
+    return stacked[:, :, :tokens] if tokens is not None else stacked
 
 
 def video_tower_weights_sha256(bound: BoundSpec, layer: int) -> str:

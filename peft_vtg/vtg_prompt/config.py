@@ -294,6 +294,15 @@ class VTGPromptConfig(PeftConfig):
                   "fusion (2D-TAN-style Hadamard fusion), so frame-query agreement is one linear read-out. None "
                   "(default) = True for a new adapter; the resolved value is saved."},
     )
+    head_video_layers: int = field(
+        default=1,
+        metadata={"help": "How many of the video encoder's last layers the grounding head reads: their per-frame "
+                  "features are layer-normed and averaged with weights each query chooses (a learned bias plus a "
+                  "read of the query; R2-Tuning reads several of frozen CLIP's last layers). 1 = the final features "
+                  "only. Above 1, the model computes the features itself (frames, or a cache of layer L-m+1 or "
+                  "below, or of final features built with --feature-layers m); pre-extracted features hold one "
+                  "layer."},
+    )
     predict_inside: bool = field(
         default=True,
         metadata={"help": "Also predict a per-frame 'inside the moment' logit, trained with BCE (weight "
@@ -461,7 +470,7 @@ class VTGPromptConfig(PeftConfig):
     def _validate_heads(self) -> None:
         if self.grounding_head is not None and not isinstance(self.grounding_head, bool):
             raise ValueError(f"grounding_head must be True, False or None (auto), got {self.grounding_head!r}.")
-        for name in ("head_hidden_size", "head_num_layers", "head_num_attention_heads"):
+        for name in ("head_hidden_size", "head_num_layers", "head_num_attention_heads", "head_video_layers"):
             value = getattr(self, name)
             if name == "head_hidden_size" and value is None:
                 continue  # scaled with the encoder when the adapter is created (`default_head_hidden_size`)
@@ -495,6 +504,11 @@ class VTGPromptConfig(PeftConfig):
             raise ValueError(f"vtm_heads has unknown entries {unknown}; choose from {list(VTM_HEAD_NAMES)}.")
         if len(set(self.vtm_heads)) != len(self.vtm_heads):
             raise ValueError(f"vtm_heads lists a head twice: {self.vtm_heads}.")
+        if self.head_video_layers > 1 and self.grounding_head is False:
+            raise ValueError(
+                f"head_video_layers={self.head_video_layers} sets how many layers the grounding head reads, but "
+                "grounding_head=False; set grounding_head=True (or None), or leave head_video_layers at 1."
+            )
         if self.vtm_heads and self.grounding_head is False:
             raise ValueError(
                 "vtm_heads read the fused [CLS] of the grounding head; set grounding_head=True (or None) or vtm_heads=[]."

@@ -15,6 +15,7 @@ from torch import nn
 from ..heads import VTGTaskHeads
 from ..injection.hooks import PromptInjector, StreamPlan
 from ..injection.spec import BoundSpec, BoundStream
+from ..injection.tower import check_video_tower, num_video_layers
 from .config import (
     NEW_ADAPTER_SETTINGS,
     TextPromptInit,
@@ -94,6 +95,14 @@ def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGT
             f"{type(bound.root).__name__} declares none ({bound.spec.notes or 'no FeatureSpec'}). Set "
             "grounding_head=False, or use an architecture with a FeatureSpec (CLIP, SigLIP, X-CLIP)."
         )
+    if config.head_video_layers > 1:
+        check_video_tower(bound)  # the features of earlier layers are pooled the way the tower pools its output
+        total = num_video_layers(bound)
+        if config.head_video_layers > total:
+            raise ValueError(
+                f"head_video_layers={config.head_video_layers}, but the video encoder of {type(bound.root).__name__} "
+                f"has {total} layers; use at most {total}."
+            )
     return VTGTaskHeads(
         video_dim=bound.video_feature_size,
         text_dim=bound.text_feature_size,
@@ -104,6 +113,7 @@ def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGT
         predict_inside=config.predict_inside,
         temporal_kernel_size=config.head_temporal_kernel_size,
         hadamard_fusion=config.head_hadamard_fusion,
+        video_layers=config.head_video_layers,
         vtm_heads=config.vtm_heads,
         boundary_smoothing=config.boundary_smoothing,
         inside_loss_weight=config.inside_loss_weight,

@@ -15,7 +15,13 @@ from torch import nn
 from ..heads import VTGGroundingOutput, VTGTaskHeads
 from ..injection import resolve_spec
 from ..injection.spec import BoundSpec
-from ..injection.tower import check_video_tower, num_video_layers, run_video_tower_from
+from ..injection.tower import (
+    available_layer_outputs,
+    captured_layer_outputs,
+    check_video_tower,
+    num_video_layers,
+    run_video_tower_layers,
+)
 from .config import VTGPromptConfig
 from .layer import LEGACY_CONTAINER_NAMES, VTGPromptLayer
 
@@ -280,14 +286,17 @@ class VTGPromptModel(BaseTuner):
         layer, features = self._feature_spec()
         return features.text_tokens(layer.bound.root, input_ids, attention_mask)
 
-    def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode_video(self, pixel_values: torch.Tensor, num_layers: Optional[int] = None) -> torch.Tensor:
         """Per-frame video features with the active adapter's prompts.
 
         Args:
             pixel_values: (batch, frames, channels, height, width), preprocessed for the encoder.
+            num_layers: None for the encoder's features; m >= 1 for the features of its last m layers, each pooled
+                as the tower pools its own output (what a head with `head_video_layers = m` reads).
 
         Returns:
-            (batch, frames, video_feature_size).
+            (batch, frames, video_feature_size); with `num_layers` (batch, frames, m, video_feature_size), earliest
+            layer first (the last entry is the encoder's features).
         """
         layer, features = self._feature_spec()
         if pixel_values.dim() != 5:
@@ -300,13 +309,30 @@ class VTGPromptModel(BaseTuner):
                 f"The {layer.bound.spec.name!r} video encoder needs exactly {required} frames per clip (its temporal "
                 f"position embeddings), got {pixel_values.shape[1]}. Sample videos to num_frames={required}."
             )
-        return features.video_frames(layer.bound.root, pixel_values)
+        if num_layers is None:
+            return features.video_frames(layer.bound.root, pixel_values)
+        bound = layer.bound
+        check_video_tower(bound)
+        total = num_video_layers(bound)
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
+            raise ValueError(f"num_layers must be a whole number in 1..{total} (the video tower's layers), got "
+                             f"{num_layers!r}.")
+        batch, frames = pixel_values.shape[:2]
+        with captured_layer_outputs(bound, layer.injector, range(total - num_layers, total - 1)) as earlier:
+            last = features.video_frames(bound.root, pixel_values)  # (batch, frames, video_dim)
+        finish = bound.spec.video_tower.finish
+        per_layer = [features.frames_from_tower(bound.root, finish(bound.video_tower, earlier[index]), batch, frames)
+                     for index in range(total - num_layers, total - 1)]
+        return torch.stack(per_layer + [last], dim=2)  # (batch, frames, layers, video_dim)
 
-    def check_video_hidden_states_layer(self, layer: int, adapter_names: Optional[list[str]] = None) -> None:
+    def check_video_hidden_states_layer(
+        self, layer: int, adapter_names: Optional[list[str]] = None, stored_layers: int = 1
+    ) -> None:
         """Raise a `ValueError` naming the fix when features cannot be computed from the hidden states entering video
-        layer `layer` (the frozen-prefix cache): the architecture has no video tower spec, or an adapter (those in
+        layer `layer` (the frozen-prefix cache): the architecture has no video tower spec, an adapter (those in
         `adapter_names`, default all of this model's) puts video prompts below `layer`, where the cached states were
-        computed without them."""
+        computed without them, or its head reads more layers than those states give (`stored_layers`: how many final
+        layer outputs a cache at layer L holds)."""
         layer_module, _ = self._feature_spec()
         bound = layer_module.bound
         check_video_tower(bound)
@@ -315,7 +341,17 @@ class VTGPromptModel(BaseTuner):
             raise ValueError(f"video_hidden_states_layer must be a whole number in 0..{total} (the video tower's "
                              f"layers; {total} = its final states), got {layer!r}.")
         names = list(dict.fromkeys(adapter_names if adapter_names is not None else layer_module.vtg_prompt_tokens))
+        available = available_layer_outputs(bound, layer, stored_layers)
         for name in names:
+            heads = layer_module.vtg_prompt_heads[name] if name in layer_module.vtg_prompt_heads else None
+            wanted = heads.grounding.video_layers if heads is not None else 1
+            if wanted > available:
+                raise ValueError(
+                    f"Adapter {name!r} reads the features of the last {wanted} video layers (head_video_layers="
+                    f"{wanted}), but hidden states entering layer {layer} give the last {available} only. Build the "
+                    f"cache at --layer {total - wanted + 1} or below, or of final features with --layer {total} "
+                    f"--feature-layers {wanted}."
+                )
             plan = layer_module.vtg_prompt_tokens[name].plans.get("video")
             if plan is None:
                 continue
@@ -333,24 +369,31 @@ class VTGPromptModel(BaseTuner):
                     "num_video_tokens=0."
                 )
 
-    def encode_video_from_hidden_states(self, hidden_states: torch.Tensor, layer: int) -> torch.Tensor:
+    def encode_video_from_hidden_states(
+        self, hidden_states: torch.Tensor, layer: int, num_layers: Optional[int] = None
+    ) -> torch.Tensor:
         """Per-frame video features from the hidden states entering video layer `layer`, with the active adapter's
         prompts (which must enter at layers >= `layer`): only layers `layer`.. of the video tower run, then what
         follows them (post layer-norm, pooling, X-CLIP's projection and MIT).
 
         Args:
             hidden_states: (batch, frames, tokens, hidden) as `peft_vtg.cache` stores them (any float dtype; cast
-                to the model's).
+                to the model's). At layer L also (batch, frames, stored_layers, tokens, hidden): a cache of the last
+                layers' final outputs (`--feature-layers`).
             layer: k, the layer the states enter (0..L; L = the tower's final states).
+            num_layers: as in `encode_video`: None for the encoder's features, m for its last m layers'.
 
         Returns:
-            (batch, frames, video_feature_size), equal to `encode_video` on the frames the states came from.
+            (batch, frames, video_feature_size), or with `num_layers` (batch, frames, m, video_feature_size); equal
+            to `encode_video` on the frames the states came from.
         """
         layer_module, features = self._feature_spec()
         bound = layer_module.bound
-        if hidden_states.dim() != 4:
-            raise ValueError(f"video_hidden_states must be (batch, frames, tokens, hidden), got shape "
-                             f"{tuple(hidden_states.shape)}.")
+        layered = hidden_states.dim() == 5 and layer == num_video_layers(bound)
+        if hidden_states.dim() != 4 and not layered:
+            raise ValueError(f"video_hidden_states must be (batch, frames, tokens, hidden) (or, entering the last "
+                             f"layer, (batch, frames, layers, tokens, hidden)), got shape "
+                             f"{tuple(hidden_states.shape)} for layer {layer}.")
         batch, frames = hidden_states.shape[:2]
         required = bound.required_num_frames
         if required is not None and frames != required:
@@ -363,8 +406,10 @@ class VTGPromptModel(BaseTuner):
                 f"video_hidden_states have width {hidden_states.shape[-1]} but this model's video layers have "
                 f"{bound.video.hidden_size}; the cache was built with another base model."
             )
-        tower_output = run_video_tower_from(bound, hidden_states.flatten(0, 1), layer, injector=layer_module.injector)
-        return features.frames_from_tower(bound.root, tower_output, batch, frames)
+        outputs = run_video_tower_layers(bound, hidden_states.flatten(0, 1), layer, injector=layer_module.injector,
+                                         num_layers=num_layers or 1)
+        per_layer = [features.frames_from_tower(bound.root, output, batch, frames) for output in outputs]
+        return per_layer[0] if num_layers is None else torch.stack(per_layer, dim=2)
 
     def _heads_of(self, name: str) -> VTGTaskHeads:
         layer = self._layer(self.model)
@@ -441,14 +486,19 @@ class VTGPromptModel(BaseTuner):
         names = list(adapter_names) if adapter_names is not None else layer._call_adapters()
         if adapter_names is None and not names:
             raise ValueError("No active adapter; call set_adapter first.")
+        # Heads over several layers read (batch, frames, layers, video_dim): the most any adapter of the call reads.
+        video_layers = max(self._heads_of(name).grounding.video_layers for name in set(names))
+        read_layers = video_layers if video_layers > 1 else None
         if video_hidden_states is not None:
-            self.check_video_hidden_states_layer(video_hidden_states_layer, names)
+            stored = video_hidden_states.shape[2] if video_hidden_states.dim() == 5 else 1
+            self.check_video_hidden_states_layer(video_hidden_states_layer, names, stored_layers=stored)
         with self._enable_peft_forward_hooks(adapter_names=adapter_names):
             text = self.encode_text(input_ids, attention_mask)  # (batch, length, text_dim)
             if pixel_values is not None:
-                video = self.encode_video(pixel_values)  # (batch, frames, video_dim)
+                video = self.encode_video(pixel_values, read_layers)  # (batch, frames, [layers,] video_dim)
             elif video_hidden_states is not None:
-                video = self.encode_video_from_hidden_states(video_hidden_states, video_hidden_states_layer)
+                video = self.encode_video_from_hidden_states(video_hidden_states, video_hidden_states_layer,
+                                                             read_layers)
             else:
                 with_video_prompts = sorted(n for n in set(names) if layer.vtg_prompt_tokens[n].plans.get("video"))
                 if with_video_prompts:
@@ -459,10 +509,11 @@ class VTGPromptModel(BaseTuner):
                     )
                 video = video_features
                 expected = layer.bound.video_feature_size
-                if video.dim() != 3 or video.shape[-1] != expected:
+                if video.dim() not in (3, 4) or video.shape[-1] != expected:
                     raise ValueError(
-                        f"video_features must be (batch, frames, {expected}) for this encoder, got {tuple(video.shape)}; "
-                        "extract them with model.encode_video on the same base model."
+                        f"video_features must be (batch, frames, {expected}) for this encoder (or (batch, frames, "
+                        f"layers, {expected}) with several layers' features), got {tuple(video.shape)}; extract them "
+                        "with model.encode_video on the same base model."
                     )
         if video.shape[0] != batch:
             raise ValueError(f"The video batch has {video.shape[0]} clips but there are {batch} queries.")
