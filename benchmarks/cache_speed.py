@@ -15,7 +15,9 @@ Backbones:
     batch 32, as in `synthvtg_benchmark.py`.
 
 Adapters at layer k: k < L: 16 video + 8 text prompt tokens entering layer k, in every layer from k on (deep in the
-top L - k layers), plus the default head; k = L: the head alone on the final states (the classic feature path).
+top L - k layers), plus the default head; k = L: the head alone on the final states (the classic feature path), or
+with `--head-video-layers m` the head over the last m layers' features, on a cache of those layers' final outputs
+(`--feature-layers m`).
 
 Frames come from memory: the uncached epochs do not include decoding video files, which `peft-vtg train
 --video-dir` pays every epoch and the cache pays once. The ratios are therefore a floor for training from files.
@@ -89,18 +91,19 @@ BACKBONES: dict[str, Callable[[], tuple[Any, Any, list[dict[str, Any]], Any, int
 }
 
 
-def adapter_config(layer: int, num_layers: int) -> Any:
+def adapter_config(layer: int, num_layers: int, head_video_layers: int = 1) -> Any:
     from peft_vtg import VTGPromptConfig
 
     if layer == num_layers:
-        return VTGPromptConfig(num_video_tokens=0, num_text_tokens=0, grounding_head=True)
+        return VTGPromptConfig(num_video_tokens=0, num_text_tokens=0, grounding_head=True,
+                               head_video_layers=head_video_layers)
     depth = num_layers - layer
     return VTGPromptConfig(num_video_tokens=16, num_text_tokens=8, prompt_start_layer=layer,
                            video_prompt_depth=depth, text_prompt_depth=depth)
 
 
 def epoch_seconds(base: Any, rows: list[dict[str, Any]], collator: Any, batch_size: int, layer: int, device: str,
-                  dtype: torch.dtype) -> dict[str, Any]:
+                  dtype: torch.dtype, head_video_layers: int = 1) -> dict[str, Any]:
     """Train the layer-k adapter on `base` for two epochs with `peft_vtg.training.train`; each epoch's seconds."""
     from peft import get_peft_model
 
@@ -108,7 +111,7 @@ def epoch_seconds(base: Any, rows: list[dict[str, Any]], collator: Any, batch_si
     from peft_vtg.training import VTGTrainingArguments, train
 
     torch.manual_seed(0)
-    model = get_peft_model(base, adapter_config(layer, num_video_layers(_bound(base))))
+    model = get_peft_model(base, adapter_config(layer, num_video_layers(_bound(base)), head_video_layers))
     model.to(device)
     steps = -(-len(rows) // batch_size)
     stamps: dict[int, float] = {}
@@ -141,7 +144,8 @@ def _bound(model: Any) -> Any:
     return bind_architecture(model)
 
 
-def measure(name: str, layers: Optional[list[int]], device: str, dtype_name: str) -> list[dict[str, Any]]:
+def measure(name: str, layers: Optional[list[int]], device: str, dtype_name: str,
+            head_video_layers: int = 1) -> list[dict[str, Any]]:
     from peft_vtg.cache import CachedVideoStates, build_cache
     from peft_vtg.data import GroundingCollator
     from peft_vtg.injection.tower import num_video_layers
@@ -151,16 +155,19 @@ def measure(name: str, layers: Optional[list[int]], device: str, dtype_name: str
     total = num_video_layers(_bound(base))
     measured = []
     for layer in layers if layers is not None else [total - 2, total - 1, total]:
-        entry: dict[str, Any] = {"backbone": name, "layer": layer, "num_layers": total, "device": device,
+        # A head over several layers is measured at k = L only, on a cache of those layers' final outputs.
+        head_layers = head_video_layers if layer == total else 1
+        entry: dict[str, Any] = {"backbone": name, "layer": layer, "num_layers": total,
+                                 "head_video_layers": head_layers, "device": device,
                                  "dtype": dtype_name, "videos": len({r["vid"] for r in rows}), "queries": len(rows),
                                  "frames": frames.num_frames, "batch_size": batch_size}
         entry["frames_path"] = epoch_seconds(base, rows, GroundingCollator(tokenizer, frames), batch_size, layer,
-                                             device, dtype)
+                                             device, dtype, head_layers)
         with tempfile.TemporaryDirectory() as cache_dir:
             base.to(device)
             started = time.perf_counter()
-            build_cache(base, [r["vid"] for r in rows], frames, layer, cache_dir, dtype="fp16" if dtype_name == "fp32"
-                        else dtype_name, batch_size=batch_size, disable_tqdm=True,
+            build_cache(base, [r["vid"] for r in rows], frames, layer, cache_dir, feature_layers=head_layers,
+                        dtype="fp16" if dtype_name == "fp32" else dtype_name, batch_size=batch_size, disable_tqdm=True,
                         durations={r["vid"]: r["duration"] for r in rows})
             entry["cache_build_seconds"] = time.perf_counter() - started
             shards = [f for f in os.listdir(cache_dir) if f.endswith(".safetensors")]
@@ -168,9 +175,9 @@ def measure(name: str, layers: Optional[list[int]], device: str, dtype_name: str
                 entry["videos"]
             base.to("cpu")
             cached = GroundingCollator(tokenizer, CachedVideoStates(cache_dir, layer=layer))
-            entry["cache_path"] = epoch_seconds(base, rows, cached, batch_size, layer, device, dtype)
+            entry["cache_path"] = epoch_seconds(base, rows, cached, batch_size, layer, device, dtype, head_layers)
         entry["epoch_2_speedup"] = entry["frames_path"]["epoch_2_seconds"] / entry["cache_path"]["epoch_2_seconds"]
-        print(f"{name} k={layer}/{total}: epoch 2 from frames {entry['frames_path']['epoch_2_seconds']:.2f} s, from "
+        print(f"{name} k={layer}/{total} (head over {head_layers} layer(s)): epoch 2 from frames {entry['frames_path']['epoch_2_seconds']:.2f} s, from "
               f"the cache {entry['cache_path']['epoch_2_seconds']:.2f} s (x{entry['epoch_2_speedup']:.1f}); cache "
               f"built in {entry['cache_build_seconds']:.1f} s, {entry['cache_bytes_per_video']:,.0f} bytes a video",
               flush=True)
@@ -189,6 +196,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="training precision (bf16/fp16: mixed precision through accelerate; the cache is stored "
                              "in it; fp32 training reads an fp16 cache, the default)")
+    parser.add_argument("--head-video-layers", type=int, default=1,
+                        help="at k = L: the head reads the last m layers, from a cache of their final outputs")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
@@ -196,11 +205,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     header = {"torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
-    measured = [entry for name in args.backbones for entry in measure(name, args.layers, args.device, args.dtype)]
+    measured = [entry for name in args.backbones
+                for entry in measure(name, args.layers, args.device, args.dtype, args.head_video_layers)]
     out = Path(args.results)
     previous = json.loads(out.read_text()) if out.exists() else {"runs": []}
-    fresh = {(e["backbone"], e["layer"], e["device"], e["dtype"]) for e in measured}
-    kept = [e for e in previous["runs"] if (e["backbone"], e["layer"], e["device"], e["dtype"]) not in fresh]
+    def key(entry: dict[str, Any]) -> tuple:
+        return (entry["backbone"], entry["layer"], entry.get("head_video_layers", 1), entry["device"], entry["dtype"])
+
+    fresh = {key(e) for e in measured}
+    kept = [e for e in previous["runs"] if key(e) not in fresh]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": kept + [{**header, **e} for e in measured]}, indent=1) + "\n")
 

@@ -35,6 +35,8 @@ def adapters(video_layers: int, text_layers: int) -> dict[str, dict]:
     deep = dict(num_video_tokens=8, num_text_tokens=8, video_prompt_depth=video_layers, text_prompt_depth=text_layers)
     return {
         "head only, default head": dict(num_video_tokens=0, num_text_tokens=0, grounding_head=True),
+        "head only over the last 4 video layers, default head": dict(num_video_tokens=0, num_text_tokens=0,
+                                                                     grounding_head=True, head_video_layers=4),
         "VTG top: 16 video + 8 text tokens entering one layer, default head": top,
         "VTG deep: 8 + 8 tokens in every layer, default head": deep,
         "head only, width 256 (the old default)": dict(num_video_tokens=0, num_text_tokens=0, grounding_head=True,
