@@ -27,46 +27,51 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from .data.annotations import iter_json_lines, load_annotations
+from .data.annotations import load_annotations
 from .files import write_text_atomic
-from .metrics import check_windows, evaluate_moments, format_table
+from .metrics import evaluate_moments, format_table
+from .submission import read_submission, submission_lines
 
 
 def read_predictions(path: str) -> dict[str, list[list[float]]]:
-    """JSON lines `{"qid": ..., "pred_windows": [[start_s, end_s, score], ...]}` -> qid (as a string) -> windows.
-
-    Every window must hold finite numbers with start <= end; a NaN/Inf (which `json` reads without complaint) or a
-    malformed window raises naming the line and the qid.
-    """
-    predictions: dict[str, list[list[float]]] = {}
-    duplicates = []
-    for number, entry in iter_json_lines(path):
-        if "qid" not in entry or "pred_windows" not in entry:
-            raise ValueError(f"{path}, line {number}: needs 'qid' and 'pred_windows', got keys {sorted(entry)}.")
-        windows = entry["pred_windows"]
-        if not isinstance(windows, list) or not all(isinstance(w, list) and len(w) in (2, 3) for w in windows):
-            raise ValueError(f"{path}, line {number}: 'pred_windows' must be a list of [start, end, score].")
-        if isinstance(entry["qid"], bool) or not isinstance(entry["qid"], (str, int)):
-            raise ValueError(f"{path}, line {number}: 'qid' must be a string or an integer, got {entry['qid']!r}.")
-        check_windows(windows, f"{path}, line {number} (qid {entry['qid']!r}): 'pred_windows'", with_score=True)
-        qid = str(entry["qid"])
-        if qid in predictions:
-            duplicates.append(qid)
-        predictions[qid] = windows
-    if duplicates:
-        raise ValueError(f"{path}: duplicate qids {duplicates[:10]}{' ...' if len(duplicates) > 10 else ''} "
-                         f"({len(duplicates)}); give each query one line.")
-    return predictions
+    """qid -> windows `[start_s, end_s, score]` of a prediction file (`peft_vtg.submission.read_submission`, which
+    also reads the saliency scores)."""
+    return read_submission(path).windows
 
 
 def _score(args: argparse.Namespace) -> int:
+    from .data.annotations import read_report
+    from .moment_detr_eval import brief, evaluate_highlights, evaluate_moment_retrieval
+    from .training.evaluation import clip_length_of, highlight_truth
+
+    if args.rank_as_listed and args.nms_threshold is not None:
+        raise ValueError("--rank-as-listed scores the windows in the order given; --nms-threshold ranks them by score. "
+                         "Give one of the two.")
     ground_truth = _read_annotations(args, args.ground_truth)
-    predictions = read_predictions(args.predictions)
-    metrics = evaluate_moments(
-        predictions,
-        {row["qid"]: row["windows"] for row in ground_truth},
-        nms_threshold=args.nms_threshold,
-    )
+    submission = read_submission(args.predictions)
+    # Rows the ground-truth reader dropped (dirty annotations) are not scored; their predictions are set aside.
+    dropped = set(read_report(ground_truth).get("dropped_qids", [])) & (set(submission.windows) | set(submission.saliency))
+    if dropped:
+        print(f"note: ignoring the predictions of {len(dropped)} queries whose ground-truth rows were dropped: "
+              f"{sorted(dropped)[:10]}{' ...' if len(dropped) > 10 else ''}", file=sys.stderr)
+        submission = submission.without(dropped)
+    truth = {row["qid"]: row["windows"] for row in ground_truth}
+    metrics: dict[str, Any] = {}
+    if submission.windows:
+        metrics = evaluate_moments(submission.windows, truth, nms_threshold=args.nms_threshold,
+                                   rank_by_score=not args.rank_as_listed)
+        metrics.update(brief(evaluate_moment_retrieval(submission.windows, truth)))
+    if submission.saliency:
+        highlights = highlight_truth(ground_truth)
+        if not highlights:
+            print("note: the predictions have saliency scores but the ground truth has no highlight labels "
+                  "(relevant_clip_ids, saliency_scores); they are not scored.", file=sys.stderr)
+        else:
+            extra = sorted(set(submission.saliency) - set(truth), key=str)
+            if extra:
+                raise ValueError(f"Saliency scores for unknown qids {extra[:10]} ({len(extra)}).")
+            metrics.update(brief(evaluate_highlights(submission.saliency, highlights, clip_length_of(ground_truth))))
+            metrics["HL-num_queries"] = len(highlights)
     # allow_nan=False: NaN is not JSON; a metric that cannot be computed raises above instead of printing NaN.
     print(json.dumps(metrics, allow_nan=False) if args.json else format_table(metrics))
     return 0
@@ -503,7 +508,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from .data.collate import GroundingCollator
-    from .training import GroundingModule, evaluate_grounding
+    from .training import GroundingModule, grounding_metrics, predict_grounding
+    from .training.evaluation import clip_length_of
 
     # The cheap checks first: a bad annotation file or output path fails before the model is loaded.
     _check_output_file(args.predictions_out, "--predictions-out")
@@ -515,13 +521,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     accelerator = Accelerator()
     module, loader = accelerator.prepare(GroundingModule(model), DataLoader(rows, batch_size=args.batch_size,
                                                                             collate_fn=collator))
-    metrics, predictions = evaluate_grounding(module, loader, rows, accelerator, top_k=args.top_k,
-                                              nms_threshold=args.nms_threshold)
+    predictions = predict_grounding(module, loader, accelerator, top_k=args.top_k, nms_threshold=args.nms_threshold,
+                                    clip_length=clip_length_of(rows))
+    metrics = grounding_metrics(predictions, rows)
     if accelerator.is_main_process:
         if args.predictions_out:
-            # allow_nan=False: a NaN score (a broken model) raises instead of writing a file `score` cannot read.
-            lines = [json.dumps({"qid": qid, "pred_windows": [list(m) for m in moments]}, allow_nan=False) + "\n"
-                     for qid, moments in predictions.items()]
+            # The QVHighlights submission format (peft_vtg.submission); a NaN score (a broken model) raises instead
+            # of writing a file no evaluator can read.
+            lines = submission_lines(predictions.moments, predictions.saliency, rows)
             write_text_atomic(args.predictions_out, "".join(lines))
         print(json.dumps(metrics, allow_nan=False) if args.json else format_table(metrics))
     return 0
@@ -653,9 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(evaluate, adapter_required=True)
     _add_data_arguments(evaluate, "--annotations", required=True)
     evaluate.add_argument("--batch-size", type=_positive_int, default=16, help="pairs per batch (default: 16)")
-    evaluate.add_argument("--top-k", type=_positive_int, default=5, help="moments per query (default: 5)")
+    evaluate.add_argument("--top-k", type=_positive_int, default=10,
+                          help="moments per query (default: 10, as Moment-DETR submissions; R@1 and R@5 read the "
+                          "first 1 and 5, which do not depend on it)")
     evaluate.add_argument("--nms-threshold", type=_optional(_iou), default=0.5, help="NMS IoU (default: 0.5)")
-    evaluate.add_argument("--predictions-out", default=None, help="also write the predictions as JSON lines")
+    evaluate.add_argument("--predictions-out", default=None,
+                          help="also write the predictions in QVHighlights' submission format (JSON lines: qid, "
+                          "query, vid, pred_relevant_windows, pred_saliency_scores), which `score` and Moment-DETR's "
+                          "evaluator read")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.set_defaults(run=_evaluate)
 
@@ -749,11 +761,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
     score = commands.add_parser(
         "score",
-        help="R@1/R@5 at IoU 0.1/0.3/0.5/0.7 and mIoU (percent) of predictions against ground truth.",
-        description="Score moment predictions. Predictions: JSON lines {\"qid\", \"pred_windows\": [[start, end, "
-        "score], ...]} in seconds. Ground truth: JSON lines {\"qid\", \"duration\", \"windows\": [[start, end], ...]}, "
-        "or a native annotation file (Charades-STA .txt with --durations, ActivityNet Captions / TACoS .json, "
-        "QVHighlights .jsonl); native files get qids '<vid>_<k>' (k = the pair's index within its video).",
+        help="R@n IoU@m, mIoU, mAP and highlight metrics (percent) of predictions against ground truth.",
+        description="Score moment (and highlight) predictions: R@1/R@5 at IoU 0.1/0.3/0.5/0.7 and mIoU, and "
+        "Moment-DETR's standalone_eval keys (MR-full-mAP, MR-full-mAP@0.5/0.75, MR-short/middle/long-mAP, "
+        "MR-full-R1@0.5/0.7, and with highlight labels HL-min-Fair/Good/VeryGood-mAP/Hit1). Predictions: the "
+        "QVHighlights submission format that Moment-DETR and lighthouse write, JSON lines {\"qid\", "
+        "\"pred_relevant_windows\": [[start, end, score], ...] (scores optional: then ranked as listed), "
+        "\"pred_saliency_scores\": [one per 2-s clip] (optional)}; peft_vtg's older \"pred_windows\" works too. "
+        "Ground truth: JSON lines {\"qid\", \"duration\", \"windows\"}, QVHighlights files (highlight_val_release.jsonl, "
+        "highlight_test_with_gt.jsonl), or a native annotation file (Charades-STA .txt with --durations, ActivityNet "
+        "Captions / TACoS .json); native files get qids '<vid>_<k>' (k = the pair's index within its video). "
+        "Predictions for rows the ground-truth reader drops are set aside with a note.",
     )
     score.add_argument("--predictions", required=True, help="predictions, JSON lines")
     score.add_argument("--ground-truth", required=True, help="ground truth: JSON lines or a native annotation file")
@@ -763,6 +781,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--durations", default=None, help="Charades-STA only: the Charades csv with video lengths")
     score.add_argument("--nms-threshold", type=_iou, default=None,
                        help="apply temporal NMS at this IoU before taking the top n (default: none)")
+    score.add_argument("--rank-as-listed", action="store_true",
+                       help="R@n takes the windows in the order given instead of ranking them by score (the first "
+                       "listed is the top-1): then R1@m equals Moment-DETR's MR-full-R1@m")
     score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     score.set_defaults(run=_score)
     return parser

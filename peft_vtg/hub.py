@@ -117,7 +117,7 @@ def model_card(adapter_dir: str, repo_id: Optional[str] = None) -> str:
     for key in ("base_architecture", "num_video_tokens", "num_text_tokens", "video_prompt_depth", "text_prompt_depth",
                 "keep_text_positions", "prompt_start_layer", "couple_video_to_text", "grounding_head",
                 "head_hidden_size", "head_num_layers", "head_temporal_kernel_size", "head_hadamard_fusion",
-                "head_video_layers", "vtm_heads"):
+                "head_video_layers", "predict_saliency", "vtm_heads"):
         if key in config:
             lines.append(f"| `{key}` | `{config[key]}` |")
     lines.append(f"| parameters | {params:,} ({size / 1e6:.2f} MB as safetensors) |")

@@ -23,6 +23,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
+from .moment_detr_eval import BRIEF_KEYS
 from .timeline import Window, check_nms_threshold, rank_windows, temporal_iou, temporal_nms
 
 # Re-exported: the metrics API is where users look for them.
@@ -78,6 +79,7 @@ def evaluate_moments(
     recall_at: Sequence[int] = RECALL_AT,
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
     nms_threshold: Optional[float] = None,
+    rank_by_score: bool = True,
 ) -> dict[str, float]:
     """R@n IoU@m for every n and m, and mIoU, in percent, over the queries of `ground_truth`.
 
@@ -85,6 +87,8 @@ def evaluate_moments(
         predictions: qid -> predicted windows `[start_s, end_s, score]` (any order; ranked by score here).
         ground_truth: qid -> ground-truth windows `[start_s, end_s]` (one or several).
         nms_threshold: if given, temporal NMS at this IoU is applied before taking the top n.
+        rank_by_score: False takes the windows in the order given (the first is the top-1) instead of ranking them
+            by score: Moment-DETR's definition of R1 (`peft_vtg.moment_detr_eval`). Not with `nms_threshold`.
 
     Returns:
         `{"R1@0.1": ..., "R5@0.7": ..., "mIoU": ..., "num_queries": N}`.
@@ -105,6 +109,11 @@ def evaluate_moments(
     if not all(isinstance(m, numbers.Real) and not isinstance(m, bool) and 0.0 < m <= 1.0 for m in iou_thresholds):
         raise ValueError(f"iou_thresholds must hold IoUs in (0, 1], got {list(iou_thresholds)!r}.")
     check_nms_threshold(nms_threshold)
+    if not isinstance(rank_by_score, bool):
+        raise ValueError(f"rank_by_score must be True or False, got {rank_by_score!r}.")
+    if not rank_by_score and nms_threshold is not None:
+        raise ValueError("rank_by_score=False scores the windows in the order given; temporal NMS ranks them by "
+                         "score. Give one of the two (nms_threshold=None, or rank_by_score=True).")
     missing = sorted(set(ground_truth) - set(predictions), key=str)
     extra = sorted(set(predictions) - set(ground_truth), key=str)
     if missing or extra:
@@ -122,9 +131,12 @@ def evaluate_moments(
     hits = {(n, m): 0 for n in recall_at for m in iou_thresholds}
     iou_sum = 0.0
     for qid, windows in ground_truth.items():
-        ranked = (
-            temporal_nms(predictions[qid], nms_threshold) if nms_threshold is not None else rank_predictions(predictions[qid])
-        )
+        if not rank_by_score:
+            ranked = list(predictions[qid])
+        elif nms_threshold is not None:
+            ranked = temporal_nms(predictions[qid], nms_threshold)
+        else:
+            ranked = rank_predictions(predictions[qid])
         if not ranked:
             raise ValueError(f"Query {qid!r} has no predicted window.")
         ious = [best_iou(window, windows) for window in ranked[: max(recall_at)]]
@@ -141,15 +153,22 @@ def evaluate_moments(
 
 
 def format_table(metrics: dict[str, float]) -> str:
-    """The metrics as a small text table, rows R@1 / R@5, columns IoU thresholds, then mIoU."""
+    """The metrics as a small text table, rows R@1 / R@5, columns IoU thresholds, then mIoU; below it Moment-DETR's
+    headline keys (`peft_vtg.moment_detr_eval.BRIEF_KEYS`) that are present, e.g. mAP and the highlight metrics."""
     needed = [f"R{n}@{m}" for n in RECALL_AT for m in IOU_THRESHOLDS] + ["mIoU", "num_queries"]
     absent = [name for name in needed if name not in metrics]
-    if absent:
+    extra = [key for key in BRIEF_KEYS if key in metrics]
+    if absent and (len(absent) < len(needed) or not extra):
         raise ValueError(f"format_table needs the metrics of evaluate_moments with the default recall_at and "
                          f"iou_thresholds; missing {absent}.")
-    header = "      " + "".join(f"IoU={m:<6}" for m in IOU_THRESHOLDS)
-    rows = [header]
-    for n in RECALL_AT:
-        rows.append(f"R@{n:<3} " + "".join(f"{metrics[f'R{n}@{m}']:<10.2f}" for m in IOU_THRESHOLDS))
-    rows.append(f"mIoU  {metrics['mIoU']:.2f}    ({metrics['num_queries']} queries)")
+    rows = []
+    if not absent:
+        rows.append("      " + "".join(f"IoU={m:<6}" for m in IOU_THRESHOLDS))
+        for n in RECALL_AT:
+            rows.append(f"R@{n:<3} " + "".join(f"{metrics[f'R{n}@{m}']:<10.2f}" for m in IOU_THRESHOLDS))
+        rows.append(f"mIoU  {metrics['mIoU']:.2f}    ({metrics['num_queries']} queries)")
+    groups = [[key for key in extra if key.startswith("MR-")], [key for key in extra if key.startswith("HL-")]]
+    for group in groups:
+        for start in range(0, len(group), 3):
+            rows.append("  ".join(f"{key} {metrics[key]:.2f}" for key in group[start:start + 3]))
     return "\n".join(rows)

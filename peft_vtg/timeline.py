@@ -97,3 +97,53 @@ def frames_to_seconds(first: int, last: int, duration: float, num_frames: int) -
     if not 0 <= first <= last < num_frames:
         raise ValueError(f"Frame span [{first}, {last}] is not inside 0..{num_frames - 1} with first <= last.")
     return first * step, min((last + 1) * step, duration)
+
+
+def _overlaps(bins: int, bin_seconds: float, cells: int, cell_seconds: float) -> "list[list[tuple[int, float]]]":
+    """For each of `bins` intervals of `bin_seconds` from 0, the (cell index, seconds of overlap) of the `cells`
+    intervals of `cell_seconds` from 0 that it overlaps."""
+    result = []
+    for index in range(bins):
+        start, end = index * bin_seconds, (index + 1) * bin_seconds
+        first, last = int(math.floor(start / cell_seconds)), int(math.ceil(end / cell_seconds))
+        pieces = []
+        for cell in range(max(first, 0), min(last, cells)):
+            overlap = min(end, (cell + 1) * cell_seconds) - max(start, cell * cell_seconds)
+            if overlap > 0:
+                pieces.append((cell, overlap))
+        result.append(pieces)
+    return result
+
+
+def clip_scores_to_frames(
+    clip_scores: Sequence[float], clip_length: float, duration: float, num_frames: int
+) -> tuple[list[float], list[bool]]:
+    """Per-clip scores (clip `c` covers `[c * clip_length, (c + 1) * clip_length)` seconds, e.g. QVHighlights'
+    2-second clips) on the frame grid: frame `i`'s value is the mean of the scores of the clips its bin overlaps,
+    weighted by the seconds of overlap. Frames whose bin overlaps no clip (a tail of the video shorter than a clip)
+    have no value: `(values, known)`, both of length `num_frames`."""
+    step = _check_clip(duration, num_frames)
+    if not (clip_length > 0 and math.isfinite(clip_length)):
+        raise ValueError(f"clip_length must be a positive number of seconds, got {clip_length!r}.")
+    values, known = [], []
+    for pieces in _overlaps(num_frames, step, len(clip_scores), clip_length):
+        weight = sum(overlap for _, overlap in pieces)
+        known.append(weight > 0)
+        values.append(sum(clip_scores[c] * overlap for c, overlap in pieces) / weight if weight > 0 else 0.0)
+    return values, known
+
+
+def frame_scores_to_clips(frame_scores: Sequence[float], duration: float, clip_length: float) -> list[float]:
+    """Per-frame scores (frame `i` covering its bin of `duration / len(frame_scores)` seconds) as one score per clip of
+    `clip_length` seconds, `ceil(duration / clip_length)` clips from the video's start (the last one may be short):
+    the mean of the frames each clip overlaps, weighted by the seconds of overlap."""
+    step = _check_clip(duration, len(frame_scores))
+    if not (clip_length > 0 and math.isfinite(clip_length)):
+        raise ValueError(f"clip_length must be a positive number of seconds, got {clip_length!r}.")
+    clips = max(1, int(math.ceil(duration / clip_length - 1e-9)))
+    scores = []
+    for clip, pieces in enumerate(_overlaps(clips, clip_length, len(frame_scores), step)):
+        weight = sum(overlap for _, overlap in pieces)
+        scores.append(sum(frame_scores[f] * overlap for f, overlap in pieces) / weight if weight > 0 else
+                      float(frame_scores[-1]))
+    return scores

@@ -6,6 +6,11 @@ Schema (`MOMENT_FEATURES`), one row per (video, query) pair:
   the pair's index among that video's pairs in file order (the convention of the unified JSON-lines releases).
 - `vid` (string), `query` (string), `duration` (seconds), `windows`: ground-truth `[start, end]` pairs in seconds
   (several for QVHighlights; empty for an unlabelled split).
+- Files with highlight labels (QVHighlights' `relevant_clip_ids` + `saliency_scores`) also give every row
+  (`HIGHLIGHT_FEATURES`): `relevant_clip_ids` (clip indices, clip i covering [i * clip_length, (i + 1) *
+  clip_length) seconds), `saliency_scores` (per listed clip, one score in 0..4 per annotator; QVHighlights has
+  three) and `clip_length` (seconds; 2 for QVHighlights, or the file's own `clip_length`). A row of such a file
+  without labels has empty lists.
 
 Every file is read as UTF-8 with or without a byte-order mark (`utf-8-sig`).
 
@@ -19,14 +24,18 @@ reported; anything a correct export could not contain is an error:
   that are not a list of `[start, end]` pairs, a number given as text); a duration that is not a finite number > 0;
   a window with a non-finite time (NaN, Inf); a qid given twice; and a file in which no pair is usable at all.
 - **clipped**, counted, with a warning naming the first rows: a window starting before 0 or ending after the video's
-  duration is clipped to `[0, duration]` (562 windows end late in Charades-STA test). Differences below 1
+  duration is clipped to `[0, duration]` (562 windows end late in Charades-STA test); a highlight clip id beyond
+  the video's last clip (`int(duration / clip_length)` clips) is removed with its scores. Differences below 1
   microsecond are floating-point noise of the files and are clipped silently (as is a start of -1e-7).
 - **dropped**, counted by reason, with a warning naming the first rows: an empty query; a video whose duration is
   unknown (a Charades-STA video missing from the durations csv); a window with end < start; a window starting at or
   after the video's end (nothing left to clip); a labelled query whose window list is empty.
 - with `strict=True` the first row that would be clipped or dropped raises a `ValueError` too.
+- Malformed highlight labels are errors: ids that are not whole numbers >= 0 or repeat, scores that are not lists of
+  finite numbers (one list per id, all of one length), one of the two keys without the other.
 
-The counts are also kept in `dataset.info.description` (JSON) so they travel with the dataset.
+The counts, and the qids of dropped rows (so that a scorer can set their predictions aside), are also kept in
+`dataset.info.description` (JSON) so they travel with the dataset.
 """
 
 from __future__ import annotations
@@ -57,6 +66,16 @@ MOMENT_FEATURES = datasets.Features(
         "windows": datasets.Sequence(datasets.Sequence(datasets.Value("float64"), length=2)),
     }
 )
+HIGHLIGHT_FEATURES = datasets.Features(
+    {
+        **MOMENT_FEATURES,
+        "relevant_clip_ids": datasets.Sequence(datasets.Value("int64")),
+        "saliency_scores": datasets.Sequence(datasets.Sequence(datasets.Value("float64"))),
+        "clip_length": datasets.Value("float64"),
+    }
+)
+HIGHLIGHT_KEYS = ("relevant_clip_ids", "saliency_scores", "clip_length")
+QVHIGHLIGHTS_CLIP_SECONDS = 2.0
 
 # Pairs per split as published, and what the files shipped with each benchmark hold.
 PUBLISHED_SPLIT_SIZES: dict[tuple[str, str], int] = {
@@ -92,6 +111,8 @@ class ReadReport:
     dropped: Counter = field(default_factory=Counter)
     # The first few rows (e.g. "line 4") of each reason, so that a warning points at them.
     examples: dict[str, list[str]] = field(default_factory=dict)
+    # qids of the dropped pairs (a qid is known once a row's id fields are valid).
+    dropped_qids: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.source}: {self.kept} of {self.total} pairs kept"]
@@ -106,7 +127,7 @@ class ReadReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "total": self.total, "kept": self.kept, "clipped": dict(self.clipped),
-                "dropped": dict(self.dropped)}
+                "dropped": dict(self.dropped), "dropped_qids": list(self.dropped_qids)}
 
 
 _EXAMPLES_PER_REASON = 3
@@ -137,11 +158,13 @@ class _RowPolicy:
     def error(self, where: str, message: str) -> NoReturn:
         raise ValueError(f"{self.report.source}, {where}: {message}")
 
-    def _bad(self, where: str, reason: str, kind: str) -> None:
+    def _bad(self, where: str, reason: str, kind: str, qid: Optional[str] = None) -> None:
         if self.strict:
             raise ValueError(f"{self.report.source}, {where}: {reason}. (strict=True; strict=False would "
                              f"{'clip' if kind == 'clip' else 'drop'} it.)")
         (self.report.clipped if kind == "clip" else self.report.dropped)[reason] += 1
+        if kind == "drop" and qid is not None:
+            self.report.dropped_qids.append(qid)
         examples = self.report.examples.setdefault(reason, [])
         if len(examples) < _EXAMPLES_PER_REASON:
             examples.append(where)
@@ -190,6 +213,7 @@ class _RowPolicy:
         windows: Any,
         field_name: str = "windows",
         scale: float = 1.0,
+        highlights: Optional[Mapping[str, Any]] = None,
     ) -> None:
         """Check one pair.
 
@@ -199,6 +223,8 @@ class _RowPolicy:
             windows: `[[start, end], ...]` in units of `scale` seconds, or None for an unlabelled query (kept with no
                 windows).
             field_name: the file's name of the windows field, for messages.
+            highlights: the row's `relevant_clip_ids`, `saliency_scores` and `clip_length` (None or empty dict: the
+                file has no highlight labels; a dict with `clip_length` only: this row has none).
         """
         self.report.total += 1
         qid = self._identifier(where, "qid", qid)
@@ -218,29 +244,74 @@ class _RowPolicy:
         several = windows is not None and len(windows) > 1
         checked = [self._window(where, f"'{field_name}'" + (f" item {k}" if several else ""), window, scale)
                    for k, window in enumerate(windows or [])]
+        labels = self._highlights(where, highlights) if highlights else None
         query = self._text(where, "query", query).strip()
         if not query:
-            return self._bad(where, "empty query", "drop")
+            return self._bad(where, "empty query", "drop", qid)
         if duration is None:
-            return self._bad(where, "unknown video or duration", "drop")
+            return self._bad(where, "unknown video or duration", "drop", qid)
         kept_windows, clips = [], []
         if windows is not None:
             for start, end in checked:
                 if end < start:
-                    return self._bad(where, "end before start", "drop")
+                    return self._bad(where, "end before start", "drop", qid)
                 if start >= duration:
-                    return self._bad(where, "window starts at or after the video's end", "drop")
+                    return self._bad(where, "window starts at or after the video's end", "drop", qid)
                 if start < -_NOISE_SECONDS:
                     clips.append("start before 0")
                 if end > duration + _NOISE_SECONDS:
                     clips.append("end beyond duration")
                 kept_windows.append([max(start, 0.0), min(end, duration)])
             if not kept_windows:
-                return self._bad(where, "no ground-truth window", "drop")
+                return self._bad(where, "no ground-truth window", "drop", qid)
+        row = {"qid": qid, "vid": vid, "query": query, "duration": duration, "windows": kept_windows}
+        if labels is not None:
+            clips_in_video = int(duration / labels["clip_length"])
+            inside = [k for k, clip in enumerate(labels["relevant_clip_ids"]) if clip < clips_in_video]
+            if len(inside) < len(labels["relevant_clip_ids"]):
+                clips.append("highlight clip beyond the video")
+            row.update(relevant_clip_ids=[labels["relevant_clip_ids"][k] for k in inside],
+                       saliency_scores=[labels["saliency_scores"][k] for k in inside],
+                       clip_length=labels["clip_length"])
         for reason in dict.fromkeys(clips):  # counted once per pair, and only for pairs that are kept
             self._bad(where, reason, "clip")
         self.report.kept += 1
-        self.rows.append({"qid": qid, "vid": vid, "query": query, "duration": duration, "windows": kept_windows})
+        self.rows.append(row)
+
+    def _highlights(self, where: str, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The row's highlight labels, checked: ids whole numbers >= 0 without repeats, one list of finite scores per
+        id (all of one length), a clip length > 0 (seconds)."""
+        clip_length = _number(given.get("clip_length"))
+        if clip_length is None or not math.isfinite(clip_length) or clip_length <= 0:
+            self.error(where, f"'clip_length' must be a finite number of seconds > 0, got {given.get('clip_length')!r}.")
+        ids, scores = given.get("relevant_clip_ids"), given.get("saliency_scores")
+        if (ids is None) != (scores is None):
+            present, absent = ("relevant_clip_ids", "saliency_scores") if scores is None else (
+                "saliency_scores", "relevant_clip_ids")
+            self.error(where, f"'{present}' is given without '{absent}'; highlight labels need both. {_FIX}.")
+        if ids is None:
+            return {"relevant_clip_ids": [], "saliency_scores": [], "clip_length": clip_length}
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                for i in ids):
+            self.error(where, f"'relevant_clip_ids' must be a list of clip indices (whole numbers >= 0), got {ids!r}. "
+                              f"{_FIX}.")
+        if len(set(ids)) != len(ids):
+            self.error(where, f"'relevant_clip_ids' lists a clip twice: {ids!r}. {_FIX}.")
+        if not isinstance(scores, list) or len(scores) != len(ids):
+            self.error(where, f"'saliency_scores' must hold one list of scores per relevant clip ({len(ids)}), got "
+                              f"{scores!r}. {_FIX}.")
+        widths = set()
+        for k, row in enumerate(scores):
+            values = [_number(v) for v in row] if isinstance(row, list) else None
+            if not values or any(v is None or not math.isfinite(v) for v in values):
+                self.error(where, f"'saliency_scores' item {k} must be a non-empty list of finite numbers (one per "
+                                  f"annotator), got {row!r}. {_FIX}.")
+            widths.add(len(values))
+        if len(widths) > 1:
+            self.error(where, f"'saliency_scores' items have different numbers of annotators {sorted(widths)}; every "
+                              f"clip needs a score from each annotator. {_FIX}.")
+        return {"relevant_clip_ids": list(ids), "saliency_scores": [[float(v) for v in row] for row in scores],
+                "clip_length": clip_length}
 
     def dataset(self) -> datasets.Dataset:
         report = self.report
@@ -252,9 +323,10 @@ class _RowPolicy:
                              "file (and for Charades-STA the durations csv) belong to the same split.")
         if report.clipped or report.dropped:
             warnings.warn(report.summary(), stacklevel=3)
-        columns = {name: [row[name] for row in self.rows] for name in MOMENT_FEATURES}
-        info = datasets.DatasetInfo(description=json.dumps(report.as_dict()), features=MOMENT_FEATURES)
-        return datasets.Dataset.from_dict(columns, features=MOMENT_FEATURES, info=info)
+        features = HIGHLIGHT_FEATURES if any("clip_length" in row for row in self.rows) else MOMENT_FEATURES
+        columns = {name: [row[name] for row in self.rows] for name in features}
+        info = datasets.DatasetInfo(description=json.dumps(report.as_dict()), features=features)
+        return datasets.Dataset.from_dict(columns, features=features, info=info)
 
 
 def read_report(dataset: datasets.Dataset) -> dict[str, Any]:
@@ -496,8 +568,11 @@ def iter_json_lines(path: PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
 def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
     """JSON lines with one query per line: QVHighlights (`qid, query, duration, vid, relevant_windows`), the unified
     releases of other benchmarks in that form, and peft_vtg's ground-truth format (`qid, duration, windows`; `vid` and
-    `query` optional). A line without any window key is an unlabelled query (kept with no windows)."""
+    `query` optional). A line without any window key is an unlabelled query (kept with no windows). QVHighlights'
+    highlight labels (`relevant_clip_ids`, `saliency_scores`; optional `clip_length`, default 2 s) are kept: see the
+    module docstring."""
     policy = _RowPolicy(_source(path), strict)
+    rows, highlighted = [], False
     for number, entry in iter_json_lines(path):
         where = f"line {number}"
         if "qid" not in entry:
@@ -506,8 +581,16 @@ def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
             policy.error(where, f"no 'duration' (the video's length in seconds), qid {entry['qid']!r}.")
         field_name = next((name for name in ("relevant_windows", "windows") if name in entry), "windows")
         query = entry["query"] if "query" in entry else f"<{entry['qid']}>"  # GT files for scoring carry no text
+        if any(key in entry for key in ("relevant_clip_ids", "saliency_scores")):
+            highlighted = True
+        highlights = ({key: entry.get(key) for key in ("relevant_clip_ids", "saliency_scores")}
+                      | {"clip_length": entry.get("clip_length", QVHIGHLIGHTS_CLIP_SECONDS)})
+        rows.append((where, entry, field_name, query, highlights))
+    for where, entry, field_name, query, highlights in rows:
+        # Highlight labels on any line make it a highlight file: every row then carries the columns (empty lists
+        # where a line has none), so that one schema holds the whole file.
         policy.add(where, entry["qid"], entry.get("vid", entry["qid"]), query, entry["duration"],
-                   entry.get(field_name), field_name=field_name)
+                   entry.get(field_name), field_name=field_name, highlights=highlights if highlighted else None)
     return policy.dataset()
 
 

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..timeline import seconds_to_frames
+from ..timeline import clip_scores_to_frames, seconds_to_frames
 from .video import (
     FeatureDirectory,
     H5FeatureFile,
@@ -65,6 +65,38 @@ def check_rows(rows: Any) -> None:
             if not ok or window[1] < window[0]:
                 raise ValueError(f"{where}: 'windows' item {window!r} must be [start, end], finite seconds with "
                                  "start <= end; for a single window write [[start, end]].")
+        if row.get("relevant_clip_ids"):
+            _check_highlight_labels(row, where)
+
+
+def _check_highlight_labels(row: Mapping[str, Any], where: str) -> None:
+    ids, scores, clip_length = row["relevant_clip_ids"], row.get("saliency_scores"), row.get("clip_length")
+    if isinstance(clip_length, bool) or not isinstance(clip_length, numbers.Real) or not math.isfinite(clip_length) \
+            or clip_length <= 0:
+        raise ValueError(f"{where}: highlight labels need 'clip_length', a finite number of seconds > 0 (2 for "
+                         f"QVHighlights), got {clip_length!r}.")
+    if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(f"{where}: 'relevant_clip_ids' must be clip indices (whole numbers >= 0), got {ids!r}.")
+    if isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence) or len(scores) != len(ids) or not all(
+            isinstance(r, Sequence) and r and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                                   and math.isfinite(v) for v in r) for r in scores):
+        raise ValueError(f"{where}: 'saliency_scores' must hold one non-empty list of finite scores per relevant "
+                         f"clip ({len(ids)}), got {scores!r}.")
+
+
+def saliency_targets(row: Mapping[str, Any], num_frames: int) -> Optional[tuple[list[float], list[bool]]]:
+    """Per-frame saliency targets of one row on a grid of `num_frames` frames: each clip's score is the mean over
+    its annotators (0..4 for QVHighlights; clips outside `relevant_clip_ids` score 0), and a frame takes the mean of
+    the clips its bin overlaps, weighted by the seconds of overlap (`peft_vtg.timeline.clip_scores_to_frames`).
+    Returns `(targets, known)`, or None when the row has no highlight labels."""
+    ids = row.get("relevant_clip_ids")
+    if not ids:
+        return None
+    duration, clip_length = float(row["duration"]), float(row["clip_length"])
+    clips = np.zeros(max(int(math.ceil(duration / clip_length - 1e-9)), max(ids) + 1))
+    for clip, scores in zip(ids, row["saliency_scores"]):
+        clips[clip] = float(np.mean(scores))
+    return clip_scores_to_frames(clips.tolist(), clip_length, duration, num_frames)
 
 
 def check_query_tokens(tokenizer: Any, input_ids: Any, attention_mask: Any, names: Sequence[str]) -> None:
@@ -120,7 +152,10 @@ class GroundingCollator:
     The batch holds `input_ids`, `attention_mask`, `video_features` (features) or `pixel_values` (frames),
     `frame_mask` (1 = real frame), and, when every row has a window, `start_frames` / `end_frames`: the inclusive
     frame span of the row's first ground-truth window (`peft_vtg.timeline.seconds_to_frames` on the video's own
-    number of frames). `qid`, `video_ids`, `duration` (seconds) and `windows` are passed along for evaluation.
+    number of frames). When some row has highlight labels (QVHighlights' `relevant_clip_ids` / `saliency_scores`),
+    also `saliency_targets` (batch, frames), float, and `saliency_mask` (batch, frames), 1 where a target is known
+    (see `saliency_targets`; rows without labels are all 0). `qid`, `video_ids`, `duration` (seconds) and `windows`
+    are passed along for evaluation.
 
     Every video is checked as it is loaded: features must be finite (a NaN would silently make the loss NaN; the error
     names the video), and when the source records the decoded duration of its files (`VideoFiles`), a file much
@@ -223,6 +258,15 @@ class GroundingCollator:
             ]
             batch["start_frames"] = torch.tensor([s for s, _ in spans])
             batch["end_frames"] = torch.tensor([e for _, e in spans])
+        per_row = [saliency_targets(row, length) for row, length in zip(rows, lengths)]
+        if any(labels is not None for labels in per_row):
+            targets = torch.zeros(frame_mask.shape, dtype=torch.float32)
+            known = torch.zeros(frame_mask.shape, dtype=torch.long)
+            for i, labels in enumerate(per_row):
+                if labels is not None:
+                    targets[i, : lengths[i]] = torch.tensor(labels[0], dtype=torch.float32)
+                    known[i, : lengths[i]] = torch.tensor(labels[1], dtype=torch.long)
+            batch["saliency_targets"], batch["saliency_mask"] = targets, known
         return batch
 
     def _check_durations(self, rows: Sequence[Mapping[str, Any]]) -> None:

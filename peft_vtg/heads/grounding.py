@@ -101,6 +101,8 @@ class GroundingHead(nn.Module):
             before fusion (the Hadamard fusion of 2D-TAN and its successors): "how much does this frame show what
             the sentence says" is then one linear read-out instead of a product that attention and FFNs approximate
             slowly.
+        predict_saliency: also predict a per-frame saliency logit (highlight detection, QVHighlights), read from the
+            fused frames by its own linear layer and trained with `saliency_loss`.
         video_layers: how many of the encoder's last layers' per-frame features the head reads (the input is then
             (batch, frames, layers, video_dim)). Each layer is layer-normed and the layers are averaged with softmax
             weights from a learned bias plus a linear read of the mean query token, so each query can lean on the
@@ -120,6 +122,7 @@ class GroundingHead(nn.Module):
         temporal_kernel_size: int = 0,
         hadamard_fusion: bool = False,
         video_layers: int = 1,
+        predict_saliency: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(video_layers, bool) or not isinstance(video_layers, int) or video_layers < 1:
@@ -152,6 +155,8 @@ class GroundingHead(nn.Module):
             nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, 3 if predict_inside else 2)
         )
         self.predict_inside = predict_inside
+        if predict_saliency:
+            self.saliency_head = nn.Linear(hidden_size, 1)
 
     def fuse(
         self,
@@ -252,6 +257,40 @@ class GroundingHead(nn.Module):
         end = logits[..., 1].masked_fill(padding, lowest)
         inside = logits[..., 2] if self.predict_inside else None
         return {"start_logits": start, "end_logits": end, "inside_logits": inside}
+
+
+    def saliency_logits(self, fused: torch.Tensor, frame_mask: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-frame saliency logits (batch, frames) in fp32, padded frames at the dtype's lowest value; None for a
+        head without `predict_saliency`."""
+        if not hasattr(self, "saliency_head"):
+            return None
+        logits = self.saliency_head(fused[:, 1:].contiguous()).squeeze(-1).float()  # (batch, frames)
+        return logits.masked_fill(frame_mask == 0, torch.finfo(logits.dtype).min)
+
+
+def saliency_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Margin ranking loss of highlight detection (Moment-DETR's, over every pair instead of sampled ones): for each
+    row and each pair of frames with known targets where frame i is more salient than frame j (in-moment against
+    out-of-moment frames, and frames of different saliency inside it), `relu(margin - (logit_i - logit_j))`, averaged
+    over all such pairs of the batch.
+
+    Args:
+        logits: (batch, frames) saliency logits.
+        targets: (batch, frames) saliency targets (e.g. the annotators' mean score, 0..4).
+        known: (batch, frames), 1 where the target is known (real frames of labelled rows).
+        margin: the logit gap a more salient frame must keep over a less salient one.
+
+    Returns:
+        A scalar; 0 (with a graph) when no row has two frames of different saliency.
+    """
+    known = known.bool()
+    logits, targets = logits.float(), targets.float()
+    more_salient = (targets.unsqueeze(2) > targets.unsqueeze(1)) & known.unsqueeze(2) & known.unsqueeze(1)
+    # Padded frames hold the lowest float as logit; zero them so the differences stay finite.
+    logits = logits.masked_fill(~known, 0.0)
+    gaps = logits.unsqueeze(2) - logits.unsqueeze(1)  # (batch, frames, frames): logit_i - logit_j
+    hinge = torch.relu(margin - gaps) * more_salient
+    return hinge.sum() / more_salient.sum().clamp_min(1)
 
 
 def boundary_targets(index: torch.Tensor, frame_mask: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .grounding import GroundingHead, grounding_loss
+from .grounding import GroundingHead, grounding_loss, saliency_loss
 from .matching import AllInOneMatchingHead, VioletMatchingHead, all_in_one_matching_loss, violet_matching_loss
 
 VTM_HEADS = ("violet", "all_in_one")
@@ -24,10 +24,12 @@ class VTGGroundingOutput(ModelOutput):
         loss: total loss (span loss + matching losses x their weight), when span labels were given.
         start_logits, end_logits: (batch, frames) per-frame logits; padded frames hold the dtype's lowest value.
         inside_logits: (batch, frames) "inside the moment" logits, when the head predicts them.
+        saliency_logits: (batch, frames) highlight (saliency) logits, when the head predicts them; padded frames hold
+            the dtype's lowest value.
         frame_mask: (batch, frames), 1 for real frames.
         violet_vtm_logits: (batch,) VIOLET matching logits of the given pairs, when that head exists.
         all_in_one_vtm_logits: (batch, 2) All-in-One (mismatch, match) logits of the given pairs, when that head exists.
-        loss_terms: the loss's parts (`start_loss`, `end_loss`, `inside_loss`, `violet_vtm_loss`,
+        loss_terms: the loss's parts (`start_loss`, `end_loss`, `inside_loss`, `saliency_loss`, `violet_vtm_loss`,
             `all_in_one_vtm_loss`), detached, for logging.
     """
 
@@ -35,6 +37,7 @@ class VTGGroundingOutput(ModelOutput):
     start_logits: Optional[torch.Tensor] = None
     end_logits: Optional[torch.Tensor] = None
     inside_logits: Optional[torch.Tensor] = None
+    saliency_logits: Optional[torch.Tensor] = None
     frame_mask: Optional[torch.Tensor] = None
     violet_vtm_logits: Optional[torch.Tensor] = None
     all_in_one_vtm_logits: Optional[torch.Tensor] = None
@@ -52,6 +55,8 @@ class VTGTaskHeads(nn.Module):
         boundary_smoothing: std (frames) of the Gaussian label smoothing of start/end targets; 0 = one-hot.
         inside_loss_weight: weight of the inside-moment BCE.
         vtm_loss_weight: weight of each matching loss.
+        predict_saliency: add the per-frame saliency logit (see `GroundingHead`).
+        saliency_loss_weight, saliency_margin: weight and margin of `saliency_loss`.
     """
 
     def __init__(
@@ -70,6 +75,9 @@ class VTGTaskHeads(nn.Module):
         temporal_kernel_size: int = 0,
         hadamard_fusion: bool = False,
         video_layers: int = 1,
+        predict_saliency: bool = False,
+        saliency_loss_weight: float = 1.0,
+        saliency_margin: float = 0.2,
     ) -> None:
         super().__init__()
         unknown = sorted(set(vtm_heads) - set(VTM_HEADS))
@@ -77,8 +85,10 @@ class VTGTaskHeads(nn.Module):
             raise ValueError(f"Unknown vtm_heads {unknown}; choose from {list(VTM_HEADS)}.")
         self.grounding = GroundingHead(
             video_dim, text_dim, hidden_size, num_layers, num_heads, dropout, predict_inside, temporal_kernel_size,
-            hadamard_fusion, video_layers,
+            hadamard_fusion, video_layers, predict_saliency,
         )
+        self.saliency_loss_weight = saliency_loss_weight
+        self.saliency_margin = saliency_margin
         if "violet" in vtm_heads:
             self.violet_vtm = VioletMatchingHead(hidden_size)
         if "all_in_one" in vtm_heads:
@@ -100,6 +110,8 @@ class VTGTaskHeads(nn.Module):
         end_frames: Optional[torch.Tensor] = None,
         video_ids: Optional[Sequence[str]] = None,
         generator: Optional[torch.Generator] = None,
+        saliency_targets: Optional[torch.Tensor] = None,
+        saliency_mask: Optional[torch.Tensor] = None,
     ) -> VTGGroundingOutput:
         """Span logits for each (video, query) row, and the loss when `start_frames`/`end_frames` are given.
 
@@ -112,9 +124,12 @@ class VTGTaskHeads(nn.Module):
             start_frames, end_frames: (batch,) inclusive frame indices of the ground-truth moment.
             video_ids: one id per row; matching negatives are only drawn from rows with another video.
             generator: random generator for the matching negatives (default: torch's global one).
+            saliency_targets, saliency_mask: (batch, frames) highlight targets and where they are known (1); with
+                span labels and a saliency head, `saliency_loss` joins the loss.
         """
         fused = self.grounding.fuse(video_features, frame_mask, text_features, text_mask)  # (batch, 1+frames, hidden)
         fields = self.grounding.span_logits(fused, frame_mask)
+        fields["saliency_logits"] = self.grounding.saliency_logits(fused, frame_mask)
         cls = fused[:, 0].contiguous()  # (batch, hidden); contiguous for the reason given in span_logits
         if hasattr(self, "violet_vtm"):
             fields["violet_vtm_logits"] = self.violet_vtm(cls)
@@ -132,6 +147,11 @@ class VTGTaskHeads(nn.Module):
             self.boundary_smoothing, self.inside_loss_weight,
         )
         loss = terms.pop("loss")
+        if fields["saliency_logits"] is not None and saliency_targets is not None and self.saliency_loss_weight > 0:
+            known = saliency_mask if saliency_mask is not None else frame_mask
+            terms["saliency_loss"] = saliency_loss(fields["saliency_logits"], saliency_targets, known * frame_mask,
+                                                   self.saliency_margin)
+            loss = loss + self.saliency_loss_weight * terms["saliency_loss"]
         if self.training and self.vtm_loss_weight > 0:
             features = (video_features, frame_mask, text_features, text_mask)
             for name, loss_fn in (("violet_vtm", violet_matching_loss), ("all_in_one_vtm", all_in_one_matching_loss)):

@@ -2,7 +2,7 @@
 
 from .arguments import VTGTrainingArguments
 from .checkpoints import DamagedCheckpointError, SettingsChangedError
-from .evaluation import evaluate_grounding, predict_moments
+from .evaluation import GroundingPredictions, evaluate_grounding, grounding_metrics, predict_grounding, predict_moments
 from .hf_trainer import GroundingTrainer
 from .loop import TrainResult, train
 from .module import GroundingModule
@@ -10,6 +10,7 @@ from .safety import NonFiniteError, OutputDirInUseError
 
 __all__ = [
     "DamagedCheckpointError",
+    "GroundingPredictions",
     "GroundingModule",
     "GroundingTrainer",
     "NonFiniteError",
@@ -18,6 +19,8 @@ __all__ = [
     "TrainResult",
     "VTGTrainingArguments",
     "evaluate_grounding",
+    "grounding_metrics",
+    "predict_grounding",
     "predict_moments",
     "train",
 ]

@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..metrics import IOU_THRESHOLDS, RECALL_AT
+from ..moment_detr_eval import BRIEF_KEYS
 from ..vtg_prompt.config import check_field_types
 
-# What `metric_for_best_model` may name: the metrics every evaluation returns (higher is better).
-METRIC_NAMES = tuple(f"R{n}@{m}" for n in RECALL_AT for m in IOU_THRESHOLDS) + ("mIoU",)
+# What `metric_for_best_model` may name (higher is better): the metrics every evaluation returns, Moment-DETR's
+# moment-retrieval keys (a bucket without queries is absent), and the highlight keys (with highlight labels and a
+# saliency head).
+METRIC_NAMES = (tuple(f"R{n}@{m}" for n in RECALL_AT for m in IOU_THRESHOLDS) + ("mIoU",)
+                + BRIEF_KEYS)
 
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("no", "fp16", "bf16")

@@ -130,7 +130,8 @@ def _enum_value(enum_cls: type[enum.Enum], value: Union[str, enum.Enum], field_n
 # Settings whose None means "not decided yet": creating an adapter resolves them (to these values; `grounding_head` and
 # `prompt_tuning_init` by what the architecture offers) and records the resolved value, so a saved adapter has no None
 # for them ...
-NEW_ADAPTER_SETTINGS = {"keep_text_positions": True, "head_temporal_kernel_size": 3, "head_hadamard_fusion": True}
+NEW_ADAPTER_SETTINGS = {"keep_text_positions": True, "head_temporal_kernel_size": 3, "head_hadamard_fusion": True,
+                        "predict_saliency": False}
 # ... and a saved adapter that has None (or lacks the field) was saved before the setting existed: it loads with these,
 # what it was trained with, and no module it lacks weights for.
 LEGACY_ADAPTER_SETTINGS = {
@@ -139,6 +140,7 @@ LEGACY_ADAPTER_SETTINGS = {
     "grounding_head": False,
     "head_temporal_kernel_size": 0,
     "head_hadamard_fusion": False,
+    "predict_saliency": False,
 }
 
 
@@ -307,6 +309,21 @@ class VTGPromptConfig(PeftConfig):
         default=True,
         metadata={"help": "Also predict a per-frame 'inside the moment' logit, trained with BCE (weight "
                   "inside_loss_weight)."},
+    )
+    predict_saliency: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Also predict a per-frame saliency (highlight) score, trained with a margin ranking loss on "
+                  "the training data's highlight labels (QVHighlights' saliency_scores): in-moment frames above the "
+                  "others, more salient frames above less salient ones. None (default): `peft-vtg train` turns it on "
+                  "when the training annotations have highlight labels; an adapter created in Python without it "
+                  "records False. The resolved value is saved."},
+    )
+    saliency_loss_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the saliency ranking loss in the total loss (predict_saliency)."}
+    )
+    saliency_margin: float = field(
+        default=0.2, metadata={"help": "Logit gap the saliency ranking loss asks of a more salient frame over a less "
+                               "salient one (Moment-DETR's 0.2)."}
     )
     boundary_smoothing: float = field(
         default=0.0,
@@ -492,7 +509,13 @@ class VTGPromptConfig(PeftConfig):
                 f"head_temporal_kernel_size must be 0 (no temporal convolution) or an odd integer such as 3, got "
                 f"{kernel!r}."
             )
-        for name in ("boundary_smoothing", "inside_loss_weight", "vtm_loss_weight"):
+        if self.predict_saliency is not None and not isinstance(self.predict_saliency, bool):
+            raise ValueError(f"predict_saliency must be True, False or None (auto), got {self.predict_saliency!r}.")
+        if self.predict_saliency and self.grounding_head is False:
+            raise ValueError("predict_saliency=True reads the grounding head's fused frames; set grounding_head=True "
+                             "(or None), or predict_saliency=False.")
+        for name in ("boundary_smoothing", "inside_loss_weight", "vtm_loss_weight", "saliency_loss_weight",
+                     "saliency_margin"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")

@@ -434,6 +434,8 @@ class VTGPromptModel(BaseTuner):
         generator: Optional[torch.Generator] = None,
         video_hidden_states: Optional[torch.Tensor] = None,
         video_hidden_states_layer: Optional[int] = None,
+        saliency_targets: Optional[torch.Tensor] = None,
+        saliency_mask: Optional[torch.Tensor] = None,
         **unused: Any,
     ) -> VTGGroundingOutput:
         """Ground each query in its video: per-frame span logits, and the training loss when labels are given.
@@ -457,10 +459,14 @@ class VTGPromptModel(BaseTuner):
             video_ids: one id per row, so matching negatives never pair two queries of the same video.
             adapter_names: one adapter per row (per-sample adapters), as in `model(..., adapter_names=...)`.
             generator: random generator for the matching negatives.
+            saliency_targets, saliency_mask: (batch, frames) highlight targets and where they are known, from
+                `GroundingCollator` for rows with highlight labels; adapters with `predict_saliency` add the saliency
+                ranking loss.
             unused: other batch entries (e.g. `qid`, `duration` from the collator) are ignored.
 
         Returns:
-            `VTGGroundingOutput` with `start_logits`, `end_logits`, `inside_logits` (batch, frames), the matching
+            `VTGGroundingOutput` with `start_logits`, `end_logits`, `inside_logits`, `saliency_logits` (batch, frames;
+            the last two when the head predicts them), the matching
             logits of the heads the adapter has, and `loss` / `loss_terms` when labels are given.
         """
         layer, _ = self._feature_spec()
@@ -521,7 +527,8 @@ class VTGPromptModel(BaseTuner):
             frame_mask = torch.ones(video.shape[:2], dtype=torch.long, device=video.device)
         text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         head_inputs = dict(video_features=video, frame_mask=frame_mask, text_features=text, text_mask=text_mask,
-                           start_frames=start_frames, end_frames=end_frames)
+                           start_frames=start_frames, end_frames=end_frames, saliency_targets=saliency_targets,
+                           saliency_mask=saliency_mask)
         if len(set(names)) == 1:
             return self._heads_of(names[0])(**head_inputs, video_ids=video_ids, generator=generator)
         return self._grounding_per_adapter(names, head_inputs, video_ids, generator)
@@ -544,8 +551,8 @@ class VTGPromptModel(BaseTuner):
                 for key, value in out.loss_terms.items():
                     terms[key] = terms.get(key, 0.0) + value * weight
         merged: dict[str, Optional[torch.Tensor]] = {}
-        for key in ("start_logits", "end_logits", "inside_logits", "frame_mask", "violet_vtm_logits",
-                    "all_in_one_vtm_logits"):
+        for key in ("start_logits", "end_logits", "inside_logits", "saliency_logits", "frame_mask",
+                    "violet_vtm_logits", "all_in_one_vtm_logits"):
             values = [out[key] if key in out else None for _, out in groups]
             if any(v is None for v in values):  # an output only some adapters have is left out, not zero-filled
                 merged[key] = None
