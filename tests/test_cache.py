@@ -19,7 +19,7 @@ from peft_vtg import VTGPromptConfig
 from peft_vtg.cache import CacheMismatchError, CachedVideoStates, build_cache
 from peft_vtg.data import GroundingCollator
 from peft_vtg.training import GroundingModule
-from tiny_models import BUILDERS, FRAMES, IMAGE, tiny_tokenizer, write_light_workspace
+from tiny_models import BUILDERS, FRAMES, IMAGE, layer_outputs, tiny_tokenizer, write_light_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = 3  # video layers of the tiny models
@@ -169,9 +169,9 @@ def test_a_cache_of_final_states_keeps_only_the_tokens_the_tower_pools(arch, tok
     single, layered = CachedVideoStates(str(tmp_path / "one")), CachedVideoStates(str(tmp_path / "three"))
     assert single("v2").shape == (FRAMES, tokens, 48) and layered("v2").shape == (FRAMES, 3, tokens, 48)
     with torch.no_grad():
-        hidden = model.vision_model(pixel_values=Frames()("v2"), output_hidden_states=True).hidden_states
+        hidden = layer_outputs(model.vision_model.encoder.layers, lambda: model.vision_model(pixel_values=Frames()("v2")))
     for index in range(3):
-        torch.testing.assert_close(layered("v2")[:, index], hidden[index + 1][:, :tokens])
+        torch.testing.assert_close(layered("v2")[:, index], hidden[index][:, :tokens])
     assert torch.equal(layered("v2")[:, 2], single("v2"))
     size = lambda d: sum(os.path.getsize(d / n) for n in os.listdir(d) if n.endswith(".safetensors"))  # noqa: E731
     below = build_cache(model, vids, Frames(), LAYERS - 1, str(tmp_path / "below"), dtype="fp32", disable_tqdm=True)

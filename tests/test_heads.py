@@ -20,7 +20,7 @@ from peft_vtg.heads import (
     grounding_loss,
     swap_partners,
 )
-from tiny_models import BUILDERS, FRAMES, inputs, tiny_clip, tiny_tvp, tiny_xclip
+from tiny_models import BUILDERS, FRAMES, inputs, layer_outputs, tiny_clip, tiny_tvp, tiny_xclip
 
 HEAD = dict(head_hidden_size=8, head_num_attention_heads=2, head_num_layers=1)
 
@@ -419,9 +419,9 @@ def test_several_layers_features_are_each_layer_pooled_as_the_tower_pools(arch):
         layered = model.encode_video(x["pixel_values"], num_layers=3)
         final = model.encode_video(x["pixel_values"])
         with model.disable_adapter():
-            hidden = tower(pixel_values=x["pixel_values"].flatten(0, 1), output_hidden_states=True).hidden_states
+            hidden = layer_outputs(tower.encoder.layers, lambda: tower(pixel_values=x["pixel_values"].flatten(0, 1)))
         for index in (0, 1):
-            state = hidden[index + 1]  # (rows, tokens, dim) after layer `index`
+            state = hidden[index]  # (rows, tokens, dim) after layer `index`
             if arch == "siglip":
                 pooled = tower.head(tower.post_layernorm(state)).view(2, FRAMES, -1)
             else:

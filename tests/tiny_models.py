@@ -144,3 +144,18 @@ def write_light_workspace(root, model, num_videos: int) -> None:
         lines.append({"qid": f"q{i}", "vid": f"v{i}", "query": f"the {colour} light turns on", "duration": 8.0,
                       "relevant_windows": [[float(start), float(end)]]})
     (root / "ann.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def layer_outputs(layers, run) -> list:
+    """The hidden-state output of each module of `layers` (e.g. a vision encoder's layers) while `run()` runs, in
+    layer order: the reference for intermediate states, independent of `output_hidden_states` (which some
+    transformers releases ignore when a tower is called directly)."""
+    outputs = {}
+    handles = [layer.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(
+        i, out[0] if isinstance(out, tuple) else out)) for i, layer in enumerate(layers)]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [outputs[i] for i in range(len(layers))]
