@@ -60,6 +60,9 @@ class Settings:
     # > 0: every method gets this much training time instead of `steps`, turned into a step count per method from its
     # paced seconds per step (and, for a cached method, the time to build its train cache); see `pace`.
     budget_seconds: float = 0.0
+    # Train a saliency head on SynthVTG's highlight labels (issue 14) and report the highlight metrics; False drops
+    # the labels from the rows, as before they existed.
+    saliency: bool = False
 
 
 def _same_settings(recorded: dict[str, Any], settings: Settings) -> bool:
@@ -74,7 +77,8 @@ class Method:
     name: str
     description: str
     learning_rates: tuple[float, ...]
-    build: Optional[Callable[[Any], Any]]  # base CLIPModel -> PeftModel with the grounding forward; None = no training
+    # (base CLIPModel, **VTGPromptConfig overrides) -> PeftModel with the grounding forward; None = no training
+    build: Optional[Callable[..., Any]]
     motion_window: int = 0  # zero-shot only: see peft_vtg.baselines.frame_query_similarity
     head_learning_rate: Optional[float] = None  # None: the head trains at the grid's rate (head-only)
     # Train and evaluate from a frozen-prefix cache of the video states entering this layer (`peft_vtg.cache`)
@@ -84,33 +88,33 @@ class Method:
     cache_feature_layers: int = 1
 
 
-def _vtg(**prompts: Any) -> Callable[[Any], Any]:
-    def build(base: Any) -> Any:
+def _vtg(**prompts: Any) -> Callable[..., Any]:
+    def build(base: Any, **overrides: Any) -> Any:
         from peft import get_peft_model
 
         from peft_vtg import VTGPromptConfig
 
-        return get_peft_model(base, VTGPromptConfig(**prompts, **HEAD))
+        return get_peft_model(base, VTGPromptConfig(**prompts, **HEAD, **overrides))
 
     return build
 
 
-def _lora(base: Any) -> Any:
+def _lora(base: Any, **overrides: Any) -> Any:
     """PEFT's LoRA (rank 4) on the query and value projections of both towers, plus the head."""
     from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 
     from peft_vtg import VTGPromptConfig
 
     base = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]), base)
-    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=0, **HEAD))
+    model = get_peft_model(base, VTGPromptConfig(num_video_tokens=0, num_text_tokens=0, **HEAD, **overrides))
     for name, param in model.named_parameters():
         if "lora_" in name:  # get_peft_model froze everything but the VTG adapter
             param.requires_grad = True
     return model
 
 
-def _full(base: Any) -> Any:
-    model = _vtg(num_video_tokens=0, num_text_tokens=0)(base)
+def _full(base: Any, **overrides: Any) -> Any:
+    model = _vtg(num_video_tokens=0, num_text_tokens=0)(base, **overrides)
     for param in model.parameters():
         param.requires_grad = True
     return model
@@ -185,6 +189,9 @@ def _data(settings: Settings):
     data = SynthVTG(seed=settings.data_seed, domain=settings.domain, num_videos={
         "train": settings.train_videos, "val": settings.val_videos, "test": settings.test_videos})
     splits, videos = data.splits()
+    if not settings.saliency:
+        splits = {name: rows.remove_columns(["relevant_clip_ids", "saliency_scores", "clip_length"])
+                  for name, rows in splits.items()}
     return splits, GroundingCollator(tokenizer, FrameSource(videos, num_frames=settings.frames)), tokenizer
 
 
@@ -266,7 +273,7 @@ def train_and_evaluate(method: Method, lr: float, seed: int, settings: Settings,
     torch.manual_seed(seed)
     base = load_backbone()[0]
     base_parameters = sum(p.numel() for p in base.parameters())
-    model = method.build(base)
+    model = method.build(base, predict_saliency=settings.saliency)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     started = time.time()
     with tempfile.TemporaryDirectory() as output_dir:
@@ -569,6 +576,8 @@ def report(args: argparse.Namespace) -> None:
         return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
     columns = ["R1@0.3", "R1@0.5", "R1@0.7", "R5@0.5", "mIoU"]
+    if settings.saliency:  # Moment-DETR's mAP and the highlight metrics (issue 14)
+        columns += ["MR-full-mAP", "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1"]
     budgeted = settings.budget_seconds > 0
     lines = ["| method | lr | seeds | " + ("steps | " if budgeted else "") + " | ".join(columns)
              + " | trainable (% of base) | adapter bytes | "
@@ -667,6 +676,14 @@ def plot(args: argparse.Namespace) -> None:
     print("\n".join(written))
 
 
+def _flag_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**{k: getattr(args, k) for k in asdict(Settings())})
 
@@ -693,7 +710,8 @@ def main() -> None:
                         help="torch threads (default: torch's choice); the paces record it and `run` must match")
     parser.add_argument("--one-method", default=None, help=argparse.SUPPRESS)
     for key, value in asdict(Settings()).items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
+        kind = _flag_bool if isinstance(value, bool) else type(value)  # bool("False") would be True
+        parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=value, help=f"default {value}")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

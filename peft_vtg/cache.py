@@ -586,7 +586,8 @@ class CachedVideoStates:
         dims = 3 if self.feature_layers == 1 else 4
         if states.dim() != dims or states.shape[0] != entry["frames"] or (
                 dims == 4 and states.shape[1] != self.feature_layers):
-            layout = "(frames, tokens, hidden)" if dims == 3 else f"(frames, {self.feature_layers} layers, tokens, hidden)"
+            layout = ("(frames, tokens, hidden)" if dims == 3
+                      else f"(frames, {self.feature_layers} layers, tokens, hidden)")
             raise ValueError(f"The cache shard {path} holds shape {tuple(states.shape)} for video {vid!r}, but the "
                              f"manifest says {entry['frames']} frames {layout}; rebuild the cache.")
         return states

@@ -50,7 +50,8 @@ def _score(args: argparse.Namespace) -> int:
     ground_truth = _read_annotations(args, args.ground_truth)
     submission = read_submission(args.predictions)
     # Rows the ground-truth reader dropped (dirty annotations) are not scored; their predictions are set aside.
-    dropped = set(read_report(ground_truth).get("dropped_qids", [])) & (set(submission.windows) | set(submission.saliency))
+    predicted = set(submission.windows) | set(submission.saliency)
+    dropped = set(read_report(ground_truth).get("dropped_qids", [])) & predicted
     if dropped:
         print(f"note: ignoring the predictions of {len(dropped)} queries whose ground-truth rows were dropped: "
               f"{sorted(dropped)[:10]}{' ...' if len(dropped) > 10 else ''}", file=sys.stderr)
@@ -465,8 +466,11 @@ def _train(args: argparse.Namespace) -> int:
     # random numbers, so the adapter's initial weights still follow the seed.)
     train_rows = _read_annotations(args, args.train_annotations)
     eval_rows = _read_annotations(args, args.eval_annotations) if args.eval_annotations else None
-    model, tokenizer, base_name = _load_model(args, trainable=True,
-                                              config_settings=_settings(args, _config_field_names()))
+    config_settings = _settings(args, _config_field_names())
+    if config_settings.get("predict_saliency") is None and not args.adapter:
+        # Auto: a saliency head where the training data has highlight labels to train it (QVHighlights).
+        config_settings["predict_saliency"] = any(row.get("relevant_clip_ids") for row in train_rows)
+    model, tokenizer, base_name = _load_model(args, trainable=True, config_settings=config_settings)
     source, num_frames, described = _video_setup(args, model)
     for rows in (train_rows, eval_rows):
         if rows is not None:
@@ -544,13 +548,24 @@ def _predict(args: argparse.Namespace) -> int:
     if args.num_frames is not None and args.fps is not None:
         raise ValueError("Give at most one of --num-frames and --fps (how to sample the video).")
     model, tokenizer, _ = _load_model(args, trainable=False)
-    moments = ground(model, args.video, args.query, tokenizer=tokenizer, num_frames=args.num_frames, fps=args.fps,
-                     image_size=args.image_size, top_k=args.top_k, nms_threshold=args.nms_threshold)
+    result = ground(model, args.video, args.query, tokenizer=tokenizer, num_frames=args.num_frames, fps=args.fps,
+                    image_size=args.image_size, top_k=args.top_k, nms_threshold=args.nms_threshold,
+                    return_saliency=args.saliency)
+    moments = result.moments if args.saliency else result
+    as_dicts = [{"start": s, "end": e, "score": p} for s, e, p in moments]
     if args.json:
-        print(json.dumps([{"start": s, "end": e, "score": p} for s, e, p in moments], allow_nan=False))
+        output: Any = as_dicts
+        if args.saliency:
+            clips = [{"start": s, "end": e, "score": p} for s, e, p in result.saliency]
+            output = {"moments": as_dicts, "saliency": clips}
+        print(json.dumps(output, allow_nan=False))
     else:
         for start, end, score in moments:
             print(f"{start:8.2f} s  {end:8.2f} s  score {score:.3f}")
+        if args.saliency:
+            print("saliency per clip (logit; higher = more of a highlight):")
+            for start, end, score in result.saliency:
+                print(f"{start:8.2f} s  {end:8.2f} s  {score:+.3f}")
     return 0
 
 
@@ -685,6 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "encoder's)")
     predict.add_argument("--top-k", type=_positive_int, default=5, help="moments to print (default: 5)")
     predict.add_argument("--nms-threshold", type=_optional(_iou), default=0.5, help="NMS IoU (default: 0.5)")
+    predict.add_argument("--saliency", action="store_true",
+                         help="also print the highlight score of every 2-second clip (adapters trained with a "
+                         "saliency head); with --json the output becomes {\"moments\": [...], \"saliency\": [...]}")
     predict.add_argument("--json", action="store_true", help="print a JSON list")
     predict.set_defaults(run=_predict)
 
@@ -768,8 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
         "QVHighlights submission format that Moment-DETR and lighthouse write, JSON lines {\"qid\", "
         "\"pred_relevant_windows\": [[start, end, score], ...] (scores optional: then ranked as listed), "
         "\"pred_saliency_scores\": [one per 2-s clip] (optional)}; peft_vtg's older \"pred_windows\" works too. "
-        "Ground truth: JSON lines {\"qid\", \"duration\", \"windows\"}, QVHighlights files (highlight_val_release.jsonl, "
-        "highlight_test_with_gt.jsonl), or a native annotation file (Charades-STA .txt with --durations, ActivityNet "
+        "Ground truth: JSON lines {\"qid\", \"duration\", \"windows\"}, QVHighlights files "
+        "(highlight_val_release.jsonl, highlight_test_with_gt.jsonl), or a native annotation file (Charades-STA .txt with --durations, ActivityNet "
         "Captions / TACoS .json); native files get qids '<vid>_<k>' (k = the pair's index within its video). "
         "Predictions for rows the ground-truth reader drops are set aside with a note.",
     )

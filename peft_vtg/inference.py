@@ -12,6 +12,7 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -31,6 +32,7 @@ from .data.video import (
     warn_duration_mismatches,
 )
 from .heads.decoding import Moment, decode_moments
+from .timeline import frame_scores_to_clips
 from .vtg_prompt.model import VTGPromptModel
 
 VideoInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -125,7 +127,9 @@ def ground(
     nms_threshold: Optional[float] = 0.5,
     max_span_seconds: Optional[float] = None,
     max_text_length: Optional[int] = None,
-) -> Union[list[Moment], list[list[Moment]]]:
+    return_saliency: bool = False,
+    clip_length: float = 2.0,
+) -> Union[list[Moment], list[list[Moment]], "GroundingResult", list["GroundingResult"]]:
     """Find the moments that `query` describes in `video`, as `(start_s, end_s, score)`, best first.
 
     Args:
@@ -142,14 +146,26 @@ def ground(
             normalisation); see `peft_vtg.data.preprocess_frames`.
         top_k, nms_threshold, max_span_seconds: see `peft_vtg.heads.decode_moments`.
         max_text_length: truncate queries to this many tokens.
+        return_saliency: also return the highlight score of every clip (adapters with `predict_saliency`).
+        clip_length: seconds per saliency clip (2, QVHighlights' clips).
 
     Returns:
-        For a single video and a single query, its list of moments; otherwise one list per (video, query) pair.
+        For a single video and a single query, its list of moments; otherwise one list per (video, query) pair. With
+        `return_saliency`, a `GroundingResult` (moments, and per clip `(start_s, end_s, score)`) in place of each
+        list.
     """
     tuner = _tuner(model)
     layer, _ = tuner._feature_spec()
     check_tokenizer(tokenizer)
     _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
+    if not isinstance(return_saliency, bool):
+        raise ValueError(f"return_saliency must be True or False, got {return_saliency!r}.")
+    if return_saliency:
+        check_positive_seconds(clip_length, "clip_length")
+        heads = [tuner._heads_of(name) for name in layer._call_adapters()]
+        if not all(hasattr(head.grounding, "saliency_head") for head in heads):
+            raise ValueError("return_saliency=True needs an adapter trained with a saliency head "
+                             "(VTGPromptConfig(predict_saliency=True), on data with highlight labels).")
     videos, single_video = _split_videos(video)
     if isinstance(query, str):
         queries, single_query = [query], True
@@ -230,4 +246,28 @@ def ground(
         out.start_logits.cpu(), out.end_logits.cpu(), [float(d) for d in durations], frame_mask,
         top_k=top_k, max_span_seconds=max_span_seconds, nms_threshold=nms_threshold,
     )
+    if return_saliency:
+        logits = out.saliency_logits.float().cpu()
+        results = []
+        for row, row_moments in enumerate(moments):
+            seconds = float(durations[row])
+            scores = frame_scores_to_clips(logits[row, : int(frame_mask[row].sum())].tolist(), seconds, clip_length)
+            clips = [(k * clip_length, min((k + 1) * clip_length, seconds), score) for k, score in enumerate(scores)]
+            results.append(GroundingResult(moments=row_moments, saliency=clips))
+        return results[0] if single_video and single_query else results
     return moments[0] if single_video and single_query else moments
+
+
+@dataclass
+class GroundingResult:
+    """What `ground(..., return_saliency=True)` returns per (video, query) pair.
+
+    Attributes:
+        moments: `(start_s, end_s, score)`, best first.
+        saliency: per clip of `clip_length` seconds from the video's start, `(start_s, end_s, score)`; the score is
+            the saliency head's logit (higher = more of a highlight for the query), the clips' overlap-weighted mean
+            of the per-frame logits (`peft_vtg.timeline.frame_scores_to_clips`).
+    """
+
+    moments: list[Moment]
+    saliency: list[tuple[float, float, float]]

@@ -199,7 +199,8 @@ def test_submission_files_of_other_tools_are_read(tmp_path):
         {"qid": 3, "query": "x", "vid": "v", "pred_relevant_windows": [[0, 2, 0.5], [4, 6, 0.9]],
          "pred_saliency_scores": [0.1, 0.2]}]))
     assert scored.windows == {"3": [[0, 2, 0.5], [4, 6, 0.9]]} and scored.saliency == {"3": [0.1, 0.2]}
-    unscored = read_submission(write_lines(tmp_path / "b.jsonl", [{"qid": "a", "pred_relevant_windows": [[4, 6], [0, 2]]}]))
+    unscored = read_submission(write_lines(tmp_path / "b.jsonl",
+                                           [{"qid": "a", "pred_relevant_windows": [[4, 6], [0, 2]]}]))
     assert unscored.windows == {"a": [[4, 6, 2.0], [0, 2, 1.0]]} and not unscored.scored
     only_saliency = read_submission(write_lines(tmp_path / "c.jsonl", [{"qid": 1, "pred_saliency_scores": [1, 2]}]))
     assert only_saliency.windows == {} and only_saliency.saliency == {"1": [1.0, 2.0]}
@@ -249,3 +250,103 @@ def test_score_reads_submissions_ranks_as_listed_and_sets_dropped_rows_aside(tmp
     assert main(["score", "--predictions", submission, "--ground-truth", truth, "--rank-as-listed",
                  "--nms-threshold", "0.5"]) == 2
     assert "Give one of the two" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the head inside adapters, the CLI, SynthVTG
+@pytest.fixture(scope="module")
+def highlight_workspace(tmp_path_factory):
+    """The coloured-light workspace with QVHighlights-style labels: the clips of 2 s while the light is on."""
+    pytest.importorskip("av")
+    from tiny_models import tiny_clip, write_light_workspace
+
+    root = tmp_path_factory.mktemp("highlights")
+    torch.manual_seed(0)
+    write_light_workspace(root, tiny_clip(), num_videos=6)
+    lines = []
+    for line in (root / "ann.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        start, end = row["relevant_windows"][0]
+        clips = list(range(int(start // 2), int(math.ceil(end / 2))))
+        lines.append({**row, "relevant_clip_ids": clips, "saliency_scores": [[4, 3, 4]] * len(clips)})
+    write_lines(root / "ann.jsonl", lines)
+    return root
+
+
+def test_cli_trains_scores_and_predicts_highlights(highlight_workspace, tmp_path, capsys):
+    from peft_vtg.cli import main
+
+    root = highlight_workspace
+    video = ["--video-dir", str(root / "videos"), "--num-frames", "8", "--image-size", "32"]
+    assert main(["train", "--base-model", str(root / "base"), "--train-annotations", str(root / "ann.jsonl"), *video,
+                 "--max-steps", "3", "--per-device-train-batch-size", "3", "--head-hidden-size", "16",
+                 "--head-num-attention-heads", "2", "--head-num-layers", "1", "--num-video-tokens", "0",
+                 "--disable-tqdm", "true", "--output-dir", str(tmp_path / "adapter")]) == 0
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["predict_saliency"] is True  # auto: the training rows have highlight labels
+    capsys.readouterr()
+    predictions = tmp_path / "sub.jsonl"
+    assert main(["evaluate", "--adapter", str(tmp_path / "adapter"), "--annotations", str(root / "ann.jsonl"), *video,
+                 "--predictions-out", str(predictions), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert {"MR-full-mAP", "MR-full-R1@0.5", "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1"} <= set(evaluated)
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [line["qid"] for line in lines] == [f"q{i}" for i in range(6)]
+    assert all(len(line["pred_saliency_scores"]) == 4 and len(line["pred_relevant_windows"]) <= 10 for line in lines)
+    assert main(["score", "--predictions", str(predictions), "--ground-truth", str(root / "ann.jsonl"), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    for key in ("R1@0.5", "mIoU", "MR-full-mAP", "HL-min-VeryGood-mAP", "HL-min-Fair-Hit1"):
+        assert scored[key] == pytest.approx(evaluated[key]), key
+    assert main(["predict", "--adapter", str(tmp_path / "adapter"), "--video", str(root / "videos" / "v0.mp4"),
+                 "--query", "the red light turns on", "--num-frames", "8", "--image-size", "32", "--saliency",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(c["start"], c["end"]) for c in out["saliency"]] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert 1 <= len(out["moments"]) <= 5
+
+
+def test_saliency_head_in_adapters_ground_and_a_warning_without_it(highlight_workspace, tmp_path):
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModel
+
+    from peft_vtg import VTGPromptConfig, ground
+    from peft_vtg.data import VideoFiles
+    from peft_vtg.training import VTGTrainingArguments, train
+    from tiny_models import tiny_tokenizer
+
+    root = highlight_workspace
+    rows = list(load_annotations(root / "ann.jsonl"))
+    collate = GroundingCollator(tiny_tokenizer(), VideoFiles(root / "videos", num_frames=8, image_size=32))
+    head = dict(head_hidden_size=16, head_num_attention_heads=2, head_num_layers=1, num_video_tokens=0)
+    plain = get_peft_model(AutoModel.from_pretrained(root / "base"), VTGPromptConfig(**head))
+    assert plain.peft_config["default"].predict_saliency is False  # None resolves to False in Python
+    args = VTGTrainingArguments(output_dir=str(tmp_path / "plain"), max_steps=1, per_device_train_batch_size=3,
+                                disable_tqdm=True)
+    with pytest.warns(UserWarning, match="highlight labels .* no saliency head"):
+        train(plain, rows, collate, args)
+    model = get_peft_model(AutoModel.from_pretrained(root / "base"), VTGPromptConfig(predict_saliency=True, **head))
+    out = model.forward_grounding(**collate(rows[:3]))
+    assert out.saliency_logits.shape == (3, 8) and "saliency_loss" in out.loss_terms
+    out.loss.backward()
+    assert model.base_model._heads_of("default").grounding.saliency_head.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "saved")
+    loaded = PeftModel.from_pretrained(AutoModel.from_pretrained(root / "base"), tmp_path / "saved")
+    result = ground(loaded, str(root / "videos" / "v1.mp4"), "the green light turns on", tiny_tokenizer(),
+                    num_frames=8, image_size=32, return_saliency=True)
+    assert [clip[:2] for clip in result.saliency] == [(0, 2), (2, 4), (4, 6), (6, 8)] and result.moments
+    with pytest.raises(ValueError, match="return_saliency=True needs an adapter trained with a saliency head"):
+        ground(plain, str(root / "videos" / "v1.mp4"), "the green light", tiny_tokenizer(), num_frames=8,
+               image_size=32, return_saliency=True)
+
+
+def test_synthvtg_rows_carry_highlight_labels_from_their_events():
+    from peft_vtg.synth import SynthVTG
+    from peft_vtg.synth.dataset import highlight_labels
+
+    assert highlight_labels([3.0, 7.0], 20.0) == ([1, 2, 3], [[2.0, 1.0, 1.0], [4.0, 4.0, 4.0], [2.0, 1.0, 1.0]])
+    rows, _ = SynthVTG(num_videos={"train": 3, "val": 1, "test": 1}).split("train")
+    for row in rows:
+        ids, scores = row["relevant_clip_ids"], row["saliency_scores"]
+        start, end = row["windows"][0]
+        assert ids == list(range(int(start // 2), int(math.ceil(end / 2)))) and len(scores) == len(ids)
+        middle = max(scores, key=lambda s: s[0])
+        assert middle[0] == 4 and all(0 <= v <= 4 for s in scores for v in s)

@@ -11,11 +11,13 @@ ALLOWED = {
     "files": set(),
     "injection": {"timeline", "vtg_prompt"},  # vtg_prompt only for the config type, under TYPE_CHECKING
     "heads": {"timeline"},
-    "metrics": {"timeline"},
+    "moment_detr_eval": set(),  # Moment-DETR's metrics, standalone like the evaluator they reproduce
+    "metrics": {"timeline", "moment_detr_eval"},
     "data": {"timeline"},
     "vtg_prompt": {"timeline", "injection", "heads"},
     "inference": {"timeline", "heads", "data", "vtg_prompt"},
-    "training": {"timeline", "files", "heads", "data", "metrics", "vtg_prompt"},
+    "training": {"timeline", "files", "heads", "data", "metrics", "moment_detr_eval", "vtg_prompt"},
+    "submission": {"data", "metrics", "moment_detr_eval"},
     "hub": {"files", "metrics"},
     "cache": {"timeline", "files", "injection", "data"},
     "baselines": {"timeline", "heads"},

@@ -283,7 +283,8 @@ class _RowPolicy:
         id (all of one length), a clip length > 0 (seconds)."""
         clip_length = _number(given.get("clip_length"))
         if clip_length is None or not math.isfinite(clip_length) or clip_length <= 0:
-            self.error(where, f"'clip_length' must be a finite number of seconds > 0, got {given.get('clip_length')!r}.")
+            self.error(where, f"'clip_length' must be a finite number of seconds > 0, got "
+                              f"{given.get('clip_length')!r}.")
         ids, scores = given.get("relevant_clip_ids"), given.get("saliency_scores")
         if (ids is None) != (scores is None):
             present, absent = ("relevant_clip_ids", "saliency_scores") if scores is None else (

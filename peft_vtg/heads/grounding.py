@@ -268,7 +268,9 @@ class GroundingHead(nn.Module):
         return logits.masked_fill(frame_mask == 0, torch.finfo(logits.dtype).min)
 
 
-def saliency_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+def saliency_loss(
+    logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, margin: float = 0.2
+) -> torch.Tensor:
     """Margin ranking loss of highlight detection (Moment-DETR's, over every pair instead of sampled ones): for each
     row and each pair of frames with known targets where frame i is more salient than frame j (in-moment against
     out-of-moment frames, and frames of different saliency inside it), `relu(margin - (logit_i - logit_j))`, averaged

@@ -10,14 +10,44 @@ import datasets
 import numpy as np
 import torch
 
-from ..data.annotations import MOMENT_FEATURES
+from ..data.annotations import HIGHLIGHT_FEATURES, QVHIGHLIGHTS_CLIP_SECONDS
 from ..data.video import CLIP_MEAN, CLIP_STD, preprocess_frames
 from .generator import FRAME_SIZE, SynthVideo, generate_clip, generate_video, held_out_combinations, render_domain
 from .text import describe
 
 SPLITS = ("train", "val", "test")
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000, "pretrain": 3_000_000}
-SYNTH_FEATURES = datasets.Features({**MOMENT_FEATURES, "held_out": datasets.Value("bool")})
+SYNTH_FEATURES = datasets.Features({**HIGHLIGHT_FEATURES, "held_out": datasets.Value("bool")})
+# How sharply each of the three simulated annotators prefers the middle of an event (see `highlight_labels`).
+ANNOTATOR_PEAKS = (0.25, 0.5, 0.75)
+
+
+def highlight_labels(window: list[float], duration: float, clip_length: float = QVHIGHLIGHTS_CLIP_SECONDS,
+                     ) -> tuple[list[int], list[list[float]]]:
+    """QVHighlights-style highlight labels of a queried event spanning `window` (seconds): the clips of
+    `clip_length` seconds that overlap it, each scored 0..4 by three simulated annotators.
+
+    Annotator `a` gives clip c `4 * inside * (1 - peak_a * distance)`, rounded half up: `inside` is the fraction
+    of the clip within the event, `distance` how far the clip's centre lies from the event's centre, in
+    half-lengths of the event (0 at the centre, 1 at its edges), and `peak_a` in `ANNOTATOR_PEAKS`. The middle of
+    an action shows it best, partly covered clips less, and the annotators agree on the order but not on the
+    grades, as real ones do.
+    """
+    start, end = window
+    centre, half = (start + end) / 2, max((end - start) / 2, 1e-9)
+    ids, scores = [], []
+    last = int(np.ceil(min(end, duration) / clip_length - 1e-9))
+    for clip in range(int(start // clip_length), max(last, int(start // clip_length) + 1)):
+        low, high = clip * clip_length, min((clip + 1) * clip_length, duration)
+        if high <= low:
+            continue
+        inside = max(0.0, min(high, end) - max(low, start)) / (high - low)
+        if inside <= 0:
+            continue
+        distance = min(1.0, abs((low + high) / 2 - centre) / half)
+        ids.append(clip)
+        scores.append([float(np.floor(4 * inside * (1 - peak * distance) + 0.5)) for peak in ANNOTATOR_PEAKS])
+    return ids, scores
 
 
 def pixel_values(frames: np.ndarray) -> torch.Tensor:
@@ -78,7 +108,8 @@ class SynthVTG:
         return self.seed * 10_000_019 + _SPLIT_OFFSET[split] + index
 
     def split(self, name: str) -> tuple[datasets.Dataset, dict[str, SynthVideo]]:
-        """Rows (`qid, vid, query, duration, windows, held_out`) and the generated videos by vid.
+        """Rows (`qid, vid, query, duration, windows, held_out`, and the highlight labels `relevant_clip_ids`,
+        `saliency_scores`, `clip_length` of `highlight_labels`) and the generated videos by vid.
 
         Train and val videos never contain a held-out (colour, shape, action) event; test videos may, and their
         queries favour those events (`held_out` marks them).
@@ -103,6 +134,10 @@ class SynthVTG:
                 rows["duration"].append(video.duration)
                 rows["windows"].append([video.window(event)])
                 rows["held_out"].append(video.triple(event) in self.held_out)
+                clip_ids, saliency = highlight_labels(video.window(event), video.duration)
+                rows["relevant_clip_ids"].append(clip_ids)
+                rows["saliency_scores"].append(saliency)
+                rows["clip_length"].append(QVHIGHLIGHTS_CLIP_SECONDS)
         return datasets.Dataset.from_dict(rows, features=SYNTH_FEATURES), videos
 
     def splits(self) -> tuple[dict[str, datasets.Dataset], dict[str, SynthVideo]]:

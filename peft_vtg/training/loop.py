@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, TypeVar
@@ -166,6 +167,7 @@ def train(
     """
     if args.report_to == "tensorboard" and not is_tensorboard_available():
         raise ValueError("report_to='tensorboard' needs tensorboard: pip install tensorboard (or report_to='none').")
+    _warn_unused_highlight_labels(model, train_dataset)
     _allow_new_precision(args.mixed_precision)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # matching heads may skip a batch
     accelerator = Accelerator(
@@ -183,6 +185,19 @@ def train(
         return _train(accelerator, model, train_dataset, collator, args, eval_dataset, callbacks, data_fingerprint)
     finally:
         lock.release()
+
+
+def _warn_unused_highlight_labels(model: torch.nn.Module, rows: Sequence[dict]) -> None:
+    """Warn when the training rows carry highlight labels (QVHighlights) that no adapter of `model` learns from."""
+    configs = getattr(model, "peft_config", {})
+    if any(getattr(config, "predict_saliency", False) for config in configs.values()):
+        return
+    sample = (rows[index] for index in range(min(len(rows), 100)))
+    if any(isinstance(row, Mapping) and row.get("relevant_clip_ids") for row in sample):
+        warnings.warn("The training rows have highlight labels (relevant_clip_ids / saliency_scores), but the adapter "
+                      "has no saliency head, so highlight detection is not learnt. Create the adapter with "
+                      "VTGPromptConfig(predict_saliency=True) to train it (peft-vtg train does so by default).",
+                      stacklevel=3)
 
 
 def _train(
