@@ -343,10 +343,12 @@ def test_synthvtg_rows_carry_highlight_labels_from_their_events():
     from peft_vtg.synth.dataset import highlight_labels
 
     assert highlight_labels([3.0, 7.0], 20.0) == ([1, 2, 3], [[2.0, 1.0, 1.0], [4.0, 4.0, 4.0], [2.0, 1.0, 1.0]])
+    assert highlight_labels([95.0, 99.5], 99.5)[0] == [47, 48]  # clip 49 would be the 1.5 s tail
     rows, _ = SynthVTG(num_videos={"train": 3, "val": 1, "test": 1}).split("train")
     for row in rows:
         ids, scores = row["relevant_clip_ids"], row["saliency_scores"]
         start, end = row["windows"][0]
-        assert ids == list(range(int(start // 2), int(math.ceil(end / 2)))) and len(scores) == len(ids)
+        whole_clips = int(row["duration"] / 2)  # a tail shorter than a clip has no label, as in QVHighlights
+        assert ids == list(range(int(start // 2), min(int(math.ceil(end / 2)), whole_clips))) and len(scores) == len(ids)
         middle = max(scores, key=lambda s: s[0])
         assert middle[0] == 4 and all(0 <= v <= 4 for s in scores for v in s)

@@ -24,7 +24,7 @@ ANNOTATOR_PEAKS = (0.25, 0.5, 0.75)
 
 def highlight_labels(window: list[float], duration: float, clip_length: float = QVHIGHLIGHTS_CLIP_SECONDS,
                      ) -> tuple[list[int], list[list[float]]]:
-    """QVHighlights-style highlight labels of a queried event spanning `window` (seconds): the clips of
+    """QVHighlights-style highlight labels of a queried event spanning `window` (seconds): the whole clips of
     `clip_length` seconds that overlap it, each scored 0..4 by three simulated annotators.
 
     Annotator `a` gives clip c `4 * inside * (1 - peak_a * distance)`, rounded half up: `inside` is the fraction
@@ -36,11 +36,11 @@ def highlight_labels(window: list[float], duration: float, clip_length: float = 
     start, end = window
     centre, half = (start + end) / 2, max((end - start) / 2, 1e-9)
     ids, scores = [], []
-    last = int(np.ceil(min(end, duration) / clip_length - 1e-9))
-    for clip in range(int(start // clip_length), max(last, int(start // clip_length) + 1)):
-        low, high = clip * clip_length, min((clip + 1) * clip_length, duration)
-        if high <= low:
-            continue
+    # Whole clips only, as QVHighlights counts them (int(duration / clip_length)); a tail shorter than a clip has
+    # no label, as Moment-DETR's evaluator assumes.
+    last = min(int(np.ceil(end / clip_length - 1e-9)), int(duration / clip_length))
+    for clip in range(int(start // clip_length), last):
+        low, high = clip * clip_length, (clip + 1) * clip_length
         inside = max(0.0, min(high, end) - max(low, start)) / (high - low)
         if inside <= 0:
             continue
