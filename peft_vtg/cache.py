@@ -52,7 +52,7 @@ from .injection import (
     video_tower_weights_sha256,
 )
 from .injection.spec import BoundSpec
-from .injection.tower import check_video_tower
+from .injection.tower import check_num_layers, check_video_tower
 
 # While building, the manifest is rewritten at most this often (each rewrite holds every video so far, so once per
 # batch would cost time quadratic in the number of videos). The shards' own headers are the record a resume reads;
@@ -132,9 +132,7 @@ def model_settings(bound: BoundSpec, layer: int, feature_layers: int = 1) -> dic
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= total:
         raise ValueError(f"layer must be a whole number in 0..{total}: the video layer whose input is cached ({total} "
                          f"= the final hidden states of the {total}-layer video tower), got {layer!r}.")
-    if isinstance(feature_layers, bool) or not isinstance(feature_layers, int) or not 1 <= feature_layers <= total:
-        raise ValueError(f"feature_layers must be a whole number in 1..{total} (the video tower's layers), got "
-                         f"{feature_layers!r}.")
+    check_num_layers(bound, feature_layers, "feature_layers")
     if feature_layers > 1 and layer != total:
         raise ValueError(
             f"feature_layers={feature_layers} stores the outputs of the last {feature_layers} layers, which only a "

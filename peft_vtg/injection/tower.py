@@ -78,6 +78,16 @@ def _check_layer(bound: BoundSpec, layer: Any) -> int:
     return layer
 
 
+def check_num_layers(bound: BoundSpec, num_layers: Any, name: str = "num_layers") -> int:
+    """`num_layers`, a count of the video tower's last layers, checked to be a whole number in 1..L; the error
+    names the field (`name`)."""
+    total = num_video_layers(bound)
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
+        raise ValueError(f"{name} must be a whole number in 1..{total} (the video tower has {total} layers), got "
+                         f"{num_layers!r}.")
+    return num_layers
+
+
 def video_tower_input(bound: BoundSpec, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
     """The hidden states entering video layer `layer` (its last layer's output for `layer = L`).
 
@@ -193,9 +203,7 @@ def run_video_tower_layers(
     layer = _check_layer(bound, layer)
     layers = bound.video.layers
     total = len(layers)
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
-        raise ValueError(f"num_layers must be a whole number in 1..{total} (the video tower has {total} layers), got "
-                         f"{num_layers!r}.")
+    num_layers = check_num_layers(bound, num_layers)
     reference = next(layers.parameters(), None)
     hidden = hidden_states
     if reference is not None:
@@ -266,9 +274,7 @@ def video_tower_outputs(bound: BoundSpec, pixel_values: torch.Tensor, num_layers
     """
     check_video_tower(bound)
     total = num_video_layers(bound)
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
-        raise ValueError(f"feature_layers must be a whole number in 1..{total} (the video tower has {total} layers), "
-                         f"got {num_layers!r}.")
+    num_layers = check_num_layers(bound, num_layers, "feature_layers")
     tokens = bound.spec.video_tower.pooled_tokens
     layers = bound.video.layers
 

@@ -18,6 +18,7 @@ from ..injection.spec import BoundSpec
 from ..injection.tower import (
     available_layer_outputs,
     captured_layer_outputs,
+    check_num_layers,
     check_video_tower,
     num_video_layers,
     run_video_tower_layers,
@@ -314,9 +315,7 @@ class VTGPromptModel(BaseTuner):
         bound = layer.bound
         check_video_tower(bound)
         total = num_video_layers(bound)
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= total:
-            raise ValueError(f"num_layers must be a whole number in 1..{total} (the video tower's layers), got "
-                             f"{num_layers!r}.")
+        check_num_layers(bound, num_layers)
         batch, frames = pixel_values.shape[:2]
         with captured_layer_outputs(bound, layer.injector, range(total - num_layers, total - 1)) as earlier:
             last = features.video_frames(bound.root, pixel_values)  # (batch, frames, video_dim)
