@@ -775,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--domain", default="plain", choices=("cluttered", "plain"),
                       help="how the videos look: plain (as in the backbone's pre-training) or cluttered (a domain "
                            "shift: busy coloured backgrounds, stronger noise)")
+    demo.add_argument("--highlights", action="store_true",
+                      help="also train a saliency head on SynthVTG's highlight labels and report highlight detection "
+                      "(HL-mAP, HL-Hit1); it costs 1-3 points of R1@0.5 at this budget (BENCHMARKS.md)")
     demo.add_argument("--json", action="store_true", help="print only the test metrics, as one JSON object")
     demo.set_defaults(run=_demo)
     score = commands.add_parser(

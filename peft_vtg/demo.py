@@ -6,6 +6,7 @@ VTGPromptConfig, train with the accelerate loop (best adapter on val), reload th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -57,12 +58,15 @@ def run_demo(
     domain: str = "plain",
     config: Optional[VTGPromptConfig] = None,
     disable_tqdm: bool = False,
+    highlights: bool = False,
 ) -> DemoResult:
     """Run the demo and return its numbers; the adapter (best on val R1@0.5) is saved in `output_dir`.
 
     `learning_rate` is the prompts' peak rate and `head_learning_rate` the head's (None: the same), the rates the
     benchmark chose on val for `vtg-video`. `domain` is how the SynthVTG videos look: "plain", as in the backbone's
-    pre-training, or "cluttered", a domain shift (see `peft_vtg.synth.generator.DOMAINS`).
+    pre-training, or "cluttered", a domain shift (see `peft_vtg.synth.generator.DOMAINS`). `highlights` also
+    trains a saliency head on SynthVTG's highlight labels (`predict_saliency=True`), and the metrics then include
+    highlight detection; without it the labels are dropped from the rows.
     """
     from peft import PeftModel, get_peft_model
 
@@ -72,9 +76,15 @@ def run_demo(
     data = SynthVTG(seed=seed, domain=domain,
                     num_videos={"train": train_videos, "val": val_videos, "test": test_videos})
     splits, videos = data.splits()
+    if not highlights:
+        splits = {name: rows.remove_columns(["relevant_clip_ids", "saliency_scores", "clip_length"])
+                  for name, rows in splits.items()}
     collator = GroundingCollator(tokenizer, FrameSource(videos, num_frames=DEMO_FRAMES))
 
-    model = get_peft_model(base, config or demo_config())
+    config = config or demo_config()
+    if highlights:
+        config = dataclasses.replace(config, predict_saliency=True)
+    model = get_peft_model(base, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     args = VTGTrainingArguments(
         output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=batch_size,
@@ -126,6 +136,6 @@ def demo_main(args: Any) -> int:
     result = run_demo(output_dir=args.output_dir, train_videos=args.train_videos, val_videos=args.val_videos,
                       test_videos=args.test_videos, max_steps=args.max_steps, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, head_learning_rate=args.head_learning_rate, seed=args.seed,
-                      domain=args.domain, disable_tqdm=args.json)
+                      domain=args.domain, disable_tqdm=args.json, highlights=args.highlights)
     print(json.dumps(result.metrics) if args.json else report(result))
     return 0

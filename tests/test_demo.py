@@ -52,6 +52,15 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     assert metrics["num_queries"] == 8 and 0.0 <= metrics["mIoU"] <= 100.0
     assert (tmp_path / "demo" / "adapter_model.safetensors").exists()
     assert (tmp_path / "demo" / "metrics.json").exists()
+    assert "HL-min-VeryGood-mAP" not in metrics
+
+
+def test_demo_with_highlights_reports_highlight_detection(tmp_path, capsys):
+    code = main(["demo", "--output-dir", str(tmp_path / "demo"), "--train-videos", "8", "--val-videos", "3",
+                 "--test-videos", "4", "--max-steps", "2", "--batch-size", "4", "--highlights"])
+    out = capsys.readouterr().out
+    assert code == 0 and "HL-min-VeryGood-mAP" in out and "MR-full-mAP" in out
+    assert json.loads((tmp_path / "demo" / "adapter_config.json").read_text())["predict_saliency"] is True
 
 
 def test_cli_demo_defaults_are_run_demos():

@@ -352,3 +352,18 @@ def test_synthvtg_rows_carry_highlight_labels_from_their_events():
         assert ids == list(range(int(start // 2), min(int(math.ceil(end / 2)), whole_clips))) and len(scores) == len(ids)
         middle = max(scores, key=lambda s: s[0])
         assert middle[0] == 4 and all(0 <= v <= 4 for s in scores for v in s)
+
+
+def test_decoding_ten_moments_leaves_r1_and_r5_as_with_five():
+    """`evaluate --top-k` now defaults to 10 (what Moment-DETR's mAP reads): greedy NMS makes the first five of ten
+    the five, so R@1 and R@5 do not move."""
+    from peft_vtg.heads import decode_moments
+    from peft_vtg.metrics import evaluate_moments
+
+    generator = torch.Generator().manual_seed(0)
+    start, end = torch.randn(40, 24, generator=generator), torch.randn(40, 24, generator=generator)
+    durations = [30.0] * 40
+    truth = {str(i): [[float(i % 20), float(i % 20 + 6)]] for i in range(40)}
+    five, ten = (decode_moments(start, end, durations, top_k=k, nms_threshold=0.5) for k in (5, 10))
+    assert all(a == b[:5] for a, b in zip(five, ten)) and any(len(b) > 5 for b in ten)
+    assert evaluate_moments(dict(zip(truth, five)), truth) == evaluate_moments(dict(zip(truth, ten)), truth)
