@@ -81,7 +81,7 @@ def _score(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- dataclass fields as flags
 # Filled in automatically when an adapter is created, or PEFT bookkeeping: not user settings.
 _AUTO_CONFIG_FIELDS = {"num_virtual_tokens", "base_architecture", "video_hidden_size", "text_hidden_size",
-                       "video_feature_size", "text_feature_size"}
+                       "video_feature_size", "text_feature_size", "trained_window_frames", "trained_window_seconds"}
 
 
 def _parse_bool(text: str) -> bool:
@@ -550,7 +550,8 @@ def _predict(args: argparse.Namespace) -> int:
     model, tokenizer, _ = _load_model(args, trainable=False)
     result = ground(model, args.video, args.query, tokenizer=tokenizer, num_frames=args.num_frames, fps=args.fps,
                     image_size=args.image_size, top_k=args.top_k, nms_threshold=args.nms_threshold,
-                    return_saliency=args.saliency)
+                    return_saliency=args.saliency, window_seconds=args.window_seconds,
+                    window_overlap=args.window_overlap)
     moments = result.moments if args.saliency else result
     as_dicts = [{"start": s, "end": e, "score": p} for s, e, p in moments]
     if args.json:
@@ -700,6 +701,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "encoder's)")
     predict.add_argument("--top-k", type=_positive_int, default=5, help="moments to print (default: 5)")
     predict.add_argument("--nms-threshold", type=_optional(_iou), default=0.5, help="NMS IoU (default: 0.5)")
+    predict.add_argument("--window-seconds", type=_positive_float, default=None,
+                         help="a video longer than 1.5 x this is grounded window by window, with memory bounded by "
+                         "a window (default: the window the adapter was trained on, recorded in its config)")
+    predict.add_argument("--window-overlap", type=float, default=0.5,
+                         help="fraction of a window shared with the next one, in [0, 1) (default: 0.5)")
     predict.add_argument("--saliency", action="store_true",
                          help="also print the highlight score of every 2-second clip (adapters trained with a "
                          "saliency head); with --json the output becomes {\"moments\": [...], \"saliency\": [...]}")

@@ -9,6 +9,7 @@ for it gets a warning (see `peft_vtg.data.video.DURATION_TOLERANCE_SECONDS`).
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from collections.abc import Sequence
@@ -28,11 +29,14 @@ from .data.video import (
     check_positive_seconds,
     decode_video,
     duration_mismatch,
+    iter_video_frames,
     preprocess_frames,
+    sample_times,
+    video_duration,
     warn_duration_mismatches,
 )
-from .heads.decoding import Moment, decode_moments
-from .timeline import frame_scores_to_clips
+from .heads.decoding import Moment, calibrated_spans, decode_moments, merge_window_spans, window_starts
+from .timeline import frame_scores_to_clips, rank_windows, temporal_nms
 from .vtg_prompt.model import VTGPromptModel
 
 VideoInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -129,6 +133,10 @@ def ground(
     max_text_length: Optional[int] = None,
     return_saliency: bool = False,
     clip_length: float = 2.0,
+    window_seconds: Optional[float] = None,
+    window_overlap: float = 0.5,
+    window_batch_size: int = 8,
+    disable_tqdm: bool = False,
 ) -> Union[list[Moment], list[list[Moment]], "GroundingResult", list["GroundingResult"]]:
     """Find the moments that `query` describes in `video`, as `(start_s, end_s, score)`, best first.
 
@@ -148,6 +156,16 @@ def ground(
         max_text_length: truncate queries to this many tokens.
         return_saliency: also return the highlight score of every clip (adapters with `predict_saliency`).
         clip_length: seconds per saliency clip (2, QVHighlights' clips).
+        window_seconds: long videos. A video file longer than 1.5 x this is grounded window by window
+            (`_ground_long_video`): windows of this many seconds with the adapter's trained frames per window,
+            `window_overlap` apart, decoded as a stream so memory holds one batch of windows whatever the video's
+            length, spans mapped back to the video's seconds, spans cut by a window edge joined, and temporal NMS
+            over the whole video. None (default): the window the adapter was trained on (`trained_window_seconds`
+            in its config, recorded by training); an adapter without one, or a tensor input, is never windowed.
+            Shorter videos take the single-pass path unchanged.
+        window_overlap: fraction of a window shared with the next one, in [0, 1).
+        window_batch_size: windows per forward pass.
+        disable_tqdm: no progress bar over a long video's windows.
 
     Returns:
         For a single video and a single query, its list of moments; otherwise one list per (video, query) pair. With
@@ -160,6 +178,7 @@ def ground(
     _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
     if not isinstance(return_saliency, bool):
         raise ValueError(f"return_saliency must be True or False, got {return_saliency!r}.")
+    window = _window_settings(layer, tuner, window_seconds, window_overlap, window_batch_size, num_frames, fps)
     if return_saliency:
         check_positive_seconds(clip_length, "clip_length")
         heads = [tuner._heads_of(name) for name in layer._call_adapters()]
@@ -200,10 +219,28 @@ def ground(
     durations = [None if d is None else check_positive_seconds(d, f"duration of video {i}")
                  for i, d in enumerate(durations)]
 
-    if num_frames is None and fps is None:
-        num_frames = layer.bound.required_num_frames or DEFAULT_NUM_FRAMES
     if image_size is None and layer.bound.video is not None:
         image_size = layer.bound.video.extra.get("image_size")
+    # Long video files go window by window; the rest take the single pass below, as before.
+    long_results: dict[int, Any] = {}
+    if window is not None:
+        for index, item in enumerate(videos):
+            if not isinstance(item, (str, os.PathLike)):
+                continue
+            seconds = video_duration(item)
+            if seconds > LONG_VIDEO_FACTOR * window.seconds:
+                if durations[index] is not None and duration_mismatch(durations[index], seconds):
+                    warn_duration_mismatches([(os.fspath(item), durations[index], seconds)])
+                long_results[index] = _ground_long_video(
+                    tuner, item, queries[index], tokenizer, seconds, window, image_size, processor, top_k,
+                    nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length, disable_tqdm)
+        if len(long_results) == len(videos):
+            results = [long_results[i] for i in range(len(videos))]
+            return results[0] if single_video and single_query else results
+    if num_frames is None and fps is None:
+        num_frames = layer.bound.required_num_frames or DEFAULT_NUM_FRAMES
+    short = [i for i in range(len(videos)) if i not in long_results]
+    videos, queries, durations = [videos[i] for i in short], [queries[i] for i in short], [durations[i] for i in short]
     items, mismatches = [], []
     decoded: dict[str, tuple[torch.Tensor, float]] = {}  # one video with several queries is decoded once
     for index, item in enumerate(videos):
@@ -254,8 +291,12 @@ def ground(
             scores = frame_scores_to_clips(logits[row, : int(frame_mask[row].sum())].tolist(), seconds, clip_length)
             clips = [(k * clip_length, min((k + 1) * clip_length, seconds), score) for k, score in enumerate(scores)]
             results.append(GroundingResult(moments=row_moments, saliency=clips))
-        return results[0] if single_video and single_query else results
-    return moments[0] if single_video and single_query else moments
+    else:
+        results = moments
+    if long_results:  # back in the caller's order
+        by_index = dict(zip(short, results))
+        results = [long_results[i] if i in long_results else by_index[i] for i in range(len(short) + len(long_results))]
+    return results[0] if single_video and single_query else results
 
 
 @dataclass
@@ -271,3 +312,139 @@ class GroundingResult:
 
     moments: list[Moment]
     saliency: list[tuple[float, float, float]]
+
+
+# ---------------------------------------------------------------- long videos
+# A video file longer than this many windows is grounded window by window; up to it, in one pass (the adapter sees
+# frames a little sparser than in training, which costs less than cutting a moment at a window edge).
+LONG_VIDEO_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class _Window:
+    frames: int  # frames per window, as in training
+    seconds: float  # window length
+    overlap: float  # fraction shared by consecutive windows
+    batch_size: int  # windows per forward pass
+
+
+def _window_settings(layer: Any, tuner: Any, window_seconds: Optional[float], overlap: float, batch_size: int,
+                     num_frames: Optional[int], fps: Optional[float]) -> Optional[_Window]:
+    """The windowing of long videos for the active adapter, or None when it records no trained window and none is
+    given; arguments checked with errors naming them."""
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0.0 <= overlap < 1.0:
+        raise ValueError(f"window_overlap must be a fraction in [0, 1), got {overlap!r}.")
+    batch_size = check_positive_int(batch_size, "window_batch_size", "windows")
+    config = tuner.peft_config[layer._call_adapters()[0]] if layer._call_adapters() else None
+    frames = getattr(config, "trained_window_frames", None)
+    if window_seconds is None:
+        window_seconds = getattr(config, "trained_window_seconds", None)
+        if window_seconds is None:
+            return None
+    window_seconds = check_positive_seconds(window_seconds, "window_seconds")
+    required = layer.bound.required_num_frames
+    if required is not None:
+        frames = required  # X-CLIP: its temporal embeddings fix the frames per clip
+    elif num_frames is not None:
+        frames = num_frames
+    elif fps is not None:
+        frames = max(1, int(round(window_seconds * fps)))
+    elif frames is None:
+        frames = DEFAULT_NUM_FRAMES
+    return _Window(frames=int(frames), seconds=float(window_seconds), overlap=float(overlap), batch_size=batch_size)
+
+
+def _ground_long_video(tuner: Any, path: Any, query: str, tokenizer: Any, duration: float, window: _Window,
+                       image_size: Optional[int], processor: Optional[Any], top_k: int,
+                       nms_threshold: Optional[float], max_span_seconds: Optional[float],
+                       max_text_length: Optional[int], return_saliency: bool, clip_length: float,
+                       disable_tqdm: bool) -> Any:
+    """Ground `query` in a long video file window by window (see `ground`'s `window_seconds`): the windows' spans
+    (`_window_spans`) joined across window edges (`merge_window_spans`), suppressed once over the whole video
+    (temporal NMS) and the top `top_k` returned in seconds. Saliency: the mean over the windows that see a frame."""
+    total, starts, per_window, saliency = _window_spans(
+        tuner, path, query, tokenizer, duration, window, image_size, processor, top_k, max_span_seconds,
+        max_text_length, return_saliency, disable_tqdm)
+    step = duration / total
+    merged = merge_window_spans(per_window, starts, window.frames)
+    windows = [[first * step, (last + 1) * step, score] for first, last, score in merged]
+    ranked = temporal_nms(windows, nms_threshold, top_k) if nms_threshold is not None else rank_windows(windows)[:top_k]
+    moments = [(float(start), float(min(end, duration)), float(score)) for start, end, score in ranked]
+    if not return_saliency:
+        return moments
+    scores = frame_scores_to_clips(saliency, duration, clip_length)
+    clips = [(k * clip_length, min((k + 1) * clip_length, duration), score) for k, score in enumerate(scores)]
+    return GroundingResult(moments=moments, saliency=clips)
+
+
+def _window_spans(tuner: Any, path: Any, query: str, tokenizer: Any, duration: float, window: _Window,
+                  image_size: Optional[int], processor: Optional[Any], top_k: int,
+                  max_span_seconds: Optional[float], max_text_length: Optional[int], return_saliency: bool,
+                  disable_tqdm: bool) -> tuple[int, list[int], list[list[tuple[int, int, float]]], Optional[list]]:
+    """Each window's best spans on the whole video's frame grid.
+
+    The video is sampled at the windows' rate (`window.frames / window.seconds` frames per second) over its whole
+    length, streamed through `iter_video_frames`; windows of `window.frames` frames start `(1 - overlap)` of a window
+    apart (`window_starts`), and a batch of `window.batch_size` windows is encoded at a time, so memory holds one
+    batch of windows whatever the video's length. Spans are scored comparably across windows (`calibrated_spans`).
+
+    Returns:
+        (frames on the whole grid, each window's first frame, each window's spans `(first, last, score)` in whole-grid
+        frames, the per-frame saliency logits averaged over the windows that see each frame (or None)).
+    """
+    from tqdm.auto import tqdm
+
+    total = max(window.frames, int(round(duration * window.frames / window.seconds)))
+    step = duration / total  # seconds per frame on the whole video's grid
+    stride = max(1, int(round(window.frames * (1.0 - window.overlap))))
+    starts = window_starts(total, window.frames, stride)
+    reference = next(tuner.parameters())
+    text = tokenizer([query], truncation=max_text_length is not None, max_length=max_text_length, return_tensors="pt")
+    check_query_tokens(tokenizer, text["input_ids"], text["attention_mask"], ["query"])
+    max_span_frames = None if max_span_seconds is None else max(1, int(math.ceil(max_span_seconds / step)))
+    per_window: list[list[tuple[int, int, float]]] = []
+    saliency_sum, saliency_count = torch.zeros(total), torch.zeros(total)
+    frames_iter = iter_video_frames(path, sample_times(duration, total))
+    buffer: list[torch.Tensor] = []  # preprocessed frames from `buffer_start` on
+    buffer_start = 0
+    was_training = tuner.training
+    tuner.eval()
+    progress = tqdm(total=len(starts), unit="window", desc="grounding a long video", leave=False,
+                    disable=disable_tqdm or len(starts) < 4)
+    try:
+        for batch_begin in range(0, len(starts), window.batch_size):
+            batch_starts = starts[batch_begin:batch_begin + window.batch_size]
+            needed = batch_starts[-1] + window.frames
+            while buffer_start + len(buffer) < needed:  # decode up to the end of this batch's last window
+                chunk = [frame for _, frame in zip(range(64), frames_iter)]
+                if not chunk:
+                    raise ValueError(f"Video file {os.fspath(path)} ended before frame {needed} of {total}.")
+                buffer.extend(preprocess_frames(torch.stack(chunk), image_size=image_size or 224, processor=processor))
+            clips = torch.stack([torch.stack(buffer[s - buffer_start:s - buffer_start + window.frames])
+                                 for s in batch_starts])  # (windows, frames, 3, H, W)
+            rows = len(batch_starts)
+            with torch.no_grad():
+                out = tuner.forward_grounding(
+                    input_ids=text["input_ids"].expand(rows, -1).to(reference.device),
+                    attention_mask=text["attention_mask"].expand(rows, -1).to(reference.device),
+                    pixel_values=clips.to(device=reference.device, dtype=reference.dtype),
+                )
+            for row, start in enumerate(batch_starts):
+                inside = out.inside_logits[row].cpu() if out.inside_logits is not None else None
+                spans = calibrated_spans(out.start_logits[row].cpu(), out.end_logits[row].cpu(), inside, top_k,
+                                         max_span_frames)
+                per_window.append([(start + i, start + j, score) for i, j, score in spans])
+                if return_saliency:
+                    saliency_sum[start:start + window.frames] += out.saliency_logits[row].float().cpu()
+                    saliency_count[start:start + window.frames] += 1
+            progress.update(rows)
+            # Frames before the next batch's first window are never needed again.
+            if batch_begin + window.batch_size < len(starts):
+                drop = starts[batch_begin + window.batch_size] - buffer_start
+                del buffer[:drop]
+                buffer_start += drop
+    finally:
+        progress.close()
+        tuner.train(was_training)
+    saliency = (saliency_sum / saliency_count.clamp_min(1)).tolist() if return_saliency else None
+    return total, starts, per_window, saliency

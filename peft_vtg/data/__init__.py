@@ -30,10 +30,12 @@ from .video import (
     check_video_id,
     decode_video,
     durations_from_features,
+    iter_video_frames,
     load_feature_file,
     preprocess_frames,
     resample_features,
     sample_times,
+    video_duration,
 )
 
 __all__ = [
@@ -51,10 +53,12 @@ __all__ = [
     "check_video_id",
     "decode_video",
     "durations_from_features",
+    "iter_video_frames",
     "load_feature_file",
     "preprocess_frames",
     "resample_features",
     "sample_times",
+    "video_duration",
     "MOMENT_FEATURES",
     "PUBLISHED_SPLIT_SIZES",
     "ReadReport",

@@ -20,7 +20,7 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, Protocol, Union
 
 import numpy as np
@@ -409,13 +409,115 @@ def _av():
     return av
 
 
+class _VideoFile:
+    """An open video file: its first video stream, read lazily; errors name the file."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.av = _av()
+        self.name = os.fspath(path)
+        _check_nonempty_file(self.name, "Video file", "the download or copy was probably interrupted")
+
+    def _open(self):
+        try:
+            container = self.av.open(self.name)
+        except self.av.error.FFmpegError as err:
+            raise self._damaged(err) from err
+        if not container.streams.video:
+            kinds = sorted({stream.type for stream in container.streams}) or ["none"]
+            container.close()
+            raise ValueError(f"Video file {self.name} has no video stream (its streams: {', '.join(kinds)}); an "
+                             "audio-only file cannot be grounded.")
+        return container
+
+    def _damaged(self, err: Exception) -> ValueError:
+        return ValueError(f"Video file {self.name} cannot be decoded ({err}); it is damaged, truncated or not a video "
+                          "file PyAV/FFmpeg can read.")
+
+    def frames(self) -> Iterator[tuple[float, Any]]:
+        """(time in seconds, `av.VideoFrame`) of every decoded frame, in order; one frame in memory at a time."""
+        container = self._open()
+        try:
+            for frame in container.decode(container.streams.video[0]):
+                if frame.time is not None:
+                    yield float(frame.time), frame
+        except self.av.error.FFmpegError as err:  # damaged or truncated data part-way through
+            raise self._damaged(err) from err
+        finally:
+            container.close()
+
+    def duration(self) -> float:
+        """Seconds, from the container's header; a file without one is scanned once for its last frame's time (plus
+        one frame period), keeping only timestamps."""
+        container = self._open()
+        try:
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / 1_000_000  # AV_TIME_BASE
+            else:
+                seconds = 0.0
+        finally:
+            container.close()
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+        first = last = None
+        count = 0
+        for time, _ in self.frames():
+            first = time if first is None else first
+            last, count = time, count + 1
+        if count == 0:
+            raise ValueError(f"Video file {self.name} has no decodable video frames; it is damaged or truncated.")
+        seconds = last + (last - first) / max(count - 1, 1)
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"Video file {self.name} has a single frame and no duration; it cannot be placed on a "
+                             "timeline.")
+        return seconds
+
+
+def video_duration(path: PathLike) -> float:
+    """A video file's duration in seconds (from its header; see `_VideoFile.duration`), without decoding frames."""
+    return _VideoFile(path).duration()
+
+
+def iter_video_frames(path: PathLike, times: Sequence[float]) -> Iterator[torch.Tensor]:
+    """The frames of a video file showing each of `times` (seconds, ascending): for each time the last frame that
+    starts at or before it (the first frame for times before it), uint8 (3, height, width) RGB, yielded in order.
+
+    Decoding streams through the file once: memory holds the current and the previous decoded frame, whatever the
+    video's length, so an hour-long video can be sampled at any rate.
+    """
+    video = _VideoFile(path)
+    targets = [float(t) for t in times]
+    if any(b < a for a, b in zip(targets, targets[1:])):
+        raise ValueError("times must be in ascending order.")
+    index, previous = 0, None
+    for time, frame in video.frames():
+        while index < len(targets) and targets[index] < time:
+            # The target lies before this frame: the previous frame shows it (or this one, before the first frame).
+            yield _rgb(previous if previous is not None else frame)
+            index += 1
+        if index == len(targets):
+            return
+        previous = frame
+    if previous is None:
+        raise ValueError(f"Video file {video.name} has no decodable video frames; it is damaged or truncated.")
+    while index < len(targets):  # targets at or after the last frame's start
+        yield _rgb(previous)
+        index += 1
+
+
+def _rgb(frame: Any) -> torch.Tensor:
+    return torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+
+
 def decode_video(
     path: PathLike, num_frames: Optional[int] = None, fps: Optional[float] = None
 ) -> tuple[torch.Tensor, float]:
     """Decode a video file with PyAV into frames at the bin centres.
 
     Give `num_frames` (a fixed count, as X-CLIP needs) or `fps` (frames per second; count = round(duration * fps), at
-    least 1).
+    least 1). The file is streamed (`iter_video_frames`): memory holds the sampled frames, not every decoded one.
 
     Returns:
         frames: uint8 (frames, 3, height, width), RGB.
@@ -427,40 +529,10 @@ def decode_video(
             decodable frame; the message names the file.
     """
     num_frames, fps = check_sampling(num_frames, fps)
-    av = _av()
-    name = os.fspath(path)
-    _check_nonempty_file(name, "Video file", "the download or copy was probably interrupted")
-    try:
-        with av.open(name) as container:
-            if not container.streams.video:
-                kinds = sorted({stream.type for stream in container.streams}) or ["none"]
-                raise ValueError(f"Video file {name} has no video stream (its streams: {', '.join(kinds)}); an "
-                                 "audio-only file cannot be grounded.")
-            stream = container.streams.video[0]
-            decoded = [(float(frame.time), frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)
-                       if frame.time is not None]
-            if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / 1_000_000  # AV_TIME_BASE
-            else:
-                duration = 0.0
-    except av.error.FFmpegError as err:  # damaged, truncated or not a video container at all
-        raise ValueError(f"Video file {name} cannot be decoded ({err}); it is damaged, truncated or not a video "
-                         "file PyAV/FFmpeg can read.") from err
-    if not decoded:
-        raise ValueError(f"Video file {name} has no decodable video frames; it is damaged or truncated.")
-    if not (math.isfinite(duration) and duration > 0):  # containers without a duration: last frame + one period
-        times = [t for t, _ in decoded]
-        duration = times[-1] + (times[-1] - times[0]) / max(len(times) - 1, 1)
-    if not (math.isfinite(duration) and duration > 0):
-        raise ValueError(f"Video file {name} has a single frame and no duration; it cannot be placed on a timeline.")
+    duration = video_duration(path)
     count = num_frames if num_frames is not None else max(1, int(round(duration * fps)))
-    times = np.array([t for t, _ in decoded])
-    # The decoded frame showing each target time: the last frame starting at or before it.
-    picks = np.clip(np.searchsorted(times, sample_times(duration, count), side="right") - 1, 0, len(decoded) - 1)
-    frames = np.stack([decoded[i][1] for i in picks])  # (count, H, W, 3)
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(), duration
+    frames = torch.stack(list(iter_video_frames(path, sample_times(duration, count))))  # (count, 3, H, W)
+    return frames, duration
 
 
 def preprocess_frames(

@@ -164,3 +164,74 @@ def decode_moments(
         )
         results.append([(*frames_to_seconds(first, last, duration, length), score) for first, last, score in spans])
     return results
+
+
+# ---------------------------------------------------------------- long videos: one video seen window by window
+WindowSpan = tuple[int, int, float]  # (first_frame, last_frame inclusive, score) on the whole video's frame grid
+
+
+def window_starts(total_frames: int, window_frames: int, stride_frames: int) -> list[int]:
+    """First frame of each window of `window_frames` frames that together cover `total_frames` frames, `stride_frames`
+    apart; the last window is moved back to end on the last frame. One window when the video fits in one."""
+    if min(total_frames, window_frames, stride_frames) < 1:
+        raise ValueError(f"total_frames, window_frames and stride_frames must be >= 1, got {total_frames}, "
+                         f"{window_frames}, {stride_frames}.")
+    if total_frames <= window_frames:
+        return [0]
+    starts = list(range(0, total_frames - window_frames + 1, stride_frames))
+    if starts[-1] + window_frames < total_frames:
+        starts.append(total_frames - window_frames)
+    return starts
+
+
+def calibrated_spans(
+    start_logits: torch.Tensor,
+    end_logits: torch.Tensor,
+    inside_logits: Optional[torch.Tensor],
+    top_k: int,
+    max_span_frames: Optional[int] = None,
+) -> list[FrameSpan]:
+    """The best spans of one window, with scores comparable across windows.
+
+    A window's start/end softmax sums to 1 whether or not the moment is in it, so its span probability alone ranks a
+    window without the moment as high as the one with it. The score here is that probability times the mean
+    "inside the moment" probability (sigmoid of the inside logits, an absolute, per-frame judgement) over the span's
+    frames; without inside logits, the span probability alone.
+
+    Args:
+        start_logits, end_logits: (frames,) of one window; inside_logits: (frames,) or None.
+        top_k: spans to keep (no NMS here: windows are merged first, then suppressed once over the video).
+    """
+    scores = span_log_scores(start_logits, end_logits, len(start_logits), max_span_frames)
+    spans = top_spans(scores, top_k * 3, None)
+    if inside_logits is None:
+        return spans[:top_k]
+    inside = torch.sigmoid(inside_logits.float())
+    cumulative = torch.cat([inside.new_zeros(1), inside.cumsum(0)])  # mean over [i, j] from two lookups
+    rescored = [(i, j, math.exp(score) * float((cumulative[j + 1] - cumulative[i]) / (j - i + 1)))
+                for i, j, score in spans]
+    return sorted(rescored, key=lambda span: -span[2])[:top_k]
+
+
+def merge_window_spans(
+    per_window: list[list[WindowSpan]], starts: list[int], window_frames: int
+) -> list[WindowSpan]:
+    """All windows' spans (already on the whole video's frame grid) plus the joins of spans cut by a window edge.
+
+    A moment that crosses the end of window w is seen there as a span ending on w's last frame, and in window w+1
+    (which overlaps w) as a span that starts before w's end and runs on. Such pairs are joined into one span from the
+    first's start to the second's end, scored with the mean of the two; a join that again ends on its window's last
+    frame can be extended by the next window, so moments longer than a window are recovered.
+    """
+    merged = [span for spans in per_window for span in spans]
+    open_spans: list[WindowSpan] = []  # spans (or joins) ending on the current window's last frame
+    for w, spans in enumerate(per_window):
+        last_frame = starts[w] + window_frames - 1
+        joined = []
+        for first, last, score in open_spans:
+            for start, end, other in spans:
+                if start <= last < end:  # overlaps the open span and runs on past it
+                    joined.append((first, end, (score + other) / 2))
+        merged.extend(joined)
+        open_spans = [span for span in spans + joined if span[1] >= last_frame]
+    return merged

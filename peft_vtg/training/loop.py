@@ -187,6 +187,32 @@ def train(
         lock.release()
 
 
+def trained_window(rows: Sequence[Mapping[str, Any]], collator: Any) -> tuple[int, float]:
+    """(frames, seconds) of the window an adapter is trained on: the median duration of `rows`' videos, and the frames
+    per video the collator gives (its fixed count, its video source's, the source's fps x that duration, or the first
+    row's video's)."""
+    durations = sorted(float(d) for d in (rows["duration"] if hasattr(rows, "column_names") else
+                                          [row["duration"] for row in rows]))
+    seconds = durations[len(durations) // 2]
+    source = getattr(collator, "video_source", None)
+    frames = getattr(collator, "num_frames", None) or getattr(source, "num_frames", None)
+    fps = getattr(source, "fps", None)
+    if frames is None and fps:
+        frames = max(1, int(round(seconds * fps)))
+    if frames is None:
+        frames = int(collator([rows[0]])["frame_mask"].sum())
+    return int(frames), seconds
+
+
+def record_trained_window(peft_model: Any, rows: Sequence[Mapping[str, Any]], collator: Any) -> None:
+    """Store `trained_window` in the config of every adapter being trained (saved with it), for long-video
+    inference (`peft_vtg.inference.ground`)."""
+    frames, seconds = trained_window(rows, collator)
+    for name in getattr(peft_model, "active_adapters", [peft_model.active_adapter]):
+        config = peft_model.peft_config[name]
+        config.trained_window_frames, config.trained_window_seconds = frames, seconds
+
+
 def _warn_unused_highlight_labels(model: torch.nn.Module, rows: Sequence[dict]) -> None:
     """Warn when the training rows carry highlight labels (QVHighlights) that no adapter of `model` learns from."""
     configs = getattr(model, "peft_config", {})
@@ -248,6 +274,8 @@ def _train(
     if args.report_to != "none":
         accelerator.init_trackers("peft_vtg", config={k: v for k, v in asdict(args).items() if v is not None})
 
+    # Before the fingerprint, so that a resume (which records it again from the same rows) compares equal.
+    record_trained_window(unwrapped.peft_model, train_dataset, collator)
     fingerprint = run_fingerprint(unwrapped.peft_model, args, accelerator.num_processes, total_steps, train_dataset,
                                   eval_dataset, data_fingerprint)
 

@@ -389,6 +389,17 @@ class VTGPromptConfig(PeftConfig):
         default=None, metadata={"help": "Filled in automatically: width of the text token features the heads read."}
     )
 
+    trained_window_frames: Optional[int] = field(
+        default=None,
+        metadata={"help": "Filled in by training: frames per video the adapter was trained on (the collator's count, "
+                  "or the median video's). A video longer than the window is grounded window by window."},
+    )
+    trained_window_seconds: Optional[float] = field(
+        default=None,
+        metadata={"help": "Filled in by training: the median duration, in seconds, of the training videos; with "
+                  "trained_window_frames, the window (and its seconds per frame) that long videos are cut into."},
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.VTG_PROMPT  # type: ignore[attr-defined]  # added by peft_vtg's registration
@@ -457,6 +468,10 @@ class VTGPromptConfig(PeftConfig):
             raise ValueError(f"video_prompt_dropout must be in [0, 1), got {self.video_prompt_dropout!r}.")
 
         self._validate_heads()
+        for name in ("trained_window_frames", "trained_window_seconds"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be > 0 (it is filled in by training), got {value!r}.")
         if self.modules_to_save is not None:
             if isinstance(self.modules_to_save, str):
                 self.modules_to_save = [self.modules_to_save]

@@ -1,0 +1,167 @@
+"""Videos of any length (issue #15): streaming decoding, windows, spans mapped back to the video's seconds, joins
+across window edges, the window recorded by training, and the short-video path unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import get_peft_model
+
+from peft_vtg import VTGPromptConfig, ground
+from peft_vtg.data import decode_video, iter_video_frames, preprocess_frames, sample_times, video_duration
+from peft_vtg.heads.decoding import calibrated_spans, merge_window_spans, window_starts
+from tiny_models import LIGHT_COLOURS, tiny_clip, tiny_tokenizer, write_video
+
+HEAD = dict(head_hidden_size=16, head_num_attention_heads=2, head_num_layers=1, num_video_tokens=2,
+            num_text_tokens=2)
+
+
+# ---------------------------------------------------------------- windows and merging, by hand
+def test_window_starts_cover_the_video_and_end_on_its_last_frame():
+    assert window_starts(8, 8, 4) == [0]
+    assert window_starts(5, 8, 4) == [0]
+    assert window_starts(20, 8, 4) == [0, 4, 8, 12]
+    assert window_starts(21, 8, 4) == [0, 4, 8, 12, 13]
+    with pytest.raises(ValueError, match="must be >= 1"):
+        window_starts(10, 0, 4)
+
+
+def test_spans_cut_by_a_window_edge_are_joined_and_extended_over_several_windows():
+    starts, frames = [0, 4, 8], 8  # windows [0, 7], [4, 11], [8, 15]
+    per_window = [
+        [(5, 7, 0.8), (1, 2, 0.5)],  # ends on window 0's last frame: open
+        [(5, 11, 0.6), (8, 9, 0.3)],  # runs on past frame 7, and ends on window 1's last frame again
+        [(9, 13, 0.4)],
+    ]
+    merged = merge_window_spans(per_window, starts, frames)
+    assert (5, 11, pytest.approx(0.7)) in merged  # (5, 7) + (5, 11)
+    assert not any(span[:2] == (5, 9) for span in merged)  # (8, 9) starts after (5, 7) ends: no overlap, no join
+    assert (5, 13, pytest.approx((0.7 + 0.4) / 2)) in merged  # the join (5, 11) extended into the third window
+    assert len(merged) == 5 + 3  # every window's spans, and three joins
+
+
+def test_calibration_ranks_a_window_without_the_moment_below_one_with_it():
+    start, end = torch.tensor([0.0, 5.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 5.0, 0.0])
+    inside = calibrated_spans(start, end, torch.full((4,), 6.0), top_k=1)[0]
+    outside = calibrated_spans(start, end, torch.full((4,), -6.0), top_k=1)[0]
+    assert inside[:2] == outside[:2] == (1, 2) and inside[2] > 100 * outside[2]
+    assert calibrated_spans(start, end, None, top_k=2)[0][:2] == (1, 2)
+
+
+# ---------------------------------------------------------------- streaming decode
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """A 64 s video at 1 fps made of eight 8-second scenes; in scene k the light of colour k % 3 is on for a
+    stretch; returns (path, list of (colour, start, end) per scene)."""
+    pytest.importorskip("av")
+    rng = np.random.default_rng(0)
+    frames, scenes = [], []
+    for k in range(8):
+        colour = list(LIGHT_COLOURS)[k % 3]
+        start = int(rng.integers(0, 5))
+        end = int(rng.integers(start + 2, 9))
+        scene = np.full((8, 32, 32, 3), 96, np.uint8)
+        scene[start:end, :, :, LIGHT_COLOURS[colour]] = 255
+        frames.append(scene)
+        scenes.append((colour, 8 * k + start, 8 * k + end))
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    write_video(path, np.concatenate(frames), fps=1)
+    return path, scenes
+
+
+def test_streaming_decode_picks_the_frames_a_full_decode_picks(long_video):
+    import av
+
+    path, _ = long_video
+    duration = video_duration(path)
+    assert duration == pytest.approx(64.0, abs=1e-6)
+    with av.open(str(path)) as container:  # the old way: every frame in memory, then a search
+        decoded = [(float(f.time), f.to_ndarray(format="rgb24")) for f in container.decode(container.streams.video[0])]
+    for count in (5, 64, 150):
+        times = sample_times(duration, count)
+        picks = np.clip(np.searchsorted([t for t, _ in decoded], times, side="right") - 1, 0, len(decoded) - 1)
+        streamed = list(iter_video_frames(path, times))
+        assert len(streamed) == count
+        for frame, pick in zip(streamed, picks):
+            assert torch.equal(frame, torch.from_numpy(decoded[pick][1]).permute(2, 0, 1))
+    frames, seconds = decode_video(path, fps=0.5)
+    assert frames.shape == (32, 3, 32, 32) and seconds == pytest.approx(64.0, abs=1e-6)
+    with pytest.raises(ValueError, match="ascending"):
+        list(iter_video_frames(path, [2.0, 1.0]))
+
+
+# ---------------------------------------------------------------- grounding a long video
+def windowed_model(seconds=8.0, frames=8):
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_clip(), VTGPromptConfig(predict_saliency=True, **HEAD)).eval()
+    config = model.peft_config["default"]
+    config.trained_window_frames, config.trained_window_seconds = frames, seconds
+    return model
+
+
+def test_each_window_sees_its_own_frames_and_spans_land_in_video_seconds(long_video):
+    from peft_vtg.inference import _window_settings, _window_spans
+
+    path, _ = long_video
+    model = windowed_model()
+    tuner, layer = model.base_model, model.base_model.model.vtg_prompts
+    window = _window_settings(layer, tuner, None, 0.5, 3, None, None)  # 3 windows per forward: batches cross edges
+    assert (window.frames, window.seconds) == (8, 8.0)
+    total, starts, per_window, saliency = _window_spans(tuner, path, "the red light turns on", tiny_tokenizer(), 64.0,
+                                                        window, 32, None, 3, None, None, True, True)
+    assert total == 64 and starts == list(range(0, 57, 4)) and len(per_window) == len(starts) and len(saliency) == 64
+    frames, _ = decode_video(path, num_frames=64)
+    pixels = preprocess_frames(frames, image_size=32)
+    text = tiny_tokenizer()(["the red light turns on"], return_tensors="pt")
+    for w in (0, 5, len(starts) - 1):  # the first, one in the middle, the last
+        start = starts[w]
+        with torch.no_grad():
+            out = model.forward_grounding(**text, pixel_values=pixels[start:start + 8].unsqueeze(0))
+        expected = calibrated_spans(out.start_logits[0], out.end_logits[0], out.inside_logits[0], 3)
+        got = [(first - start, last - start, score) for first, last, score in per_window[w]]
+        assert [g[:2] for g in got] == [e[:2] for e in expected]
+        assert [g[2] for g in got] == pytest.approx([e[2] for e in expected], rel=1e-5)
+
+
+def test_ground_returns_moments_of_the_whole_video_and_leaves_short_videos_alone(long_video, tmp_path):
+    path, scenes = long_video
+    model = windowed_model()
+    tokenizer = tiny_tokenizer()
+    moments = ground(model, str(path), "the red light turns on", tokenizer, image_size=32, top_k=5)
+    assert 1 <= len(moments) <= 5 and moments == sorted(moments, key=lambda m: -m[2])
+    assert all(0 <= start < end <= 64.0 for start, end, _ in moments)
+    result = ground(model, str(path), "the red light turns on", tokenizer, image_size=32, return_saliency=True)
+    assert len(result.saliency) == 32 and result.saliency[-1][:2] == (62.0, 64.0)
+    # A long video among short ones: each takes its own path, answers come back in the caller's order.
+    short = tmp_path / "short.mp4"
+    write_video(short, np.full((8, 32, 32, 3), 96, np.uint8), fps=1)
+    both = ground(model, [str(short), str(path)], "the red light turns on", tokenizer, image_size=32, num_frames=8)
+    assert both[1] == ground(model, str(path), "the red light turns on", tokenizer, image_size=32, num_frames=8)
+    # The short video: the single pass, exactly as for an adapter that records no window.
+    plain = windowed_model()
+    plain.peft_config["default"].trained_window_seconds = None
+    alone = ground(plain, str(short), "the red light turns on", tokenizer, image_size=32, num_frames=8)
+    assert both[0] == alone
+    # Windowing off for a long video: one pass over 8 frames of the whole hour... of the whole 64 s.
+    assert len(ground(plain, str(path), "the red light turns on", tokenizer, image_size=32, num_frames=8)) <= 5
+    with pytest.raises(ValueError, match=r"window_overlap must be a fraction in \[0, 1\)"):
+        ground(model, str(path), "the red light", tokenizer, window_overlap=1.0)
+    with pytest.raises(ValueError, match="window_seconds"):
+        ground(model, str(path), "the red light", tokenizer, window_seconds=-1.0)
+
+
+def test_training_records_the_window_the_adapter_saw(tmp_path):
+    from peft_vtg.data import GroundingCollator
+    from peft_vtg.training import VTGTrainingArguments, train
+    from test_cache import Frames, rows
+
+    model = get_peft_model(tiny_clip(), VTGPromptConfig(**HEAD))
+    data = [{**row, "duration": 8.0 + i} for i, row in enumerate(rows(5))]  # median 10 s
+    args = VTGTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=2,
+                                disable_tqdm=True)
+    train(model, data, GroundingCollator(tiny_tokenizer(), Frames()), args)
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert (saved["trained_window_frames"], saved["trained_window_seconds"]) == (4, 10.0)  # Frames: 4 per video
