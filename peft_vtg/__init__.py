@@ -22,10 +22,10 @@ def __getattr__(name: str):
         from . import data
 
         return data
-    if name == "ground":
-        from .inference import ground
+    if name in ("ground", "ground_queries"):
+        from . import inference
 
-        return ground
+        return getattr(inference, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "__version__",
     "data",
     "ground",
+    "ground_queries",
     "heads",
     "metrics",
     "timeline",

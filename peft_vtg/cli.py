@@ -538,9 +538,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_batch(args: argparse.Namespace) -> int:
+    """`predict --videos ... --queries ... --output ...`: many videos and queries, resumable (`batch_predict`)."""
+    from .batch_predict import predict_to_file, read_query_file, video_paths
+
+    given = [flag for flag, value in (("--video", args.video), ("--query", args.query)) if value is not None]
+    missing = [flag for flag, value in (("--videos", args.videos), ("--queries", args.queries),
+                                        ("--output", args.output)) if value is None]
+    if given or missing:
+        fix = "missing " + ", ".join(missing) if missing else "drop " + ", ".join(given)
+        raise ValueError(f"Batch prediction takes --videos DIR_OR_LIST, --queries FILE and --output FILE (not "
+                         f"--video / --query); {fix}.")
+    if args.num_frames is not None and args.fps is not None:
+        raise ValueError("Give at most one of --num-frames and --fps (how to sample the videos).")
+    _check_output_file(args.output, "--output")
+    rows = read_query_file(args.queries, args.format)  # the cheap checks before the model is loaded
+    paths = video_paths(args.videos, [row["vid"] for row in rows], args.video_suffix)
+    model, tokenizer, _ = _load_model(args, trainable=False)
+    counts = predict_to_file(model, tokenizer, rows, paths, args.output, disable_tqdm=args.disable_tqdm,
+                             num_frames=args.num_frames, fps=args.fps, image_size=args.image_size, top_k=args.top_k,
+                             nms_threshold=args.nms_threshold, return_saliency=args.saliency,
+                             window_seconds=args.window_seconds, window_overlap=args.window_overlap)
+    print(f"wrote {counts['written']} predictions for {counts['videos']} videos to {os.path.abspath(args.output)}"
+          + (f" ({counts['resumed']} already there)" if counts["resumed"] else ""))
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .inference import ground
 
+    if args.videos is not None or args.queries is not None or args.output is not None:
+        return _predict_batch(args)
+    if args.video is None or args.query is None:
+        raise ValueError("Give --video FILE and --query TEXT (one video), or --videos, --queries and --output "
+                         "(batch prediction).")
     if not os.path.isfile(args.video):  # before the model is loaded
         raise FileNotFoundError(f"--video {args.video}: no such file.")
     if not args.query.strip():
@@ -687,14 +718,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.set_defaults(run=_evaluate)
 
-    predict = commands.add_parser("predict", help="moments of a query in a video file",
-                                  description="Print the moments (start and end in seconds, score) that a query "
-                                  "describes in a video file, best first.")
+    predict = commands.add_parser(
+        "predict", help="moments of a query in a video file, or of many queries in many videos",
+        description="Print the moments (start and end in seconds, score) that a query describes in a video file, best "
+        "first (--video, --query). Batch mode (--videos, --queries, --output): every query of a JSON-lines file "
+        "{\"qid\", \"vid\", \"query\"} grounded in its video, each video decoded and encoded once for all of its "
+        "queries, written as QVHighlights submission lines (what `score` reads); rerunning after an interruption "
+        "skips the queries already written. Videos of any length: a video longer than 1.5 trained windows is "
+        "grounded window by window.")
     _add_model_arguments(predict, adapter_required=True)
-    predict.add_argument("--video", required=True, help="video file (decoded with PyAV)")
-    predict.add_argument("--query", required=True, help="the sentence to ground")
+    predict.add_argument("--video", default=None, help="video file (decoded with PyAV)")
+    predict.add_argument("--query", default=None, help="the sentence to ground")
+    predict.add_argument("--videos", default=None, help="batch: a directory of <vid><suffix> video files, or a text "
+                         "file listing video paths (vid = file name without extension)")
+    predict.add_argument("--queries", default=None, help="batch: JSON lines {\"qid\", \"vid\", \"query\"} (or an "
+                         "annotation file, see --format)")
+    predict.add_argument("--output", default=None, help="batch: where the predictions go (JSON lines; resumed)")
+    predict.add_argument("--video-suffix", default=".mp4", help="batch: video file suffix (default: .mp4)")
+    predict.add_argument("--format", default=None, choices=["jsonl", "charades_sta", "activitynet_captions", "tacos",
+                                                           "qvhighlights"],
+                         help="batch: format of --queries (default: JSON lines of qid, vid, query)")
+    predict.add_argument("--disable-tqdm", action="store_true", help="batch: no progress bar")
     predict.add_argument("--num-frames", type=_positive_int, default=None, help="frames sampled (default: the "
-                         "encoder's fixed count, else 32)")
+                         "encoder's fixed count, else 32; batch: the adapter's trained frames per video)")
     predict.add_argument("--fps", type=_positive_float, default=None, help="sample at this rate (frames per second) "
                          "instead of --num-frames")
     predict.add_argument("--image-size", type=_positive_int, default=None, help="frame size in pixels (default: the "

@@ -180,11 +180,7 @@ def ground(
         raise ValueError(f"return_saliency must be True or False, got {return_saliency!r}.")
     window = _window_settings(layer, tuner, window_seconds, window_overlap, window_batch_size, num_frames, fps)
     if return_saliency:
-        check_positive_seconds(clip_length, "clip_length")
-        heads = [tuner._heads_of(name) for name in layer._call_adapters()]
-        if not all(hasattr(head.grounding, "saliency_head") for head in heads):
-            raise ValueError("return_saliency=True needs an adapter trained with a saliency head "
-                             "(VTGPromptConfig(predict_saliency=True), on data with highlight labels).")
+        _check_saliency_heads(tuner, layer, clip_length)
     videos, single_video = _split_videos(video)
     if isinstance(query, str):
         queries, single_query = [query], True
@@ -224,16 +220,21 @@ def ground(
     # Long video files go window by window; the rest take the single pass below, as before.
     long_results: dict[int, Any] = {}
     if window is not None:
+        long_items: dict[str, list[int]] = {}  # one pass over a long video serves all of its queries
         for index, item in enumerate(videos):
-            if not isinstance(item, (str, os.PathLike)):
+            if isinstance(item, (str, os.PathLike)):
+                long_items.setdefault(os.fspath(item), []).append(index)
+        for name, indices in long_items.items():
+            seconds = video_duration(name)
+            if seconds <= LONG_VIDEO_FACTOR * window.seconds:
                 continue
-            seconds = video_duration(item)
-            if seconds > LONG_VIDEO_FACTOR * window.seconds:
-                if durations[index] is not None and duration_mismatch(durations[index], seconds):
-                    warn_duration_mismatches([(os.fspath(item), durations[index], seconds)])
-                long_results[index] = _ground_long_video(
-                    tuner, item, queries[index], tokenizer, seconds, window, image_size, processor, top_k,
-                    nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length, disable_tqdm)
+            given = [durations[i] for i in indices if durations[i] is not None]
+            if any(duration_mismatch(d, seconds) for d in given):
+                warn_duration_mismatches([(name, given[0], seconds)])
+            answers = _ground_long_video(
+                tuner, name, [queries[i] for i in indices], tokenizer, seconds, window, image_size, processor,
+                top_k, nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length, disable_tqdm)
+            long_results.update(zip(indices, answers))
         if len(long_results) == len(videos):
             results = [long_results[i] for i in range(len(videos))]
             return results[0] if single_video and single_query else results
@@ -265,7 +266,8 @@ def ground(
     reference = next(tuner.parameters())
     text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
                      return_tensors="pt")
-    check_query_tokens(tokenizer, text["input_ids"], text["attention_mask"], [f"query {k}" for k in range(len(queries))])
+    names = [f"query {k}" for k in range(len(queries))]
+    check_query_tokens(tokenizer, text["input_ids"], text["attention_mask"], names)
     video_key = "video_features" if padded.dim() == 3 else "pixel_values"
     was_training = tuner.training
     tuner.eval()
@@ -314,6 +316,99 @@ class GroundingResult:
     saliency: list[tuple[float, float, float]]
 
 
+def ground_queries(
+    model: Any,
+    video: Union[str, os.PathLike],
+    queries: Sequence[str],
+    tokenizer: Any,
+    num_frames: Optional[int] = None,
+    fps: Optional[float] = None,
+    image_size: Optional[int] = None,
+    processor: Optional[Any] = None,
+    top_k: int = 5,
+    nms_threshold: Optional[float] = 0.5,
+    max_span_seconds: Optional[float] = None,
+    max_text_length: Optional[int] = None,
+    return_saliency: bool = False,
+    clip_length: float = 2.0,
+    window_seconds: Optional[float] = None,
+    window_overlap: float = 0.5,
+    window_batch_size: int = 8,
+    query_batch_size: int = 64,
+    disable_tqdm: bool = True,
+) -> list[Union[list[Moment], "GroundingResult"]]:
+    """Ground many queries in one video file, the video decoded and encoded once for all of them (video prompts do
+    not depend on the query); what batch prediction (`peft-vtg predict --videos ... --queries ...`) runs per video.
+
+    A video longer than 1.5 windows goes window by window as in `ground`; a shorter one is sampled once at
+    `num_frames` / `fps` (default: the frames per video the adapter was trained on, recorded in its config, else
+    the encoder's fixed count or 32). Arguments as in `ground`; `query_batch_size` queries share one head pass.
+
+    Returns:
+        One entry per query, in order: its moments, or with `return_saliency` a `GroundingResult`.
+    """
+    tuner = _tuner(model)
+    layer, _ = tuner._feature_spec()
+    check_tokenizer(tokenizer)
+    _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
+    query_batch_size = check_positive_int(query_batch_size, "query_batch_size", "queries")
+    queries = list(queries)
+    if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
+        raise ValueError("queries must be a non-empty list of non-empty sentences.")
+    if not isinstance(video, (str, os.PathLike)):
+        raise TypeError(f"video must be a video file path, got {type(video).__name__}.")
+    window = _window_settings(layer, tuner, window_seconds, window_overlap, window_batch_size, num_frames, fps)
+    if return_saliency:
+        _check_saliency_heads(tuner, layer, clip_length)
+    if image_size is None and layer.bound.video is not None:
+        image_size = layer.bound.video.extra.get("image_size")
+    duration = video_duration(video)
+    if window is not None and duration > LONG_VIDEO_FACTOR * window.seconds:
+        return _ground_long_video(tuner, video, queries, tokenizer, duration, window, image_size, processor, top_k,
+                                  nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length,
+                                  disable_tqdm)
+    if num_frames is None and fps is None:
+        config = tuner.peft_config[layer._call_adapters()[0]]
+        num_frames = (layer.bound.required_num_frames or getattr(config, "trained_window_frames", None)
+                      or DEFAULT_NUM_FRAMES)
+    frames, _ = decode_video(video, num_frames=num_frames, fps=fps)
+    pixels = preprocess_frames(frames, image_size=image_size or 224, processor=processor)  # (frames, 3, H, W)
+    reference = next(tuner.parameters())
+    results: list[Any] = []
+    was_training = tuner.training
+    tuner.eval()
+    try:
+        with torch.no_grad():
+            encoded = tuner.encode_video(pixels.unsqueeze(0).to(device=reference.device, dtype=reference.dtype),
+                                         _heads_video_layers(tuner))  # (1, frames, [layers,] dim)
+            for begin in range(0, len(queries), query_batch_size):
+                part = queries[begin:begin + query_batch_size]
+                out = _ground_encoded(tuner, encoded, _query_batch(tokenizer, part, max_text_length), reference)
+                moments = decode_moments(out.start_logits.cpu(), out.end_logits.cpu(), [duration] * len(part),
+                                         out.frame_mask.cpu(), top_k=top_k, max_span_seconds=max_span_seconds,
+                                         nms_threshold=nms_threshold)
+                for row, row_moments in enumerate(moments):
+                    if not return_saliency:
+                        results.append(row_moments)
+                        continue
+                    scores = frame_scores_to_clips(out.saliency_logits[row].float().cpu().tolist(), duration,
+                                                   clip_length)
+                    clips = [(k * clip_length, min((k + 1) * clip_length, duration), score)
+                             for k, score in enumerate(scores)]
+                    results.append(GroundingResult(moments=row_moments, saliency=clips))
+    finally:
+        tuner.train(was_training)
+    return results
+
+
+def _check_saliency_heads(tuner: Any, layer: Any, clip_length: float) -> None:
+    check_positive_seconds(clip_length, "clip_length")
+    heads = [tuner._heads_of(name) for name in layer._call_adapters()]
+    if not all(hasattr(head.grounding, "saliency_head") for head in heads):
+        raise ValueError("return_saliency=True needs an adapter trained with a saliency head "
+                         "(VTGPromptConfig(predict_saliency=True), on data with highlight labels).")
+
+
 # ---------------------------------------------------------------- long videos
 # A video file longer than this many windows is grounded window by window; up to it, in one pass (the adapter sees
 # frames a little sparser than in training, which costs less than cutting a moment at a window edge).
@@ -354,43 +449,78 @@ def _window_settings(layer: Any, tuner: Any, window_seconds: Optional[float], ov
     return _Window(frames=int(frames), seconds=float(window_seconds), overlap=float(overlap), batch_size=batch_size)
 
 
-def _ground_long_video(tuner: Any, path: Any, query: str, tokenizer: Any, duration: float, window: _Window,
+def _ground_long_video(tuner: Any, path: Any, queries: list[str], tokenizer: Any, duration: float, window: _Window,
                        image_size: Optional[int], processor: Optional[Any], top_k: int,
                        nms_threshold: Optional[float], max_span_seconds: Optional[float],
                        max_text_length: Optional[int], return_saliency: bool, clip_length: float,
-                       disable_tqdm: bool) -> Any:
-    """Ground `query` in a long video file window by window (see `ground`'s `window_seconds`): the windows' spans
-    (`_window_spans`) joined across window edges (`merge_window_spans`), suppressed once over the whole video
-    (temporal NMS) and the top `top_k` returned in seconds. Saliency: the mean over the windows that see a frame."""
-    total, starts, per_window, saliency = _window_spans(
-        tuner, path, query, tokenizer, duration, window, image_size, processor, top_k, max_span_seconds,
+                       disable_tqdm: bool) -> list[Any]:
+    """Ground `queries` in one long video file window by window (see `ground`'s `window_seconds`): each query's
+    window spans (`_window_spans`, one pass over the video for all queries) joined across window edges
+    (`merge_window_spans`), suppressed once over the whole video (temporal NMS) and the top `top_k` returned in
+    seconds. Saliency: the mean over the windows that see a frame. One result per query."""
+    total, starts, spans, saliency = _window_spans(
+        tuner, path, queries, tokenizer, duration, window, image_size, processor, top_k, max_span_seconds,
         max_text_length, return_saliency, disable_tqdm)
     step = duration / total
-    merged = merge_window_spans(per_window, starts, window.frames)
-    windows = [[first * step, (last + 1) * step, score] for first, last, score in merged]
-    ranked = temporal_nms(windows, nms_threshold, top_k) if nms_threshold is not None else rank_windows(windows)[:top_k]
-    moments = [(float(start), float(min(end, duration)), float(score)) for start, end, score in ranked]
-    if not return_saliency:
-        return moments
-    scores = frame_scores_to_clips(saliency, duration, clip_length)
-    clips = [(k * clip_length, min((k + 1) * clip_length, duration), score) for k, score in enumerate(scores)]
-    return GroundingResult(moments=moments, saliency=clips)
+    results = []
+    for q in range(len(queries)):
+        merged = merge_window_spans(spans[q], starts, window.frames)
+        windows = [[first * step, (last + 1) * step, score] for first, last, score in merged]
+        ranked = (temporal_nms(windows, nms_threshold, top_k) if nms_threshold is not None
+                  else rank_windows(windows)[:top_k])
+        moments = [(float(start), float(min(end, duration)), float(score)) for start, end, score in ranked]
+        if not return_saliency:
+            results.append(moments)
+            continue
+        scores = frame_scores_to_clips(saliency[q], duration, clip_length)
+        clips = [(k * clip_length, min((k + 1) * clip_length, duration), score) for k, score in enumerate(scores)]
+        results.append(GroundingResult(moments=moments, saliency=clips))
+    return results
 
 
-def _window_spans(tuner: Any, path: Any, query: str, tokenizer: Any, duration: float, window: _Window,
+def _heads_video_layers(tuner: Any) -> Optional[int]:
+    """How many video layers the active adapters' heads read (None: one, the encoder's features)."""
+    layer = tuner._layer(tuner.model)
+    most = max(tuner._heads_of(name).grounding.video_layers for name in layer._call_adapters())
+    return most if most > 1 else None
+
+
+def _query_batch(tokenizer: Any, queries: list[str], max_text_length: Optional[int]) -> dict[str, torch.Tensor]:
+    text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
+                     return_tensors="pt")
+    names = [f"query {k}" for k in range(len(queries))]
+    check_query_tokens(tokenizer, text["input_ids"], text["attention_mask"], names)
+    return text
+
+
+def _ground_encoded(tuner: Any, video: torch.Tensor, text: dict[str, torch.Tensor], reference: torch.Tensor) -> Any:
+    """The grounding head on video features encoded once (by this adapter, `video_features_from_adapter`) for
+    several queries: `video` (windows, frames, [layers,] dim) -> rows window-major, each window with every query."""
+    queries, windows = text["input_ids"].shape[0], video.shape[0]
+    return tuner.forward_grounding(
+        input_ids=text["input_ids"].repeat(windows, 1).to(reference.device),
+        attention_mask=text["attention_mask"].repeat(windows, 1).to(reference.device),
+        video_features=video.repeat_interleave(queries, dim=0), video_features_from_adapter=True,
+    )
+
+
+def _window_spans(tuner: Any, path: Any, queries: list[str], tokenizer: Any, duration: float, window: _Window,
                   image_size: Optional[int], processor: Optional[Any], top_k: int,
                   max_span_seconds: Optional[float], max_text_length: Optional[int], return_saliency: bool,
-                  disable_tqdm: bool) -> tuple[int, list[int], list[list[tuple[int, int, float]]], Optional[list]]:
-    """Each window's best spans on the whole video's frame grid.
+                  disable_tqdm: bool,
+                  ) -> tuple[int, list[int], list[list[list[tuple[int, int, float]]]], Optional[list]]:
+    """Each query's best spans in each window, on the whole video's frame grid.
 
     The video is sampled at the windows' rate (`window.frames / window.seconds` frames per second) over its whole
     length, streamed through `iter_video_frames`; windows of `window.frames` frames start `(1 - overlap)` of a window
-    apart (`window_starts`), and a batch of `window.batch_size` windows is encoded at a time, so memory holds one
-    batch of windows whatever the video's length. Spans are scored comparably across windows (`calibrated_spans`).
+    apart (`window_starts`), and a batch of `window.batch_size` windows is encoded at a time, once for every query
+    (video prompts do not depend on the query), so memory holds one batch of windows whatever the video's length.
+    Spans are scored comparably across windows (`calibrated_spans`).
 
     Returns:
-        (frames on the whole grid, each window's first frame, each window's spans `(first, last, score)` in whole-grid
-        frames, the per-frame saliency logits averaged over the windows that see each frame (or None)).
+        (frames on the whole grid, each window's first frame, per query per window the spans `(first, last, score)`
+        in whole-grid frames, per query the per-frame saliency logits averaged over the windows that see each frame
+        (or None)).
     """
     from tqdm.auto import tqdm
 
@@ -399,11 +529,11 @@ def _window_spans(tuner: Any, path: Any, query: str, tokenizer: Any, duration: f
     stride = max(1, int(round(window.frames * (1.0 - window.overlap))))
     starts = window_starts(total, window.frames, stride)
     reference = next(tuner.parameters())
-    text = tokenizer([query], truncation=max_text_length is not None, max_length=max_text_length, return_tensors="pt")
-    check_query_tokens(tokenizer, text["input_ids"], text["attention_mask"], ["query"])
+    text = _query_batch(tokenizer, queries, max_text_length)
+    layers = _heads_video_layers(tuner)
     max_span_frames = None if max_span_seconds is None else max(1, int(math.ceil(max_span_seconds / step)))
-    per_window: list[list[tuple[int, int, float]]] = []
-    saliency_sum, saliency_count = torch.zeros(total), torch.zeros(total)
+    spans: list[list[list[tuple[int, int, float]]]] = [[] for _ in queries]
+    saliency_sum, saliency_count = torch.zeros(len(queries), total), torch.zeros(total)
     frames_iter = iter_video_frames(path, sample_times(duration, total))
     buffer: list[torch.Tensor] = []  # preprocessed frames from `buffer_start` on
     buffer_start = 0
@@ -422,22 +552,21 @@ def _window_spans(tuner: Any, path: Any, query: str, tokenizer: Any, duration: f
                 buffer.extend(preprocess_frames(torch.stack(chunk), image_size=image_size or 224, processor=processor))
             clips = torch.stack([torch.stack(buffer[s - buffer_start:s - buffer_start + window.frames])
                                  for s in batch_starts])  # (windows, frames, 3, H, W)
-            rows = len(batch_starts)
             with torch.no_grad():
-                out = tuner.forward_grounding(
-                    input_ids=text["input_ids"].expand(rows, -1).to(reference.device),
-                    attention_mask=text["attention_mask"].expand(rows, -1).to(reference.device),
-                    pixel_values=clips.to(device=reference.device, dtype=reference.dtype),
-                )
-            for row, start in enumerate(batch_starts):
-                inside = out.inside_logits[row].cpu() if out.inside_logits is not None else None
-                spans = calibrated_spans(out.start_logits[row].cpu(), out.end_logits[row].cpu(), inside, top_k,
-                                         max_span_frames)
-                per_window.append([(start + i, start + j, score) for i, j, score in spans])
+                video = tuner.encode_video(clips.to(device=reference.device, dtype=reference.dtype), layers)
+                out = _ground_encoded(tuner, video, text, reference)
+            for w, start in enumerate(batch_starts):
+                for q in range(len(queries)):
+                    row = w * len(queries) + q
+                    inside = out.inside_logits[row].cpu() if out.inside_logits is not None else None
+                    found = calibrated_spans(out.start_logits[row].cpu(), out.end_logits[row].cpu(), inside, top_k,
+                                             max_span_frames)
+                    spans[q].append([(start + i, start + j, score) for i, j, score in found])
+                    if return_saliency:
+                        saliency_sum[q, start:start + window.frames] += out.saliency_logits[row].float().cpu()
                 if return_saliency:
-                    saliency_sum[start:start + window.frames] += out.saliency_logits[row].float().cpu()
                     saliency_count[start:start + window.frames] += 1
-            progress.update(rows)
+            progress.update(len(batch_starts))
             # Frames before the next batch's first window are never needed again.
             if batch_begin + window.batch_size < len(starts):
                 drop = starts[batch_begin + window.batch_size] - buffer_start
@@ -447,4 +576,4 @@ def _window_spans(tuner: Any, path: Any, query: str, tokenizer: Any, duration: f
         progress.close()
         tuner.train(was_training)
     saliency = (saliency_sum / saliency_count.clamp_min(1)).tolist() if return_saliency else None
-    return total, starts, per_window, saliency
+    return total, starts, spans, saliency

@@ -18,6 +18,7 @@ ALLOWED = {
     "inference": {"timeline", "heads", "data", "vtg_prompt"},
     "training": {"timeline", "files", "heads", "data", "metrics", "moment_detr_eval", "vtg_prompt"},
     "submission": {"data", "metrics", "moment_detr_eval"},
+    "batch_predict": {"data", "files", "inference", "submission"},
     "hub": {"files", "metrics"},
     "cache": {"timeline", "files", "injection", "data"},
     "baselines": {"timeline", "heads"},

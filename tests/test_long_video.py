@@ -110,9 +110,12 @@ def test_each_window_sees_its_own_frames_and_spans_land_in_video_seconds(long_vi
     tuner, layer = model.base_model, model.base_model.model.vtg_prompts
     window = _window_settings(layer, tuner, None, 0.5, 3, None, None)  # 3 windows per forward: batches cross edges
     assert (window.frames, window.seconds) == (8, 8.0)
-    total, starts, per_window, saliency = _window_spans(tuner, path, "the red light turns on", tiny_tokenizer(), 64.0,
-                                                        window, 32, None, 3, None, None, True, True)
-    assert total == 64 and starts == list(range(0, 57, 4)) and len(per_window) == len(starts) and len(saliency) == 64
+    queries = ["the red light turns on", "a green light"]
+    total, starts, spans, saliency = _window_spans(tuner, path, queries, tiny_tokenizer(), 64.0, window, 32, None, 3,
+                                                   None, None, True, True)
+    per_window = spans[0]
+    assert total == 64 and starts == list(range(0, 57, 4)) and len(per_window) == len(starts)
+    assert len(saliency) == 2 and len(saliency[0]) == 64
     frames, _ = decode_video(path, num_frames=64)
     pixels = preprocess_frames(frames, image_size=32)
     text = tiny_tokenizer()(["the red light turns on"], return_tensors="pt")
@@ -123,7 +126,9 @@ def test_each_window_sees_its_own_frames_and_spans_land_in_video_seconds(long_vi
         expected = calibrated_spans(out.start_logits[0], out.end_logits[0], out.inside_logits[0], 3)
         got = [(first - start, last - start, score) for first, last, score in per_window[w]]
         assert [g[:2] for g in got] == [e[:2] for e in expected]
-        assert [g[2] for g in got] == pytest.approx([e[2] for e in expected], rel=1e-5)
+        assert [g[2] for g in got] == pytest.approx([e[2] for e in expected], rel=1e-4)
+        if w == 0:  # frames 0..3 are seen by window 0 only: their saliency is that window's
+            torch.testing.assert_close(torch.tensor(saliency[0][:4]), out.saliency_logits[0, :4], atol=1e-4, rtol=1e-4)
 
 
 def test_ground_returns_moments_of_the_whole_video_and_leaves_short_videos_alone(long_video, tmp_path):
@@ -165,3 +170,89 @@ def test_training_records_the_window_the_adapter_saw(tmp_path):
     train(model, data, GroundingCollator(tiny_tokenizer(), Frames()), args)
     saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert (saved["trained_window_frames"], saved["trained_window_seconds"]) == (4, 10.0)  # Frames: 4 per video
+
+
+# ---------------------------------------------------------------- batch prediction
+@pytest.fixture(scope="module")
+def batch_workspace(tmp_path_factory, long_video):
+    """The coloured-light workspace (6 short videos), the long video among them, an adapter that records an 8-s
+    window, and a query file with two queries per video."""
+    import shutil
+
+    from tiny_models import write_light_workspace
+
+    root = tmp_path_factory.mktemp("batch")
+    torch.manual_seed(0)
+    write_light_workspace(root, tiny_clip(), num_videos=3)
+    shutil.copy(long_video[0], root / "videos" / "long.mp4")
+    from transformers import AutoModel
+
+    model = get_peft_model(AutoModel.from_pretrained(root / "base"), VTGPromptConfig(**HEAD))
+    config = model.peft_config["default"]
+    config.trained_window_frames, config.trained_window_seconds = 8, 8.0
+    model.save_pretrained(root / "adapter")
+    queries = [{"qid": f"{vid}-{k}", "vid": vid, "query": f"the {colour} light turns on"}
+               for vid in ("v0", "long", "v1", "v2") for k, colour in enumerate(("red", "green"))]
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    return root
+
+
+def test_ground_queries_encodes_a_video_once_for_all_its_queries(batch_workspace):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from peft_vtg import ground_queries
+
+    root = batch_workspace
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(root / "base"), root / "adapter")
+    calls = []
+    model.get_base_model().vision_model.register_forward_pre_hook(lambda *a: calls.append(1))
+    queries = ["the red light turns on", "the green light turns on", "a blue light"]
+    results = ground_queries(model, str(root / "videos" / "v0.mp4"), queries, tiny_tokenizer(), image_size=32)
+    assert len(calls) == 1 and len(results) == 3  # one encoder pass, three answers
+    # each answer is what grounding the query alone gives (to float rounding of the batched head)
+    for query, moments in zip(queries, results):
+        alone = ground_queries(model, str(root / "videos" / "v0.mp4"), [query], tiny_tokenizer(), image_size=32)[0]
+        assert [m[:2] for m in moments] == [m[:2] for m in alone]
+        assert [m[2] for m in moments] == pytest.approx([m[2] for m in alone], rel=1e-4)
+    calls.clear()
+    long = ground_queries(model, str(root / "videos" / "long.mp4"), queries, tiny_tokenizer(), image_size=32)
+    assert len(long) == 3 and len(calls) == 2  # 15 windows in batches of 8: two encoder passes for all queries
+
+
+def test_batch_prediction_writes_submission_lines_and_resumes_after_a_kill(batch_workspace, tmp_path, capsys):
+    from peft_vtg.cli import main
+
+    root = batch_workspace
+    command = ["predict", "--adapter", str(root / "adapter"), "--videos", str(root / "videos"), "--queries",
+               str(root / "queries.jsonl"), "--image-size", "32", "--disable-tqdm"]
+    assert main([*command, "--output", str(tmp_path / "whole.jsonl")]) == 0
+    assert "wrote 8 predictions for 4 videos" in capsys.readouterr().out
+    whole = (tmp_path / "whole.jsonl").read_text().splitlines()
+    assert [json.loads(line)["qid"] for line in whole] == [f"{v}-{k}" for v in ("v0", "long", "v1", "v2")
+                                                           for k in (0, 1)]
+    assert all(len(json.loads(line)["pred_relevant_windows"]) >= 1 for line in whole)
+    # A run killed while writing the third video's lines: two videos done, half a line after them.
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("\n".join(whole[:4]) + "\n" + whole[4][: len(whole[4]) // 2])
+    assert main([*command, "--output", str(partial)]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 4 predictions for 2 videos" in out and "(4 already there)" in out
+    assert partial.read_text().splitlines() == whole
+    assert main([*command, "--output", str(partial)]) == 0  # nothing left to do
+    assert "wrote 0 predictions for 0 videos" in capsys.readouterr().out
+    # scored like any submission
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text("".join(json.dumps({"qid": json.loads(line)["qid"], "duration": 64, "windows": [[0, 8]]}) + "\n"
+                             for line in whole))
+    assert main(["score", "--predictions", str(partial), "--ground-truth", str(truth), "--json"]) == 0
+    capsys.readouterr()
+    # bad input fails before anything is written
+    (tmp_path / "few.txt").write_text(str(root / "videos" / "v0.mp4") + "\n")
+    assert main([*command[:4], str(tmp_path / "few.txt"), *command[5:], "--output", str(tmp_path / "x.jsonl")]) == 2
+    assert "3 queried video(s) have no file" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+    assert main([*command, "--output", str(tmp_path / "y.jsonl"), "--video", "a.mp4"]) == 2
+    assert "drop --video" in capsys.readouterr().err
+    (tmp_path / "other.jsonl").write_text("not json\n")
+    assert main([*command, "--output", str(tmp_path / "other.jsonl")]) == 2
+    assert "is not a prediction line" in capsys.readouterr().err

@@ -435,6 +435,7 @@ class VTGPromptModel(BaseTuner):
         video_hidden_states_layer: Optional[int] = None,
         saliency_targets: Optional[torch.Tensor] = None,
         saliency_mask: Optional[torch.Tensor] = None,
+        video_features_from_adapter: bool = False,
         **unused: Any,
     ) -> VTGGroundingOutput:
         """Ground each query in its video: per-frame span logits, and the training loss when labels are given.
@@ -458,6 +459,10 @@ class VTGPromptModel(BaseTuner):
             video_ids: one id per row, so matching negatives never pair two queries of the same video.
             adapter_names: one adapter per row (per-sample adapters), as in `model(..., adapter_names=...)`.
             generator: random generator for the matching negatives.
+            video_features_from_adapter: the `video_features` were computed by this model's own `encode_video`
+                with the same adapter(s), video prompts included: one encoding of a video reused for many queries
+                (video prompts do not depend on the query). Without it, video features are refused for adapters
+                with video prompts (features of the bare encoder would bypass them).
             saliency_targets, saliency_mask: (batch, frames) highlight targets and where they are known, from
                 `GroundingCollator` for rows with highlight labels; adapters with `predict_saliency` add the saliency
                 ranking loss.
@@ -506,7 +511,7 @@ class VTGPromptModel(BaseTuner):
                                                              read_layers)
             else:
                 with_video_prompts = sorted(n for n in set(names) if layer.vtg_prompt_tokens[n].plans.get("video"))
-                if with_video_prompts:
+                if with_video_prompts and not video_features_from_adapter:
                     raise ValueError(
                         f"Adapter(s) {with_video_prompts} have video prompts, which act inside the video encoder; "
                         "pre-extracted video_features bypass it. Pass pixel_values, or train a feature-based adapter "

@@ -1,0 +1,176 @@
+"""Grounding in an hour-long video (issue 15): memory against a 2-minute video, and accuracy against the short videos.
+
+    python benchmarks/long_video.py                      # trains the demo adapter first if --adapter is not given
+    python benchmarks/long_video.py --adapter vtg-demo-adapter
+
+The long video is SynthVTG test videos put one after another, written at 1 frame per second, until it lasts an hour;
+each embedded video keeps its queries, with their moments shifted by its offset. The same queries are grounded
+
+- in their own short video (the single pass, at the adapter's trained frames per video), and
+- in the hour-long video, window by window (`peft_vtg.ground` with the adapter's trained window),
+
+and scored with R1@0.5 / R1@0.7 / mIoU. Peak memory: `ground` of one query in the hour-long video and in its first
+two minutes, each in a fresh process (resident set size polled every 2 ms, above its level before the call).
+Results go to `benchmarks/results/long_video.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "long_video.json"
+sys.path.insert(0, str(HERE))
+
+
+def at_one_fps(video: Any) -> np.ndarray:
+    """A SynthVTG video's frames at 1 frame per second (bin centres): (round(duration), 32, 32, 3) uint8."""
+    count = max(1, int(round(video.duration)))
+    picks = ((np.arange(count) + 0.5) * len(video.frames) / count).astype(int)
+    return video.frames[np.minimum(picks, len(video.frames) - 1)]
+
+
+def write_video(path: Path, frames: np.ndarray) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=1)
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 400_000
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def build(workdir: Path, seconds: float, num_queries: int) -> dict[str, Any]:
+    """Short video files, the long one and its 2-minute head, and the queries with both sets of ground truth."""
+    from peft_vtg.synth import SynthVTG
+
+    rows, videos = SynthVTG(seed=0, num_videos={"train": 1, "val": 1, "test": 300}).split("test")
+    by_vid: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_vid.setdefault(row["vid"], []).append(row)
+    parts, offset, queries = [], 0, []
+    for vid in sorted(videos):
+        frames = at_one_fps(videos[vid])
+        scale = len(frames) / videos[vid].duration  # the file lasts len(frames) s: moments scale with it
+        write_video(workdir / f"{vid}.mp4", frames)
+        for row in by_vid.get(vid, []):
+            if len(queries) < num_queries:
+                start, end = (t * scale for t in row["windows"][0])
+                queries.append({"qid": row["qid"], "vid": vid, "query": row["query"], "short": [start, end],
+                                "long": [start + offset, end + offset]})
+        parts.append(frames)
+        offset += len(frames)
+        if offset >= seconds and len(queries) >= num_queries:
+            break
+    long_frames = np.concatenate(parts)
+    write_video(workdir / "long.mp4", long_frames)
+    write_video(workdir / "head.mp4", long_frames[:120])
+    return {"queries": queries, "long_seconds": len(long_frames)}
+
+
+def peak_memory(adapter: str, video: str, query: str) -> dict[str, float]:
+    """`ground` of one query on `video` in this (fresh) process: seconds and peak RSS above the level before."""
+    from peft import PeftModel
+
+    from peft_vtg import ground
+    from peft_vtg.synth.backbone import load_backbone
+    from synthvtg_benchmark import _PeakRss, _rss_bytes
+
+    base, tokenizer = load_backbone()
+    model = PeftModel.from_pretrained(base, adapter)
+    ground(model, video, query, tokenizer, disable_tqdm=True)  # warm-up: allocator, lazy imports
+    floor = _rss_bytes()
+    started = time.perf_counter()
+    with _PeakRss() as rss:
+        ground(model, video, query, tokenizer, disable_tqdm=True)
+    return {"seconds": time.perf_counter() - started, "peak_bytes": max(0, rss.peak - floor)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", default=None, help="a SynthVTG adapter (default: train the demo's)")
+    parser.add_argument("--seconds", type=float, default=3600.0, help="length of the long video (default: an hour)")
+    parser.add_argument("--queries", type=int, default=50, help="queries to ground (default: 50)")
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--memory-only", nargs=3, metavar=("ADAPTER", "VIDEO", "QUERY"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_only:
+        print(json.dumps(peak_memory(*args.memory_only)))
+        return
+
+    from peft import PeftModel
+
+    from peft_vtg import ground
+    from peft_vtg.metrics import evaluate_moments
+    from peft_vtg.synth.backbone import load_backbone
+
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        adapter = args.adapter
+        if adapter is None:
+            from peft_vtg.demo import run_demo
+
+            adapter = str(workdir / "adapter")
+            run_demo(output_dir=adapter, disable_tqdm=True)
+        config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+        data = build(workdir, args.seconds, args.queries)
+        queries = data["queries"]
+        base, tokenizer = load_backbone()
+        model = PeftModel.from_pretrained(base, adapter)
+        frames = config["trained_window_frames"]
+        short, long = {}, {}
+        started = time.perf_counter()
+        for q in queries:
+            # One pass over the whole short video (a window far longer than any of them turns windowing off).
+            short[q["qid"]] = ground(model, str(workdir / f"{q['vid']}.mp4"), q["query"], tokenizer,
+                                     num_frames=frames, window_seconds=1e6, disable_tqdm=True)
+        short_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        for q in queries:
+            long[q["qid"]] = ground(model, str(workdir / "long.mp4"), q["query"], tokenizer, disable_tqdm=True)
+        long_seconds = time.perf_counter() - started
+        metrics = {name: evaluate_moments(predictions, {q["qid"]: [q[name]] for q in queries})
+                   for name, predictions in (("short", short), ("long", long))}
+        memory = {}
+        for name in ("head", "long"):
+            command = [sys.executable, __file__, "--memory-only", adapter, str(workdir / f"{name}.mp4"),
+                       queries[0]["query"]]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            memory[name] = json.loads(output.strip().splitlines()[-1])
+    result = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "long_video_seconds": data["long_seconds"],
+        "queries": len(queries), "window_frames": frames, "window_seconds": config["trained_window_seconds"],
+        "short": metrics["short"], "long": metrics["long"],
+        "seconds_per_query": {"short": short_seconds / len(queries), "long": long_seconds / len(queries)},
+        "peak_memory": memory,
+        "memory_ratio_long_to_two_minutes": memory["long"]["peak_bytes"] / max(memory["head"]["peak_bytes"], 1),
+    }
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
+    for name in ("short", "long"):
+        m = metrics[name]
+        print(f"{name:5s}: R1@0.5 {m['R1@0.5']:.2f}  R1@0.7 {m['R1@0.7']:.2f}  mIoU {m['mIoU']:.2f}  "
+              f"({result['seconds_per_query'][name]:.2f} s a query)")
+    print(f"peak memory: 2-minute video {memory['head']['peak_bytes'] / 2**20:.1f} MiB, hour-long "
+          f"{memory['long']['peak_bytes'] / 2**20:.1f} MiB (x{result['memory_ratio_long_to_two_minutes']:.2f})")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

@@ -1,0 +1,152 @@
+"""Batch prediction: many videos and queries in one run, written as QVHighlights submission lines, resumable.
+
+`peft-vtg predict --adapter A --videos DIR_OR_LIST --queries FILE --output preds.jsonl` runs `predict_to_file`:
+each video is decoded and encoded once for all of its queries (`peft_vtg.inference.ground_queries`, window by window
+for long videos), its lines are appended and flushed to disk as soon as it is done, and a rerun after an
+interruption (even `kill -9`) skips the queries already written, after dropping a last line cut short by the kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+from tqdm.auto import tqdm
+
+from .data.annotations import PathLike, iter_json_lines, load_annotations
+from .data.video import check_video_id
+from .files import fsync_path, write_text_atomic
+from .inference import ground_queries
+from .submission import submission_lines
+
+
+def read_query_file(path: PathLike, format: Optional[str] = None) -> list[dict[str, Any]]:
+    """The queries to ground: JSON lines `{"qid", "vid", "query"}` (other keys, e.g. `duration`, are ignored), or any
+    annotation file `load_annotations` reads (`format` as there). qids must be unique; errors name the line."""
+    name = os.fspath(path)
+    if format is None and name.lower().endswith(".jsonl"):
+        rows, seen = [], set()
+        for number, entry in iter_json_lines(name):
+            where = f"{name}, line {number}"
+            missing = [key for key in ("qid", "vid", "query") if key not in entry]
+            if missing:
+                raise ValueError(f"{where}: needs {missing} (a query line is {{\"qid\", \"vid\", \"query\"}}).")
+            qid, vid, query = entry["qid"], entry["vid"], entry["query"]
+            if isinstance(qid, bool) or not isinstance(qid, (str, int)) or isinstance(vid, bool) or not isinstance(
+                    vid, (str, int)):
+                raise ValueError(f"{where}: 'qid' and 'vid' must be strings or integers, got {qid!r}, {vid!r}.")
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError(f"{where}: 'query' must be a non-empty sentence, got {query!r}.")
+            if str(qid) in seen:
+                raise ValueError(f"{where}: duplicate qid {qid!r}; every query needs its own id.")
+            seen.add(str(qid))
+            rows.append({"qid": str(qid), "vid": check_video_id(str(vid), where), "query": query.strip()})
+        if not rows:
+            raise ValueError(f"{name} holds no queries (the file is empty).")
+        return rows
+    return [{"qid": row["qid"], "vid": row["vid"], "query": row["query"]} for row in load_annotations(name, format)]
+
+
+def video_paths(videos: PathLike, vids: Sequence[str], suffix: str = ".mp4") -> dict[str, str]:
+    """vid -> video file for every id of `vids`: `videos` is a directory of `<vid><suffix>` files or a text file
+    listing one video path per line (the vid is the file name without its extension). Every id must have a file;
+    the error lists those that do not."""
+    name = os.fspath(videos)
+    if os.path.isdir(name):
+        found = {vid: os.path.join(name, vid + suffix) for vid in vids}
+    elif os.path.isfile(name):
+        found = {}
+        with open(name, encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, start=1):
+                path = line.strip()
+                if not path:
+                    continue
+                vid = os.path.splitext(os.path.basename(path))[0]
+                if vid in found and found[vid] != path:
+                    raise ValueError(f"{name}, line {number}: two videos have the id {vid!r} ({found[vid]} and "
+                                     f"{path}); give each video a distinct file name.")
+                found[vid] = path
+    else:
+        raise FileNotFoundError(f"--videos {name}: no such directory or list file.")
+    missing = sorted(vid for vid in dict.fromkeys(vids) if vid not in found or not os.path.isfile(found[vid]))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} queried video(s) have no file under {name}: {missing[:10]}"
+                                f"{' ...' if len(missing) > 10 else ''}.")
+    return {vid: found[vid] for vid in vids}
+
+
+def written_qids(output: PathLike) -> set[str]:
+    """The qids already in an output file of an earlier, interrupted run. Lines are written whole and flushed one
+    video at a time, so only a last line without its newline can be cut short (by a kill): it is removed, and the file
+    is whole again before new lines are appended. Any other line that is not a prediction is an error (the file is
+    not such an output)."""
+    name = os.fspath(output)
+    if not os.path.exists(name):
+        return set()
+    with open(name, encoding="utf-8") as handle:
+        text = handle.read()
+    complete = text[: text.rfind("\n") + 1]  # up to the last newline: a cut-off tail is dropped
+    qids = set()
+    for number, line in enumerate(complete.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if not isinstance(entry, Mapping) or "qid" not in entry:
+            raise ValueError(f"{name}, line {number} is not a prediction line, so the file is not the output of an "
+                             "interrupted `peft-vtg predict` run; give another --output.")
+        qids.add(str(entry["qid"]))
+    if complete != text:
+        write_text_atomic(name, complete)
+    return qids
+
+
+def predict_to_file(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    paths: Mapping[str, str],
+    output: PathLike,
+    disable_tqdm: bool = False,
+    **ground_kwargs: Any,
+) -> dict[str, int]:
+    """Ground every row's query in its video and append the submission lines to `output`, video by video.
+
+    Args:
+        rows: `{"qid", "vid", "query"}` (`read_query_file`).
+        paths: vid -> video file (`video_paths`).
+        ground_kwargs: what `ground_queries` takes (top_k, num_frames, return_saliency, window_seconds, ...).
+
+    Returns:
+        `{"written": lines written now, "resumed": queries found done, "videos": videos decoded now}`.
+    """
+    done = written_qids(output)
+    by_video: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row["qid"] not in done:
+            by_video.setdefault(row["vid"], []).append(row)
+    written = 0
+    progress = tqdm(total=sum(len(v) for v in by_video.values()), unit="query", desc="predicting",
+                    disable=disable_tqdm)
+    try:
+        with open(output, "a", encoding="utf-8") as handle:
+            for vid, video_rows in by_video.items():
+                results = ground_queries(model, paths[vid], [row["query"] for row in video_rows], tokenizer,
+                                         **ground_kwargs)
+                moments = {row["qid"]: (r.moments if hasattr(r, "moments") else r)
+                           for row, r in zip(video_rows, results)}
+                saliency = {row["qid"]: [score for _, _, score in r.saliency] for row, r in zip(video_rows, results)
+                            if hasattr(r, "saliency")}
+                handle.write("".join(submission_lines(moments, saliency or None, video_rows)))
+                handle.flush()
+                os.fsync(handle.fileno())  # a kill after this keeps the video's lines
+                written += len(video_rows)
+                progress.update(len(video_rows))
+    finally:
+        progress.close()
+    fsync_path(os.path.dirname(os.path.abspath(output)))
+    return {"written": written, "resumed": len(done & {row["qid"] for row in rows}), "videos": len(by_video)}
