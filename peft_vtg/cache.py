@@ -162,11 +162,12 @@ def _settings_sha256(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()
 
 
-def _differences(recorded: Mapping[str, Any], actual: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
+def _differences(recorded: Mapping[str, Any], actual: Mapping[str, Any], keys: Iterable[str],
+                 recorded_as: str = "cache") -> list[str]:
     def shown(key: str, value: Any) -> str:
         return f"{value[:12]}..." if key == "weights_sha256" and isinstance(value, str) else repr(value)
 
-    return [f"{key}: cache {shown(key, recorded.get(key))}, now {shown(key, actual.get(key))}" for key in keys
+    return [f"{key}: {recorded_as} {shown(key, recorded.get(key))}, now {shown(key, actual.get(key))}" for key in keys
             if recorded.get(key) != actual.get(key)]
 
 

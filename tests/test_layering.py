@@ -19,6 +19,7 @@ ALLOWED = {
     "training": {"timeline", "files", "heads", "data", "metrics", "moment_detr_eval", "vtg_prompt"},
     "submission": {"data", "metrics", "moment_detr_eval"},
     "batch_predict": {"data", "files", "inference", "submission"},
+    "extract": {"cache", "data", "files", "injection"},
     "hub": {"files", "metrics"},
     "cache": {"timeline", "files", "injection", "data"},
     "baselines": {"timeline", "heads"},

@@ -256,3 +256,49 @@ def test_batch_prediction_writes_submission_lines_and_resumes_after_a_kill(batch
     (tmp_path / "other.jsonl").write_text("not json\n")
     assert main([*command, "--output", str(tmp_path / "other.jsonl")]) == 2
     assert "is not a prediction line" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- features for your own videos
+@pytest.mark.parametrize("arch", ["clip", "siglip", "x_clip"])
+def test_extracted_features_equal_encode_video(arch, tmp_path):
+    from peft_vtg.data import FeatureDirectory
+    from peft_vtg.extract import extract_features
+    from test_cache import Frames, base
+
+    model = base(arch)
+    frames = Frames()
+    manifest = extract_features(model, ["v0", "v1"], frames, str(tmp_path), disable_tqdm=True)
+    assert manifest["complete"] and sorted(manifest["videos"]) == ["v0", "v1"]
+    from peft_vtg.injection import bind_architecture
+
+    bound = bind_architecture(model)
+    with torch.no_grad():  # the reference: the architecture's own per-frame features, as encode_video computes them
+        expected = bound.spec.features.video_frames(bound.root, frames("v1").unsqueeze(0))[0]
+    extracted = torch.from_numpy(np.asarray(FeatureDirectory(tmp_path)("v1")))
+    torch.testing.assert_close(extracted, expected, atol=1e-5, rtol=1e-5)
+    assert manifest["feature_size"] == expected.shape[-1]
+
+
+def test_extract_cli_formats_resume_and_mismatch(batch_workspace, tmp_path, capsys):
+    from peft_vtg.cli import main
+
+    root = batch_workspace
+    common = ["extract", "--base-model", str(root / "base"), "--video-dir", str(root / "videos"), "--image-size", "32",
+              "--disable-tqdm"]
+    assert main([*common, "--num-frames", "8", "--output-dir", str(tmp_path / "npy")]) == 0
+    assert "features of 4 videos" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "npy").iterdir()) == ["long.npy", "manifest.json", "v0.npy", "v1.npy",
+                                                                    "v2.npy"]
+    assert np.load(tmp_path / "npy" / "v0.npy").shape == (8, 48)
+    stamp = (tmp_path / "npy" / "v0.npy").stat().st_mtime_ns
+    assert main([*common, "--num-frames", "8", "--output-dir", str(tmp_path / "npy")]) == 0  # done: nothing redone
+    assert (tmp_path / "npy" / "v0.npy").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main([*common, "--num-frames", "4", "--output-dir", str(tmp_path / "npy")]) == 2
+    assert "other settings (num_frames: features 8, now 4)" in capsys.readouterr().err
+    assert main([*common, "--format", "moment_detr", "--output-dir", str(tmp_path / "mdetr")]) == 0
+    with np.load(tmp_path / "mdetr" / "long.npz") as archive:
+        assert list(archive.keys()) == ["features"] and archive["features"].shape == (32, 48)  # 64 s / 2 s
+    capsys.readouterr()
+    assert main([*common, "--format", "moment_detr", "--fps", "1", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "one feature per 2-second clip" in capsys.readouterr().err
