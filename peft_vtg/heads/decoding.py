@@ -214,24 +214,35 @@ def calibrated_spans(
 
 
 def merge_window_spans(
-    per_window: list[list[WindowSpan]], starts: list[int], window_frames: int
+    per_window: list[list[WindowSpan]], starts: list[int], window_frames: int, max_open: int = 5
 ) -> list[WindowSpan]:
     """All windows' spans (already on the whole video's frame grid) plus the joins of spans cut by a window edge.
 
     A moment that crosses the end of window w is seen there as a span ending on w's last frame, and in window w+1
-    (which overlaps w) as a span that starts before w's end and runs on. Such pairs are joined into one span from the
-    first's start to the second's end, scored with the mean of the two; a join that again ends on its window's last
-    frame can be extended by the next window, so moments longer than a window are recovered.
+    (which overlaps w) as a span that starts inside the first one and runs on past it. Such pairs are joined into one
+    span from the first's start to the second's end, scored with the weaker of the two (a join is no surer than its
+    less sure half); a join that again ends on its window's last frame can be extended by the next window, so
+    moments longer than a window are recovered. Joins are kept once per (start, end), and at most `max_open` spans,
+    the best, stay open from one window to the next, so the work stays linear in the number of windows.
     """
-    merged = [span for spans in per_window for span in spans]
-    open_spans: list[WindowSpan] = []  # spans (or joins) ending on the current window's last frame
+    merged: dict[tuple[int, int], float] = {}
+
+    def keep(first: int, last: int, score: float) -> None:
+        if score > merged.get((first, last), float("-inf")):
+            merged[(first, last)] = score
+
+    open_spans: list[WindowSpan] = []  # spans (or joins) ending on the previous window's last frame
     for w, spans in enumerate(per_window):
+        for span in spans:
+            keep(*span)
         last_frame = starts[w] + window_frames - 1
         joined = []
         for first, last, score in open_spans:
             for start, end, other in spans:
-                if start <= last < end:  # overlaps the open span and runs on past it
-                    joined.append((first, end, (score + other) / 2))
-        merged.extend(joined)
-        open_spans = [span for span in spans + joined if span[1] >= last_frame]
-    return merged
+                if first <= start <= last < end:  # starts inside the open span and runs on past it
+                    joined.append((first, end, min(score, other)))
+        for span in joined:
+            keep(*span)
+        ending = {(first, last): score for first, last, score in spans + joined if last >= last_frame}
+        open_spans = sorted(((f, l, s) for (f, l), s in ending.items()), key=lambda span: -span[2])[:max_open]
+    return [(first, last, score) for (first, last), score in merged.items()]
