@@ -66,3 +66,43 @@ def test_ci_minimum_versions_are_the_declared_floors():
     assert stack <= set(pins), sorted(stack - set(pins))
     assert {name: Version(floors[name]) if name in floors else None for name in pins} == \
         {name: Version(version) for name, version in pins.items()}
+
+
+def test_readme_your_own_videos_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """The "Your own videos" commands, run as written in a directory where the names they use exist: a tiny CLIP
+    saved as `openai/clip-vit-base-patch32`, coloured-light videos in `my-videos/` (and a 64-s one), annotations."""
+    import json
+    import shlex
+
+    import numpy as np
+    import pytest
+
+    pytest.importorskip("av")
+    from peft_vtg.cli import main
+    from tiny_models import tiny_clip, write_light_workspace, write_video
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Your own videos", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    commands = [line for line in block.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 6
+    write_light_workspace(tmp_path, tiny_clip(), num_videos=6)
+    (tmp_path / "openai").mkdir()
+    (tmp_path / "base").rename(tmp_path / "openai" / "clip-vit-base-patch32")
+    (tmp_path / "videos").rename(tmp_path / "my-videos")
+    write_video(tmp_path / "my-videos" / "my-long-video.mp4", np.full((64, 32, 32, 3), 96, np.uint8), fps=1)
+    rows = [json.loads(line) for line in (tmp_path / "ann.jsonl").read_text().splitlines()]
+    (tmp_path / "my-train.jsonl").write_text((tmp_path / "ann.jsonl").read_text())
+    (tmp_path / "my-test.jsonl").write_text((tmp_path / "ann.jsonl").read_text())
+    (tmp_path / "my-queries.jsonl").write_text("".join(
+        json.dumps({"qid": row["qid"], "vid": row["vid"], "query": row["query"]}) + "\n" for row in rows))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "peft-vtg"
+        assert main(argv[1:]) == 0, (command, capsys.readouterr().err[-2000:])
+    out = capsys.readouterr().out
+    assert len((tmp_path / "my-predictions.jsonl").read_text().splitlines()) == 6
+    assert json.loads((tmp_path / "my-adapter" / "adapter_config.json").read_text())["trained_window_seconds"] == 8.0
+    assert " s  " in out.splitlines()[-1]  # the long video's moments were printed
