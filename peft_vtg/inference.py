@@ -35,7 +35,14 @@ from .data.video import (
     video_duration,
     warn_duration_mismatches,
 )
-from .heads.decoding import Moment, calibrated_spans, decode_moments, merge_window_spans, window_starts
+from .heads.decoding import (
+    Moment,
+    calibrated_spans,
+    decode_moments,
+    match_probabilities,
+    merge_window_spans,
+    window_starts,
+)
 from .timeline import frame_scores_to_clips, rank_windows, temporal_nms
 from .vtg_prompt.model import VTGPromptModel
 
@@ -555,12 +562,13 @@ def _window_spans(tuner: Any, path: Any, queries: list[str], tokenizer: Any, dur
             with torch.no_grad():
                 video = tuner.encode_video(clips.to(device=reference.device, dtype=reference.dtype), layers)
                 out = _ground_encoded(tuner, video, text, reference)
+            match = match_probabilities(out)  # (rows,) or None
             for w, start in enumerate(batch_starts):
                 for q in range(len(queries)):
                     row = w * len(queries) + q
                     inside = out.inside_logits[row].cpu() if out.inside_logits is not None else None
                     found = calibrated_spans(out.start_logits[row].cpu(), out.end_logits[row].cpu(), inside, top_k,
-                                             max_span_frames)
+                                             max_span_frames, None if match is None else float(match[row]))
                     spans[q].append([(start + i, start + j, score) for i, j, score in found])
                     if return_saliency:
                         saliency_sum[q, start:start + window.frames] += out.saliency_logits[row].float().cpu()

@@ -12,7 +12,8 @@ from peft import get_peft_model
 
 from peft_vtg import VTGPromptConfig, ground
 from peft_vtg.data import decode_video, iter_video_frames, preprocess_frames, sample_times, video_duration
-from peft_vtg.heads.decoding import calibrated_spans, merge_window_spans, window_starts
+from peft_vtg.heads.decoding import calibrated_spans, match_probabilities, merge_window_spans, window_starts
+from peft_vtg.heads.task import VTGGroundingOutput
 from tiny_models import LIGHT_COLOURS, tiny_clip, tiny_tokenizer, write_video
 
 HEAD = dict(head_hidden_size=16, head_num_attention_heads=2, head_num_layers=1, num_video_tokens=2,
@@ -53,6 +54,22 @@ def test_calibration_ranks_a_window_without_the_moment_below_one_with_it():
     outside = calibrated_spans(start, end, torch.full((4,), -6.0), top_k=1)[0]
     assert inside[:2] == outside[:2] == (1, 2) and inside[2] > 100 * outside[2]
     assert calibrated_spans(start, end, None, top_k=2)[0][:2] == (1, 2)
+
+
+def test_a_matching_head_scales_each_window_by_its_match_probability():
+    start, end = torch.tensor([0.0, 5.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 5.0, 0.0])
+    plain = calibrated_spans(start, end, torch.full((4,), 6.0), top_k=1)[0]
+    matched = calibrated_spans(start, end, torch.full((4,), 6.0), top_k=1, match_probability=0.25)[0]
+    assert matched[:2] == plain[:2] and matched[2] == pytest.approx(0.25 * plain[2])
+    # without inside logits the scores are probabilities too (not log-probabilities), so the two scale alike
+    no_inside = calibrated_spans(start, end, None, top_k=1, match_probability=0.5)[0]
+    assert 0 < no_inside[2] <= 0.5
+    out = VTGGroundingOutput(start_logits=start[None], end_logits=end[None],
+                             violet_vtm_logits=torch.tensor([0.0, 2.0]),
+                             all_in_one_vtm_logits=torch.tensor([[0.0, 0.0], [0.0, 2.0]]))
+    expected = torch.sigmoid(torch.tensor([0.0, 2.0]))  # softmax of (0, x)[1] is sigmoid(x): both heads agree here
+    assert torch.allclose(match_probabilities(out), expected)
+    assert match_probabilities(VTGGroundingOutput(start_logits=start[None], end_logits=end[None])) is None
 
 
 # ---------------------------------------------------------------- streaming decode

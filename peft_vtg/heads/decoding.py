@@ -190,27 +190,47 @@ def calibrated_spans(
     inside_logits: Optional[torch.Tensor],
     top_k: int,
     max_span_frames: Optional[int] = None,
+    match_probability: Optional[float] = None,
 ) -> list[FrameSpan]:
     """The best spans of one window, with scores comparable across windows.
 
     A window's start/end softmax sums to 1 whether or not the moment is in it, so its span probability alone ranks a
     window without the moment as high as the one with it. The score here is that probability times the mean
-    "inside the moment" probability (sigmoid of the inside logits, an absolute, per-frame judgement) over the span's
-    frames; without inside logits, the span probability alone.
+    "inside the moment" probability (sigmoid of the inside logits, a per-frame judgement) over the span's frames
+    (without inside logits, the span probability alone), times the window's video-text match probability when the
+    adapter has a matching head (`match_probability`, see `match_probabilities`): those heads are trained with
+    negatives, video and query that do not belong together, so they tell a window without the moment from one with
+    it, which the span and inside heads, trained only on videos that hold their moment, cannot.
 
     Args:
         start_logits, end_logits: (frames,) of one window; inside_logits: (frames,) or None.
         top_k: spans to keep (no NMS here: windows are merged first, then suppressed once over the video).
+        match_probability: the window's match probability in [0, 1], or None.
     """
     scores = span_log_scores(start_logits, end_logits, len(start_logits), max_span_frames)
     spans = top_spans(scores, top_k * 3, None)
+    relevance = 1.0 if match_probability is None else float(match_probability)
     if inside_logits is None:
-        return spans[:top_k]
+        return [(i, j, math.exp(score) * relevance) for i, j, score in spans[:top_k]]
     inside = torch.sigmoid(inside_logits.float())
     cumulative = torch.cat([inside.new_zeros(1), inside.cumsum(0)])  # mean over [i, j] from two lookups
-    rescored = [(i, j, math.exp(score) * float((cumulative[j + 1] - cumulative[i]) / (j - i + 1)))
+    rescored = [(i, j, math.exp(score) * float((cumulative[j + 1] - cumulative[i]) / (j - i + 1)) * relevance)
                 for i, j, score in spans]
     return sorted(rescored, key=lambda span: -span[2])[:top_k]
+
+
+def match_probabilities(output: Any) -> Optional[torch.Tensor]:
+    """Per row, the probability that video and query match, from the adapter's video-text matching heads (VIOLET:
+    sigmoid of its logit; All-in-One: softmax of (mismatch, match); their mean when both exist), shape (batch,), or
+    None for an adapter without them."""
+    probabilities = []
+    violet = getattr(output, "violet_vtm_logits", None)
+    if violet is not None:
+        probabilities.append(torch.sigmoid(violet.float()))
+    all_in_one = getattr(output, "all_in_one_vtm_logits", None)
+    if all_in_one is not None:
+        probabilities.append(torch.softmax(all_in_one.float(), dim=-1)[:, 1])
+    return torch.stack(probabilities).mean(dim=0) if probabilities else None
 
 
 def merge_window_spans(
