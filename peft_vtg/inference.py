@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -43,6 +44,7 @@ from .heads.decoding import (
     merge_window_spans,
     window_starts,
 )
+from .heads.ensemble import fuse_grounding_outputs
 from .timeline import frame_scores_to_clips, rank_windows, temporal_nms
 from .vtg_prompt.model import VTGPromptModel
 
@@ -143,6 +145,7 @@ def ground(
     window_seconds: Optional[float] = None,
     window_overlap: float = 0.5,
     window_batch_size: int = 8,
+    adapter_names: Optional[Sequence[str]] = None,
     disable_tqdm: bool = False,
 ) -> Union[list[Moment], list[list[Moment]], "GroundingResult", list["GroundingResult"]]:
     """Find the moments that `query` describes in `video`, as `(start_s, end_s, score)`, best first.
@@ -172,6 +175,12 @@ def ground(
             Shorter videos take the single-pass path unchanged.
         window_overlap: fraction of a window shared with the next one, in [0, 1).
         window_batch_size: windows per forward pass.
+        adapter_names: a prompt ensemble: ground with each of these loaded adapters (`model.load_adapter(path,
+            adapter_name=...)`) and fuse their per-frame start / end distributions before decoding, by the mean of
+            their probabilities (`peft_vtg.heads.fuse_grounding_outputs`; inside, matching and saliency scores are
+            averaged alike). One batched forward: every (video, query) pair is repeated once per adapter and run
+            through the per-sample adapter mechanism. The first adapter's recorded window and frames per video are
+            used. None (default): the active adapter alone; `["a"]` gives exactly what adapter "a" gives.
         disable_tqdm: no progress bar over a long video's windows.
 
     Returns:
@@ -185,9 +194,11 @@ def ground(
     _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
     if not isinstance(return_saliency, bool):
         raise ValueError(f"return_saliency must be True or False, got {return_saliency!r}.")
-    window = _window_settings(layer, tuner, window_seconds, window_overlap, window_batch_size, num_frames, fps)
+    names = _ensemble_names(tuner, layer, adapter_names)
+    window = _window_settings(layer, tuner, window_seconds, window_overlap, window_batch_size, num_frames, fps,
+                              names)
     if return_saliency:
-        _check_saliency_heads(tuner, layer, clip_length)
+        _check_saliency_heads(tuner, layer, clip_length, names)
     videos, single_video = _split_videos(video)
     if isinstance(query, str):
         queries, single_query = [query], True
@@ -240,7 +251,8 @@ def ground(
                 warn_duration_mismatches([(name, given[0], seconds)])
             answers = _ground_long_video(
                 tuner, name, [queries[i] for i in indices], tokenizer, seconds, window, image_size, processor,
-                top_k, nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length, disable_tqdm)
+                top_k, nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length, disable_tqdm,
+                names)
             long_results.update(zip(indices, answers))
         if len(long_results) == len(videos):
             results = [long_results[i] for i in range(len(videos))]
@@ -273,14 +285,15 @@ def ground(
     reference = next(tuner.parameters())
     text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
                      return_tensors="pt")
-    names = [f"query {k}" for k in range(len(queries))]
-    check_query_tokens(tokenizer, text["input_ids"], text["attention_mask"], names)
+    check_query_tokens(tokenizer, text["input_ids"], text["attention_mask"],
+                       [f"query {k}" for k in range(len(queries))])
     video_key = "video_features" if padded.dim() == 3 else "pixel_values"
     was_training = tuner.training
     tuner.eval()
     try:
         with torch.no_grad():
-            out = tuner.forward_grounding(
+            out = _forward_grounding(
+                tuner, names,
                 input_ids=text["input_ids"].to(reference.device),
                 attention_mask=text["attention_mask"].to(reference.device),
                 frame_mask=frame_mask.to(reference.device),
@@ -342,6 +355,7 @@ def ground_queries(
     window_overlap: float = 0.5,
     window_batch_size: int = 8,
     query_batch_size: int = 64,
+    adapter_names: Optional[Sequence[str]] = None,
     disable_tqdm: bool = True,
 ) -> list[Union[list[Moment], "GroundingResult"]]:
     """Ground many queries in one video file, the video decoded and encoded once for all of them (video prompts do
@@ -349,7 +363,8 @@ def ground_queries(
 
     A video longer than 1.5 windows goes window by window as in `ground`; a shorter one is sampled once at
     `num_frames` / `fps` (default: the frames per video the adapter was trained on, recorded in its config, else
-    the encoder's fixed count or 32). Arguments as in `ground`; `query_batch_size` queries share one head pass.
+    the encoder's fixed count or 32). Arguments as in `ground` (`adapter_names`: a prompt ensemble, each member
+    encoding the video once); `query_batch_size` queries share one head pass.
 
     Returns:
         One entry per query, in order: its moments, or with `return_saliency` a `GroundingResult`.
@@ -364,18 +379,20 @@ def ground_queries(
         raise ValueError("queries must be a non-empty list of non-empty sentences.")
     if not isinstance(video, (str, os.PathLike)):
         raise TypeError(f"video must be a video file path, got {type(video).__name__}.")
-    window = _window_settings(layer, tuner, window_seconds, window_overlap, window_batch_size, num_frames, fps)
+    names = _ensemble_names(tuner, layer, adapter_names)
+    window = _window_settings(layer, tuner, window_seconds, window_overlap, window_batch_size, num_frames, fps,
+                              names)
     if return_saliency:
-        _check_saliency_heads(tuner, layer, clip_length)
+        _check_saliency_heads(tuner, layer, clip_length, names)
     if image_size is None and layer.bound.video is not None:
         image_size = layer.bound.video.extra.get("image_size")
     duration = video_duration(video)
     if window is not None and duration > LONG_VIDEO_FACTOR * window.seconds:
         return _ground_long_video(tuner, video, queries, tokenizer, duration, window, image_size, processor, top_k,
                                   nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length,
-                                  disable_tqdm)
+                                  disable_tqdm, names)
     if num_frames is None and fps is None:
-        config = tuner.peft_config[layer._call_adapters()[0]]
+        config = tuner.peft_config[_members(layer, names)[0]]
         num_frames = (layer.bound.required_num_frames or getattr(config, "trained_window_frames", None)
                       or DEFAULT_NUM_FRAMES)
     frames, _ = decode_video(video, num_frames=num_frames, fps=fps)
@@ -386,11 +403,12 @@ def ground_queries(
     tuner.eval()
     try:
         with torch.no_grad():
-            encoded = tuner.encode_video(pixels.unsqueeze(0).to(device=reference.device, dtype=reference.dtype),
-                                         _heads_video_layers(tuner))  # (1, frames, [layers,] dim)
+            encoded = _encode_windows(tuner, pixels.unsqueeze(0).to(device=reference.device, dtype=reference.dtype),
+                                      names)  # (1 [x members], frames, [layers,] dim)
             for begin in range(0, len(queries), query_batch_size):
                 part = queries[begin:begin + query_batch_size]
-                out = _ground_encoded(tuner, encoded, _query_batch(tokenizer, part, max_text_length), reference)
+                out = _ground_encoded(tuner, encoded, _query_batch(tokenizer, part, max_text_length), reference,
+                                      names)
                 moments = decode_moments(out.start_logits.cpu(), out.end_logits.cpu(), [duration] * len(part),
                                          out.frame_mask.cpu(), top_k=top_k, max_span_seconds=max_span_seconds,
                                          nms_threshold=nms_threshold)
@@ -408,9 +426,61 @@ def ground_queries(
     return results
 
 
-def _check_saliency_heads(tuner: Any, layer: Any, clip_length: float) -> None:
+def _ensemble_names(tuner: Any, layer: Any, adapter_names: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """The checked members of a prompt ensemble (`adapter_names` of `ground`), or None for the active adapter."""
+    if adapter_names is None:
+        return None
+    if isinstance(adapter_names, (str, bytes)) or not isinstance(adapter_names, Sequence):
+        raise TypeError(f"adapter_names must be a list of adapter names, e.g. ['a', 'b'], got {adapter_names!r}.")
+    names = list(adapter_names)
+    if not names:
+        raise ValueError("adapter_names is empty; give the adapters to ensemble, or None for the active adapter.")
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"adapter_names must hold adapter names (strings), got {name!r}.")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"adapter_names lists {repeated} more than once; name each adapter once (the members of an "
+                         "ensemble weigh the same).")
+    unknown = [name for name in names if name not in tuner.peft_config]
+    if unknown:
+        raise ValueError(f"adapter_names names adapters that are not loaded: {unknown}; loaded: "
+                         f"{sorted(tuner.peft_config)}. Load each with model.load_adapter(path, adapter_name=...).")
+    if layer.disable_adapters:
+        raise ValueError("Adapters are disabled; the grounding head belongs to an adapter. Leave disable_adapter().")
+    return names
+
+
+def _members(layer: Any, names: Optional[list[str]]) -> list[str]:
+    """The adapters a call grounds with: the ensemble's, or the active one(s)."""
+    return names if names is not None else layer._call_adapters()
+
+
+def _forward_grounding(tuner: Any, names: Optional[list[str]], **inputs: Any) -> Any:
+    """`forward_grounding` with the active adapter, or with every member of an ensemble on every row (rows
+    repeated member-minor, one batched forward through per-sample adapters) fused into one output per row."""
+    if names is None:
+        return tuner.forward_grounding(**inputs)
+    rows = inputs["input_ids"].shape[0]
+    repeated = {key: value.repeat_interleave(len(names), dim=0) if isinstance(value, torch.Tensor) else value
+                for key, value in inputs.items()}
+    out = tuner.forward_grounding(**repeated, adapter_names=names * rows)
+    return fuse_grounding_outputs(out, len(names))
+
+
+def _encode_windows(tuner: Any, pixels: torch.Tensor, names: Optional[list[str]]) -> torch.Tensor:
+    """(windows, frames, 3, H, W) -> video features of each window with the active adapter, (windows, frames,
+    [layers,] dim), or with each ensemble member, (windows * members, ...) member-minor."""
+    layers = _heads_video_layers(tuner, names)
+    if names is None:
+        return tuner.encode_video(pixels, layers)
+    windows = pixels.shape[0]
+    return tuner.encode_video(pixels.repeat_interleave(len(names), dim=0), layers, adapter_names=names * windows)
+
+
+def _check_saliency_heads(tuner: Any, layer: Any, clip_length: float, names: Optional[list[str]] = None) -> None:
     check_positive_seconds(clip_length, "clip_length")
-    heads = [tuner._heads_of(name) for name in layer._call_adapters()]
+    heads = [tuner._heads_of(name) for name in _members(layer, names)]
     if not all(hasattr(head.grounding, "saliency_head") for head in heads):
         raise ValueError("return_saliency=True needs an adapter trained with a saliency head "
                          "(VTGPromptConfig(predict_saliency=True), on data with highlight labels).")
@@ -431,13 +501,20 @@ class _Window:
 
 
 def _window_settings(layer: Any, tuner: Any, window_seconds: Optional[float], overlap: float, batch_size: int,
-                     num_frames: Optional[int], fps: Optional[float]) -> Optional[_Window]:
-    """The windowing of long videos for the active adapter, or None when it records no trained window and none is
-    given; arguments checked with errors naming them."""
+                     num_frames: Optional[int], fps: Optional[float],
+                     names: Optional[list[str]] = None) -> Optional[_Window]:
+    """The windowing of long videos for the active adapter (an ensemble's first member), or None when it records no
+    trained window and none is given; arguments checked with errors naming them."""
     if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0.0 <= overlap < 1.0:
         raise ValueError(f"window_overlap must be a fraction in [0, 1), got {overlap!r}.")
     batch_size = check_positive_int(batch_size, "window_batch_size", "windows")
-    config = tuner.peft_config[layer._call_adapters()[0]] if layer._call_adapters() else None
+    members = _members(layer, names)
+    config = tuner.peft_config[members[0]] if members else None
+    recorded = {(getattr(tuner.peft_config[name], "trained_window_frames", None),
+                 getattr(tuner.peft_config[name], "trained_window_seconds", None)) for name in members}
+    if len(recorded) > 1 and window_seconds is None:
+        warnings.warn(f"The adapters {members} were trained on different windows ({sorted(recorded, key=str)}); "
+                      f"long videos are cut into {members[0]!r}'s. Pass window_seconds= to choose.", stacklevel=3)
     frames = getattr(config, "trained_window_frames", None)
     if window_seconds is None:
         window_seconds = getattr(config, "trained_window_seconds", None)
@@ -460,14 +537,14 @@ def _ground_long_video(tuner: Any, path: Any, queries: list[str], tokenizer: Any
                        image_size: Optional[int], processor: Optional[Any], top_k: int,
                        nms_threshold: Optional[float], max_span_seconds: Optional[float],
                        max_text_length: Optional[int], return_saliency: bool, clip_length: float,
-                       disable_tqdm: bool) -> list[Any]:
+                       disable_tqdm: bool, names: Optional[list[str]] = None) -> list[Any]:
     """Ground `queries` in one long video file window by window (see `ground`'s `window_seconds`): each query's
     window spans (`_window_spans`, one pass over the video for all queries) joined across window edges
     (`merge_window_spans`), suppressed once over the whole video (temporal NMS) and the top `top_k` returned in
     seconds. Saliency: the mean over the windows that see a frame. One result per query."""
     total, starts, spans, saliency = _window_spans(
         tuner, path, queries, tokenizer, duration, window, image_size, processor, top_k, max_span_seconds,
-        max_text_length, return_saliency, disable_tqdm)
+        max_text_length, return_saliency, disable_tqdm, names)
     step = duration / total
     results = []
     for q in range(len(queries)):
@@ -485,10 +562,11 @@ def _ground_long_video(tuner: Any, path: Any, queries: list[str], tokenizer: Any
     return results
 
 
-def _heads_video_layers(tuner: Any) -> Optional[int]:
-    """How many video layers the active adapters' heads read (None: one, the encoder's features)."""
+def _heads_video_layers(tuner: Any, names: Optional[list[str]] = None) -> Optional[int]:
+    """How many video layers the active adapters' (or the ensemble's) heads read (None: one, the encoder's
+    features)."""
     layer = tuner._layer(tuner.model)
-    most = max(tuner._heads_of(name).grounding.video_layers for name in layer._call_adapters())
+    most = max(tuner._heads_of(name).grounding.video_layers for name in _members(layer, names))
     return most if most > 1 else None
 
 
@@ -500,21 +578,30 @@ def _query_batch(tokenizer: Any, queries: list[str], max_text_length: Optional[i
     return text
 
 
-def _ground_encoded(tuner: Any, video: torch.Tensor, text: dict[str, torch.Tensor], reference: torch.Tensor) -> Any:
+def _ground_encoded(tuner: Any, video: torch.Tensor, text: dict[str, torch.Tensor], reference: torch.Tensor,
+                    names: Optional[list[str]] = None) -> Any:
     """The grounding head on video features encoded once (by this adapter, `video_features_from_adapter`) for
-    several queries: `video` (windows, frames, [layers,] dim) -> rows window-major, each window with every query."""
-    queries, windows = text["input_ids"].shape[0], video.shape[0]
-    return tuner.forward_grounding(
-        input_ids=text["input_ids"].repeat(windows, 1).to(reference.device),
-        attention_mask=text["attention_mask"].repeat(windows, 1).to(reference.device),
-        video_features=video.repeat_interleave(queries, dim=0), video_features_from_adapter=True,
+    several queries: `video` (windows, frames, [layers,] dim) -> rows window-major, each window with every query.
+    With an ensemble, `video` is (windows * members, ...) member-minor (`_encode_windows`): each member's head reads
+    its own encoding, and the members' outputs are fused into one row per (window, query)."""
+    queries, members = text["input_ids"].shape[0], 1 if names is None else len(names)
+    windows = video.shape[0] // members
+    # rows (window, query, member): member m of window w reads video row w * members + m
+    video = video.view(windows, 1, members, *video.shape[1:]).expand(windows, queries, members, *video.shape[1:])
+    ids, mask = (t[None, :, None].expand(windows, queries, members, t.shape[-1]).reshape(-1, t.shape[-1])
+                 for t in (text["input_ids"], text["attention_mask"]))
+    out = tuner.forward_grounding(
+        input_ids=ids.to(reference.device), attention_mask=mask.to(reference.device),
+        video_features=video.reshape(-1, *video.shape[3:]), video_features_from_adapter=True,
+        adapter_names=None if names is None else names * (windows * queries),
     )
+    return out if names is None else fuse_grounding_outputs(out, members)
 
 
 def _window_spans(tuner: Any, path: Any, queries: list[str], tokenizer: Any, duration: float, window: _Window,
                   image_size: Optional[int], processor: Optional[Any], top_k: int,
                   max_span_seconds: Optional[float], max_text_length: Optional[int], return_saliency: bool,
-                  disable_tqdm: bool,
+                  disable_tqdm: bool, names: Optional[list[str]] = None,
                   ) -> tuple[int, list[int], list[list[list[tuple[int, int, float]]]], Optional[list]]:
     """Each query's best spans in each window, on the whole video's frame grid.
 
@@ -537,7 +624,6 @@ def _window_spans(tuner: Any, path: Any, queries: list[str], tokenizer: Any, dur
     starts = window_starts(total, window.frames, stride)
     reference = next(tuner.parameters())
     text = _query_batch(tokenizer, queries, max_text_length)
-    layers = _heads_video_layers(tuner)
     max_span_frames = None if max_span_seconds is None else max(1, int(math.ceil(max_span_seconds / step)))
     spans: list[list[list[tuple[int, int, float]]]] = [[] for _ in queries]
     saliency_sum, saliency_count = torch.zeros(len(queries), total), torch.zeros(total)
@@ -560,8 +646,8 @@ def _window_spans(tuner: Any, path: Any, queries: list[str], tokenizer: Any, dur
             clips = torch.stack([torch.stack(buffer[s - buffer_start:s - buffer_start + window.frames])
                                  for s in batch_starts])  # (windows, frames, 3, H, W)
             with torch.no_grad():
-                video = tuner.encode_video(clips.to(device=reference.device, dtype=reference.dtype), layers)
-                out = _ground_encoded(tuner, video, text, reference)
+                video = _encode_windows(tuner, clips.to(device=reference.device, dtype=reference.dtype), names)
+                out = _ground_encoded(tuner, video, text, reference, names)
             match = match_probabilities(out)  # (rows,) or None
             for w, start in enumerate(batch_starts):
                 for q in range(len(queries)):

@@ -287,18 +287,25 @@ class VTGPromptModel(BaseTuner):
         layer, features = self._feature_spec()
         return features.text_tokens(layer.bound.root, input_ids, attention_mask)
 
-    def encode_video(self, pixel_values: torch.Tensor, num_layers: Optional[int] = None) -> torch.Tensor:
+    def encode_video(
+        self, pixel_values: torch.Tensor, num_layers: Optional[int] = None, adapter_names: Optional[list[str]] = None
+    ) -> torch.Tensor:
         """Per-frame video features with the active adapter's prompts.
 
         Args:
             pixel_values: (batch, frames, channels, height, width), preprocessed for the encoder.
             num_layers: None for the encoder's features; m >= 1 for the features of its last m layers, each pooled
                 as the tower pools its own output (what a head with `head_video_layers = m` reads).
+            adapter_names: one adapter per clip (per-sample adapters, as in `model(..., adapter_names=...)`) in
+                place of the active adapter.
 
         Returns:
             (batch, frames, video_feature_size); with `num_layers` (batch, frames, m, video_feature_size), earliest
             layer first (the last entry is the encoder's features).
         """
+        if adapter_names is not None:
+            with self._enable_peft_forward_hooks(pixel_values=pixel_values, adapter_names=adapter_names):
+                return self.encode_video(pixel_values, num_layers)
         layer, features = self._feature_spec()
         if pixel_values.dim() != 5:
             raise ValueError(

@@ -1,0 +1,148 @@
+"""Prompt ensembles (issue #15): several adapters' start/end distributions fused before decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from peft import get_peft_model
+
+from peft_vtg import VTGPromptConfig, ground
+from peft_vtg.heads import VTGGroundingOutput, decode_moments, fuse_grounding_outputs
+from peft_vtg.inference import ground_queries
+from tiny_models import tiny_clip, tiny_tokenizer, write_video
+
+HEAD = dict(head_hidden_size=16, head_num_attention_heads=2, head_num_layers=1, num_video_tokens=2,
+            num_text_tokens=2, predict_saliency=True, vtm_heads=["violet"])
+QUERY = "the red light turns on"
+
+
+def test_fusion_is_the_mean_of_the_members_probabilities():
+    # two pairs x two members, 4 frames; the second pair has a padded last frame
+    start = torch.tensor([[0.0, 2.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, -5.0], [0.0, 0.0, 4.0, -5.0]])
+    mask = torch.tensor([[1, 1, 1, 1]] * 2 + [[1, 1, 1, 0]] * 2)
+    lowest = torch.finfo(torch.float32).min
+    out = VTGGroundingOutput(start_logits=start.masked_fill(mask == 0, lowest), end_logits=start.flip(-1),
+                             frame_mask=mask, inside_logits=torch.tensor([[0.0] * 4, [2.0] * 4] * 2),
+                             saliency_logits=torch.ones(4, 4), violet_vtm_logits=torch.tensor([0.0, 2.0, -1.0, 1.0]))
+    fused = fuse_grounding_outputs(out, members=2)
+    assert fused.start_logits.shape == (2, 4) and fused.frame_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    expected = (torch.softmax(start[0], 0) + torch.softmax(start[1], 0)) / 2
+    assert torch.allclose(fused.start_logits[0].exp(), expected)
+    real = (torch.softmax(start[2, :3], 0) + torch.softmax(start[3, :3], 0)) / 2
+    assert torch.allclose(fused.start_logits[1, :3].exp(), real) and fused.start_logits[1, 3] == lowest
+    assert torch.allclose(torch.sigmoid(fused.inside_logits[0]), (0.5 + torch.sigmoid(torch.tensor(2.0))) / 2 * torch.ones(4))
+    assert torch.allclose(torch.sigmoid(fused.violet_vtm_logits),
+                          torch.stack([(0.5 + torch.sigmoid(torch.tensor(2.0))) / 2,
+                                       (torch.sigmoid(torch.tensor(-1.0)) + torch.sigmoid(torch.tensor(1.0))) / 2]))
+    assert fused.saliency_logits[1, 3] == lowest and fused.saliency_logits[0].tolist() == [1.0] * 4
+    # one member: the same distribution as the member's logits, so the same moments
+    alone = fuse_grounding_outputs(out, members=1)
+    assert torch.allclose(alone.start_logits[0], torch.log_softmax(start[0], 0))
+    for got, expected in zip(decode_moments(alone.start_logits, alone.end_logits, [8.0] * 4, alone.frame_mask),
+                             decode_moments(out.start_logits, out.end_logits, [8.0] * 4, mask)):
+        assert_same_moments(got, expected)
+    with pytest.raises(ValueError, match="groups of 3"):
+        fuse_grounding_outputs(out, members=3)
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        fuse_grounding_outputs(out, members=2, fusion="max")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """A 10-s video (one pass: under 1.5 windows) and a 64-s video (grounded window by window with an 8-s window)."""
+    pytest.importorskip("av")
+    root = tmp_path_factory.mktemp("ensemble")
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, seconds in (("short", 10), ("long", 64)):
+        frames = np.full((seconds, 32, 32, 3), 96, np.uint8)
+        for start in rng.integers(0, seconds - 4, size=seconds // 8):
+            frames[start:start + 3, :, :, 0] = 255
+        write_video(root / f"{name}.mp4", frames, fps=1)
+        paths.append(str(root / f"{name}.mp4"))
+    return root, paths
+
+
+def three_adapters(root):
+    """Adapters "a" and "b" (different random prompts and heads) and "a_again", "a" saved and loaded again."""
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_clip(), VTGPromptConfig(**HEAD), adapter_name="a")
+    torch.manual_seed(1)
+    model.add_adapter("b", VTGPromptConfig(**HEAD))
+    for name in ("a", "b"):
+        config = model.peft_config[name]
+        config.trained_window_frames, config.trained_window_seconds = 8, 8.0
+    model.save_pretrained(root / "saved", selected_adapters=["a"])
+    model.load_adapter(str(root / "saved" / "a"), adapter_name="a_again")  # non-default: a subfolder
+    model.set_adapter("a")
+    return model.eval()
+
+
+def assert_same_moments(left, right):
+    assert len(left) == len(right)
+    for one, other in zip(left, right):
+        assert one[:2] == pytest.approx(other[:2], abs=1e-6) and one[2] == pytest.approx(other[2], rel=1e-4)
+
+
+@pytest.mark.parametrize("which", ["short", "long"])
+def test_an_ensemble_of_one_adapter_is_that_adapter(videos, which):
+    root, paths = videos
+    model, tokenizer = three_adapters(root), tiny_tokenizer()
+    path = paths[["short", "long"].index(which)]
+    settings = dict(image_size=32, num_frames=8, top_k=5, return_saliency=True, disable_tqdm=True)
+    alone = ground(model, path, QUERY, tokenizer, **settings)
+    assert_same_moments(ground(model, path, QUERY, tokenizer, adapter_names=["a"], **settings).moments, alone.moments)
+    # the same adapter twice (loaded again under another name): the mean of two equal distributions
+    twice = ground(model, path, QUERY, tokenizer, adapter_names=["a", "a_again"], **settings)
+    assert_same_moments(twice.moments, alone.moments)
+    assert [s for *_, s in twice.saliency] == pytest.approx([s for *_, s in alone.saliency], rel=1e-4, abs=1e-5)
+    # members weigh the same: their order does not matter (each row reads its own member's encoding)
+    assert_same_moments(ground(model, path, QUERY, tokenizer, adapter_names=["a", "b"], **settings).moments,
+                        ground(model, path, QUERY, tokenizer, adapter_names=["b", "a"], **settings).moments)
+    # and the other adapter's answer differs, so the comparison above could fail
+    model.set_adapter("b")
+    other = ground(model, path, QUERY, tokenizer, **settings)
+    assert [m[:2] for m in other.moments] != [m[:2] for m in alone.moments] or \
+        other.moments[0][2] != pytest.approx(alone.moments[0][2], rel=1e-3)
+
+
+def test_a_batched_ensemble_equals_each_adapter_run_alone_then_fused(videos):
+    root, paths = videos
+    model, tokenizer = three_adapters(root), tiny_tokenizer()
+    from peft_vtg.data import decode_video, preprocess_frames
+
+    frames, duration = decode_video(paths[0], num_frames=8)
+    pixels = preprocess_frames(frames, image_size=32).unsqueeze(0)  # (1, 8, 3, 32, 32)
+    text = tokenizer([QUERY], return_tensors="pt")
+    per_adapter = []
+    for name in ("b", "a"):
+        model.set_adapter(name)
+        with torch.no_grad():
+            per_adapter.append(model.forward_grounding(input_ids=text["input_ids"],
+                                                       attention_mask=text["attention_mask"], pixel_values=pixels))
+    stacked = VTGGroundingOutput(**{key: torch.cat([out[key] for out in per_adapter])
+                                    for key in ("start_logits", "end_logits", "inside_logits", "frame_mask")})
+    fused = fuse_grounding_outputs(stacked, members=2)
+    expected = decode_moments(fused.start_logits, fused.end_logits, [duration], fused.frame_mask, top_k=5)[0]
+    model.set_adapter("a")  # the active adapter plays no part in an ensemble
+    got = ground(model, paths[0], QUERY, tokenizer, image_size=32, num_frames=8, top_k=5, adapter_names=["b", "a"])
+    assert_same_moments(got, expected)
+    # batch prediction's path (one encoding per member, all queries) gives the same
+    both = ground_queries(model, paths[0], [QUERY, "the green light turns on"], tokenizer, image_size=32,
+                          num_frames=8, top_k=5, adapter_names=["b", "a"])
+    assert_same_moments(both[0], expected)
+
+
+def test_ensemble_names_are_checked(videos):
+    root, paths = videos
+    model, tokenizer = three_adapters(root), tiny_tokenizer()
+    for names, error, match in [
+        ([], ValueError, "adapter_names is empty"),
+        ("a", TypeError, "list of adapter names"),
+        (["a", "a"], ValueError, r"lists \['a'\] more than once"),
+        (["a", "c"], ValueError, r"not loaded: \['c'\]; loaded: \['a', 'a_again', 'b'\]"),
+        (["a", 3], TypeError, "adapter names"),
+    ]:
+        with pytest.raises(error, match=match):
+            ground(model, paths[0], QUERY, tokenizer, adapter_names=names)
