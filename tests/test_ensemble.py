@@ -146,3 +146,43 @@ def test_ensemble_names_are_checked(videos):
     ]:
         with pytest.raises(error, match=match):
             ground(model, paths[0], QUERY, tokenizer, adapter_names=names)
+
+
+def test_ensemble_module_evaluates_like_its_members_fused(videos):
+    from torch.utils.data import DataLoader
+
+    from peft_vtg.data import GroundingCollator
+    from peft_vtg.training import EnsembleGroundingModule, GroundingModule, evaluate_grounding
+    from test_cache import Frames, rows
+
+    root, _ = videos
+    model = three_adapters(root)
+    data = rows(6)
+    collator = GroundingCollator(tiny_tokenizer(), Frames())
+    loader = DataLoader(data, batch_size=4, collate_fn=collator)
+    model.set_adapter("a")
+    alone, alone_moments = evaluate_grounding(GroundingModule(model), loader, data, disable_tqdm=True)
+    single, single_moments = evaluate_grounding(EnsembleGroundingModule(model, ["a"]), loader, data, disable_tqdm=True)
+    twice, _ = evaluate_grounding(EnsembleGroundingModule(model, ["a", "a_again"]), loader, data, disable_tqdm=True)
+    assert single == pytest.approx(alone) and twice == pytest.approx(alone)
+    for qid in alone_moments:
+        assert_same_moments(single_moments[qid], alone_moments[qid])
+    # two different members: the module's rows are each member's, fused (checked against one member run at a time)
+    _, mixed = evaluate_grounding(EnsembleGroundingModule(model, ["a", "b"]), loader, data, disable_tqdm=True)
+    batch = {k: v for k, v in collator(data[:2]).items() if k not in ("start_frames", "end_frames")}
+    outputs = []
+    for name in ("a", "b"):
+        model.set_adapter(name)
+        with torch.no_grad():
+            outputs.append(GroundingModule(model).eval()(**batch))
+    stacked = VTGGroundingOutput(**{key: torch.stack([out[key] for out in outputs], 1).flatten(0, 1)
+                                    for key in ("start_logits", "end_logits", "inside_logits", "frame_mask")})
+    fused = fuse_grounding_outputs(stacked, 2)
+    expected = decode_moments(fused.start_logits, fused.end_logits, [8.0, 8.0], fused.frame_mask, top_k=5,
+                              nms_threshold=0.5)
+    assert_same_moments(mixed["q0"], expected[0])
+    assert_same_moments(mixed["q1"], expected[1])
+    with pytest.raises(ValueError, match="each once"):
+        EnsembleGroundingModule(model, ["a", "zzz"])
+    with pytest.raises(ValueError, match="evaluated, not trained"):
+        EnsembleGroundingModule(model, ["a", "b"])(**collator(data[:2]))

@@ -5,12 +5,13 @@ from .checkpoints import DamagedCheckpointError, SettingsChangedError
 from .evaluation import GroundingPredictions, evaluate_grounding, grounding_metrics, predict_grounding, predict_moments
 from .hf_trainer import GroundingTrainer
 from .loop import TrainResult, train
-from .module import GroundingModule
+from .module import EnsembleGroundingModule, GroundingModule
 from .safety import NonFiniteError, OutputDirInUseError
 
 __all__ = [
     "DamagedCheckpointError",
     "GroundingPredictions",
+    "EnsembleGroundingModule",
     "GroundingModule",
     "GroundingTrainer",
     "NonFiniteError",

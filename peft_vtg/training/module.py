@@ -1,12 +1,15 @@
-"""`GroundingModule`: a `PeftModel` whose `forward` is the grounding forward, for DDP, accelerate and `Trainer`."""
+"""`GroundingModule`: a `PeftModel` whose `forward` is the grounding forward, for DDP, accelerate and `Trainer`;
+`EnsembleGroundingModule`: several adapters' fused grounding forward, for evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..heads import VTGGroundingOutput
+from ..heads import VTGGroundingOutput, fuse_grounding_outputs
 
 
 class GroundingModule(nn.Module):
@@ -34,3 +37,38 @@ class GroundingModule(nn.Module):
             base.eval()
             base.vtg_prompts.train()  # the adapter layer lives inside the base model
         return self
+
+
+class EnsembleGroundingModule(nn.Module):
+    """A prompt ensemble for evaluation: `forward(**batch)` grounds every row with each of `adapter_names` (one
+    batched forward, rows repeated member-minor through per-sample adapters) and fuses their outputs into one row
+    (`peft_vtg.heads.fuse_grounding_outputs`: the mean of the members' probabilities). Inference only: an ensemble
+    of separately trained adapters is not trained as one, so label keys are refused.
+
+    Args:
+        peft_model: a VTG `PeftModel` with every member loaded (`load_adapter(path, adapter_name=...)`).
+        adapter_names: the members, each once.
+    """
+
+    def __init__(self, peft_model: nn.Module, adapter_names: Sequence[str]) -> None:
+        super().__init__()
+        if not hasattr(peft_model, "forward_grounding"):
+            raise TypeError(f"{type(peft_model).__name__} has no forward_grounding; wrap a VTG PeftModel.")
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        unknown = [name for name in names if name not in peft_model.peft_config]
+        if not names or unknown or len(set(names)) != len(names):
+            raise ValueError(f"adapter_names must name loaded adapters, each once; got {names} (loaded: "
+                             f"{sorted(peft_model.peft_config)}).")
+        self.peft_model = peft_model
+        self.adapter_names = names
+
+    def forward(self, **batch: Any) -> VTGGroundingOutput:
+        labels = [key for key in ("start_frames", "end_frames", "saliency_targets") if batch.get(key) is not None]
+        if labels:
+            raise ValueError(f"An ensemble is evaluated, not trained: drop {labels} from the batch.")
+        members = len(self.adapter_names)
+        rows = batch["input_ids"].shape[0]
+        repeated = {key: value.repeat_interleave(members, dim=0) if isinstance(value, torch.Tensor) and value.dim()
+                    else value for key, value in batch.items() if key not in ("qid", "duration", "video_ids", "windows")}
+        out = self.peft_model.forward_grounding(**repeated, adapter_names=self.adapter_names * rows)
+        return fuse_grounding_outputs(out, members)
