@@ -213,11 +213,17 @@ def _add_data_arguments(parser: argparse.ArgumentParser, annotations_flag: str, 
                        help="truncate queries to this many tokens")
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool, ensemble: bool = False) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--adapter", required=adapter_required, default=None,
-                       help="adapter directory (or Hub id)" + ("" if adapter_required else
-                                                              " to continue training; default: a new adapter"))
+    if ensemble:
+        group.add_argument("--adapter", required=adapter_required, action="append", default=None,
+                           help="adapter directory (or Hub id); give it several times for a prompt ensemble: every "
+                           "adapter grounds each query and their per-frame start/end probabilities are averaged "
+                           "before decoding (same base model)")
+    else:
+        group.add_argument("--adapter", required=adapter_required, default=None,
+                           help="adapter directory (or Hub id)" + ("" if adapter_required else
+                                                                  " to continue training; default: a new adapter"))
     group.add_argument("--base-model", default=None, help="base model path or Hub id for AutoModel.from_pretrained "
                        "(default: the one recorded in the adapter)")
     group.add_argument("--tokenizer", default=None, help="tokenizer path or id (default: the base model's)")
@@ -305,9 +311,11 @@ def _load_model(args: argparse.Namespace, trainable: bool, config_settings: Opti
 
     from .vtg_prompt.config import VTGPromptConfig
 
+    adapters = _adapter_flags(args)
+    first = adapters[0] if adapters else None
     adapter_path, recorded = None, None
-    if args.adapter:
-        adapter_path = _resolve_pretrained(args.adapter, f"--adapter {args.adapter}", "adapter_config.json")
+    if first:
+        adapter_path = _resolve_pretrained(first, f"--adapter {first}", "adapter_config.json")
         if os.path.isdir(adapter_path):
             recorded = _check_adapter_dir(adapter_path, "--adapter")
     base_name = args.base_model
@@ -317,9 +325,9 @@ def _load_model(args: argparse.Namespace, trainable: bool, config_settings: Opti
         what = f"the base model the adapter records ({base_name}; override it with --base-model)"
     if not base_name:
         raise ValueError("Give --base-model (a path or Hub id); the adapter does not record one.")
-    if args.adapter and config_settings:
+    if first and config_settings:
         raise ValueError(
-            f"Adapter settings {sorted(config_settings)} cannot change the existing adapter {args.adapter}; drop them "
+            f"Adapter settings {sorted(config_settings)} cannot change the existing adapter {first}; drop them "
             "to continue training it, or leave out --adapter to create a new one."
         )
     base_path = _resolve_pretrained(base_name, what, "config.json")
@@ -330,12 +338,45 @@ def _load_model(args: argparse.Namespace, trainable: bool, config_settings: Opti
         try:
             model = PeftModel.from_pretrained(base, adapter_path, is_trainable=trainable)
         except RuntimeError as err:  # load_state_dict: weights of another shape, i.e. another base model
-            raise ValueError(f"The adapter {args.adapter} does not fit the base model {base_name} ({err}); give the "
+            raise ValueError(f"The adapter {first} does not fit the base model {base_name} ({err}); give the "
                              "base model it was trained on (--base-model).") from err
+        # A prompt ensemble's other members, under the names `_ensemble_names` gives them.
+        for name, member in zip(_ensemble_names(args)[1:] if len(adapters) > 1 else [], adapters[1:]):
+            path = _resolve_pretrained(member, f"--adapter {member}", "adapter_config.json")
+            if os.path.isdir(path):
+                member_base = _check_adapter_dir(path, "--adapter").get("base_model_name_or_path")
+                if args.base_model is None and member_base and member_base != base_name:
+                    raise ValueError(f"The ensemble's adapters record different base models ({base_name} for "
+                                     f"{first}, {member_base} for {member}); an ensemble shares one base model. "
+                                     "Give --base-model if they were trained on the same one under two names.")
+            try:
+                model.load_adapter(path, adapter_name=name, is_trainable=trainable)
+            except RuntimeError as err:
+                raise ValueError(f"The adapter {member} does not fit the base model {base_name} ({err}); an "
+                                 "ensemble's adapters must share one base model.") from err
     else:
         model = get_peft_model(base, VTGPromptConfig(**(config_settings or {})))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     return model, tokenizer, base_name
+
+
+def _adapter_flags(args: argparse.Namespace) -> list[str]:
+    """The --adapter values: one for train, one or more (a prompt ensemble) for evaluate and predict."""
+    given = args.adapter
+    adapters = [] if not given else [given] if isinstance(given, str) else list(given)
+    repeated = sorted({a for a in adapters if adapters.count(a) > 1})
+    if repeated:
+        raise ValueError(f"--adapter {repeated[0]} is given more than once; give each adapter of an ensemble once.")
+    return adapters
+
+
+def _ensemble_names(args: argparse.Namespace) -> Optional[list[str]]:
+    """The loaded names of a prompt ensemble's adapters ("default" for the first, "member1", ... in the order
+    given), or None for a single --adapter."""
+    adapters = _adapter_flags(args)
+    if len(adapters) < 2:
+        return None
+    return ["default"] + [f"member{k}" for k in range(1, len(adapters))]
 
 
 def _read_annotations(args: argparse.Namespace, path: str):
@@ -514,7 +555,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from .data.collate import GroundingCollator
-    from .training import GroundingModule, grounding_metrics, predict_grounding
+    from .training import EnsembleGroundingModule, GroundingModule, grounding_metrics, predict_grounding
     from .training.evaluation import clip_length_of
 
     # The cheap checks first: a bad annotation file or output path fails before the model is loaded.
@@ -525,8 +566,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_video_ids(source, rows)
     collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
     accelerator = Accelerator()
-    module, loader = accelerator.prepare(GroundingModule(model), DataLoader(rows, batch_size=args.batch_size,
-                                                                            collate_fn=collator))
+    names = _ensemble_names(args)
+    wrapped = GroundingModule(model) if names is None else EnsembleGroundingModule(model, names)
+    module, loader = accelerator.prepare(wrapped, DataLoader(rows, batch_size=args.batch_size, collate_fn=collator))
     predictions = predict_grounding(module, loader, accelerator, top_k=args.top_k, nms_threshold=args.nms_threshold,
                                     clip_length=clip_length_of(rows))
     metrics = grounding_metrics(predictions, rows)
@@ -560,7 +602,8 @@ def _predict_batch(args: argparse.Namespace) -> int:
     counts = predict_to_file(model, tokenizer, rows, paths, args.output, disable_tqdm=args.disable_tqdm,
                              num_frames=args.num_frames, fps=args.fps, image_size=args.image_size, top_k=args.top_k,
                              nms_threshold=args.nms_threshold, return_saliency=args.saliency,
-                             window_seconds=args.window_seconds, window_overlap=args.window_overlap)
+                             window_seconds=args.window_seconds, window_overlap=args.window_overlap,
+                             adapter_names=_ensemble_names(args))
     print(f"wrote {counts['written']} predictions for {counts['videos']} videos to {os.path.abspath(args.output)}"
           + (f" ({counts['resumed']} already there)" if counts["resumed"] else ""))
     return 0
@@ -584,7 +627,7 @@ def _predict(args: argparse.Namespace) -> int:
     result = ground(model, args.video, args.query, tokenizer=tokenizer, num_frames=args.num_frames, fps=args.fps,
                     image_size=args.image_size, top_k=args.top_k, nms_threshold=args.nms_threshold,
                     return_saliency=args.saliency, window_seconds=args.window_seconds,
-                    window_overlap=args.window_overlap)
+                    window_overlap=args.window_overlap, adapter_names=_ensemble_names(args))
     moments = result.moments if args.saliency else result
     as_dicts = [{"start": s, "end": e, "score": p} for s, e, p in moments]
     if args.json:
@@ -742,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="metrics of an adapter on an annotation file",
                                    description="Evaluate an adapter: R@1/R@5 at IoU 0.1/0.3/0.5/0.7 and mIoU.")
-    _add_model_arguments(evaluate, adapter_required=True)
+    _add_model_arguments(evaluate, adapter_required=True, ensemble=True)
     _add_data_arguments(evaluate, "--annotations", required=True)
     evaluate.add_argument("--batch-size", type=_positive_int, default=16, help="pairs per batch (default: 16)")
     evaluate.add_argument("--top-k", type=_positive_int, default=10,
@@ -764,7 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
         "queries, written as QVHighlights submission lines (what `score` reads); rerunning after an interruption "
         "skips the queries already written. Videos of any length: a video longer than 1.5 trained windows is "
         "grounded window by window.")
-    _add_model_arguments(predict, adapter_required=True)
+    _add_model_arguments(predict, adapter_required=True, ensemble=True)
     predict.add_argument("--video", default=None, help="video file (decoded with PyAV)")
     predict.add_argument("--query", default=None, help="the sentence to ground")
     predict.add_argument("--videos", default=None, help="batch: a directory of <vid><suffix> video files, or a text "

@@ -186,3 +186,42 @@ def test_ensemble_module_evaluates_like_its_members_fused(videos):
         EnsembleGroundingModule(model, ["a", "zzz"])
     with pytest.raises(ValueError, match="evaluated, not trained"):
         EnsembleGroundingModule(model, ["a", "b"])(**collator(data[:2]))
+
+
+def test_cli_takes_several_adapters_as_an_ensemble(tmp_path, capsys):
+    import json
+    import shutil
+
+    from transformers import AutoModel
+
+    from peft_vtg.cli import main
+    from tiny_models import write_light_workspace
+
+    torch.manual_seed(0)
+    write_light_workspace(tmp_path, tiny_clip(), num_videos=4)
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        config = VTGPromptConfig(**{k: v for k, v in HEAD.items() if k != "vtm_heads"})
+        get_peft_model(AutoModel.from_pretrained(tmp_path / "base"), config).save_pretrained(tmp_path / name)
+    shutil.copytree(tmp_path / "a", tmp_path / "a_copy")
+    data = ["--annotations", str(tmp_path / "ann.jsonl"), "--video-dir", str(tmp_path / "videos"), "--num-frames", "8",
+            "--image-size", "32", "--json"]
+
+    def metrics(*adapters):
+        flags = [flag for adapter in adapters for flag in ("--adapter", str(tmp_path / adapter))]
+        assert main(["evaluate", *flags, *data]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    alone = metrics("a")
+    assert metrics("a", "a_copy") == pytest.approx(alone)  # two copies of one adapter: that adapter
+    assert metrics("a", "b")["num_queries"] == alone["num_queries"]
+    video = ["--video", str(tmp_path / "videos" / "v0.mp4"), "--query", QUERY, "--num-frames", "8",
+             "--image-size", "32", "--json"]
+    assert main(["predict", "--adapter", str(tmp_path / "a"), *video]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--adapter", str(tmp_path / "a"), "--adapter", str(tmp_path / "a_copy"), *video]) == 0
+    doubled = json.loads(capsys.readouterr().out)
+    assert [(m["start"], m["end"]) for m in doubled] == [(m["start"], m["end"]) for m in single]
+    assert [m["score"] for m in doubled] == pytest.approx([m["score"] for m in single], rel=1e-4)
+    assert main(["predict", "--adapter", str(tmp_path / "a"), "--adapter", str(tmp_path / "a"), *video]) == 2
+    assert "given more than once" in capsys.readouterr().err
