@@ -150,3 +150,43 @@ def predict_to_file(
         progress.close()
     fsync_path(os.path.dirname(os.path.abspath(output)))
     return {"written": written, "resumed": len(done & {row["qid"] for row in rows}), "videos": len(by_video)}
+
+
+def ground_rows_by_video(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    paths: Mapping[str, str],
+    process_index: int = 0,
+    num_processes: int = 1,
+    disable_tqdm: bool = False,
+    **ground_kwargs: Any,
+) -> list[tuple[str, list[tuple[float, float, float]], Optional[list[float]]]]:
+    """Ground every row's query in its video file, each video decoded once for all of its queries
+    (`ground_queries`: window by window for long videos); what `peft-vtg evaluate` runs for videos longer than the
+    adapter's window.
+
+    Args:
+        rows: `{"qid", "vid", "query"}`; paths: vid -> video file.
+        process_index, num_processes: this process takes every `num_processes`-th video from `process_index` on
+            (distributed evaluation; gather the results).
+        ground_kwargs: what `ground_queries` takes.
+
+    Returns:
+        `(qid, moments, per-clip saliency scores or None)` for the rows of this process's videos.
+    """
+    by_video: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_video.setdefault(row["vid"], []).append(row)
+    mine = list(by_video)[process_index::num_processes]
+    items = []
+    for vid in tqdm(mine, unit="video", desc="grounding long videos", disable=disable_tqdm, leave=False):
+        video_rows = by_video[vid]
+        results = ground_queries(model, paths[vid], [row["query"] for row in video_rows], tokenizer,
+                                 disable_tqdm=True, **ground_kwargs)
+        for row, result in zip(video_rows, results):
+            if hasattr(result, "moments"):
+                items.append((row["qid"], result.moments, [score for _, _, score in result.saliency]))
+            else:
+                items.append((row["qid"], result, None))
+    return items

@@ -426,6 +426,27 @@ def ground_queries(
     return results
 
 
+def long_video_window_seconds(model: Any, window_seconds: Optional[float] = None,
+                              adapter_names: Optional[Sequence[str]] = None) -> Optional[float]:
+    """The window (seconds) that `ground` / `ground_queries` cut long videos into for this adapter (an ensemble's
+    first member): `window_seconds` when given, else the trained window recorded in the adapter's config; None when
+    neither exists (no video is windowed). A video file longer than `LONG_VIDEO_FACTOR` windows is grounded window by
+    window."""
+    tuner = _tuner(model)
+    layer, _ = tuner._feature_spec()
+    window = _window_settings(layer, tuner, window_seconds, 0.5, 1, None, None,
+                              _ensemble_names(tuner, layer, adapter_names))
+    return None if window is None else window.seconds
+
+
+def predicts_saliency(model: Any, adapter_names: Optional[Sequence[str]] = None) -> bool:
+    """Whether the active adapter (or every member of an ensemble) has a saliency head (`predict_saliency`)."""
+    tuner = _tuner(model)
+    layer, _ = tuner._feature_spec()
+    names = _members(layer, _ensemble_names(tuner, layer, adapter_names))
+    return bool(names) and all(hasattr(tuner._heads_of(name).grounding, "saliency_head") for name in names)
+
+
 def _ensemble_names(tuner: Any, layer: Any, adapter_names: Optional[Sequence[str]]) -> Optional[list[str]]:
     """The checked members of a prompt ensemble (`adapter_names` of `ground`), or None for the active adapter."""
     if adapter_names is None:

@@ -279,6 +279,48 @@ def test_batch_prediction_writes_submission_lines_and_resumes_after_a_kill(batch
     assert "is not a prediction line" in capsys.readouterr().err
 
 
+def test_evaluate_grounds_long_videos_window_by_window(batch_workspace, tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from peft_vtg import ground_queries
+    from peft_vtg.cli import main
+
+    root = batch_workspace
+    lines = [json.loads(line) for line in (root / "ann.jsonl").read_text().splitlines()]
+    lines += [{"qid": f"long-{k}", "vid": "long", "query": f"the {colour} light turns on", "duration": 64.0,
+               "relevant_windows": [[8.0 * k, 8.0 * k + 4]]} for k, colour in enumerate(("red", "green"))]
+    (tmp_path / "ann.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    command = ["evaluate", "--adapter", str(root / "adapter"), "--annotations", str(tmp_path / "ann.jsonl"),
+               "--video-dir", str(root / "videos"), "--image-size", "32", "--num-frames", "8", "--json"]
+    assert main([*command, "--predictions-out", str(tmp_path / "preds.jsonl")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["num_queries"] == 5
+    predicted = {json.loads(line)["qid"]: json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()}
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(root / "base"), root / "adapter")
+    # the long video's queries: what windowed grounding of the file gives (its moments reach past the first window)
+    windowed = ground_queries(model, str(root / "videos" / "long.mp4"), ["the red light turns on",
+                              "the green light turns on"], tiny_tokenizer(), image_size=32, num_frames=8, top_k=10)
+    for k in range(2):
+        got = [t for w in predicted[f"long-{k}"]["pred_relevant_windows"] for t in w[:2]]
+        assert got == pytest.approx([t for m in windowed[k] for t in m[:2]], abs=1e-4)
+    assert max(w[1] for w in predicted["long-0"]["pred_relevant_windows"]) > 12.0
+    # the short videos: the batched single pass, as before (same numbers as without the long rows)
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines[:3]))
+    short = [*command[:4], str(tmp_path / "short.jsonl"), *command[5:]]
+    assert main([*short, "--predictions-out", str(tmp_path / "short_preds.jsonl")]) == 0
+    capsys.readouterr()
+    for line in (tmp_path / "short_preds.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        flat = [t for w in entry["pred_relevant_windows"] for t in w]
+        assert flat == pytest.approx([t for w in predicted[entry["qid"]]["pred_relevant_windows"] for t in w])
+    # windowing off (a window longer than the video): the long video in one pass, other answers
+    assert main([*command, "--window-seconds", "100", "--predictions-out", str(tmp_path / "one.jsonl")]) == 0
+    capsys.readouterr()
+    one_pass = {json.loads(line)["qid"]: json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()}
+    assert one_pass["long-0"]["pred_relevant_windows"] != predicted["long-0"]["pred_relevant_windows"]
+
+
 # ---------------------------------------------------------------- features for your own videos
 @pytest.mark.parametrize("arch", ["clip", "siglip", "x_clip"])
 def test_extracted_features_equal_encode_video(arch, tmp_path):
