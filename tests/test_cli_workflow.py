@@ -90,13 +90,13 @@ def test_train_evaluate_predict_push(workspace, tmp_path, capsys, monkeypatch):
 
 
 def test_every_setting_has_a_documented_flag(capsys):
-    from peft_vtg.cli import _config_field_names
+    from peft_vtg.cli.common import config_field_names
     from peft_vtg.training import VTGTrainingArguments
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for name in _config_field_names() + [f.name for f in dataclasses.fields(VTGTrainingArguments)]:
+    for name in config_field_names() + [f.name for f in dataclasses.fields(VTGTrainingArguments)]:
         assert "--" + name.replace("_", "-") in text, name
     assert "base_architecture" not in text and "--num-virtual-tokens" not in text  # filled in automatically
     for command in ("evaluate", "predict", "push", "score"):
@@ -113,3 +113,31 @@ def test_bad_settings_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--train-annotations", "x", "--couple-video-to-text", "maybe"])
     assert "expected true or false" in capsys.readouterr().err
+
+
+def test_dataclass_flags_keep_their_names_and_leave_the_config_file_alone():
+    """The flags HfArgumentParser builds from the dataclasses: dashed names as before (and underscored ones),
+    only the flags given reach the settings (the rest come from --config or the dataclass), and the value forms
+    users have: true/false, none/auto, several values or none for lists, JSON for dicts."""
+    parse = build_parser().parse_args
+    base = ["train", "--train-annotations", "a.jsonl"]
+    args = parse([*base, "--num-video-tokens", "4", "--num_text_tokens", "2", "--predict-saliency", "auto",
+                  "--head-hadamard-fusion", "false", "--disable-tqdm", "--vtm-heads", "violet", "all_in_one",
+                  "--tokenizer-kwargs", '{"use_fast": true}', "--max-steps", "none"])
+    given = {k: v for k, v in vars(args).items() if k in ("num_video_tokens", "num_text_tokens", "predict_saliency",
+                                                          "head_hadamard_fusion", "disable_tqdm", "vtm_heads",
+                                                          "tokenizer_kwargs", "max_steps")}
+    assert given == {"num_video_tokens": 4, "num_text_tokens": 2, "predict_saliency": None,
+                     "head_hadamard_fusion": False, "disable_tqdm": True, "vtm_heads": ["violet", "all_in_one"],
+                     "tokenizer_kwargs": {"use_fast": True}, "max_steps": None}
+    assert parse([*base, "--vtm-heads"]).vtm_heads == []
+    untouched = vars(parse(base))
+    assert not set(untouched) & set(config_field_names_and_training())  # nothing given: nothing overrides a file
+    with pytest.raises(SystemExit):
+        parse([*base, "--num-video-tokens", "four"])
+
+
+def config_field_names_and_training():
+    from peft_vtg.cli.common import config_field_names, training_field_names
+
+    return config_field_names() + training_field_names()

@@ -85,7 +85,7 @@ def test_readme_your_own_videos_commands_run_as_written(tmp_path, monkeypatch, c
     section = readme.split("## Your own videos", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
     commands = [line for line in block.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
-    assert len(commands) == 6
+    assert len(commands) == 8
     write_light_workspace(tmp_path, tiny_clip(), num_videos=6)
     (tmp_path / "openai").mkdir()
     (tmp_path / "base").rename(tmp_path / "openai" / "clip-vit-base-patch32")

@@ -1,0 +1,111 @@
+"""`peft-vtg train`: prompt-tune a base model for grounding on an annotation file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ..metrics import format_table
+from .common import (
+    add_data_arguments,
+    add_model_arguments,
+    check_output_dir,
+    check_video_ids,
+    config_field_names,
+    dataclass_flags,
+    load_model,
+    path_identity,
+    read_annotations,
+    settings_from,
+    training_field_names,
+    video_setup,
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+    from accelerate.utils import set_seed
+
+    from ..data.collate import GroundingCollator
+    from ..training import NonFiniteError, OutputDirInUseError, VTGTrainingArguments, train
+
+    training_args = VTGTrainingArguments(**settings_from(args, training_field_names()))
+    check_output_dir(training_args.output_dir, "--output-dir")
+    resume = training_args.resume_from_checkpoint
+    if resume and resume != "latest" and not os.path.isdir(resume):  # before anything is loaded or written
+        raise FileNotFoundError(f"--resume-from-checkpoint {resume}: no such checkpoint directory; give one under "
+                                f"{os.path.join(training_args.output_dir, 'checkpoints')} or 'latest'.")
+    # Before the model is built: a new adapter's initial prompts and heads are random draws. (set_seed does not
+    # create a PartialState, which must wait for train()'s Accelerator; see below.)
+    set_seed(training_args.seed)
+    # The cheap checks first: a bad annotation file fails before the model is loaded. (Reading annotations draws no
+    # random numbers, so the adapter's initial weights still follow the seed.)
+    train_rows = read_annotations(args, args.train_annotations)
+    eval_rows = read_annotations(args, args.eval_annotations) if args.eval_annotations else None
+    config_settings = settings_from(args, config_field_names())
+    if config_settings.get("predict_saliency") is None and not args.adapter:
+        # Auto: a saliency head where the training data has highlight labels to train it (QVHighlights).
+        config_settings["predict_saliency"] = any(row.get("relevant_clip_ids") for row in train_rows)
+    model, tokenizer, base_name = load_model(args, trainable=True, config_settings=config_settings)
+    source, num_frames, described = video_setup(args, model)
+    for rows in (train_rows, eval_rows):
+        if rows is not None:
+            check_video_ids(source, rows)
+    collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
+    # run.json is the local record of the run (paths as given); `push` never uploads it.
+    run_info = {"base_model": base_name, "train_annotations": args.train_annotations,
+                "eval_annotations": args.eval_annotations, "format": args.format, "video_source": described}
+    data_fingerprint = {
+        "train_annotations": path_identity(args.train_annotations),
+        "eval_annotations": path_identity(args.eval_annotations),
+        "durations": path_identity(args.durations),
+        "video_source": path_identity(args.features_dir or args.video_dir or args.cache_dir),
+        "format": args.format, "features_key": args.features_key, "video_suffix": args.video_suffix,
+        "num_frames": args.num_frames, "fps": args.fps, "image_size": args.image_size,
+        "max_text_length": args.max_text_length, "tokenizer": args.tokenizer or base_name,
+    }
+    try:
+        result = train(model, train_rows, collator, training_args, eval_dataset=eval_rows, run_info=run_info,
+                       data_fingerprint=data_fingerprint)
+    except (NonFiniteError, OutputDirInUseError) as err:
+        # Every process raises the same error; one line from the main one is enough. (The lock is checked after
+        # train()'s Accelerator exists, so PartialState is safe here.)
+        if PartialState().is_main_process:
+            print(f"peft-vtg train: error: {err}", file=sys.stderr)
+        return 2
+    # Only after train(): its Accelerator sets up the process group; an earlier PartialState() would not see
+    # ACCELERATE_USE_CPU and would pin every process to a single-process state.
+    if PartialState().is_main_process:
+        if result.metrics:
+            print(format_table(result.metrics))
+        size = os.path.getsize(os.path.join(training_args.output_dir, "adapter_model.safetensors"))
+        print(f"adapter saved to {os.path.abspath(training_args.output_dir)} ({size / 1e6:.2f} MB)")
+    return 0
+
+
+
+def add_parser(commands: Any) -> None:
+    """Add `train` to the `peft-vtg` subcommands."""
+    from ..training.arguments import VTGTrainingArguments
+    from ..vtg_prompt.config import VTGPromptConfig
+
+    # The flags other than the dataclasses' come first, as a parent parser, so --help lists them first.
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--config", default=None, help="JSON file of settings (adapter and training fields, "
+                     "underscore names); flags given on the command line win")
+    add_model_arguments(own, adapter_required=False)
+    add_data_arguments(own, "--train-annotations", required=True)
+    own.add_argument("--eval-annotations", default=None, help="annotation file evaluated during training")
+    train = commands.add_parser(
+        "train", help="prompt-tune a base model for grounding",
+        description="Prompt-tune a base model (video + text prompts and a grounding head) on an annotation file. "
+        "Runs on one process or, under `accelerate launch --num_processes N -m peft_vtg train ...`, with DDP. The "
+        "output directory receives the adapter (best on --metric-for-best-model when --eval-annotations is given), "
+        "metrics.json and run.json. Every VTGPromptConfig and VTGTrainingArguments field is a flag (--field-name or "
+        "--field_name); --config FILE.json supplies any of them.",
+        parents=[own, dataclass_flags(VTGPromptConfig, config_field_names(), "adapter (VTGPromptConfig)"),
+                 dataclass_flags(VTGTrainingArguments, training_field_names(), "training (VTGTrainingArguments)")],
+    )
+    train.set_defaults(run=run)
