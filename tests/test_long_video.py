@@ -321,6 +321,37 @@ def test_evaluate_grounds_long_videos_window_by_window(batch_workspace, tmp_path
     assert one_pass["long-0"]["pred_relevant_windows"] != predicted["long-0"]["pred_relevant_windows"]
 
 
+def test_evaluate_on_two_processes_equals_one(batch_workspace, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m peft_vtg evaluate` (CPU, gloo): the short videos' batches
+    sharded, the long videos split between the processes and gathered; the same predictions as one process, for
+    one adapter and for an ensemble of two."""
+    import shutil
+    import sys
+
+    from test_training import free_port, run
+
+    root = batch_workspace
+    shutil.copytree(root / "adapter", tmp_path / "adapter_copy")
+    lines = [json.loads(line) for line in (root / "ann.jsonl").read_text().splitlines()]
+    lines += [{"qid": f"long-{k}", "vid": "long", "query": f"the {colour} light turns on", "duration": 64.0,
+               "relevant_windows": [[8.0 * k, 8.0 * k + 4]]} for k, colour in enumerate(("red", "green", "blue"))]
+    (tmp_path / "ann.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    flags = ["evaluate", "--annotations", str(tmp_path / "ann.jsonl"), "--video-dir", str(root / "videos"),
+             "--image-size", "32", "--num-frames", "8", "--batch-size", "2", "--json"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "peft_vtg"]
+    for name, adapters in (("single", [root / "adapter"]), ("ensemble", [root / "adapter", tmp_path / "adapter_copy"])):
+        adapter_flags = [flag for adapter in adapters for flag in ("--adapter", str(adapter))]
+        run([sys.executable, "-m", "peft_vtg", *flags, *adapter_flags, "--predictions-out", str(tmp_path / "one.jsonl")])
+        run([*launch, *flags, *adapter_flags, "--predictions-out", str(tmp_path / "two.jsonl")], ACCELERATE_USE_CPU="1")
+        one, two = ({json.loads(line)["qid"]: json.loads(line)["pred_relevant_windows"]
+                     for line in (tmp_path / f"{n}.jsonl").read_text().splitlines()} for n in ("one", "two"))
+        assert sorted(one) == sorted(two) and len(one) == 6, name
+        for qid in one:
+            assert [t for w in two[qid] for t in w] == pytest.approx([t for w in one[qid] for t in w], abs=1e-5)
+
+
 # ---------------------------------------------------------------- features for your own videos
 @pytest.mark.parametrize("arch", ["clip", "siglip", "x_clip"])
 def test_extracted_features_equal_encode_video(arch, tmp_path):

@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if len(short):
         collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
         wrapped = GroundingModule(model) if names is None else EnsembleGroundingModule(model, names)
-        module, loader = accelerator.prepare(wrapped, DataLoader(short, batch_size=args.batch_size,
-                                                                 collate_fn=collator))
-        predictions = predict_grounding(module, loader, accelerator, top_k=args.top_k,
+        # Only the loader is prepared (sharded over processes): a frozen adapter has nothing to synchronise, and
+        # DDP refuses a module without trainable parameters.
+        loader = accelerator.prepare(DataLoader(short, batch_size=args.batch_size, collate_fn=collator))
+        predictions = predict_grounding(wrapped.to(accelerator.device), loader, accelerator, top_k=args.top_k,
                                         nms_threshold=args.nms_threshold, clip_length=clip_length_of(rows))
     if long_rows:
         selected = [rows[i] for i in long_rows]
