@@ -186,6 +186,15 @@ def add_data_arguments(parser: argparse.ArgumentParser, annotations_flag: str, r
                        help="truncate queries to this many tokens")
 
 
+def add_window_arguments(parser: argparse.ArgumentParser, applies_to: str = "") -> None:
+    """--window-seconds / --window-overlap: how video files longer than 1.5 windows are grounded window by window."""
+    parser.add_argument("--window-seconds", type=positive_float, default=None,
+                        help=f"{applies_to}a video longer than 1.5 x this is grounded window by window, with memory "
+                        "bounded by a window (default: the window the adapter was trained on, recorded in its config)")
+    parser.add_argument("--window-overlap", type=float, default=0.5,
+                        help="fraction of a window shared with the next one, in [0, 1) (default: 0.5)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool, ensemble: bool = False) -> None:
     group = parser.add_argument_group("model")
     if ensemble:

@@ -12,13 +12,13 @@ from ..submission import submission_lines
 from .common import (
     add_data_arguments,
     add_model_arguments,
+    add_window_arguments,
     check_output_file,
     check_video_ids,
     ensemble_names,
     iou,
     load_model,
     optional_value,
-    positive_float,
     positive_int,
     read_annotations,
     video_setup,
@@ -105,10 +105,6 @@ def add_parser(commands: Any) -> None:
                           help="also write the predictions in QVHighlights' submission format (JSON lines: qid, "
                           "query, vid, pred_relevant_windows, pred_saliency_scores), which `score` and Moment-DETR's "
                           "evaluator read")
-    evaluate.add_argument("--window-seconds", type=positive_float, default=None,
-                          help="with --video-dir: a video longer than 1.5 x this is grounded window by window, as "
-                          "`predict` does (default: the window the adapter was trained on, recorded in its config)")
-    evaluate.add_argument("--window-overlap", type=float, default=0.5,
-                          help="fraction of a window shared with the next one, in [0, 1) (default: 0.5)")
+    add_window_arguments(evaluate, "with --video-dir: ")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.set_defaults(run=run)

@@ -9,6 +9,7 @@ from typing import Any
 
 from .common import (
     add_model_arguments,
+    add_window_arguments,
     check_output_file,
     ensemble_names,
     iou,
@@ -115,11 +116,7 @@ def add_parser(commands: Any) -> None:
                          "encoder's)")
     predict.add_argument("--top-k", type=positive_int, default=5, help="moments to print (default: 5)")
     predict.add_argument("--nms-threshold", type=optional_value(iou), default=0.5, help="NMS IoU (default: 0.5)")
-    predict.add_argument("--window-seconds", type=positive_float, default=None,
-                         help="a video longer than 1.5 x this is grounded window by window, with memory bounded by "
-                         "a window (default: the window the adapter was trained on, recorded in its config)")
-    predict.add_argument("--window-overlap", type=float, default=0.5,
-                         help="fraction of a window shared with the next one, in [0, 1) (default: 0.5)")
+    add_window_arguments(predict)
     predict.add_argument("--saliency", action="store_true",
                          help="also print the highlight score of every 2-second clip (adapters trained with a "
                          "saliency head); with --json the output becomes {\"moments\": [...], \"saliency\": [...]}")
