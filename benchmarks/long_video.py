@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3600.0, help="length of the long video (default: an hour)")
     parser.add_argument("--queries", type=int, default=50, help="queries to ground (default: 50)")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--window-seconds", type=float, default=None,
+                        help="window of the long video (default: the adapter's trained window)")
+    parser.add_argument("--skip-memory", action="store_true", help="accuracy only, no memory measurement")
     parser.add_argument("--memory-only", nargs=3, metavar=("ADAPTER", "VIDEO", "QUERY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_only:
@@ -151,7 +154,8 @@ def main() -> None:
         for q in queries:
             # 100 moments: the first 5 are what a user gets; the rest let the diagnostic find the best one inside
             # the query's own embedded video.
-            moments = ground(model, str(workdir / "long.mp4"), q["query"], tokenizer, top_k=100, disable_tqdm=True)
+            moments = ground(model, str(workdir / "long.mp4"), q["query"], tokenizer, top_k=100, disable_tqdm=True,
+                             window_seconds=args.window_seconds)
             long[q["qid"]] = moments[:5]
             low, high = q["video"]
             within[q["qid"]] = [m for m in moments if low <= m[0] and m[1] <= high][:5] or [(low, low, 0.0)]
@@ -161,24 +165,28 @@ def main() -> None:
                    "long": evaluate_moments(long, truth_long),
                    "long, within its video": evaluate_moments(within, truth_long)}
         memory = {}
-        for name in ("head", "long"):
+        for name in () if args.skip_memory else ("head", "long"):
             command = [sys.executable, __file__, "--memory-only", adapter, str(workdir / f"{name}.mp4"),
                        queries[0]["query"]]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             memory[name] = json.loads(output.strip().splitlines()[-1])
     result = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "long_video_seconds": data["long_seconds"],
-        "queries": len(queries), "window_frames": frames, "window_seconds": config["trained_window_seconds"],
+        "queries": len(queries), "window_frames": frames,
+        "window_seconds": args.window_seconds or config["trained_window_seconds"],
         "metrics": metrics,
         "seconds_per_query": {"short": short_seconds / len(queries), "long": long_seconds / len(queries)},
         "peak_memory": memory,
-        "peak_rss_ratio_long_to_two_minutes": memory["long"]["peak_rss_bytes"] / memory["head"]["peak_rss_bytes"],
     }
+    if memory:
+        result["peak_rss_ratio_long_to_two_minutes"] = memory["long"]["peak_rss_bytes"] / memory["head"]["peak_rss_bytes"]
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
     for name, m in metrics.items():
         print(f"{name:22s}: R1@0.5 {m['R1@0.5']:.2f}  R1@0.7 {m['R1@0.7']:.2f}  mIoU {m['mIoU']:.2f}")
     print(f"seconds a query: short {result['seconds_per_query']['short']:.2f}, long {result['seconds_per_query']['long']:.2f}")
+    if not memory:
+        return
     for name, label in (("head", "2-minute video"), ("long", "hour-long video")):
         print(f"peak RSS, {label}: {memory[name]['peak_rss_bytes'] / 2**20:.1f} MiB "
               f"({memory[name]['rise_bytes'] / 2**20:.1f} MiB above the level before the call)")

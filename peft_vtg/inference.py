@@ -44,7 +44,7 @@ from .heads.decoding import (
     merge_window_spans,
     window_starts,
 )
-from .heads.ensemble import fuse_grounding_outputs
+from .heads.ensemble import ENSEMBLE_FUSIONS, fuse_grounding_outputs
 from .timeline import frame_scores_to_clips, rank_windows, temporal_nms
 from .vtg_prompt.model import VTGPromptModel
 
@@ -146,6 +146,7 @@ def ground(
     window_overlap: float = 0.5,
     window_batch_size: int = 8,
     adapter_names: Optional[Sequence[str]] = None,
+    ensemble_fusion: str = "mean",
     disable_tqdm: bool = False,
 ) -> Union[list[Moment], list[list[Moment]], "GroundingResult", list["GroundingResult"]]:
     """Find the moments that `query` describes in `video`, as `(start_s, end_s, score)`, best first.
@@ -181,6 +182,8 @@ def ground(
             averaged alike). One batched forward: every (video, query) pair is repeated once per adapter and run
             through the per-sample adapter mechanism. The first adapter's recorded window and frames per video are
             used. None (default): the active adapter alone; `["a"]` gives exactly what adapter "a" gives.
+        ensemble_fusion: "mean" (of the members' probabilities, default) or "geometric" (their normalised geometric
+            mean: a span scores high only where every member agrees); see `peft_vtg.heads.ensemble`.
         disable_tqdm: no progress bar over a long video's windows.
 
     Returns:
@@ -194,11 +197,11 @@ def ground(
     _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
     if not isinstance(return_saliency, bool):
         raise ValueError(f"return_saliency must be True or False, got {return_saliency!r}.")
-    names = _ensemble_names(tuner, layer, adapter_names)
+    ensemble = _ensemble_of(tuner, layer, adapter_names, ensemble_fusion)
     window = _window_settings(layer, tuner, window_seconds, window_overlap, window_batch_size, num_frames, fps,
-                              names)
+                              ensemble)
     if return_saliency:
-        _check_saliency_heads(tuner, layer, clip_length, names)
+        _check_saliency_heads(tuner, layer, clip_length, ensemble)
     videos, single_video = _split_videos(video)
     if isinstance(query, str):
         queries, single_query = [query], True
@@ -252,7 +255,7 @@ def ground(
             answers = _ground_long_video(
                 tuner, name, [queries[i] for i in indices], tokenizer, seconds, window, image_size, processor,
                 top_k, nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length, disable_tqdm,
-                names)
+                ensemble)
             long_results.update(zip(indices, answers))
         if len(long_results) == len(videos):
             results = [long_results[i] for i in range(len(videos))]
@@ -293,7 +296,7 @@ def ground(
     try:
         with torch.no_grad():
             out = _forward_grounding(
-                tuner, names,
+                tuner, ensemble,
                 input_ids=text["input_ids"].to(reference.device),
                 attention_mask=text["attention_mask"].to(reference.device),
                 frame_mask=frame_mask.to(reference.device),
@@ -356,6 +359,7 @@ def ground_queries(
     window_batch_size: int = 8,
     query_batch_size: int = 64,
     adapter_names: Optional[Sequence[str]] = None,
+    ensemble_fusion: str = "mean",
     disable_tqdm: bool = True,
 ) -> list[Union[list[Moment], "GroundingResult"]]:
     """Ground many queries in one video file, the video decoded and encoded once for all of them (video prompts do
@@ -363,8 +367,8 @@ def ground_queries(
 
     A video longer than 1.5 windows goes window by window as in `ground`; a shorter one is sampled once at
     `num_frames` / `fps` (default: the frames per video the adapter was trained on, recorded in its config, else
-    the encoder's fixed count or 32). Arguments as in `ground` (`adapter_names`: a prompt ensemble, each member
-    encoding the video once); `query_batch_size` queries share one head pass.
+    the encoder's fixed count or 32). Arguments as in `ground` (`adapter_names`, `ensemble_fusion`: a prompt
+    ensemble, each member encoding the video once); `query_batch_size` queries share one head pass.
 
     Returns:
         One entry per query, in order: its moments, or with `return_saliency` a `GroundingResult`.
@@ -379,20 +383,20 @@ def ground_queries(
         raise ValueError("queries must be a non-empty list of non-empty sentences.")
     if not isinstance(video, (str, os.PathLike)):
         raise TypeError(f"video must be a video file path, got {type(video).__name__}.")
-    names = _ensemble_names(tuner, layer, adapter_names)
+    ensemble = _ensemble_of(tuner, layer, adapter_names, ensemble_fusion)
     window = _window_settings(layer, tuner, window_seconds, window_overlap, window_batch_size, num_frames, fps,
-                              names)
+                              ensemble)
     if return_saliency:
-        _check_saliency_heads(tuner, layer, clip_length, names)
+        _check_saliency_heads(tuner, layer, clip_length, ensemble)
     if image_size is None and layer.bound.video is not None:
         image_size = layer.bound.video.extra.get("image_size")
     duration = video_duration(video)
     if window is not None and duration > LONG_VIDEO_FACTOR * window.seconds:
         return _ground_long_video(tuner, video, queries, tokenizer, duration, window, image_size, processor, top_k,
                                   nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length,
-                                  disable_tqdm, names)
+                                  disable_tqdm, ensemble)
     if num_frames is None and fps is None:
-        config = tuner.peft_config[_members(layer, names)[0]]
+        config = tuner.peft_config[_members(layer, ensemble)[0]]
         num_frames = (layer.bound.required_num_frames or getattr(config, "trained_window_frames", None)
                       or DEFAULT_NUM_FRAMES)
     frames, _ = decode_video(video, num_frames=num_frames, fps=fps)
@@ -404,11 +408,11 @@ def ground_queries(
     try:
         with torch.no_grad():
             encoded = _encode_windows(tuner, pixels.unsqueeze(0).to(device=reference.device, dtype=reference.dtype),
-                                      names)  # (1 [x members], frames, [layers,] dim)
+                                      ensemble)  # (1 [x members], frames, [layers,] dim)
             for begin in range(0, len(queries), query_batch_size):
                 part = queries[begin:begin + query_batch_size]
                 out = _ground_encoded(tuner, encoded, _query_batch(tokenizer, part, max_text_length), reference,
-                                      names)
+                                      ensemble)
                 moments = decode_moments(out.start_logits.cpu(), out.end_logits.cpu(), [duration] * len(part),
                                          out.frame_mask.cpu(), top_k=top_k, max_span_seconds=max_span_seconds,
                                          nms_threshold=nms_threshold)
@@ -435,7 +439,7 @@ def long_video_window_seconds(model: Any, window_seconds: Optional[float] = None
     tuner = _tuner(model)
     layer, _ = tuner._feature_spec()
     window = _window_settings(layer, tuner, window_seconds, 0.5, 1, None, None,
-                              _ensemble_names(tuner, layer, adapter_names))
+                              _ensemble_of(tuner, layer, adapter_names))
     return None if window is None else window.seconds
 
 
@@ -443,12 +447,22 @@ def predicts_saliency(model: Any, adapter_names: Optional[Sequence[str]] = None)
     """Whether the active adapter (or every member of an ensemble) has a saliency head (`predict_saliency`)."""
     tuner = _tuner(model)
     layer, _ = tuner._feature_spec()
-    names = _members(layer, _ensemble_names(tuner, layer, adapter_names))
+    names = _members(layer, _ensemble_of(tuner, layer, adapter_names))
     return bool(names) and all(hasattr(tuner._heads_of(name).grounding, "saliency_head") for name in names)
 
 
-def _ensemble_names(tuner: Any, layer: Any, adapter_names: Optional[Sequence[str]]) -> Optional[list[str]]:
-    """The checked members of a prompt ensemble (`adapter_names` of `ground`), or None for the active adapter."""
+@dataclass(frozen=True)
+class _Ensemble:
+    names: list[str]  # the members, each once
+    fusion: str  # how their outputs are fused (`ENSEMBLE_FUSIONS`)
+
+
+def _ensemble_of(tuner: Any, layer: Any, adapter_names: Optional[Sequence[str]],
+                 fusion: str = "mean") -> Optional[_Ensemble]:
+    """The checked prompt ensemble of `ground`'s `adapter_names` / `ensemble_fusion`, or None for the active
+    adapter."""
+    if fusion not in ENSEMBLE_FUSIONS:
+        raise ValueError(f"ensemble_fusion must be one of {ENSEMBLE_FUSIONS}, got {fusion!r}.")
     if adapter_names is None:
         return None
     if isinstance(adapter_names, (str, bytes)) or not isinstance(adapter_names, Sequence):
@@ -469,39 +483,41 @@ def _ensemble_names(tuner: Any, layer: Any, adapter_names: Optional[Sequence[str
                          f"{sorted(tuner.peft_config)}. Load each with model.load_adapter(path, adapter_name=...).")
     if layer.disable_adapters:
         raise ValueError("Adapters are disabled; the grounding head belongs to an adapter. Leave disable_adapter().")
-    return names
+    return _Ensemble(names=names, fusion=fusion)
 
 
-def _members(layer: Any, names: Optional[list[str]]) -> list[str]:
+def _members(layer: Any, ensemble: Optional[_Ensemble]) -> list[str]:
     """The adapters a call grounds with: the ensemble's, or the active one(s)."""
-    return names if names is not None else layer._call_adapters()
+    return ensemble.names if ensemble is not None else layer._call_adapters()
 
 
-def _forward_grounding(tuner: Any, names: Optional[list[str]], **inputs: Any) -> Any:
+def _forward_grounding(tuner: Any, ensemble: Optional[_Ensemble], **inputs: Any) -> Any:
     """`forward_grounding` with the active adapter, or with every member of an ensemble on every row (rows
     repeated member-minor, one batched forward through per-sample adapters) fused into one output per row."""
-    if names is None:
+    if ensemble is None:
         return tuner.forward_grounding(**inputs)
     rows = inputs["input_ids"].shape[0]
-    repeated = {key: value.repeat_interleave(len(names), dim=0) if isinstance(value, torch.Tensor) else value
+    members = len(ensemble.names)
+    repeated = {key: value.repeat_interleave(members, dim=0) if isinstance(value, torch.Tensor) else value
                 for key, value in inputs.items()}
-    out = tuner.forward_grounding(**repeated, adapter_names=names * rows)
-    return fuse_grounding_outputs(out, len(names))
+    out = tuner.forward_grounding(**repeated, adapter_names=ensemble.names * rows)
+    return fuse_grounding_outputs(out, members, ensemble.fusion)
 
 
-def _encode_windows(tuner: Any, pixels: torch.Tensor, names: Optional[list[str]]) -> torch.Tensor:
+def _encode_windows(tuner: Any, pixels: torch.Tensor, ensemble: Optional[_Ensemble]) -> torch.Tensor:
     """(windows, frames, 3, H, W) -> video features of each window with the active adapter, (windows, frames,
     [layers,] dim), or with each ensemble member, (windows * members, ...) member-minor."""
-    layers = _heads_video_layers(tuner, names)
-    if names is None:
+    layers = _heads_video_layers(tuner, ensemble)
+    if ensemble is None:
         return tuner.encode_video(pixels, layers)
     windows = pixels.shape[0]
-    return tuner.encode_video(pixels.repeat_interleave(len(names), dim=0), layers, adapter_names=names * windows)
+    return tuner.encode_video(pixels.repeat_interleave(len(ensemble.names), dim=0), layers,
+                              adapter_names=ensemble.names * windows)
 
 
-def _check_saliency_heads(tuner: Any, layer: Any, clip_length: float, names: Optional[list[str]] = None) -> None:
+def _check_saliency_heads(tuner: Any, layer: Any, clip_length: float, ensemble: Optional[_Ensemble] = None) -> None:
     check_positive_seconds(clip_length, "clip_length")
-    heads = [tuner._heads_of(name) for name in _members(layer, names)]
+    heads = [tuner._heads_of(name) for name in _members(layer, ensemble)]
     if not all(hasattr(head.grounding, "saliency_head") for head in heads):
         raise ValueError("return_saliency=True needs an adapter trained with a saliency head "
                          "(VTGPromptConfig(predict_saliency=True), on data with highlight labels).")
@@ -523,13 +539,13 @@ class _Window:
 
 def _window_settings(layer: Any, tuner: Any, window_seconds: Optional[float], overlap: float, batch_size: int,
                      num_frames: Optional[int], fps: Optional[float],
-                     names: Optional[list[str]] = None) -> Optional[_Window]:
+                     ensemble: Optional[_Ensemble] = None) -> Optional[_Window]:
     """The windowing of long videos for the active adapter (an ensemble's first member), or None when it records no
     trained window and none is given; arguments checked with errors naming them."""
     if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0.0 <= overlap < 1.0:
         raise ValueError(f"window_overlap must be a fraction in [0, 1), got {overlap!r}.")
     batch_size = check_positive_int(batch_size, "window_batch_size", "windows")
-    members = _members(layer, names)
+    members = _members(layer, ensemble)
     config = tuner.peft_config[members[0]] if members else None
     recorded = {(getattr(tuner.peft_config[name], "trained_window_frames", None),
                  getattr(tuner.peft_config[name], "trained_window_seconds", None)) for name in members}
@@ -558,14 +574,14 @@ def _ground_long_video(tuner: Any, path: Any, queries: list[str], tokenizer: Any
                        image_size: Optional[int], processor: Optional[Any], top_k: int,
                        nms_threshold: Optional[float], max_span_seconds: Optional[float],
                        max_text_length: Optional[int], return_saliency: bool, clip_length: float,
-                       disable_tqdm: bool, names: Optional[list[str]] = None) -> list[Any]:
+                       disable_tqdm: bool, ensemble: Optional[_Ensemble] = None) -> list[Any]:
     """Ground `queries` in one long video file window by window (see `ground`'s `window_seconds`): each query's
     window spans (`_window_spans`, one pass over the video for all queries) joined across window edges
     (`merge_window_spans`), suppressed once over the whole video (temporal NMS) and the top `top_k` returned in
     seconds. Saliency: the mean over the windows that see a frame. One result per query."""
     total, starts, spans, saliency = _window_spans(
         tuner, path, queries, tokenizer, duration, window, image_size, processor, top_k, max_span_seconds,
-        max_text_length, return_saliency, disable_tqdm, names)
+        max_text_length, return_saliency, disable_tqdm, ensemble)
     step = duration / total
     results = []
     for q in range(len(queries)):
@@ -583,11 +599,11 @@ def _ground_long_video(tuner: Any, path: Any, queries: list[str], tokenizer: Any
     return results
 
 
-def _heads_video_layers(tuner: Any, names: Optional[list[str]] = None) -> Optional[int]:
+def _heads_video_layers(tuner: Any, ensemble: Optional[_Ensemble] = None) -> Optional[int]:
     """How many video layers the active adapters' (or the ensemble's) heads read (None: one, the encoder's
     features)."""
     layer = tuner._layer(tuner.model)
-    most = max(tuner._heads_of(name).grounding.video_layers for name in _members(layer, names))
+    most = max(tuner._heads_of(name).grounding.video_layers for name in _members(layer, ensemble))
     return most if most > 1 else None
 
 
@@ -600,12 +616,12 @@ def _query_batch(tokenizer: Any, queries: list[str], max_text_length: Optional[i
 
 
 def _ground_encoded(tuner: Any, video: torch.Tensor, text: dict[str, torch.Tensor], reference: torch.Tensor,
-                    names: Optional[list[str]] = None) -> Any:
+                    ensemble: Optional[_Ensemble] = None) -> Any:
     """The grounding head on video features encoded once (by this adapter, `video_features_from_adapter`) for
     several queries: `video` (windows, frames, [layers,] dim) -> rows window-major, each window with every query.
     With an ensemble, `video` is (windows * members, ...) member-minor (`_encode_windows`): each member's head reads
     its own encoding, and the members' outputs are fused into one row per (window, query)."""
-    queries, members = text["input_ids"].shape[0], 1 if names is None else len(names)
+    queries, members = text["input_ids"].shape[0], 1 if ensemble is None else len(ensemble.names)
     windows = video.shape[0] // members
     # rows (window, query, member): member m of window w reads video row w * members + m
     video = video.view(windows, 1, members, *video.shape[1:]).expand(windows, queries, members, *video.shape[1:])
@@ -614,15 +630,15 @@ def _ground_encoded(tuner: Any, video: torch.Tensor, text: dict[str, torch.Tenso
     out = tuner.forward_grounding(
         input_ids=ids.to(reference.device), attention_mask=mask.to(reference.device),
         video_features=video.reshape(-1, *video.shape[3:]), video_features_from_adapter=True,
-        adapter_names=None if names is None else names * (windows * queries),
+        adapter_names=None if ensemble is None else ensemble.names * (windows * queries),
     )
-    return out if names is None else fuse_grounding_outputs(out, members)
+    return out if ensemble is None else fuse_grounding_outputs(out, members, ensemble.fusion)
 
 
 def _window_spans(tuner: Any, path: Any, queries: list[str], tokenizer: Any, duration: float, window: _Window,
                   image_size: Optional[int], processor: Optional[Any], top_k: int,
                   max_span_seconds: Optional[float], max_text_length: Optional[int], return_saliency: bool,
-                  disable_tqdm: bool, names: Optional[list[str]] = None,
+                  disable_tqdm: bool, ensemble: Optional[_Ensemble] = None,
                   ) -> tuple[int, list[int], list[list[list[tuple[int, int, float]]]], Optional[list]]:
     """Each query's best spans in each window, on the whole video's frame grid.
 
@@ -667,8 +683,8 @@ def _window_spans(tuner: Any, path: Any, queries: list[str], tokenizer: Any, dur
             clips = torch.stack([torch.stack(buffer[s - buffer_start:s - buffer_start + window.frames])
                                  for s in batch_starts])  # (windows, frames, 3, H, W)
             with torch.no_grad():
-                video = _encode_windows(tuner, clips.to(device=reference.device, dtype=reference.dtype), names)
-                out = _ground_encoded(tuner, video, text, reference, names)
+                video = _encode_windows(tuner, clips.to(device=reference.device, dtype=reference.dtype), ensemble)
+                out = _ground_encoded(tuner, video, text, reference, ensemble)
             match = match_probabilities(out)  # (rows,) or None
             for w, start in enumerate(batch_starts):
                 for q in range(len(queries)):

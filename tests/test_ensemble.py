@@ -225,3 +225,32 @@ def test_cli_takes_several_adapters_as_an_ensemble(tmp_path, capsys):
     assert [m["score"] for m in doubled] == pytest.approx([m["score"] for m in single], rel=1e-4)
     assert main(["predict", "--adapter", str(tmp_path / "a"), "--adapter", str(tmp_path / "a"), *video]) == 2
     assert "given more than once" in capsys.readouterr().err
+
+
+def test_geometric_fusion_is_the_renormalised_mean_of_log_probabilities(videos):
+    start = torch.tensor([[0.0, 2.0, 0.0, 0.0], [3.0, 0.0, 0.0, -1.0]])
+    out = VTGGroundingOutput(start_logits=start, end_logits=start, frame_mask=torch.ones(2, 4, dtype=torch.long),
+                             inside_logits=torch.tensor([[1.0] * 4, [3.0] * 4]),
+                             all_in_one_vtm_logits=torch.tensor([[0.0, 1.0], [0.0, 3.0]]))
+    fused = fuse_grounding_outputs(out, members=2, fusion="geometric")
+    expected = torch.softmax((torch.log_softmax(start[0], 0) + torch.log_softmax(start[1], 0)) / 2, 0)
+    assert torch.allclose(fused.start_logits[0].exp(), expected)
+    assert torch.allclose(fused.inside_logits, torch.full((1, 4), 2.0))  # the mean logit
+    assert torch.allclose(fused.all_in_one_vtm_logits.exp().sum(-1), torch.ones(1))
+    # disagreement: member 1 peaks at frame 0, member 2 at frame 1, both give frame 2 much weight. The mixture keeps
+    # the two peaks first; the geometric mean ranks first the frame both weigh.
+    split = torch.tensor([[5.0, 0.0, 4.0, 0.0], [0.0, 5.0, 4.0, 0.0]])
+    two = VTGGroundingOutput(start_logits=split, end_logits=split, frame_mask=torch.ones(2, 4, dtype=torch.long))
+    assert fuse_grounding_outputs(two, 2).start_logits[0].argmax() in (0, 1)
+    assert fuse_grounding_outputs(two, 2, "geometric").start_logits[0].argmax() == 2
+    # an ensemble of one: both rules give the member's own distribution
+    assert torch.allclose(fuse_grounding_outputs(out, 1, "geometric").start_logits, torch.log_softmax(start, -1))
+    # through ground(): a geometric ensemble of an adapter and its copy is that adapter
+    root, paths = videos
+    model, tokenizer = three_adapters(root), tiny_tokenizer()
+    settings = dict(image_size=32, num_frames=8, top_k=5, disable_tqdm=True)
+    alone = ground(model, paths[1], QUERY, tokenizer, **settings)
+    assert_same_moments(ground(model, paths[1], QUERY, tokenizer, adapter_names=["a", "a_again"],
+                               ensemble_fusion="geometric", **settings), alone)
+    with pytest.raises(ValueError, match="ensemble_fusion must be one of"):
+        ground(model, paths[1], QUERY, tokenizer, adapter_names=["a", "b"], ensemble_fusion="max")

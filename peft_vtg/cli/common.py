@@ -206,6 +206,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool,
         group.add_argument("--adapter", required=adapter_required, default=None,
                            help="adapter directory (or Hub id)" + ("" if adapter_required else
                                                                   " to continue training; default: a new adapter"))
+    if ensemble:
+        group.add_argument("--ensemble-fusion", default="mean", choices=["mean", "geometric"],
+                           help="with several --adapter: fuse their start/end distributions by the mean of the "
+                           "probabilities (default) or their geometric mean (a span scores high only where all agree)")
     group.add_argument("--base-model", default=None, help="base model path or Hub id for AutoModel.from_pretrained "
                        "(default: the one recorded in the adapter)")
     group.add_argument("--tokenizer", default=None, help="tokenizer path or id (default: the base model's)")

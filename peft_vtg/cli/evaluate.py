@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     predictions = GroundingPredictions(moments={}, clip_length=clip_length_of(rows))
     if len(short):
         collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
-        wrapped = GroundingModule(model) if names is None else EnsembleGroundingModule(model, names)
+        wrapped = (GroundingModule(model) if names is None
+                   else EnsembleGroundingModule(model, names, args.ensemble_fusion))
         # Only the loader is prepared (sharded over processes): a frozen adapter has nothing to synchronise, and
         # DDP refuses a module without trainable parameters.
         loader = accelerator.prepare(DataLoader(short, batch_size=args.batch_size, collate_fn=collator))
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
             disable_tqdm=not accelerator.is_local_main_process, num_frames=args.num_frames, fps=args.fps,
             image_size=args.image_size, top_k=args.top_k, nms_threshold=args.nms_threshold,
             max_text_length=args.max_text_length, return_saliency=saliency, clip_length=clip_length_of(rows),
-            window_seconds=args.window_seconds, window_overlap=args.window_overlap, adapter_names=names)
+            window_seconds=args.window_seconds, window_overlap=args.window_overlap, adapter_names=names,
+            ensemble_fusion=args.ensemble_fusion)
         if accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 

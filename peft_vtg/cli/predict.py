@@ -41,7 +41,7 @@ def _predict_batch(args: argparse.Namespace) -> int:
                              num_frames=args.num_frames, fps=args.fps, image_size=args.image_size, top_k=args.top_k,
                              nms_threshold=args.nms_threshold, return_saliency=args.saliency,
                              window_seconds=args.window_seconds, window_overlap=args.window_overlap,
-                             adapter_names=ensemble_names(args))
+                             adapter_names=ensemble_names(args), ensemble_fusion=args.ensemble_fusion)
     print(f"wrote {counts['written']} predictions for {counts['videos']} videos to {os.path.abspath(args.output)}"
           + (f" ({counts['resumed']} already there)" if counts["resumed"] else ""))
     return 0
@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     result = ground(model, args.video, args.query, tokenizer=tokenizer, num_frames=args.num_frames, fps=args.fps,
                     image_size=args.image_size, top_k=args.top_k, nms_threshold=args.nms_threshold,
                     return_saliency=args.saliency, window_seconds=args.window_seconds,
-                    window_overlap=args.window_overlap, adapter_names=ensemble_names(args))
+                    window_overlap=args.window_overlap, adapter_names=ensemble_names(args),
+                    ensemble_fusion=args.ensemble_fusion)
     moments = result.moments if args.saliency else result
     as_dicts = [{"start": s, "end": e, "score": p} for s, e, p in moments]
     if args.json:

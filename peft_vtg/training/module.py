@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..heads import VTGGroundingOutput, fuse_grounding_outputs
+from ..heads import ENSEMBLE_FUSIONS, VTGGroundingOutput, fuse_grounding_outputs
 
 
 class GroundingModule(nn.Module):
@@ -42,15 +42,16 @@ class GroundingModule(nn.Module):
 class EnsembleGroundingModule(nn.Module):
     """A prompt ensemble for evaluation: `forward(**batch)` grounds every row with each of `adapter_names` (one
     batched forward, rows repeated member-minor through per-sample adapters) and fuses their outputs into one row
-    (`peft_vtg.heads.fuse_grounding_outputs`: the mean of the members' probabilities). Inference only: an ensemble
+    (`peft_vtg.heads.fuse_grounding_outputs`: by default the mean of the members' probabilities). Inference only: an ensemble
     of separately trained adapters is not trained as one, so label keys are refused.
 
     Args:
         peft_model: a VTG `PeftModel` with every member loaded (`load_adapter(path, adapter_name=...)`).
         adapter_names: the members, each once.
+        fusion: "mean" (of the members' probabilities) or "geometric" (see `peft_vtg.heads.ensemble`).
     """
 
-    def __init__(self, peft_model: nn.Module, adapter_names: Sequence[str]) -> None:
+    def __init__(self, peft_model: nn.Module, adapter_names: Sequence[str], fusion: str = "mean") -> None:
         super().__init__()
         if not hasattr(peft_model, "forward_grounding"):
             raise TypeError(f"{type(peft_model).__name__} has no forward_grounding; wrap a VTG PeftModel.")
@@ -59,8 +60,11 @@ class EnsembleGroundingModule(nn.Module):
         if not names or unknown or len(set(names)) != len(names):
             raise ValueError(f"adapter_names must name loaded adapters, each once; got {names} (loaded: "
                              f"{sorted(peft_model.peft_config)}).")
+        if fusion not in ENSEMBLE_FUSIONS:
+            raise ValueError(f"fusion must be one of {ENSEMBLE_FUSIONS}, got {fusion!r}.")
         self.peft_model = peft_model
         self.adapter_names = names
+        self.fusion = fusion
 
     def forward(self, **batch: Any) -> VTGGroundingOutput:
         labels = [key for key in ("start_frames", "end_frames", "saliency_targets") if batch.get(key) is not None]
@@ -71,4 +75,4 @@ class EnsembleGroundingModule(nn.Module):
         repeated = {key: value.repeat_interleave(members, dim=0) if isinstance(value, torch.Tensor) and value.dim()
                     else value for key, value in batch.items() if key not in ("qid", "duration", "video_ids", "windows")}
         out = self.peft_model.forward_grounding(**repeated, adapter_names=self.adapter_names * rows)
-        return fuse_grounding_outputs(out, members)
+        return fuse_grounding_outputs(out, members, self.fusion)
