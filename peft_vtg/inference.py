@@ -496,12 +496,7 @@ def _forward_grounding(tuner: Any, ensemble: Optional[_Ensemble], **inputs: Any)
     repeated member-minor, one batched forward through per-sample adapters) fused into one output per row."""
     if ensemble is None:
         return tuner.forward_grounding(**inputs)
-    rows = inputs["input_ids"].shape[0]
-    members = len(ensemble.names)
-    repeated = {key: value.repeat_interleave(members, dim=0) if isinstance(value, torch.Tensor) else value
-                for key, value in inputs.items()}
-    out = tuner.forward_grounding(**repeated, adapter_names=ensemble.names * rows)
-    return fuse_grounding_outputs(out, members, ensemble.fusion)
+    return tuner.forward_grounding_ensemble(ensemble.names, ensemble.fusion, **inputs)
 
 
 def _encode_windows(tuner: Any, pixels: torch.Tensor, ensemble: Optional[_Ensemble]) -> torch.Tensor:

@@ -31,7 +31,8 @@ def test_fusion_is_the_mean_of_the_members_probabilities():
     assert torch.allclose(fused.start_logits[0].exp(), expected)
     real = (torch.softmax(start[2, :3], 0) + torch.softmax(start[3, :3], 0)) / 2
     assert torch.allclose(fused.start_logits[1, :3].exp(), real) and fused.start_logits[1, 3] == lowest
-    assert torch.allclose(torch.sigmoid(fused.inside_logits[0]), (0.5 + torch.sigmoid(torch.tensor(2.0))) / 2 * torch.ones(4))
+    mean_inside = (0.5 + torch.sigmoid(torch.tensor(2.0))) / 2
+    assert torch.allclose(torch.sigmoid(fused.inside_logits[0]), mean_inside * torch.ones(4))
     assert torch.allclose(torch.sigmoid(fused.violet_vtm_logits),
                           torch.stack([(0.5 + torch.sigmoid(torch.tensor(2.0))) / 2,
                                        (torch.sigmoid(torch.tensor(-1.0)) + torch.sigmoid(torch.tensor(1.0))) / 2]))

@@ -296,7 +296,8 @@ def test_evaluate_grounds_long_videos_window_by_window(batch_workspace, tmp_path
     assert main([*command, "--predictions-out", str(tmp_path / "preds.jsonl")]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["num_queries"] == 5
-    predicted = {json.loads(line)["qid"]: json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()}
+    predicted = {json.loads(line)["qid"]: json.loads(line)
+                 for line in (tmp_path / "preds.jsonl").read_text().splitlines()}
     model = PeftModel.from_pretrained(AutoModel.from_pretrained(root / "base"), root / "adapter")
     # the long video's queries: what windowed grounding of the file gives (its moments reach past the first window)
     windowed = ground_queries(model, str(root / "videos" / "long.mp4"), ["the red light turns on",
@@ -343,7 +344,8 @@ def test_evaluate_on_two_processes_equals_one(batch_workspace, tmp_path):
               "--main_process_port", str(free_port()), "-m", "peft_vtg"]
     for name, adapters in (("single", [root / "adapter"]), ("ensemble", [root / "adapter", tmp_path / "adapter_copy"])):
         adapter_flags = [flag for adapter in adapters for flag in ("--adapter", str(adapter))]
-        run([sys.executable, "-m", "peft_vtg", *flags, *adapter_flags, "--predictions-out", str(tmp_path / "one.jsonl")])
+        run([sys.executable, "-m", "peft_vtg", *flags, *adapter_flags, "--predictions-out",
+             str(tmp_path / "one.jsonl")])
         run([*launch, *flags, *adapter_flags, "--predictions-out", str(tmp_path / "two.jsonl")], ACCELERATE_USE_CPU="1")
         one, two = ({json.loads(line)["qid"]: json.loads(line)["pred_relevant_windows"]
                      for line in (tmp_path / f"{n}.jsonl").read_text().splitlines()} for n in ("one", "two"))

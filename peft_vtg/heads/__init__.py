@@ -1,4 +1,5 @@
-"""Task heads on top of a prompted encoder: grounding (span) head, video-text matching heads, span decoding, prompt-ensemble fusion."""
+"""Task heads on top of a prompted encoder: grounding (span) head, video-text matching heads, span decoding,
+prompt-ensemble fusion."""
 
 from .decoding import decode_frame_spans, decode_moments, span_log_scores
 from .ensemble import ENSEMBLE_FUSIONS, fuse_grounding_outputs

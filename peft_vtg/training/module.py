@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..heads import ENSEMBLE_FUSIONS, VTGGroundingOutput, fuse_grounding_outputs
+from ..heads import ENSEMBLE_FUSIONS, VTGGroundingOutput
 
 
 class GroundingModule(nn.Module):
@@ -40,10 +39,10 @@ class GroundingModule(nn.Module):
 
 
 class EnsembleGroundingModule(nn.Module):
-    """A prompt ensemble for evaluation: `forward(**batch)` grounds every row with each of `adapter_names` (one
-    batched forward, rows repeated member-minor through per-sample adapters) and fuses their outputs into one row
-    (`peft_vtg.heads.fuse_grounding_outputs`: by default the mean of the members' probabilities). Inference only: an ensemble
-    of separately trained adapters is not trained as one, so label keys are refused.
+    """A prompt ensemble for evaluation: `forward(**batch)` is the model's `forward_grounding_ensemble`, every row
+    grounded by each of `adapter_names` in one batched forward and their outputs fused into one row (by default the
+    mean of the members' probabilities). Inference only: an ensemble of separately trained adapters is not trained
+    as one, so label keys are refused.
 
     Args:
         peft_model: a VTG `PeftModel` with every member loaded (`load_adapter(path, adapter_name=...)`).
@@ -67,12 +66,5 @@ class EnsembleGroundingModule(nn.Module):
         self.fusion = fusion
 
     def forward(self, **batch: Any) -> VTGGroundingOutput:
-        labels = [key for key in ("start_frames", "end_frames", "saliency_targets") if batch.get(key) is not None]
-        if labels:
-            raise ValueError(f"An ensemble is evaluated, not trained: drop {labels} from the batch.")
-        members = len(self.adapter_names)
-        rows = batch["input_ids"].shape[0]
-        repeated = {key: value.repeat_interleave(members, dim=0) if isinstance(value, torch.Tensor) and value.dim()
-                    else value for key, value in batch.items() if key not in ("qid", "duration", "video_ids", "windows")}
-        out = self.peft_model.forward_grounding(**repeated, adapter_names=self.adapter_names * rows)
-        return fuse_grounding_outputs(out, members, self.fusion)
+        inputs = {key: value for key, value in batch.items() if key not in ("qid", "duration", "video_ids", "windows")}
+        return self.peft_model.forward_grounding_ensemble(self.adapter_names, self.fusion, **inputs)

@@ -12,7 +12,7 @@ from peft.tuners.tuners_utils import BaseTuner, _filter_state_dict_by_key_prefix
 from peft.utils.other import set_additional_trainable_modules
 from torch import nn
 
-from ..heads import VTGGroundingOutput, VTGTaskHeads
+from ..heads import VTGGroundingOutput, VTGTaskHeads, fuse_grounding_outputs
 from ..injection import resolve_spec
 from ..injection.spec import BoundSpec
 from ..injection.tower import (
@@ -543,6 +543,32 @@ class VTGPromptModel(BaseTuner):
         if len(set(names)) == 1:
             return self._heads_of(names[0])(**head_inputs, video_ids=video_ids, generator=generator)
         return self._grounding_per_adapter(names, head_inputs, video_ids, generator)
+
+    def forward_grounding_ensemble(
+        self, adapter_names: list[str], fusion: str = "mean", **inputs: Any
+    ) -> VTGGroundingOutput:
+        """A prompt ensemble's grounding forward: every row grounded by each of `adapter_names` in one batched
+        forward (rows repeated member-minor through per-sample adapters), the members' outputs fused into one row
+        (`peft_vtg.heads.fuse_grounding_outputs`: "mean" of their probabilities or their "geometric" mean).
+
+        Args:
+            adapter_names: the members, loaded adapters with grounding heads.
+            inputs: what `forward_grounding` takes for the rows (input_ids, attention_mask, pixel_values or
+                video_features, frame_mask, ...), without labels: an ensemble of separately trained adapters is
+                evaluated, not trained. Per-row tensors are repeated; anything else is passed as is.
+
+        Returns:
+            A `VTGGroundingOutput` with one row per input row and no loss.
+        """
+        labels = [key for key in ("start_frames", "end_frames", "saliency_targets") if inputs.get(key) is not None]
+        if labels:
+            raise ValueError(f"An ensemble is evaluated, not trained: drop {labels} from the batch.")
+        members = len(adapter_names)
+        rows = inputs["input_ids"].shape[0]
+        repeated = {key: value.repeat_interleave(members, dim=0)
+                    if isinstance(value, torch.Tensor) and value.dim() else value for key, value in inputs.items()}
+        out = self.forward_grounding(**repeated, adapter_names=list(adapter_names) * rows)
+        return fuse_grounding_outputs(out, members, fusion)
 
     def _grounding_per_adapter(self, names, head_inputs, video_ids, generator) -> VTGGroundingOutput:
         """Per-sample adapters: each adapter's heads run on its own rows; results are put back in batch order."""
