@@ -522,3 +522,39 @@ def test_heads_over_several_layers_name_what_they_need():
         with pytest.raises(ValueError, match=r"num_layers must be a whole number in 1\.\.3"):
             model.encode_video(x["pixel_values"], num_layers=4)
     torch.testing.assert_close(from_layers.start_logits, from_frames.start_logits)
+
+
+def test_not_here_loss_trains_the_inside_head_towards_zero_on_other_videos():
+    import torch.nn.functional as F
+
+    from peft_vtg import VTGPromptConfig
+    from peft_vtg.heads import VTGTaskHeads, swap_partners
+
+    torch.manual_seed(0)
+    heads = VTGTaskHeads(8, 8, hidden_size=16, num_layers=1, num_heads=2, dropout=0.0,
+                         inside_negative_loss_weight=0.5).train()
+    video, text = torch.randn(4, 6, 8), torch.randn(4, 5, 8)
+    frame_mask = torch.tensor([[1] * 6, [1] * 6, [1] * 4 + [0] * 2, [1] * 6])
+    text_mask = torch.ones(4, 5, dtype=torch.long)
+    labels = dict(start_frames=torch.tensor([0, 1, 2, 1]), end_frames=torch.tensor([2, 3, 3, 5]))
+    ids = ["a", "a", "b", "b"]
+    out = heads(video, frame_mask, text, text_mask, **labels, video_ids=ids, generator=torch.Generator().manual_seed(1))
+    # by hand: each query with its partner's video (another id), inside target 0 on the partner's real frames
+    partners = swap_partners(4, ids, torch.Generator().manual_seed(1))
+    assert all(ids[p] != ids[row] for row, p in enumerate(partners.tolist()))
+    with torch.no_grad():
+        fused = heads.grounding.fuse(video[partners], frame_mask[partners], text, text_mask)
+        logits = heads.grounding.span_logits(fused, frame_mask[partners])["inside_logits"]
+    real = frame_mask[partners].bool()
+    expected = F.binary_cross_entropy_with_logits(logits[real], torch.zeros(int(real.sum())))
+    assert out.loss_terms["inside_negative_loss"] == pytest.approx(float(expected), rel=1e-5)
+    heads.inside_negative_loss_weight = 0.0
+    without = heads(video, frame_mask, text, text_mask, **labels, video_ids=ids)
+    assert "inside_negative_loss" not in without.loss_terms
+    assert float(out.loss - without.loss) == pytest.approx(0.5 * float(expected), rel=1e-4)
+    heads.inside_negative_loss_weight = 0.5
+    alone = heads(video, frame_mask, text, text_mask, **labels, video_ids=["a"] * 4)  # one video: no partner
+    assert "inside_negative_loss" not in alone.loss_terms
+    assert "inside_negative_loss" not in heads.eval()(video, frame_mask, text, text_mask, **labels).loss_terms
+    with pytest.raises(ValueError, match="inside_negative_loss_weight must be a number >= 0"):
+        VTGPromptConfig(inside_negative_loss_weight=-1.0)

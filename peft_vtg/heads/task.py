@@ -7,11 +7,18 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
 from .grounding import GroundingHead, grounding_loss, saliency_loss
-from .matching import AllInOneMatchingHead, VioletMatchingHead, all_in_one_matching_loss, violet_matching_loss
+from .matching import (
+    AllInOneMatchingHead,
+    VioletMatchingHead,
+    all_in_one_matching_loss,
+    swap_partners,
+    violet_matching_loss,
+)
 
 VTM_HEADS = ("violet", "all_in_one")
 
@@ -55,6 +62,7 @@ class VTGTaskHeads(nn.Module):
         boundary_smoothing: std (frames) of the Gaussian label smoothing of start/end targets; 0 = one-hot.
         inside_loss_weight: weight of the inside-moment BCE.
         vtm_loss_weight: weight of each matching loss.
+        inside_negative_loss_weight: weight of the "not here" loss (`_inside_negative_loss`); 0 = off.
         predict_saliency: add the per-frame saliency logit (see `GroundingHead`).
         saliency_loss_weight, saliency_margin: weight and margin of `saliency_loss`.
     """
@@ -72,6 +80,7 @@ class VTGTaskHeads(nn.Module):
         boundary_smoothing: float = 0.0,
         inside_loss_weight: float = 1.0,
         vtm_loss_weight: float = 0.5,
+        inside_negative_loss_weight: float = 0.0,
         temporal_kernel_size: int = 0,
         hadamard_fusion: bool = False,
         video_layers: int = 1,
@@ -96,6 +105,23 @@ class VTGTaskHeads(nn.Module):
         self.boundary_smoothing = boundary_smoothing
         self.inside_loss_weight = inside_loss_weight
         self.vtm_loss_weight = vtm_loss_weight
+        self.inside_negative_loss_weight = inside_negative_loss_weight
+
+    def _inside_negative_loss(self, video_features, frame_mask, text_features, text_mask, video_ids,
+                              generator) -> Optional[torch.Tensor]:
+        """"Not here": each query with another row's video (`swap_partners`: another video id), whose frames all
+        get inside target 0; BCE averaged over the real frames. None when no row has a partner."""
+        partners = swap_partners(len(text_features), video_ids, generator).to(video_features.device)
+        rows = (partners >= 0).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return None
+        other = partners[rows]
+        mask = frame_mask[other]  # (negatives, frames) of the borrowed videos
+        fused = self.grounding.fuse(video_features[other], mask, text_features[rows], text_mask[rows])
+        logits = self.grounding.span_logits(fused, mask)["inside_logits"].float()  # (negatives, frames)
+        real = mask.float()
+        per_frame = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+        return (per_frame * real).sum() / real.sum().clamp_min(1.0)
 
     def _fused_cls(self, video, frame_mask, text, text_mask) -> torch.Tensor:
         return self.grounding.fuse(video, frame_mask, text, text_mask)[:, 0].contiguous()
@@ -152,6 +178,12 @@ class VTGTaskHeads(nn.Module):
             terms["saliency_loss"] = saliency_loss(fields["saliency_logits"], saliency_targets, known * frame_mask,
                                                    self.saliency_margin)
             loss = loss + self.saliency_loss_weight * terms["saliency_loss"]
+        if self.training and self.inside_negative_loss_weight > 0 and fields["inside_logits"] is not None:
+            negative = self._inside_negative_loss(video_features, frame_mask, text_features, text_mask, video_ids,
+                                                  generator)
+            if negative is not None:  # None: no row had a partner with another video
+                terms["inside_negative_loss"] = negative
+                loss = loss + self.inside_negative_loss_weight * negative
         if self.training and self.vtm_loss_weight > 0:
             features = (video_features, frame_mask, text_features, text_mask)
             for name, loss_fn in (("violet_vtm", violet_matching_loss), ("all_in_one_vtm", all_in_one_matching_loss)):

@@ -331,6 +331,13 @@ class VTGPromptConfig(PeftConfig):
                   "Gaussian around the true boundary. 0 = one-hot cross-entropy."},
     )
     inside_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the inside-moment BCE loss."})
+    inside_negative_loss_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the 'not here' loss: each query is also paired with another row's video, which "
+                  "does not hold its moment, and the inside head is trained towards 0 on every frame of it. It makes "
+                  "inside probabilities absolute, which is what long videos' windows are ranked by. 0 = off; needs "
+                  "predict_inside."},
+    )
     vtm_heads: Optional[list[str]] = field(
         default=None,
         metadata={"help": "Video-text matching heads trained as auxiliary losses on the fused [CLS]: any of "
@@ -529,8 +536,8 @@ class VTGPromptConfig(PeftConfig):
         if self.predict_saliency and self.grounding_head is False:
             raise ValueError("predict_saliency=True reads the grounding head's fused frames; set grounding_head=True "
                              "(or None), or predict_saliency=False.")
-        for name in ("boundary_smoothing", "inside_loss_weight", "vtm_loss_weight", "saliency_loss_weight",
-                     "saliency_margin"):
+        for name in ("boundary_smoothing", "inside_loss_weight", "inside_negative_loss_weight", "vtm_loss_weight",
+                     "saliency_loss_weight", "saliency_margin"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")

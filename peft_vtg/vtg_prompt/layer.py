@@ -120,6 +120,7 @@ def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGT
         vtm_heads=config.vtm_heads,
         boundary_smoothing=config.boundary_smoothing,
         inside_loss_weight=config.inside_loss_weight,
+        inside_negative_loss_weight=config.inside_negative_loss_weight,
         vtm_loss_weight=config.vtm_loss_weight,
     )
 
