@@ -135,12 +135,9 @@ def predict_to_file(
     try:
         with open(output, "a", encoding="utf-8") as handle:
             for vid, video_rows in by_video.items():
-                results = ground_queries(model, paths[vid], [row["query"] for row in video_rows], tokenizer,
-                                         **ground_kwargs)
-                moments = {row["qid"]: (r.moments if hasattr(r, "moments") else r)
-                           for row, r in zip(video_rows, results)}
-                saliency = {row["qid"]: [score for _, _, score in r.saliency] for row, r in zip(video_rows, results)
-                            if hasattr(r, "saliency")}
+                items = _ground_video(model, tokenizer, paths[vid], video_rows, ground_kwargs)
+                moments = {qid: found for qid, found, _ in items}
+                saliency = {qid: scores for qid, _, scores in items if scores is not None}
                 handle.write("".join(submission_lines(moments, saliency or None, video_rows)))
                 handle.flush()
                 os.fsync(handle.fileno())  # a kill after this keeps the video's lines
@@ -181,12 +178,14 @@ def ground_rows_by_video(
     mine = list(by_video)[process_index::num_processes]
     items = []
     for vid in tqdm(mine, unit="video", desc="grounding long videos", disable=disable_tqdm, leave=False):
-        video_rows = by_video[vid]
-        results = ground_queries(model, paths[vid], [row["query"] for row in video_rows], tokenizer,
-                                 disable_tqdm=True, **ground_kwargs)
-        for row, result in zip(video_rows, results):
-            if hasattr(result, "moments"):
-                items.append((row["qid"], result.moments, [score for _, _, score in result.saliency]))
-            else:
-                items.append((row["qid"], result, None))
+        quiet = {**ground_kwargs, "disable_tqdm": True}  # one bar over the videos, not one per video
+        items.extend(_ground_video(model, tokenizer, paths[vid], by_video[vid], quiet))
     return items
+
+
+def _ground_video(model: Any, tokenizer: Any, path: str, video_rows: Sequence[Mapping[str, Any]],
+                  ground_kwargs: Mapping[str, Any]) -> list[tuple[str, list, Optional[list[float]]]]:
+    """`(qid, moments, per-clip saliency scores or None)` for the rows of one video file (`ground_queries`)."""
+    results = ground_queries(model, path, [row["query"] for row in video_rows], tokenizer, **ground_kwargs)
+    return [(row["qid"], result.moments, [score for _, _, score in result.saliency]) if hasattr(result, "moments")
+            else (row["qid"], result, None) for row, result in zip(video_rows, results)]

@@ -286,10 +286,7 @@ def ground(
     warn_duration_mismatches(list(dict.fromkeys(mismatches)))
     padded, frame_mask = pad_videos(items)
     reference = next(tuner.parameters())
-    text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
-                     return_tensors="pt")
-    check_query_tokens(tokenizer, text["input_ids"], text["attention_mask"],
-                       [f"query {k}" for k in range(len(queries))])
+    text = _query_batch(tokenizer, queries, max_text_length)
     video_key = "video_features" if padded.dim() == 3 else "pixel_values"
     was_training = tuner.training
     tuner.eval()
@@ -312,9 +309,8 @@ def ground(
         logits = out.saliency_logits.float().cpu()
         results = []
         for row, row_moments in enumerate(moments):
-            seconds = float(durations[row])
-            scores = frame_scores_to_clips(logits[row, : int(frame_mask[row].sum())].tolist(), seconds, clip_length)
-            clips = [(k * clip_length, min((k + 1) * clip_length, seconds), score) for k, score in enumerate(scores)]
+            clips = _saliency_clips(logits[row, : int(frame_mask[row].sum())].tolist(), float(durations[row]),
+                                    clip_length)
             results.append(GroundingResult(moments=row_moments, saliency=clips))
     else:
         results = moments
@@ -420,10 +416,7 @@ def ground_queries(
                     if not return_saliency:
                         results.append(row_moments)
                         continue
-                    scores = frame_scores_to_clips(out.saliency_logits[row].float().cpu().tolist(), duration,
-                                                   clip_length)
-                    clips = [(k * clip_length, min((k + 1) * clip_length, duration), score)
-                             for k, score in enumerate(scores)]
+                    clips = _saliency_clips(out.saliency_logits[row].float().cpu().tolist(), duration, clip_length)
                     results.append(GroundingResult(moments=row_moments, saliency=clips))
     finally:
         tuner.train(was_training)
@@ -510,6 +503,13 @@ def _encode_windows(tuner: Any, pixels: torch.Tensor, ensemble: Optional[_Ensemb
                               adapter_names=ensemble.names * windows)
 
 
+def _saliency_clips(frame_logits: list[float], duration: float, clip_length: float) -> list[tuple[float, float, float]]:
+    """Per-frame saliency logits of a video (its real frames) -> `(start_s, end_s, score)` per clip of `clip_length`
+    seconds from the start, the last clip cut at `duration` (`frame_scores_to_clips` gives the scores)."""
+    scores = frame_scores_to_clips(frame_logits, duration, clip_length)
+    return [(k * clip_length, min((k + 1) * clip_length, duration), score) for k, score in enumerate(scores)]
+
+
 def _check_saliency_heads(tuner: Any, layer: Any, clip_length: float, ensemble: Optional[_Ensemble] = None) -> None:
     check_positive_seconds(clip_length, "clip_length")
     heads = [tuner._heads_of(name) for name in _members(layer, ensemble)]
@@ -588,9 +588,7 @@ def _ground_long_video(tuner: Any, path: Any, queries: list[str], tokenizer: Any
         if not return_saliency:
             results.append(moments)
             continue
-        scores = frame_scores_to_clips(saliency[q], duration, clip_length)
-        clips = [(k * clip_length, min((k + 1) * clip_length, duration), score) for k, score in enumerate(scores)]
-        results.append(GroundingResult(moments=moments, saliency=clips))
+        results.append(GroundingResult(moments=moments, saliency=_saliency_clips(saliency[q], duration, clip_length)))
     return results
 
 
