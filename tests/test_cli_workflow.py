@@ -141,3 +141,31 @@ def config_field_names_and_training():
     from peft_vtg.cli.common import config_field_names, training_field_names
 
     return config_field_names() + training_field_names()
+
+
+def test_train_on_long_video_windows(workspace, tmp_path, capsys, monkeypatch):
+    from peft_vtg.data import windows
+
+    root, out = workspace, tmp_path / "adapter"
+    drawn = []
+    original = windows.LongVideoWindowCollator._window
+    monkeypatch.setattr(windows.LongVideoWindowCollator, "_window",
+                        lambda self, row: drawn.append(original(self, row)) or drawn[-1])
+    code = main(["train", "--base-model", str(root / "base"), "--train-annotations", str(root / "ann.jsonl"),
+                 "--eval-annotations", str(root / "ann.jsonl"), *data_flags(root), "--output-dir", str(out),
+                 "--max-steps", "2", "--per-device-train-batch-size", "4", "--num-video-tokens", "2",
+                 "--head-hidden-size", "16", "--head-num-attention-heads", "2", "--head-num-layers", "1",
+                 "--disable-tqdm", "--long-video-windows", "1", "--long-video-absent-fraction", "0.5"])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    capsys.readouterr()
+    assert len(drawn) == 8 and all(window is not None for window in drawn)  # every training row got a window
+    assert {holds for _, _, holds in drawn} <= {True, False}
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert (config["trained_window_frames"], config["trained_window_seconds"]) == (8, 8.0)
+    assert json.loads((out / "metrics.json").read_text())["num_queries"] == 8  # evaluated on the whole videos
+    for flags, message in ((["--long-video-windows", "2"], "must be a fraction in \\[0, 1\\]"),
+                           (["--long-video-absent-fraction", "x"], "expects a fraction")):
+        with pytest.raises(SystemExit):
+            main(["train", "--base-model", str(root / "base"), "--train-annotations", str(root / "ann.jsonl"),
+                  *data_flags(root), "--output-dir", str(tmp_path / "bad"), *flags])
+        assert message.replace("\\", "") in capsys.readouterr().err.replace("\\", "")

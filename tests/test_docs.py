@@ -85,7 +85,7 @@ def test_readme_your_own_videos_commands_run_as_written(tmp_path, monkeypatch, c
     section = readme.split("## Your own videos", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
     commands = [line for line in block.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
-    assert len(commands) == 8
+    assert len(commands) == 9
     write_light_workspace(tmp_path, tiny_clip(), num_videos=6)
     (tmp_path / "openai").mkdir()
     (tmp_path / "base").rename(tmp_path / "openai" / "clip-vit-base-patch32")
@@ -104,5 +104,6 @@ def test_readme_your_own_videos_commands_run_as_written(tmp_path, monkeypatch, c
         assert main(argv[1:]) == 0, (command, capsys.readouterr().err[-2000:])
     out = capsys.readouterr().out
     assert len((tmp_path / "my-predictions.jsonl").read_text().splitlines()) == 6
-    assert json.loads((tmp_path / "my-adapter" / "adapter_config.json").read_text())["trained_window_seconds"] == 8.0
+    for adapter in ("my-adapter", "my-long-video-adapter"):
+        assert json.loads((tmp_path / adapter / "adapter_config.json").read_text())["trained_window_seconds"] == 8.0
     assert " s  " in out.splitlines()[-1]  # the long video's moments were printed

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
@@ -199,6 +200,31 @@ def test_matching_losses_need_a_partner_and_train_the_heads():
     same = heads(video, text_features=text, **masks, **labels, video_ids=["a", "a", "a"])
     assert "violet_vtm_loss" not in same.loss_terms and "all_in_one_vtm_loss" not in same.loss_terms
     assert out.violet_vtm_logits.shape == (3,) and out.all_in_one_vtm_logits.shape == (3, 2)
+
+
+def test_a_clip_without_its_moment_is_a_mismatch_for_the_matching_heads():
+    from peft_vtg.heads.matching import all_in_one_matching_loss, violet_matching_loss
+
+    torch.manual_seed(0)
+    heads = VTGTaskHeads(6, 5, hidden_size=8, num_layers=1, num_heads=2, dropout=0.0,
+                         vtm_heads=["violet", "all_in_one"]).eval()
+    video, text = torch.randn(3, 4, 6), torch.randn(3, 2, 5)
+    frame_mask, text_mask = torch.ones(3, 4), torch.ones(3, 2)
+    cls = heads._fused_cls(video, frame_mask, text, text_mask)
+    present = torch.tensor([True, False, True])
+    generator = torch.Generator().manual_seed(3)
+    got = violet_matching_loss(heads.violet_vtm, heads._fused_cls, cls, video, frame_mask, text, text_mask,
+                               video_ids=["a", "b", "c"], generator=generator, moment_present=present)
+    partners = swap_partners(3, ["a", "b", "c"], torch.Generator().manual_seed(3))
+    negatives = heads._fused_cls(video, frame_mask, text[partners], text_mask[partners])
+    logits = torch.cat([heads.violet_vtm(cls), heads.violet_vtm(negatives)])
+    expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    # All-in-One with nothing swapped: each row's own pair, labelled by whether its clip holds the moment.
+    got = all_in_one_matching_loss(heads.all_in_one_vtm, heads._fused_cls, cls, video, frame_mask, text, text_mask,
+                                   video_ids=["a", "b", "c"], swap_probability=0.0, moment_present=present)
+    expected = F.cross_entropy(heads.all_in_one_vtm(cls), torch.tensor([1, 0, 1]))
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
 
 
 # ---------------------------------------------------------------- heads inside adapters

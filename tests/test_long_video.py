@@ -398,3 +398,124 @@ def test_extract_cli_formats_resume_and_mismatch(batch_workspace, tmp_path, caps
     capsys.readouterr()
     assert main([*common, "--format", "moment_detr", "--fps", "1", "--output-dir", str(tmp_path / "x")]) == 2
     assert "one feature per 2-second clip" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- training on long-video windows
+def _marked_videos(durations):
+    """Feature 'videos' whose frame k of video i is [i, k, 1 if inside the row's moment else 0, 0]: every frame of a
+    clip says where it came from. One row per video, its moment [2, 4] s; video i has 2 frames per second."""
+    videos, rows = {}, []
+    for i, duration in enumerate(durations):
+        frames = int(duration * 2)
+        times = (torch.arange(frames) + 0.5) / 2
+        inside = ((times >= 2.0) & (times < 4.0)).float()
+        videos[f"v{i}"] = torch.stack([torch.full((frames,), float(i)), torch.arange(frames).float(), inside,
+                                       torch.zeros(frames)], dim=1)
+        rows.append({"qid": f"q{i}", "vid": f"v{i}", "query": "the red light turns on", "duration": float(duration),
+                     "windows": [[2.0, 4.0]]})
+    return videos, rows
+
+
+def test_window_collator_cuts_windows_that_hold_or_miss_the_moment_from_videos_side_by_side():
+    from peft_vtg.data import LongVideoWindowCollator
+
+    videos, rows = _marked_videos([10.0, 6.0, 8.0, 12.0, 9.0])
+    source = videos.__getitem__
+    torch.manual_seed(0)
+    holding = LongVideoWindowCollator(tiny_tokenizer(), source, rows, window_frames=8, window_seconds=8.0,
+                                      window_fraction=1.0, absent_fraction=0.0)
+    batch = holding(rows * 8)
+    assert batch["video_features"].shape == (40, 8, 4) and bool(batch["moment_present"].all())
+    assert batch["duration"].tolist() == [8.0] * 40  # a window lasts window_seconds, whatever the video
+    for i, clip in enumerate(batch["video_features"]):
+        own = clip[:, 0] == i % 5
+        marked = (clip[:, 2] == 1) & own  # frames of the row's own moment
+        start, end = int(batch["start_frames"][i]), int(batch["end_frames"][i])
+        # The whole moment (2 s at 1 frame a second: 2 frames) is in the window, and the labels cover it (the
+        # frames its seconds touch: one more when it starts mid-frame).
+        assert int(marked.sum()) == 2 and set(marked.nonzero().flatten().tolist()) <= set(range(start, end + 1))
+        assert end - start + 1 <= 3
+        # Frames are in time order within each video, and several videos usually share the window.
+        for vid in clip[:, 0].unique():
+            order = clip[clip[:, 0] == vid, 1]
+            assert bool((order[1:] > order[:-1]).all())
+    assert sum(len(clip[:, 0].unique()) > 1 for clip in batch["video_features"]) > 20
+
+    missing = LongVideoWindowCollator(tiny_tokenizer(), source, rows, window_frames=8, window_seconds=8.0,
+                                      window_fraction=1.0, absent_fraction=1.0)
+    batch = missing(rows * 8)
+    assert not bool(batch["moment_present"].any()) and batch["windows"] == [[]] * 40
+    for i, clip in enumerate(batch["video_features"]):
+        assert not bool(((clip[:, 2] == 1) & (clip[:, 0] == i % 5)).any())  # no frame of the row's own moment
+    # Hard negatives: a good share of the windows show the row's own video elsewhere than its moment.
+    assert sum(bool((clip[:, 0] == i % 5).any()) for i, clip in enumerate(batch["video_features"])) > 10
+
+    whole = LongVideoWindowCollator(tiny_tokenizer(), source, rows, window_frames=4, window_fraction=0.0)
+    batch = whole(rows)
+    assert bool(batch["moment_present"].all()) and batch["duration"].tolist() == [r["duration"] for r in rows]
+    # Bin centres of each whole video, as GroundingCollator with a frame source sampled to 4 frames.
+    expected = [((torch.arange(4) + 0.5) * len(videos[r["vid"]]) / 4).long().tolist() for r in rows]
+    assert batch["video_features"][:, :, 1].long().tolist() == expected
+    assert whole.window_seconds == 9.0  # the median duration
+
+
+def test_window_collator_errors_name_the_argument():
+    from peft_vtg.data import LongVideoWindowCollator
+
+    videos, rows = _marked_videos([10.0, 6.0])
+    for kwargs, message in ((dict(window_fraction=1.5), "window_fraction must be a fraction"),
+                            (dict(absent_fraction=-0.1), "absent_fraction must be a fraction"),
+                            (dict(window_seconds=0), "window_seconds must be a number of seconds > 0"),
+                            (dict(window_frames=0), "num_frames")):
+        with pytest.raises(ValueError, match=message):
+            LongVideoWindowCollator(tiny_tokenizer(), videos.__getitem__, rows, **{"window_frames": 4, **kwargs})
+    with pytest.raises(ValueError, match="at least 2 videos"):
+        LongVideoWindowCollator(tiny_tokenizer(), videos.__getitem__, rows[:1], window_frames=4)
+
+
+def test_a_window_without_its_moment_trains_every_frame_towards_not_inside():
+    from peft_vtg.heads import grounding_loss
+
+    torch.manual_seed(0)
+    start, end, inside = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    mask = torch.ones(3, 5, dtype=torch.long)
+    first, last = torch.tensor([1, 99, 0]), torch.tensor([2, -7, 4])  # row 1's labels are placeholders
+    present = torch.tensor([True, False, True])
+    terms = grounding_loss(start, end, inside, mask, first, last, moment_present=present)
+    keep = present.nonzero().flatten()
+    alone = grounding_loss(start[keep], end[keep], inside[keep], mask[keep], first[keep], last[keep])
+    assert terms["start_loss"] == pytest.approx(float(alone["start_loss"]))  # absent rows add no span term
+    assert terms["end_loss"] == pytest.approx(float(alone["end_loss"]))
+    targets = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(inside, targets)
+    assert terms["inside_loss"] == pytest.approx(float(expected))
+    with pytest.raises(ValueError, match="outside its video"):  # present rows' labels are still checked
+        grounding_loss(start, end, inside, mask, first, last, moment_present=torch.tensor([True, True, True]))
+    start.requires_grad_(True)
+    nothing = grounding_loss(start, end, inside, mask, first, last, moment_present=torch.zeros(3, dtype=torch.bool))
+    assert float(nothing["start_loss"].detach()) == 0.0
+    nothing["loss"].backward()  # a batch without any moment still trains (the inside term) and has a graph
+    assert float(start.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="one flag per row"):
+        grounding_loss(start, end, inside, mask, first, last, moment_present=torch.ones(2, dtype=torch.bool))
+
+
+def test_training_on_windows_evaluates_whole_videos_and_records_the_window(tmp_path):
+    from peft_vtg.data import LongVideoWindowCollator
+    from peft_vtg.training import VTGTrainingArguments, train
+    from test_cache import Frames, rows
+
+    model = get_peft_model(tiny_clip(), VTGPromptConfig(**HEAD))
+    data = [{**row, "duration": 8.0 + i} for i, row in enumerate(rows(5))]
+    collator = LongVideoWindowCollator(tiny_tokenizer(), Frames(), data, window_frames=4, window_fraction=1.0)
+    seen = []
+    evaluation = collator.for_evaluation()
+    collator.for_evaluation = lambda: (lambda batch: seen.append(evaluation(batch)) or seen[-1])
+    args = VTGTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
+                                eval_steps=2, disable_tqdm=True)
+    result = train(model, data, collator, args, eval_dataset=data)
+    assert all(step["loss"] == step["loss"] for step in result.history if "loss" in step)  # finite, not NaN
+    assert seen and all("moment_present" not in batch for batch in seen)
+    assert [d.item() for batch in seen for d in batch["duration"]] == [row["duration"] for row in data]
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert (saved["trained_window_frames"], saved["trained_window_seconds"]) == (4, 10.0)

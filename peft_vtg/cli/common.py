@@ -65,6 +65,21 @@ def iou(text: str) -> float:
     return value
 
 
+def fraction(flag: str) -> Callable[[str], float]:
+    """argparse type: a fraction in [0, 1] for `flag`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects a fraction in [0, 1], got {text!r}") from None
+        if not 0.0 <= value <= 1.0:  # also false for NaN
+            raise argparse.ArgumentTypeError(f"{flag} must be a fraction in [0, 1], got {text!r}")
+        return value
+
+    return parse
+
+
 def optional_value(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """argparse type: `parse`, or None for "none" / "auto"."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import Any, Optional
 
 from ..metrics import format_table
 from .common import (
@@ -15,6 +15,7 @@ from .common import (
     check_video_ids,
     config_field_names,
     dataclass_flags,
+    fraction,
     load_model,
     path_identity,
     read_annotations,
@@ -53,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     for rows in (train_rows, eval_rows):
         if rows is not None:
             check_video_ids(source, rows)
-    collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
+    if args.long_video_windows:
+        collator = long_video_collator(args, tokenizer, source, num_frames, train_rows)
+    else:
+        collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
     # run.json is the local record of the run (paths as given); `push` never uploads it.
     run_info = {"base_model": base_name, "train_annotations": args.train_annotations,
                 "eval_annotations": args.eval_annotations, "format": args.format, "video_source": described}
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         "format": args.format, "features_key": args.features_key, "video_suffix": args.video_suffix,
         "num_frames": args.num_frames, "fps": args.fps, "image_size": args.image_size,
         "max_text_length": args.max_text_length, "tokenizer": args.tokenizer or base_name,
+        "long_video_windows": args.long_video_windows, "long_video_absent_fraction": args.long_video_absent_fraction,
     }
     try:
         result = train(model, train_rows, collator, training_args, eval_dataset=eval_rows, run_info=run_info,
@@ -85,6 +90,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def long_video_collator(args: argparse.Namespace, tokenizer: Any, source: Any, num_frames: Optional[int],
+                        train_rows: Any) -> Any:
+    """`--long-video-windows`: a `LongVideoWindowCollator` over the training videos, each read at the window's
+    rate (frames per window / the median duration), which is the rate `ground` samples long videos at."""
+    from ..data.video import VideoFiles
+    from ..data.windows import LongVideoWindowCollator
+
+    if args.cache_dir:
+        raise ValueError("--long-video-windows cuts windows from whole videos; a --cache-dir holds a fixed number of "
+                         "frames per video. Train from --video-dir or --features-dir.")
+    durations = sorted(float(row["duration"]) for row in train_rows)
+    seconds = durations[len(durations) // 2]
+    if num_frames is None:  # --fps: the window holds what that rate gives over the median duration
+        num_frames = max(1, int(round(seconds * args.fps))) if args.fps else None
+    if num_frames is None:
+        raise ValueError("--long-video-windows needs the frames per window: give --num-frames (or --fps).")
+    if isinstance(source, VideoFiles):
+        # Whole videos at the window's rate, not at a fixed count each (a long video would get sparser frames).
+        source = VideoFiles(args.video_dir, fps=num_frames / seconds, suffix=args.video_suffix, **source.preprocess)
+    return LongVideoWindowCollator(tokenizer, source, train_rows, window_frames=num_frames, window_seconds=seconds,
+                                   window_fraction=args.long_video_windows,
+                                   absent_fraction=args.long_video_absent_fraction,
+                                   max_text_length=args.max_text_length)
+
 
 def add_parser(commands: Any) -> None:
     """Add `train` to the `peft-vtg` subcommands."""
@@ -98,6 +127,13 @@ def add_parser(commands: Any) -> None:
     add_model_arguments(own, adapter_required=False)
     add_data_arguments(own, "--train-annotations", required=True)
     own.add_argument("--eval-annotations", default=None, help="annotation file evaluated during training")
+    own.add_argument("--long-video-windows", type=fraction("--long-video-windows"), default=0.0, metavar="FRACTION",
+                     help="train for long videos: this fraction of the rows see a window of the training videos put "
+                     "one after another instead of their whole video, as `predict` grounds long videos "
+                     "(LongVideoWindowCollator; default 0: whole videos only). Needs --num-frames or --fps")
+    own.add_argument("--long-video-absent-fraction", type=fraction("--long-video-absent-fraction"), default=0.5,
+                     metavar="FRACTION", help="of those windows, the fraction that miss the row's moment and are "
+                     "trained as 'not here' (default 0.5)")
     train = commands.add_parser(
         "train", help="prompt-tune a base model for grounding",
         description="Prompt-tune a base model (video + text prompts and a grounding head) on an annotation file. "

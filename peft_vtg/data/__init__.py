@@ -37,6 +37,7 @@ from .video import (
     sample_times,
     video_duration,
 )
+from .windows import LongVideoWindowCollator
 
 __all__ = [
     "DURATION_TOLERANCE_FRACTION",
@@ -44,6 +45,7 @@ __all__ = [
     "FeatureDirectory",
     "GroundingCollator",
     "H5FeatureFile",
+    "LongVideoWindowCollator",
     "VideoFiles",
     "check_feature_array",
     "check_fps",

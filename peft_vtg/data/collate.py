@@ -182,6 +182,10 @@ class GroundingCollator:
         self._duration_warned: set[str] = set()  # each mismatching video is named once, not once per epoch
 
     def _video(self, vid: str) -> torch.Tensor:
+        return self._load_video(vid, self.num_frames)
+
+    def _load_video(self, vid: str, num_frames: Optional[int]) -> torch.Tensor:
+        """`vid`'s video from the source, checked; features resampled to `num_frames` time bins when given."""
         video = self.video_source(vid)
         video = torch.as_tensor(np.asarray(video)) if isinstance(video, np.ndarray) else video
         if not isinstance(video, torch.Tensor):
@@ -193,9 +197,9 @@ class GroundingCollator:
             if video.dim() not in (3, 4):
                 raise ValueError(f"Video {vid!r}: cached hidden states must be (frames, tokens, hidden) or (frames, "
                                  f"layers, tokens, hidden), got shape {tuple(video.shape)}.")
-            if self.num_frames is not None and video.shape[0] != self.num_frames:
+            if num_frames is not None and video.shape[0] != num_frames:
                 raise ValueError(f"Video {vid!r} was cached with {video.shape[0]} frames but num_frames="
-                                 f"{self.num_frames}; leave num_frames unset or build the cache with that count.")
+                                 f"{num_frames}; leave num_frames unset or build the cache with that count.")
             if not bool(torch.isfinite(video).all()):
                 raise ValueError(f"Video {vid!r}: its cached hidden states hold NaN or Inf values; rebuild the cache "
                                  "(a float16 cache overflows for encoders whose states exceed 65504: use bf16 or fp32).")
@@ -203,16 +207,16 @@ class GroundingCollator:
         if video.dim() == 2:  # features (frames, dim)
             if not isinstance(self.video_source, (FeatureDirectory, H5FeatureFile)):  # those check their files
                 check_feature_array(video, f"video {vid!r}")
-            if self.num_frames is not None and video.shape[0] != self.num_frames:
-                return resample_features(video, self.num_frames)
+            if num_frames is not None and video.shape[0] != num_frames:
+                return resample_features(video, num_frames)
             return video.float()
         if video.dim() == 4:  # frames (frames, 3, H, W)
             if video.shape[0] < 1 or video.shape[1] != 3:
                 raise ValueError(f"Video {vid!r}: frames must be (frames >= 1, 3, H, W) RGB, got shape "
                                  f"{tuple(video.shape)}.")
-            if self.num_frames is not None and video.shape[0] != self.num_frames:
+            if num_frames is not None and video.shape[0] != num_frames:
                 raise ValueError(
-                    f"Video {vid!r} was decoded to {video.shape[0]} frames but num_frames={self.num_frames}; sample it "
+                    f"Video {vid!r} was decoded to {video.shape[0]} frames but num_frames={num_frames}; sample it "
                     "to that count in the video source (VideoFiles(num_frames=...))."
                 )
             if video.is_floating_point() and not bool(torch.isfinite(video).all()):
@@ -227,6 +231,10 @@ class GroundingCollator:
         check_rows(rows)
         videos = [self._video(row["vid"]) for row in rows]
         self._check_durations(rows)
+        return self._batch(rows, videos)
+
+    def _batch(self, rows: Sequence[Mapping[str, Any]], videos: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """The batch of `rows` (checked) whose clips are `videos` (each loaded by `_load_video`)."""
         padded, frame_mask = pad_videos(videos)
         lengths = [v.shape[0] for v in videos]
         text = self.tokenizer(

@@ -321,6 +321,7 @@ def grounding_loss(
     end_frames: torch.Tensor,
     boundary_smoothing: float = 0.0,
     inside_weight: float = 1.0,
+    moment_present: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
     """Span loss: cross-entropy of the start and of the end frame, plus `inside_weight` x the inside-moment BCE.
 
@@ -328,11 +329,24 @@ def grounding_loss(
         start_logits, end_logits, inside_logits: (batch, frames), padded frames masked.
         frame_mask: (batch, frames), 1 for real frames.
         start_frames, end_frames: (batch,) inclusive frame indices of the ground-truth moment.
+        moment_present: (batch,) bool, False for a row whose clip does not hold its query's moment (a window of a
+            long video elsewhere, see `peft_vtg.data.LongVideoWindows`): its start/end frames are ignored, it adds
+            nothing to the start/end cross-entropy (averaged over the rows that hold their moment), and every one of
+            its frames gets inside target 0, which is what makes inside scores comparable across windows. None:
+            every row holds its moment.
 
     Returns:
         `{"loss": total, "start_loss", "end_loss", "inside_loss" (when predicted)}`, all scalars.
     """
     num_real = frame_mask.sum(dim=1)  # (batch,)
+    present = (torch.ones_like(num_real, dtype=torch.bool) if moment_present is None
+               else moment_present.to(device=num_real.device, dtype=torch.bool))
+    if present.shape != num_real.shape:
+        raise ValueError(f"moment_present must hold one flag per row ({num_real.shape[0]}), got shape "
+                         f"{tuple(present.shape)}.")
+    # Rows without their moment carry placeholder frames; only the others' labels must lie inside the video.
+    start_frames = torch.where(present, start_frames, torch.zeros_like(start_frames))
+    end_frames = torch.where(present, end_frames, torch.zeros_like(end_frames))
     bad = (start_frames < 0) | (end_frames < start_frames) | (end_frames >= num_real)
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
@@ -346,11 +360,15 @@ def grounding_loss(
         targets = boundary_targets(index, frame_mask, boundary_smoothing)
         log_probs = F.log_softmax(logits.float(), dim=-1)
         # Padded frames carry no target mass; zero them so -inf * 0 cannot turn into NaN.
-        losses[f"{name}_loss"] = -(targets * log_probs.masked_fill(frame_mask == 0, 0.0)).sum(dim=1).mean()
+        per_row = -(targets * log_probs.masked_fill(frame_mask == 0, 0.0)).sum(dim=1)  # (batch,)
+        weights = present.float()
+        # A batch of absent moments only keeps a zero with a graph, so the total stays differentiable.
+        losses[f"{name}_loss"] = (per_row * weights).sum() / weights.sum().clamp_min(1.0)
     total = losses["start_loss"] + losses["end_loss"]
     if inside_logits is not None and inside_weight > 0:
         positions = torch.arange(frame_mask.shape[1], device=frame_mask.device).unsqueeze(0)
-        inside = ((positions >= start_frames.unsqueeze(1)) & (positions <= end_frames.unsqueeze(1))).float()
+        inside = ((positions >= start_frames.unsqueeze(1)) & (positions <= end_frames.unsqueeze(1))
+                  & present.unsqueeze(1)).float()
         per_frame = F.binary_cross_entropy_with_logits(inside_logits.float(), inside, reduction="none")
         mask = frame_mask.float()
         losses["inside_loss"] = (per_frame * mask).sum() / mask.sum().clamp_min(1.0)

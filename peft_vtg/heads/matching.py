@@ -82,8 +82,10 @@ def violet_matching_loss(
     text_mask: torch.Tensor,
     video_ids: Optional[Sequence[str]] = None,
     generator: Optional[torch.Generator] = None,
+    moment_present: Optional[torch.Tensor] = None,
 ) -> Optional[torch.Tensor]:
-    """BCE over the matched pairs (label 1) and text-swapped pairs (label 0); None when no row has a partner."""
+    """BCE over the rows' own pairs (label 1, or 0 where `moment_present` is False: a clip without the query's
+    moment does not match it) and text-swapped pairs (label 0); None when no row has a partner."""
     partners = swap_partners(len(positive_cls), video_ids, generator).to(video_features.device)
     rows = (partners >= 0).nonzero().squeeze(1)
     if rows.numel() == 0:
@@ -91,7 +93,8 @@ def violet_matching_loss(
     other = partners[rows]
     negative_cls = fuse(video_features[rows], frame_mask[rows], text_features[other], text_mask[other])
     logits = torch.cat([head(positive_cls), head(negative_cls)]).float()  # (batch + negatives,)
-    labels = torch.cat([logits.new_ones(len(positive_cls)), logits.new_zeros(len(rows))])
+    own = logits.new_ones(len(positive_cls)) if moment_present is None else moment_present.to(logits)
+    labels = torch.cat([own, logits.new_zeros(len(rows))])
     return F.binary_cross_entropy_with_logits(logits, labels)
 
 
@@ -106,8 +109,10 @@ def all_in_one_matching_loss(
     video_ids: Optional[Sequence[str]] = None,
     generator: Optional[torch.Generator] = None,
     swap_probability: float = 0.5,
+    moment_present: Optional[torch.Tensor] = None,
 ) -> Optional[torch.Tensor]:
-    """NLL of match / mismatch where each row's video is swapped with probability `swap_probability`.
+    """NLL of match / mismatch where each row's video is swapped with probability `swap_probability`; a row that
+    keeps its video is a match unless `moment_present` says its clip does not hold the moment.
 
     Rows that keep their video reuse `positive_cls`; only swapped rows are fused again. None when no row has a
     partner.
@@ -123,6 +128,7 @@ def all_in_one_matching_loss(
         other = partners[swapped]
         negative_cls = fuse(video_features[other], frame_mask[other], text_features[swapped], text_mask[swapped])
         cls = positive_cls.index_copy(0, swapped, negative_cls.to(positive_cls.dtype))
-    labels = torch.ones(batch, dtype=torch.long, device=cls.device)
+    labels = (torch.ones(batch, dtype=torch.long, device=cls.device) if moment_present is None
+              else moment_present.to(device=cls.device, dtype=torch.long))
     labels[swapped] = 0
     return F.nll_loss(F.log_softmax(head(cls).float(), dim=-1), labels)

@@ -138,6 +138,7 @@ class VTGTaskHeads(nn.Module):
         generator: Optional[torch.Generator] = None,
         saliency_targets: Optional[torch.Tensor] = None,
         saliency_mask: Optional[torch.Tensor] = None,
+        moment_present: Optional[torch.Tensor] = None,
     ) -> VTGGroundingOutput:
         """Span logits for each (video, query) row, and the loss when `start_frames`/`end_frames` are given.
 
@@ -152,6 +153,8 @@ class VTGTaskHeads(nn.Module):
             generator: random generator for the matching negatives (default: torch's global one).
             saliency_targets, saliency_mask: (batch, frames) highlight targets and where they are known (1); with
                 span labels and a saliency head, `saliency_loss` joins the loss.
+            moment_present: (batch,) bool, False for a row whose clip does not hold its moment (see
+                `grounding_loss`); such rows also add nothing to the saliency loss. None: all hold it.
         """
         fused = self.grounding.fuse(video_features, frame_mask, text_features, text_mask)  # (batch, 1+frames, hidden)
         fields = self.grounding.span_logits(fused, frame_mask)
@@ -170,11 +173,13 @@ class VTGTaskHeads(nn.Module):
             return VTGGroundingOutput(frame_mask=frame_mask, **fields)
         terms = grounding_loss(
             fields["start_logits"], fields["end_logits"], fields["inside_logits"], frame_mask, start_frames, end_frames,
-            self.boundary_smoothing, self.inside_loss_weight,
+            self.boundary_smoothing, self.inside_loss_weight, moment_present,
         )
         loss = terms.pop("loss")
         if fields["saliency_logits"] is not None and saliency_targets is not None and self.saliency_loss_weight > 0:
             known = saliency_mask if saliency_mask is not None else frame_mask
+            if moment_present is not None:  # another window's highlights are not this clip's
+                known = known * moment_present.to(known.device).view(-1, 1).to(known.dtype)
             terms["saliency_loss"] = saliency_loss(fields["saliency_logits"], saliency_targets, known * frame_mask,
                                                    self.saliency_margin)
             loss = loss + self.saliency_loss_weight * terms["saliency_loss"]
@@ -188,7 +193,8 @@ class VTGTaskHeads(nn.Module):
             features = (video_features, frame_mask, text_features, text_mask)
             for name, loss_fn in (("violet_vtm", violet_matching_loss), ("all_in_one_vtm", all_in_one_matching_loss)):
                 if hasattr(self, name):
-                    vtm = loss_fn(getattr(self, name), self._fused_cls, cls, *features, video_ids=video_ids, generator=generator)
+                    vtm = loss_fn(getattr(self, name), self._fused_cls, cls, *features, video_ids=video_ids,
+                                  generator=generator, moment_present=moment_present)
                     if vtm is not None:  # None: no row had a partner (batch of 1, or one video)
                         terms[f"{name}_loss"] = vtm
                         loss = loss + self.vtm_loss_weight * vtm

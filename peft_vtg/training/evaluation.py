@@ -15,7 +15,7 @@ from ..metrics import evaluate_moments
 from ..moment_detr_eval import brief, evaluate_highlights, evaluate_moment_retrieval
 from ..timeline import frame_scores_to_clips
 
-LABEL_KEYS = ("start_frames", "end_frames", "saliency_targets", "saliency_mask")
+LABEL_KEYS = ("start_frames", "end_frames", "saliency_targets", "saliency_mask", "moment_present")
 
 
 @dataclass

@@ -246,8 +246,10 @@ def _train(
     )
     eval_loader = None
     if eval_dataset is not None:
+        # A collator that draws training clips (LongVideoWindowCollator) evaluates on the whole videos.
+        eval_collator = collator.for_evaluation() if hasattr(collator, "for_evaluation") else collator
         eval_loader = DataLoader(eval_dataset, batch_size=args.per_device_eval_batch_size, shuffle=False,
-                                 collate_fn=collator, num_workers=args.dataloader_num_workers)
+                                 collate_fn=eval_collator, num_workers=args.dataloader_num_workers)
     module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)

@@ -443,6 +443,7 @@ class VTGPromptModel(BaseTuner):
         saliency_targets: Optional[torch.Tensor] = None,
         saliency_mask: Optional[torch.Tensor] = None,
         video_features_from_adapter: bool = False,
+        moment_present: Optional[torch.Tensor] = None,
         **unused: Any,
     ) -> VTGGroundingOutput:
         """Ground each query in its video: per-frame span logits, and the training loss when labels are given.
@@ -463,6 +464,9 @@ class VTGPromptModel(BaseTuner):
             frame_mask: (batch, frames), 1 for real frames, 0 for padding; default all ones.
             start_frames, end_frames: (batch,) inclusive frame indices of the true moment (see
                 `peft_vtg.timeline.seconds_to_frames`); when given, `loss` is set.
+            moment_present: (batch,) bool, False for a row whose clip does not hold its query's moment (a window of a
+                long video elsewhere, from `peft_vtg.data.LongVideoWindows`): trained as "not here" (no span
+                target, inside target 0 on every frame). None: every labelled row holds its moment.
             video_ids: one id per row, so matching negatives never pair two queries of the same video.
             adapter_names: one adapter per row (per-sample adapters), as in `model(..., adapter_names=...)`.
             generator: random generator for the matching negatives.
@@ -539,7 +543,7 @@ class VTGPromptModel(BaseTuner):
         text_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         head_inputs = dict(video_features=video, frame_mask=frame_mask, text_features=text, text_mask=text_mask,
                            start_frames=start_frames, end_frames=end_frames, saliency_targets=saliency_targets,
-                           saliency_mask=saliency_mask)
+                           saliency_mask=saliency_mask, moment_present=moment_present)
         if len(set(names)) == 1:
             return self._heads_of(names[0])(**head_inputs, video_ids=video_ids, generator=generator)
         return self._grounding_per_adapter(names, head_inputs, video_ids, generator)
@@ -560,7 +564,8 @@ class VTGPromptModel(BaseTuner):
         Returns:
             A `VTGGroundingOutput` with one row per input row and no loss.
         """
-        labels = [key for key in ("start_frames", "end_frames", "saliency_targets") if inputs.get(key) is not None]
+        labels = [key for key in ("start_frames", "end_frames", "saliency_targets", "moment_present")
+                  if inputs.get(key) is not None]
         if labels:
             raise ValueError(f"An ensemble is evaluated, not trained: drop {labels} from the batch.")
         members = len(adapter_names)
