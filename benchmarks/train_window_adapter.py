@@ -47,7 +47,8 @@ def main() -> None:
     splits = {name: rows.remove_columns(["relevant_clip_ids", "saliency_scores", "clip_length"])
               for name, rows in splits.items()}
     collator = LongVideoWindowCollator(tokenizer, FrameSource(videos), splits["train"], DEMO_FRAMES,
-                                       window_fraction=args.window_fraction, absent_fraction=args.absent_fraction)
+                                       window_fraction=args.window_fraction, absent_fraction=args.absent_fraction,
+                                       seed=args.seed)
     config = dataclasses.replace(demo_config(), vtm_heads=list(args.vtm_heads))
     if args.inside_loss_weight is not None:
         config = dataclasses.replace(config, inside_loss_weight=args.inside_loss_weight)

@@ -424,7 +424,8 @@ def test_window_collator_cuts_windows_that_hold_or_miss_the_moment_from_videos_s
     torch.manual_seed(0)
     holding = LongVideoWindowCollator(tiny_tokenizer(), source, rows, window_frames=8, window_seconds=8.0,
                                       window_fraction=1.0, absent_fraction=0.0)
-    batch = holding(rows * 8)
+    copies = [{**row, "qid": f"{row['qid']}-{k}"} for k in range(8) for row in rows]  # row i shows video i % 5
+    batch = holding(copies)
     assert batch["video_features"].shape == (40, 8, 4) and bool(batch["moment_present"].all())
     assert batch["duration"].tolist() == [8.0] * 40  # a window lasts window_seconds, whatever the video
     for i, clip in enumerate(batch["video_features"]):
@@ -435,20 +436,33 @@ def test_window_collator_cuts_windows_that_hold_or_miss_the_moment_from_videos_s
         # frames its seconds touch: one more when it starts mid-frame).
         assert int(marked.sum()) == 2 and set(marked.nonzero().flatten().tolist()) <= set(range(start, end + 1))
         assert end - start + 1 <= 3
-        # Frames are in time order within each video, and several videos usually share the window.
-        for vid in clip[:, 0].unique():
-            order = clip[clip[:, 0] == vid, 1]
-            assert bool((order[1:] > order[:-1]).all())
+        # One stream in time order: from frame to frame a video goes on (a later frame, at the window's rate of 1
+        # per second: 2 frames on), or the next video starts (a neighbour may be drawn twice in a row).
+        for (vid, index), (next_vid, next_index) in zip(clip[:-1, :2].tolist(), clip[1:, :2].tolist()):
+            assert (next_vid == vid and next_index == index + 2) or next_index <= 1, clip[:, :2].tolist()
     assert sum(len(clip[:, 0].unique()) > 1 for clip in batch["video_features"]) > 20
 
     missing = LongVideoWindowCollator(tiny_tokenizer(), source, rows, window_frames=8, window_seconds=8.0,
                                       window_fraction=1.0, absent_fraction=1.0)
-    batch = missing(rows * 8)
+    batch = missing(copies)
     assert not bool(batch["moment_present"].any()) and batch["windows"] == [[]] * 40
     for i, clip in enumerate(batch["video_features"]):
         assert not bool(((clip[:, 2] == 1) & (clip[:, 0] == i % 5)).any())  # no frame of the row's own moment
     # Hard negatives: a good share of the windows show the row's own video elsewhere than its moment.
     assert sum(bool((clip[:, 0] == i % 5).any()) for i, clip in enumerate(batch["video_features"])) > 10
+
+    # Each row's draw depends on (seed, epoch, qid) only: not on its batch, its position or earlier draws (so a
+    # resumed run, a loader that fetches ahead and each process of a DDP run draw the same windows).
+    mixed = LongVideoWindowCollator(tiny_tokenizer(), source, rows, window_frames=8, window_seconds=8.0,
+                                    window_fraction=0.7, seed=5)
+    first = mixed(copies)
+    torch.manual_seed(123)
+    again = mixed(list(reversed(copies[20:])) + copies[:20])
+    order = list(reversed(range(20, 40))) + list(range(20))
+    assert torch.equal(again["video_features"], first["video_features"][order])
+    assert again["moment_present"].tolist() == first["moment_present"][order].tolist()
+    mixed.set_epoch(1)
+    assert not torch.equal(mixed(copies)["video_features"], first["video_features"])  # a new epoch, new windows
 
     whole = LongVideoWindowCollator(tiny_tokenizer(), source, rows, window_frames=4, window_fraction=0.0)
     batch = whole(rows)

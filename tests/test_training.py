@@ -17,7 +17,7 @@ from peft_vtg import VTGPromptConfig
 from peft_vtg.data import GroundingCollator
 from peft_vtg.training import GroundingModule, VTGTrainingArguments, train
 from test_end_to_end import synthetic_set
-from tiny_models import tiny_clip, tiny_tokenizer
+from tiny_models import FRAMES, tiny_clip, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "train_tiny.py"
@@ -80,21 +80,26 @@ class Crash(RuntimeError):
     pass
 
 
-def make_run(output_dir, **overrides):
+def make_run(output_dir, windows=False, **overrides):
     torch.manual_seed(0)
     # Dropout and matching negatives make every step draw random numbers: resume must restore the RNG too.
     model = get_peft_model(tiny_clip(), VTGPromptConfig(num_video_tokens=2, num_text_tokens=2, vtm_heads=["violet"],
                                                         video_prompt_dropout=0.1, **HEAD))
     rows, videos = synthetic_set(12)
     collate = GroundingCollator(tiny_tokenizer(), videos.__getitem__)
+    if windows:  # the window draws come from torch's generator too
+        from peft_vtg.data import LongVideoWindowCollator
+
+        collate = LongVideoWindowCollator(tiny_tokenizer(), videos.__getitem__, rows, window_frames=FRAMES)
     settings = dict(output_dir=str(output_dir), max_steps=7, per_device_train_batch_size=4, save_steps=2,
                     learning_rate=5e-3, gradient_accumulation_steps=1, disable_tqdm=True, seed=3)
     settings.update(overrides)
     return model, rows, collate, VTGTrainingArguments(**settings)
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    model, rows, collate, args = make_run(tmp_path / "straight")
+@pytest.mark.parametrize("windows", [False, True], ids=["whole-videos", "long-video-windows"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, windows):
+    model, rows, collate, args = make_run(tmp_path / "straight", windows)
     train(model, rows, collate, args)
     expected = load_file(tmp_path / "straight" / "adapter_model.safetensors")
 
@@ -102,14 +107,14 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         if step == 5:
             raise Crash()
 
-    model, rows, collate, args = make_run(tmp_path / "crashed")
+    model, rows, collate, args = make_run(tmp_path / "crashed", windows)
     with pytest.raises(Crash):
         train(model, rows, collate, args, callbacks=[crash_at_5])
     assert sorted(os.listdir(tmp_path / "crashed" / "checkpoints")) == ["step-2", "step-4"]
     checkpoint = load_file(tmp_path / "crashed" / "checkpoints" / "step-4" / "model.safetensors")
     assert checkpoint and all("vtg_prompt" in k for k in checkpoint)  # the adapter only, not the frozen base
     # a new "process": fresh model, resumed from the latest checkpoint (step 4; epochs have 3 steps, so mid-epoch)
-    model, rows, collate, args = make_run(tmp_path / "crashed", resume_from_checkpoint="latest")
+    model, rows, collate, args = make_run(tmp_path / "crashed", windows, resume_from_checkpoint="latest")
     result = train(model, rows, collate, args)
     assert result.global_step == 7
     resumed = load_file(tmp_path / "crashed" / "adapter_model.safetensors")

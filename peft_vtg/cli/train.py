@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if rows is not None:
             check_video_ids(source, rows)
     if args.long_video_windows:
-        collator = long_video_collator(args, tokenizer, source, num_frames, train_rows)
+        collator = long_video_collator(args, tokenizer, source, num_frames, train_rows, training_args.seed)
     else:
         collator = GroundingCollator(tokenizer, source, num_frames=num_frames, max_text_length=args.max_text_length)
     # run.json is the local record of the run (paths as given); `push` never uploads it.
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def long_video_collator(args: argparse.Namespace, tokenizer: Any, source: Any, num_frames: Optional[int],
-                        train_rows: Any) -> Any:
+                        train_rows: Any, seed: int) -> Any:
     """`--long-video-windows`: a `LongVideoWindowCollator` over the training videos, each read at the window's
     rate (frames per window / the median duration), which is the rate `ground` samples long videos at."""
     from ..data.video import VideoFiles
@@ -112,7 +112,7 @@ def long_video_collator(args: argparse.Namespace, tokenizer: Any, source: Any, n
     return LongVideoWindowCollator(tokenizer, source, train_rows, window_frames=num_frames, window_seconds=seconds,
                                    window_fraction=args.long_video_windows,
                                    absent_fraction=args.long_video_absent_fraction,
-                                   max_text_length=args.max_text_length)
+                                   max_text_length=args.max_text_length, seed=seed)
 
 
 def add_parser(commands: Any) -> None:

@@ -13,6 +13,7 @@ every frame's inside target is 0; see `peft_vtg.heads.grounding.grounding_loss`)
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
@@ -51,8 +52,12 @@ class LongVideoWindowCollator(GroundingCollator):
             as the adapter's window (`trained_window_seconds`) and `ground` cuts long videos into.
         window_fraction: fraction of rows given as a window rather than their whole video.
         absent_fraction: fraction of the windows that do not hold the row's moment.
+        seed: with the epoch (`set_epoch`) and the row's `qid`, what each row's draw is made from.
 
-    Randomness comes from torch's global generator, which the training loop seeds and checkpoints.
+    Each row's draw (whole video or window, with or without the moment, where, which neighbours) is a function of
+    (`seed`, epoch, `qid`) alone, not of a shared random stream: a run resumed from a checkpoint, data loaders that
+    fetch batches ahead, and several processes each collating their shard all draw the same windows. The training
+    loop calls `set_epoch` at each epoch; a loop of your own should too, or every epoch draws the same windows.
 
     A neighbour video may happen to show the row's query too (another instance of the same action); such a window
     is still labelled as absent. Rows' highlight labels are kept only for whole videos (a window's clips are not the
@@ -70,6 +75,7 @@ class LongVideoWindowCollator(GroundingCollator):
         window_fraction: float = 0.5,
         absent_fraction: float = 0.5,
         max_text_length: Optional[int] = None,
+        seed: int = 0,
     ) -> None:
         window_frames = check_num_frames(window_frames)
         super().__init__(tokenizer, video_source, num_frames=window_frames, max_text_length=max_text_length)
@@ -92,6 +98,18 @@ class LongVideoWindowCollator(GroundingCollator):
                 or not math.isfinite(window_seconds) or window_seconds <= 0:
             raise ValueError(f"window_seconds must be a number of seconds > 0, got {window_seconds!r}.")
         self.window_seconds = float(window_seconds)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be a whole number, got {seed!r}.")
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's windows (called by the training loop at the start of each epoch)."""
+        self.epoch = int(epoch)
+
+    def _generator(self, row: Mapping[str, Any]) -> torch.Generator:
+        key = f"{self.seed}:{self.epoch}:{row['qid']}".encode()
+        return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
     def for_evaluation(self) -> GroundingCollator:
         """The collator evaluation uses (the training loop calls it): every row's whole video at `window_frames`,
@@ -99,12 +117,12 @@ class LongVideoWindowCollator(GroundingCollator):
         return _WholeVideoCollator(self)
 
     # ------------------------------------------------------------------ sampling
-    def _neighbours(self, vid: str, seconds: float) -> list[str]:
+    def _neighbours(self, vid: str, seconds: float, generator: torch.Generator) -> list[str]:
         """Random videos of other ids lasting together at least `seconds`."""
         chosen: list[str] = []
         total = 0.0
         while total < seconds:
-            other = self.vids[int(torch.randint(len(self.vids), ()))]
+            other = self.vids[int(torch.randint(len(self.vids), (), generator=generator))]
             if other == vid:
                 continue
             chosen.append(other)
@@ -114,7 +132,9 @@ class LongVideoWindowCollator(GroundingCollator):
     def _window(self, row: Mapping[str, Any]) -> Optional[tuple[list[tuple[str, float, float]], float, bool]]:
         """A window for `row`: (the stream's videos `(vid, offset_s, duration_s)`, the window's start in the stream
         in seconds, whether it holds the moment), or None when this row takes its whole video."""
-        if float(torch.rand(())) >= self.window_fraction or not row["windows"]:
+        generator = self._generator(row)
+        draws = torch.rand(4, generator=generator).tolist()  # window?, holds the moment?, where, which side
+        if draws[0] >= self.window_fraction or not row["windows"]:
             return None
         length = self.window_seconds
         duration = float(row["duration"])
@@ -122,8 +142,8 @@ class LongVideoWindowCollator(GroundingCollator):
         start, end = max(0.0, min(start, duration)), max(0.0, min(end, duration))
         if end - start > length:
             return None
-        before = self._neighbours(row["vid"], length)
-        after = self._neighbours(row["vid"], length)
+        before = self._neighbours(row["vid"], length, generator)
+        after = self._neighbours(row["vid"], length, generator)
         stream: list[tuple[str, float, float]] = []
         offset = 0.0
         for vid in list(reversed(before)) + [row["vid"]] + after:
@@ -133,15 +153,15 @@ class LongVideoWindowCollator(GroundingCollator):
         here = len(before)
         moment_start, moment_end = stream[here][1] + start, stream[here][1] + end
         last = offset - length  # the latest window start inside the stream
-        present = float(torch.rand(())) >= self.absent_fraction
+        present = draws[1] >= self.absent_fraction
         if present:
             low, high = max(0.0, moment_end - length), min(last, moment_start)
-            return stream, low + float(torch.rand(())) * max(0.0, high - low), True
+            return stream, low + draws[2] * max(0.0, high - low), True
         # Window starts that miss the moment: [0, moment_start - length] and [moment_end, last].
         left, right = max(0.0, moment_start - length), max(0.0, last - moment_end)
         if left + right <= 0:
             return None
-        draw = float(torch.rand(())) * (left + right)
+        draw = draws[3] * (left + right)
         return stream, (draw if draw < left else moment_end + (draw - left)), False
 
     def _window_clip(self, stream: list[tuple[str, float, float]], window_start: float) -> torch.Tensor:

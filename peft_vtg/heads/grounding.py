@@ -330,7 +330,7 @@ def grounding_loss(
         frame_mask: (batch, frames), 1 for real frames.
         start_frames, end_frames: (batch,) inclusive frame indices of the ground-truth moment.
         moment_present: (batch,) bool, False for a row whose clip does not hold its query's moment (a window of a
-            long video elsewhere, see `peft_vtg.data.LongVideoWindows`): its start/end frames are ignored, it adds
+            long video elsewhere, see `peft_vtg.data.LongVideoWindowCollator`): its start/end frames are ignored, it adds
             nothing to the start/end cross-entropy (averaged over the rows that hold their moment), and every one of
             its frames gets inside target 0, which is what makes inside scores comparable across windows. None:
             every row holds its moment.

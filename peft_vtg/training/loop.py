@@ -317,6 +317,8 @@ def _train(
         if done:
             break
         train_loader.set_epoch(epoch)
+        if hasattr(collator, "set_epoch"):  # a collator that draws per epoch (LongVideoWindowCollator)
+            collator.set_epoch(epoch)
         skip = progress["batches_in_epoch"] if epoch == progress["epoch"] else 0
         batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         batches_in_epoch = skip

@@ -465,7 +465,7 @@ class VTGPromptModel(BaseTuner):
             start_frames, end_frames: (batch,) inclusive frame indices of the true moment (see
                 `peft_vtg.timeline.seconds_to_frames`); when given, `loss` is set.
             moment_present: (batch,) bool, False for a row whose clip does not hold its query's moment (a window of a
-                long video elsewhere, from `peft_vtg.data.LongVideoWindows`): trained as "not here" (no span
+                long video elsewhere, from `peft_vtg.data.LongVideoWindowCollator`): trained as "not here" (no span
                 target, inside target 0 on every frame). None: every labelled row holds its moment.
             video_ids: one id per row, so matching negatives never pair two queries of the same video.
             adapter_names: one adapter per row (per-sample adapters), as in `model(..., adapter_names=...)`.
