@@ -164,7 +164,7 @@ def test_train_on_long_video_windows(workspace, tmp_path, capsys, monkeypatch):
     assert (config["trained_window_frames"], config["trained_window_seconds"]) == (8, 8.0)
     assert json.loads((out / "metrics.json").read_text())["num_queries"] == 8  # evaluated on the whole videos
     for flags, message in ((["--long-video-windows", "2"], "must be a fraction in \\[0, 1\\]"),
-                           (["--long-video-absent-fraction", "x"], "expects a fraction")):
+                           (["--long-video-absent-fraction", "x"], "expected a fraction")):
         with pytest.raises(SystemExit):
             main(["train", "--base-model", str(root / "base"), "--train-annotations", str(root / "ann.jsonl"),
                   *data_flags(root), "--output-dir", str(tmp_path / "bad"), *flags])

@@ -54,30 +54,26 @@ def positive_float(text: str) -> float:
     return value
 
 
-def iou(text: str) -> float:
-    """argparse type: an IoU threshold in [0, 1]."""
+def _unit_interval(text: str, expected: str, bound: str, prefix: str = "") -> float:
+    """`text` as a number in [0, 1], or an argparse error: "{prefix}expected {expected}" when it is no number,
+    "{prefix}must be {bound}" when it is out of range (NaN included)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an IoU in [0, 1] or none, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{prefix}expected {expected}, got {text!r}") from None
     if not 0.0 <= value <= 1.0:  # also false for NaN
-        raise argparse.ArgumentTypeError(f"must be an IoU in [0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(f"{prefix}must be {bound}, got {text!r}")
     return value
+
+
+def iou(text: str) -> float:
+    """argparse type: an IoU threshold in [0, 1]."""
+    return _unit_interval(text, "an IoU in [0, 1] or none", "an IoU in [0, 1]")
 
 
 def fraction(flag: str) -> Callable[[str], float]:
     """argparse type: a fraction in [0, 1] for `flag`."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a fraction in [0, 1], got {text!r}") from None
-        if not 0.0 <= value <= 1.0:  # also false for NaN
-            raise argparse.ArgumentTypeError(f"{flag} must be a fraction in [0, 1], got {text!r}")
-        return value
-
-    return parse
+    return lambda text: _unit_interval(text, "a fraction in [0, 1]", "a fraction in [0, 1]", prefix=f"{flag} ")
 
 
 def optional_value(parse: Callable[[str], Any]) -> Callable[[str], Any]:
