@@ -94,14 +94,14 @@ def long_video_collator(args: argparse.Namespace, tokenizer: Any, source: Any, n
                         train_rows: Any, seed: int) -> Any:
     """`--long-video-windows`: a `LongVideoWindowCollator` over the training videos, each read at the window's
     rate (frames per window / the median duration), which is the rate `ground` samples long videos at."""
+    from ..data.collate import median_duration
     from ..data.video import VideoFiles
     from ..data.windows import LongVideoWindowCollator
 
     if args.cache_dir:
         raise ValueError("--long-video-windows cuts windows from whole videos; a --cache-dir holds a fixed number of "
                          "frames per video. Train from --video-dir or --features-dir.")
-    durations = sorted(float(row["duration"]) for row in train_rows)
-    seconds = durations[len(durations) // 2]
+    seconds = median_duration(train_rows)
     if num_frames is None:  # --fps: the window holds what that rate gives over the median duration
         num_frames = max(1, int(round(seconds * args.fps))) if args.fps else None
     if num_frames is None:

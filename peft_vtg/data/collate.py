@@ -33,6 +33,18 @@ def check_tokenizer(tokenizer: Any) -> None:
                          f"got {type(tokenizer).__name__}.")
 
 
+def row_column(rows: Any, key: str) -> list[Any]:
+    """`rows`' values of `key`: a `datasets.Dataset`'s column, or each mapping's entry of a list of rows."""
+    return list(rows[key]) if hasattr(rows, "column_names") else [row[key] for row in rows]
+
+
+def median_duration(rows: Any) -> float:
+    """The median (upper middle) duration of `rows`' videos in seconds: the window an adapter trained on them
+    records, and long videos are cut into."""
+    durations = sorted(float(d) for d in row_column(rows, "duration"))
+    return durations[len(durations) // 2]
+
+
 def check_rows(rows: Any) -> None:
     """Raise `ValueError` naming the row and the field unless `rows` are rows of the common schema (`qid, vid, query,
     duration, windows`, as `load_annotations` gives them) with a non-empty query, a finite duration > 0 and windows

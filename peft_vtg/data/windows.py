@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from .collate import GroundingCollator, check_rows
+from .collate import GroundingCollator, check_rows, median_duration, row_column
 from .video import VideoSource, check_num_frames
 
 
@@ -81,8 +81,7 @@ class LongVideoWindowCollator(GroundingCollator):
         super().__init__(tokenizer, video_source, num_frames=window_frames, max_text_length=max_text_length)
         self.window_fraction = _check_fraction(window_fraction, "window_fraction")
         self.absent_fraction = _check_fraction(absent_fraction, "absent_fraction")
-        vids = rows["vid"] if hasattr(rows, "column_names") else [row["vid"] for row in rows]
-        durations = rows["duration"] if hasattr(rows, "column_names") else [row["duration"] for row in rows]
+        vids, durations = row_column(rows, "vid"), row_column(rows, "duration")
         self.durations: dict[str, float] = {}
         for vid, duration in zip(vids, durations):
             if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
@@ -92,8 +91,7 @@ class LongVideoWindowCollator(GroundingCollator):
             raise ValueError(f"rows must hold at least 2 videos to put side by side, got {len(self.durations)}.")
         self.vids = sorted(self.durations)
         if window_seconds is None:
-            ordered = sorted(float(d) for d in durations)
-            window_seconds = ordered[len(ordered) // 2]
+            window_seconds = median_duration(rows)
         if isinstance(window_seconds, bool) or not isinstance(window_seconds, (int, float)) \
                 or not math.isfinite(window_seconds) or window_seconds <= 0:
             raise ValueError(f"window_seconds must be a number of seconds > 0, got {window_seconds!r}.")
@@ -168,15 +166,15 @@ class LongVideoWindowCollator(GroundingCollator):
         """The window's `window_frames` frames (bin centres), each from the stream video it falls in."""
         step = self.window_seconds / self.num_frames
         times = [window_start + (k + 0.5) * step for k in range(self.num_frames)]
-        loaded: dict[int, torch.Tensor] = {}
+        loaded: dict[str, torch.Tensor] = {}  # by vid: a neighbour drawn twice is read once
         frames = []
         for t in times:
             index = next((i for i, (_, offset, seconds) in enumerate(stream) if t < offset + seconds),
                          len(stream) - 1)
             vid, offset, seconds = stream[index]
-            if index not in loaded:
-                loaded[index] = self._load_video(vid, None)  # the whole video at its own rate
-            video = loaded[index]
+            if vid not in loaded:
+                loaded[vid] = self._load_video(vid, None)  # the whole video at its own rate
+            video = loaded[vid]
             position = int((t - offset) / seconds * video.shape[0])
             frames.append(video[min(max(position, 0), video.shape[0] - 1)])
         return torch.stack(frames)
@@ -206,7 +204,7 @@ class LongVideoWindowCollator(GroundingCollator):
                 windows = [[max(0.0, start), min(self.window_seconds, end)]]
             else:
                 windows = [[0.0, 0.0]]  # placeholder: moment_present=False drops its span target
-            clip_rows.append({**row, "vid": row["vid"], "duration": self.window_seconds, "windows": windows,
+            clip_rows.append({**row, "duration": self.window_seconds, "windows": windows,
                               "relevant_clip_ids": [], "saliency_scores": [], "clip_length": None})
             present.append(holds)
         self._check_durations(rows)
@@ -214,7 +212,6 @@ class LongVideoWindowCollator(GroundingCollator):
         batch["moment_present"] = torch.tensor(present, dtype=torch.bool)
         batch["windows"] = [row["windows"] if keep else [] for row, keep in zip(clip_rows, present)]
         return batch
-
 
 
 class _WholeVideoCollator(GroundingCollator):
@@ -225,10 +222,5 @@ class _WholeVideoCollator(GroundingCollator):
                          max_text_length=windows.max_text_length)
         self._windows = windows
 
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if rows is None or (isinstance(rows, Sequence) and not rows):
-            raise ValueError("Cannot collate an empty batch.")
-        check_rows(rows)
-        clips = [self._windows._whole_clip(row["vid"]) for row in rows]
-        self._check_durations(rows)
-        return self._batch(rows, clips)
+    def _video(self, vid: str) -> torch.Tensor:
+        return self._windows._whole_clip(vid)

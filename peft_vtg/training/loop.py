@@ -39,6 +39,7 @@ from .checkpoints import (
 )
 from .evaluation import evaluate_grounding
 from .module import GroundingModule
+from ..data.collate import median_duration
 from ..files import fsync_path, fsync_tree, sha256_file, write_json_atomic
 from .safety import NonFiniteError, RunLock, note
 
@@ -191,9 +192,7 @@ def trained_window(rows: Sequence[Mapping[str, Any]], collator: Any) -> tuple[in
     """(frames, seconds) of the window an adapter is trained on: the median duration of `rows`' videos, and the frames
     per video the collator gives (its fixed count, its video source's, the source's fps x that duration, or the first
     row's video's)."""
-    durations = sorted(float(d) for d in (rows["duration"] if hasattr(rows, "column_names") else
-                                          [row["duration"] for row in rows]))
-    seconds = durations[len(durations) // 2]
+    seconds = median_duration(rows)
     source = getattr(collator, "video_source", None)
     frames = getattr(collator, "num_frames", None) or getattr(source, "num_frames", None)
     fps = getattr(source, "fps", None)
