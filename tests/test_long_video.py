@@ -56,6 +56,27 @@ def test_calibration_ranks_a_window_without_the_moment_below_one_with_it():
     assert calibrated_spans(start, end, None, top_k=2)[0][:2] == (1, 2)
 
 
+def test_calibrated_score_is_span_probability_times_span_inside_times_window_presence_by_hand():
+    start, end = torch.tensor([0.0, 3.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 3.0, 0.0])
+    # the same span logits and the same inside logits over the span (frames 1..2), other frames differ
+    busy, quiet = torch.tensor([2.0, 4.0, 4.0, 2.0]), torch.tensor([-3.0, 4.0, 4.0, -3.0])
+    p_span = float(torch.softmax(start, 0)[1] * torch.softmax(end, 0)[2])
+    for inside in (busy, quiet):
+        (i, j, score), = calibrated_spans(start, end, inside, top_k=1)
+        probabilities = torch.sigmoid(inside)
+        expected = p_span ** 0.5 * float(probabilities[1:3].mean()) * float(probabilities.mean()) ** 2
+        assert (i, j) == (1, 2) and score == pytest.approx(expected, rel=1e-5)
+        (_, _, plain), = calibrated_spans(start, end, inside, top_k=1, span_exponent=1.0, presence_exponent=0.0)
+        assert plain == pytest.approx(p_span * float(probabilities[1:3].mean()), rel=1e-5)
+    # a window that sees the moment over more of its frames ranks first, though its best span is the same
+    assert calibrated_spans(start, end, busy, 1)[0][2] > calibrated_spans(start, end, quiet, 1)[0][2]
+    for bad in (-1.0, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="presence_exponent must be a number >= 0"):
+            calibrated_spans(start, end, busy, 1, presence_exponent=bad)
+        with pytest.raises(ValueError, match="span_exponent must be a number >= 0"):
+            calibrated_spans(start, end, busy, 1, span_exponent=bad)
+
+
 def test_a_matching_head_scales_each_window_by_its_match_probability():
     start, end = torch.tensor([0.0, 5.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 5.0, 0.0])
     plain = calibrated_spans(start, end, torch.full((4,), 6.0), top_k=1)[0]

@@ -184,6 +184,14 @@ def window_starts(total_frames: int, window_frames: int, stride_frames: int) -> 
     return starts
 
 
+# Exponents of the long-video span score (`calibrated_spans`), chosen on 286 queries of three SynthVTG hours that the
+# benchmark's hour does not share (BENCHMARKS.md, "An hour-long video"): the window's presence, squared, is what
+# ranks the right window first most often; the span probability's square root keeps a confident boundary from
+# outweighing it.
+SPAN_PROBABILITY_EXPONENT = 0.5
+WINDOW_PRESENCE_EXPONENT = 2.0
+
+
 def calibrated_spans(
     start_logits: torch.Tensor,
     end_logits: torch.Tensor,
@@ -191,31 +199,48 @@ def calibrated_spans(
     top_k: int,
     max_span_frames: Optional[int] = None,
     match_probability: Optional[float] = None,
+    span_exponent: float = SPAN_PROBABILITY_EXPONENT,
+    presence_exponent: float = WINDOW_PRESENCE_EXPONENT,
 ) -> list[FrameSpan]:
     """The best spans of one window, with scores comparable across windows.
 
     A window's start/end softmax sums to 1 whether or not the moment is in it, so its span probability alone ranks a
-    window without the moment as high as the one with it. The score here is that probability times the mean
-    "inside the moment" probability (sigmoid of the inside logits, a per-frame judgement) over the span's frames
-    (without inside logits, the span probability alone), times the window's video-text match probability when the
-    adapter has a matching head (`match_probability`, see `match_probabilities`): those heads are trained with
-    negatives, video and query that do not belong together, so they tell a window without the moment from one with
-    it, which the span and inside heads, trained only on videos that hold their moment, cannot.
+    window without the moment as high as the one with it. With inside logits (a per-frame "inside the moment"
+    judgement, trained on windows without the moment as all-zero, see `LongVideoWindowCollator`) the score is
+
+        p_span ** span_exponent  *  mean inside probability over the span  *  presence ** presence_exponent
+
+    where `presence`, the mean inside probability over all of the window's frames, says how much of the window the
+    adapter sees the moment in: a window the query has nothing to do with has it near 0 whatever its best span.
+    Without inside logits the score is the span probability alone. Either way it is scaled by the window's
+    video-text match probability when the adapter has a matching head (`match_probability`, see
+    `match_probabilities`): those heads are trained with negatives, video and query that do not belong together.
 
     Args:
         start_logits, end_logits: (frames,) of one window; inside_logits: (frames,) or None.
         top_k: spans to keep (no NMS here: windows are merged first, then suppressed once over the video).
+        max_span_frames: longest span, in frames (None: the whole window).
         match_probability: the window's match probability in [0, 1], or None.
+        span_exponent, presence_exponent: the exponents above (defaults: `SPAN_PROBABILITY_EXPONENT`,
+            `WINDOW_PRESENCE_EXPONENT`), numbers >= 0; `1.0, 0.0` is the span probability times the span's inside
+            probability alone, without the window's presence.
+
+    Returns:
+        Up to `top_k` spans `(first_frame, last_frame, score)`, best first, frames inclusive and in the window.
     """
+    for name, value in (("span_exponent", span_exponent), ("presence_exponent", presence_exponent)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < math.inf:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
     scores = span_log_scores(start_logits, end_logits, len(start_logits), max_span_frames)
     spans = top_spans(scores, top_k * 3, None)
     relevance = 1.0 if match_probability is None else float(match_probability)
     if inside_logits is None:
         return [(i, j, math.exp(score) * relevance) for i, j, score in spans[:top_k]]
     inside = torch.sigmoid(inside_logits.float())
+    window = relevance * float(inside.mean()) ** presence_exponent
     cumulative = torch.cat([inside.new_zeros(1), inside.cumsum(0)])  # mean over [i, j] from two lookups
-    rescored = [(i, j, math.exp(score) * float((cumulative[j + 1] - cumulative[i]) / (j - i + 1)) * relevance)
-                for i, j, score in spans]
+    rescored = [(i, j, math.exp(span_exponent * score) * float((cumulative[j + 1] - cumulative[i]) / (j - i + 1))
+                 * window) for i, j, score in spans]
     return sorted(rescored, key=lambda span: -span[2])[:top_k]
 
 

@@ -1,0 +1,166 @@
+"""How `ground` should score spans across the windows of a long video: the exponents of `calibrated_spans`.
+
+    python benchmarks/long_video_scoring.py --adapter demo-windows-3600        # about 10 minutes on 2 cores
+
+A span found in window w is scored `p_span ** a * inside(span) * presence(w) ** b` (`calibrated_spans`), where
+`presence` is the window's mean inside probability. This script picks `a` and `b` on hours that
+`benchmarks/long_video.py`'s hour does not share: SynthVTG test videos from `--first-videos` on (default 60, 150 and
+220; the benchmark's hour is videos 0 to ~50), each written at 1 frame per second until it lasts an hour, every query
+of those videos grounded in its hour. Each window is run through the adapter once for all queries and its logits
+kept, then every (a, b) of the grid rescored: the hour's R1@0.5 (right: any moment of the query's (colour, shape,
+action) in the hour, as in `long_video.py`) and the R1@0.5 of the best span inside the query's own video. Results go
+to `benchmarks/results/long_video_scoring.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "long_video_scoring.json"
+sys.path.insert(0, str(HERE))
+
+
+def build_hour(videos: dict[str, Any], rows: Any, first: int, seconds: float) -> dict[str, Any]:
+    """SynthVTG videos from the `first`-th (sorted by id) at 1 frame per second, until `seconds` long: the frames,
+    and every query of those videos with its own moment, its video's span and its event's moments in the hour."""
+    from long_video import at_one_fps
+
+    parts, offset, queries, moments = [], 0, [], {}
+    for vid in sorted(videos)[first:]:
+        video = videos[vid]
+        frames = at_one_fps(video)
+        scale = len(frames) / video.duration
+        for event in video.events:
+            moments.setdefault(video.triple(event), []).append([t * scale + offset for t in video.window(event)])
+        for row in rows:
+            if row["vid"] == vid:
+                event = next(e for e in video.events if np.allclose(video.window(e), row["windows"][0]))
+                queries.append({"query": row["query"], "triple": video.triple(event),
+                                "own": [t * scale + offset for t in row["windows"][0]],
+                                "video": [offset, offset + len(frames)]})
+        parts.append(frames)
+        offset += len(frames)
+        if offset >= seconds:
+            break
+    for query in queries:
+        query["right"] = moments[query["triple"]]
+    return {"frames": np.concatenate(parts), "queries": queries}
+
+
+def window_logits(model: Any, tokenizer: Any, frames: np.ndarray, queries: list[str], window_frames: int,
+                  window_seconds: float) -> dict[str, Any]:
+    """Start, end and inside logits of every (window, query): (windows, queries, window_frames) each, on the grid
+    `ground` cuts the hour into (the adapter's window, half-window overlap)."""
+    from peft_vtg.heads.decoding import window_starts
+    from peft_vtg.inference import _encode_windows, _ground_encoded, _query_batch
+    from peft_vtg.synth.dataset import pixel_values
+
+    duration = len(frames)  # 1 frame per second
+    total = int(round(duration * window_frames / window_seconds))
+    picks = np.minimum(((np.arange(total) + 0.5) * duration / total).astype(int), duration - 1)
+    pixels = pixel_values(frames[picks])  # (total, 3, H, W)
+    starts = window_starts(total, window_frames, window_frames // 2)
+    tuner = model.base_model
+    tuner.eval()
+    text = _query_batch(tokenizer, queries, None)
+    reference = next(tuner.parameters())
+    shape = (len(starts), len(queries), window_frames)
+    logits = {name: torch.zeros(shape) for name in ("start", "end", "inside")}
+    with torch.no_grad():
+        for begin in range(0, len(starts), 8):
+            clips = torch.stack([pixels[s:s + window_frames] for s in starts[begin:begin + 8]])
+            out = _ground_encoded(tuner, _encode_windows(tuner, clips, None), text, reference, None)
+            n = len(clips)
+            for name, value in (("start", out.start_logits), ("end", out.end_logits), ("inside", out.inside_logits)):
+                logits[name][begin:begin + n] = value.view(n, len(queries), window_frames).float()
+    return {**logits, "starts": starts, "step": duration / total}
+
+
+def score_grid(hours: list[dict[str, Any]], window_frames: int, grid: list[tuple[float, float]]) -> list[dict]:
+    """Each (a, b) of `grid`: R1@0.5 of the hours' top-1 moments and of the best span inside each query's video."""
+    from peft_vtg.heads.decoding import merge_window_spans, span_log_scores, top_spans
+    from peft_vtg.timeline import rank_windows, temporal_iou
+
+    candidates = []  # per hour, per (query, window): (first, last, log p_span, log inside(span), log presence)
+    for hour in hours:
+        inside = torch.sigmoid(hour["inside"])
+        presence = torch.log(inside.mean(-1))  # (windows, queries)
+        spans = {}
+        for q, w in itertools.product(range(inside.shape[1]), range(inside.shape[0])):
+            found = top_spans(span_log_scores(hour["start"][w, q], hour["end"][w, q], window_frames), 15, None)
+            cumulative = torch.cat([torch.zeros(1), inside[w, q].cumsum(0)])
+            spans[q, w] = [(i, j, s, math.log(max(float(cumulative[j + 1] - cumulative[i]) / (j - i + 1), 1e-30)),
+                            float(presence[w, q])) for i, j, s in found]
+        candidates.append(spans)
+    results = []
+    for a, b in grid:
+        hits = within = count = 0
+        for hour, spans in zip(hours, candidates):
+            starts, step = hour["starts"], hour["step"]
+            for q, query in enumerate(hour["queries"]):
+                per_window = []
+                for w, start in enumerate(starts):
+                    scored = [(start + i, start + j, math.exp(a * s + ins + b * pres)) for i, j, s, ins, pres
+                              in spans[q, w]]
+                    per_window.append(sorted(scored, key=lambda span: -span[2])[:5])
+                ranked = rank_windows([[f * step, (l + 1) * step, s]
+                                       for f, l, s in merge_window_spans(per_window, starts, window_frames)])
+                hits += any(temporal_iou(ranked[0], m) >= 0.5 for m in query["right"])
+                low, high = query["video"]
+                own = [m for m in ranked if low <= m[0] and m[1] <= high]
+                within += bool(own) and temporal_iou(own[0], query["own"]) >= 0.5
+                count += 1
+        results.append({"span_exponent": a, "presence_exponent": b, "queries": count,
+                        "hour R1@0.5": 100.0 * hits / count, "within its video R1@0.5": 100.0 * within / count})
+        print(f"p_span^{a} x inside x presence^{b}: hour R1@0.5 {results[-1]['hour R1@0.5']:5.1f}, within its video "
+              f"{results[-1]['within its video R1@0.5']:5.1f} ({count} queries)", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", required=True, help="a SynthVTG adapter with inside logits")
+    parser.add_argument("--first-videos", type=int, nargs="+", default=[60, 150, 220],
+                        help="where each hour starts among the sorted test videos (default: 60 150 220)")
+    parser.add_argument("--seconds", type=float, default=3600.0)
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+
+    from peft import PeftModel
+
+    from peft_vtg.synth import SynthVTG
+    from peft_vtg.synth.backbone import load_backbone
+
+    config = json.loads((Path(args.adapter) / "adapter_config.json").read_text())
+    window_frames, window_seconds = config["trained_window_frames"], config["trained_window_seconds"]
+    rows, videos = SynthVTG(seed=0, num_videos={"train": 1, "val": 1, "test": 300}).split("test")
+    base, tokenizer = load_backbone()
+    model = PeftModel.from_pretrained(base, args.adapter)
+    hours = []
+    for first in args.first_videos:
+        hour = build_hour(videos, rows, first, args.seconds)
+        logits = window_logits(model, tokenizer, hour["frames"], [q["query"] for q in hour["queries"]],
+                               window_frames, window_seconds)
+        hours.append({"queries": hour["queries"], **logits})
+    grid = [(a, b) for a in (1.0, 0.5, 0.25) for b in (0.0, 1.0, 2.0, 3.0)]
+    results = score_grid(hours, window_frames, grid)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps({
+        "adapter": os.path.basename(os.path.normpath(args.adapter)), "first_videos": args.first_videos,
+        "torch": torch.__version__, "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

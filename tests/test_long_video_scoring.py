@@ -1,0 +1,34 @@
+"""`benchmarks/long_video_scoring.py`: the grid that chose `calibrated_spans`' exponents scores what it says."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "long_video_scoring.py"
+
+
+@pytest.fixture(scope="module")
+def scoring():
+    spec = importlib.util.spec_from_file_location("long_video_scoring", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_presence_moves_the_top_moment_to_the_window_that_holds_it(scoring):
+    frames = 8
+    start, end, inside = (torch.zeros(2, 1, frames) for _ in range(3))
+    # window 0 (frames 0..7): a sharp span at frames 1..2, inside there only (its presence is low); wrong
+    start[0, 0, 1] = end[0, 0, 2] = 8.0
+    inside[0, 0] = torch.tensor([-4.0, 2.0, 2.0, -4.0, -4.0, -4.0, -4.0, -4.0])
+    # window 1 (frames 4..11): a vaguer span at its frames 1..3 (video frames 5..7), inside high throughout; right
+    start[1, 0, 1] = end[1, 0, 3] = 2.0
+    inside[1, 0] = torch.tensor([1.0, 3.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0])
+    hour = {"start": start, "end": end, "inside": inside, "starts": [0, 4], "step": 1.0,
+            "queries": [{"query": "q", "right": [[5.0, 8.0]], "own": [5.0, 8.0], "video": [0.0, 12.0]}]}
+    plain, presence = scoring.score_grid([hour], frames, [(1.0, 0.0), (0.5, 2.0)])
+    assert plain["hour R1@0.5"] == 0.0 and plain["within its video R1@0.5"] == 0.0
+    assert presence["hour R1@0.5"] == 100.0 and presence["within its video R1@0.5"] == 100.0
+    assert presence["queries"] == 1 and (presence["span_exponent"], presence["presence_exponent"]) == (0.5, 2.0)
