@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--vtm-heads", nargs="*", default=[], help="matching heads (e.g. violet): a window without "
                         "the moment is their mismatched pair, and their match probability scales windows in `ground`")
     parser.add_argument("--inside-loss-weight", type=float, default=None, help="default: the config's (1.0)")
+    parser.add_argument("--presence-contrast-weight", type=float, default=0.0,
+                        help="presence_contrast_loss_weight (default 0: off)")
     args = parser.parse_args()
 
     from peft import PeftModel, get_peft_model
@@ -50,6 +52,7 @@ def main() -> None:
                                        window_fraction=args.window_fraction, absent_fraction=args.absent_fraction,
                                        seed=args.seed)
     config = dataclasses.replace(demo_config(), vtm_heads=list(args.vtm_heads))
+    config = dataclasses.replace(config, presence_contrast_loss_weight=args.presence_contrast_weight)
     if args.inside_loss_weight is not None:
         config = dataclasses.replace(config, inside_loss_weight=args.inside_loss_weight)
     model = get_peft_model(base, config)

@@ -155,13 +155,15 @@ def test_train_on_long_video_windows(workspace, tmp_path, capsys, monkeypatch):
                  "--eval-annotations", str(root / "ann.jsonl"), *data_flags(root), "--output-dir", str(out),
                  "--max-steps", "2", "--per-device-train-batch-size", "4", "--num-video-tokens", "2",
                  "--head-hidden-size", "16", "--head-num-attention-heads", "2", "--head-num-layers", "1",
-                 "--disable-tqdm", "--long-video-windows", "1", "--long-video-absent-fraction", "0.5"])
+                 "--disable-tqdm", "--long-video-windows", "1", "--long-video-absent-fraction", "0.5",
+                 "--presence-contrast-loss-weight", "1"])
     assert code == 0, capsys.readouterr().err[-3000:]
     capsys.readouterr()
     assert len(drawn) == 8 and all(window is not None for window in drawn)  # every training row got a window
     assert {holds for _, _, holds in drawn} <= {True, False}
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["trained_window_frames"], config["trained_window_seconds"]) == (8, 8.0)
+    assert config["presence_contrast_loss_weight"] == 1.0
     assert json.loads((out / "metrics.json").read_text())["num_queries"] == 8  # evaluated on the whole videos
     for flags, message in ((["--long-video-windows", "2"], "must be a fraction in \\[0, 1\\]"),
                            (["--long-video-absent-fraction", "x"], "expected a fraction")):

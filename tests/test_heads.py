@@ -584,3 +584,51 @@ def test_not_here_loss_trains_the_inside_head_towards_zero_on_other_videos():
     assert "inside_negative_loss" not in heads.eval()(video, frame_mask, text, text_mask, **labels).loss_terms
     with pytest.raises(ValueError, match="inside_negative_loss_weight must be a number >= 0"):
         VTGPromptConfig(inside_negative_loss_weight=-1.0)
+
+
+def test_presence_contrast_ranks_each_clip_with_its_moment_above_other_videos_clips_by_hand():
+    import torch.nn.functional as F
+
+    from peft_vtg import VTGPromptConfig
+    from peft_vtg.heads import VTGTaskHeads
+
+    torch.manual_seed(0)
+    heads = VTGTaskHeads(8, 8, hidden_size=16, num_layers=1, num_heads=2, dropout=0.0,
+                         presence_contrast_loss_weight=0.5, presence_contrast_negatives=2).train()
+    video, text = torch.randn(4, 6, 8), torch.randn(4, 5, 8)
+    frame_mask = torch.tensor([[1] * 6, [1] * 6, [1] * 4 + [0] * 2, [1] * 6])
+    text_mask = torch.ones(4, 5, dtype=torch.long)
+    labels = dict(start_frames=torch.tensor([0, 1, 2, 1]), end_frames=torch.tensor([2, 3, 3, 5]))
+    ids, present = ["a", "a", "b", "c"], torch.tensor([True, True, True, False])
+    out = heads(video, frame_mask, text, text_mask, **labels, video_ids=ids, moment_present=present)
+
+    def log_presence(row, clip):  # the query of `row` on the clip of row `clip`
+        with torch.no_grad():
+            fused = heads.grounding.fuse(video[clip:clip + 1], frame_mask[clip:clip + 1], text[row:row + 1],
+                                         text_mask[row:row + 1])
+            inside = heads.grounding.span_logits(fused, frame_mask[clip:clip + 1])["inside_logits"][0]
+        return torch.log(torch.sigmoid(inside)[frame_mask[clip].bool()].mean())
+
+    # negatives: the next 2 rows (cyclically), except clips of the row's own video; row 3's clip lacks its moment
+    negatives = {0: [2], 1: [2, 3], 2: [3, 0]}
+    expected = torch.stack([F.cross_entropy(torch.stack([log_presence(r, r)] + [log_presence(r, o) for o in n])[None],
+                                            torch.tensor([0])) for r, n in negatives.items()]).mean()
+    assert out.loss_terms["presence_contrast_loss"] == pytest.approx(float(expected), rel=1e-4)
+    heads.presence_contrast_loss_weight = 0.0
+    without = heads(video, frame_mask, text, text_mask, **labels, video_ids=ids, moment_present=present)
+    assert "presence_contrast_loss" not in without.loss_terms
+    assert float(out.loss - without.loss) == pytest.approx(0.5 * float(expected), rel=1e-4)
+    heads.presence_contrast_loss_weight = 0.5
+    one_video = heads(video, frame_mask, text, text_mask, **labels, video_ids=["a"] * 4)  # no other video: no term
+    assert "presence_contrast_loss" not in one_video.loss_terms
+    assert "presence_contrast_loss" not in heads.eval()(video, frame_mask, text, text_mask, **labels,
+                                                        video_ids=ids).loss_terms
+    for bad, match in ((-1.0, "presence_contrast_loss_weight must be a number >= 0"),
+                       (float("nan"), "presence_contrast_loss_weight must be a finite number")):
+        with pytest.raises(ValueError, match=match):
+            VTGPromptConfig(presence_contrast_loss_weight=bad)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="presence_contrast_negatives must be a whole number"):
+            VTGPromptConfig(presence_contrast_negatives=bad)
+    with pytest.raises(ValueError, match="set predict_inside=True"):
+        VTGPromptConfig(presence_contrast_loss_weight=1.0, predict_inside=False)

@@ -51,6 +51,13 @@ class VTGGroundingOutput(ModelOutput):
     loss_terms: Optional[dict] = None
 
 
+def _log_presence(inside_logits: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """(rows, frames) inside logits -> (rows,) log of the mean inside probability over each row's real frames."""
+    real = frame_mask.float()
+    mean = (torch.sigmoid(inside_logits.float()) * real).sum(-1) / real.sum(-1).clamp_min(1.0)
+    return torch.log(mean.clamp_min(1e-12))
+
+
 class VTGTaskHeads(nn.Module):
     """Grounding head and optional video-text matching heads of one adapter.
 
@@ -63,6 +70,8 @@ class VTGTaskHeads(nn.Module):
         inside_loss_weight: weight of the inside-moment BCE.
         vtm_loss_weight: weight of each matching loss.
         inside_negative_loss_weight: weight of the "not here" loss (`_inside_negative_loss`); 0 = off.
+        presence_contrast_loss_weight: weight of the presence contrast (`_presence_contrast_loss`); 0 = off.
+        presence_contrast_negatives: other rows' clips each query is contrasted with.
         predict_saliency: add the per-frame saliency logit (see `GroundingHead`).
         saliency_loss_weight, saliency_margin: weight and margin of `saliency_loss`.
     """
@@ -81,6 +90,8 @@ class VTGTaskHeads(nn.Module):
         inside_loss_weight: float = 1.0,
         vtm_loss_weight: float = 0.5,
         inside_negative_loss_weight: float = 0.0,
+        presence_contrast_loss_weight: float = 0.0,
+        presence_contrast_negatives: int = 7,
         temporal_kernel_size: int = 0,
         hadamard_fusion: bool = False,
         video_layers: int = 1,
@@ -106,6 +117,8 @@ class VTGTaskHeads(nn.Module):
         self.inside_loss_weight = inside_loss_weight
         self.vtm_loss_weight = vtm_loss_weight
         self.inside_negative_loss_weight = inside_negative_loss_weight
+        self.presence_contrast_loss_weight = presence_contrast_loss_weight
+        self.presence_contrast_negatives = presence_contrast_negatives
 
     def _inside_negative_loss(self, video_features, frame_mask, text_features, text_mask, video_ids,
                               generator) -> Optional[torch.Tensor]:
@@ -122,6 +135,36 @@ class VTGTaskHeads(nn.Module):
         real = mask.float()
         per_frame = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
         return (per_frame * real).sum() / real.sum().clamp_min(1.0)
+
+    def _presence_contrast_loss(self, video_features, frame_mask, text_features, text_mask, inside_logits,
+                                video_ids, moment_present) -> Optional[torch.Tensor]:
+        """The presence contrast: for each row whose clip holds its moment (the anchors), softmax cross-entropy of
+        its clip against `presence_contrast_negatives` other rows' clips (the next rows of the batch, which the loader
+        shuffles; a clip of the row's own video id is left out), each scored by the query's log presence there:
+        log of the mean inside probability over the clip's real frames, what `calibrated_spans` ranks a long
+        video's windows by. None when no anchor has a negative."""
+        batch = len(text_features)
+        count = min(self.presence_contrast_negatives, batch - 1)
+        if count < 1 or video_ids is None:
+            return None
+        device = video_features.device
+        others = (torch.arange(batch)[:, None] + torch.arange(1, count + 1)[None]) % batch  # (batch, count)
+        allowed = torch.tensor([[video_ids[int(o)] != video_ids[row] for o in others[row]] for row in range(batch)],
+                               device=device)  # (batch, count)
+        anchors = allowed.any(1)
+        if moment_present is not None:
+            anchors &= moment_present.to(device).bool()
+        if not bool(anchors.any()):
+            return None
+        flat = others[anchors.cpu()].flatten().to(device)  # (anchors * count,)
+        rows = anchors.nonzero().squeeze(1)
+        mask = frame_mask[flat]
+        fused = self.grounding.fuse(video_features[flat], mask, text_features[rows].repeat_interleave(count, 0),
+                                    text_mask[rows].repeat_interleave(count, 0))
+        negative = _log_presence(self.grounding.span_logits(fused, mask)["inside_logits"], mask).view(-1, count)
+        positive = _log_presence(inside_logits[rows], frame_mask[rows])  # (anchors,)
+        logits = torch.cat([positive[:, None], negative.masked_fill(~allowed[rows], float("-inf"))], dim=1)
+        return F.cross_entropy(logits, torch.zeros(len(rows), dtype=torch.long, device=device))
 
     def _fused_cls(self, video, frame_mask, text, text_mask) -> torch.Tensor:
         return self.grounding.fuse(video, frame_mask, text, text_mask)[:, 0].contiguous()
@@ -189,6 +232,12 @@ class VTGTaskHeads(nn.Module):
             if negative is not None:  # None: no row had a partner with another video
                 terms["inside_negative_loss"] = negative
                 loss = loss + self.inside_negative_loss_weight * negative
+        if self.training and self.presence_contrast_loss_weight > 0 and fields["inside_logits"] is not None:
+            contrast = self._presence_contrast_loss(video_features, frame_mask, text_features, text_mask,
+                                                    fields["inside_logits"], video_ids, moment_present)
+            if contrast is not None:  # None: no row with its moment had a clip of another video beside it
+                terms["presence_contrast_loss"] = contrast
+                loss = loss + self.presence_contrast_loss_weight * contrast
         if self.training and self.vtm_loss_weight > 0:
             features = (video_features, frame_mask, text_features, text_mask)
             for name, loss_fn in (("violet_vtm", violet_matching_loss), ("all_in_one_vtm", all_in_one_matching_loss)):

@@ -338,6 +338,19 @@ class VTGPromptConfig(PeftConfig):
                   "inside probabilities absolute, which is what long videos' windows are ranked by. 0 = off; needs "
                   "predict_inside."},
     )
+    presence_contrast_loss_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the presence contrast: each query's clip that holds its moment must out-score, "
+                  "by its presence (mean inside probability over the clip), the same query on "
+                  "presence_contrast_negatives other rows' clips (other videos) of the batch; softmax cross-entropy "
+                  "over the clips. It trains the ranking `ground` makes across a long video's windows. 0 = off; "
+                  "needs predict_inside."},
+    )
+    presence_contrast_negatives: int = field(
+        default=7,
+        metadata={"help": "Other rows' clips each query is contrasted with (presence_contrast_loss_weight > 0); each "
+                  "costs one more pass of the grounding head per row."},
+    )
     vtm_heads: Optional[list[str]] = field(
         default=None,
         metadata={"help": "Video-text matching heads trained as auxiliary losses on the fused [CLS]: any of "
@@ -537,10 +550,16 @@ class VTGPromptConfig(PeftConfig):
             raise ValueError("predict_saliency=True reads the grounding head's fused frames; set grounding_head=True "
                              "(or None), or predict_saliency=False.")
         for name in ("boundary_smoothing", "inside_loss_weight", "inside_negative_loss_weight", "vtm_loss_weight",
-                     "saliency_loss_weight", "saliency_margin"):
+                     "saliency_loss_weight", "saliency_margin", "presence_contrast_loss_weight"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+        negatives = self.presence_contrast_negatives
+        if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1:
+            raise ValueError(f"presence_contrast_negatives must be a whole number >= 1, got {negatives!r}.")
+        if self.presence_contrast_loss_weight > 0 and not self.predict_inside:
+            raise ValueError("presence_contrast_loss_weight > 0 ranks clips by their inside probabilities; set "
+                             "predict_inside=True, or presence_contrast_loss_weight=0.")
         if isinstance(self.vtm_heads, str):
             self.vtm_heads = [self.vtm_heads]
         self.vtm_heads = list(self.vtm_heads or [])

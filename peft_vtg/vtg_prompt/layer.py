@@ -121,6 +121,8 @@ def build_task_heads(config: VTGPromptConfig, bound: BoundSpec) -> Optional[VTGT
         boundary_smoothing=config.boundary_smoothing,
         inside_loss_weight=config.inside_loss_weight,
         inside_negative_loss_weight=config.inside_negative_loss_weight,
+        presence_contrast_loss_weight=config.presence_contrast_loss_weight,
+        presence_contrast_negatives=config.presence_contrast_negatives,
         vtm_loss_weight=config.vtm_loss_weight,
     )
 
