@@ -15,9 +15,7 @@ to `benchmarks/results/long_video_scoring.json`.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -88,32 +86,21 @@ def window_logits(model: Any, tokenizer: Any, frames: np.ndarray, queries: list[
 
 
 def score_grid(hours: list[dict[str, Any]], window_frames: int, grid: list[tuple[float, float]]) -> list[dict]:
-    """Each (a, b) of `grid`: R1@0.5 of the hours' top-1 moments and of the best span inside each query's video."""
-    from peft_vtg.heads.decoding import merge_window_spans, span_log_scores, top_spans
+    """Each (a, b) of `grid`: R1@0.5 of the hours' top-1 moments and of the best span inside each query's video, the
+    windows' spans scored by `calibrated_spans(..., span_exponent=a, presence_exponent=b)` (what `ground` runs) and
+    merged across window edges as `ground` merges them."""
+    from peft_vtg.heads.decoding import calibrated_spans, merge_window_spans
     from peft_vtg.timeline import rank_windows, temporal_iou
 
-    candidates = []  # per hour, per (query, window): (first, last, log p_span, log inside(span), log presence)
-    for hour in hours:
-        inside = torch.sigmoid(hour["inside"])
-        presence = torch.log(inside.mean(-1))  # (windows, queries)
-        spans = {}
-        for q, w in itertools.product(range(inside.shape[1]), range(inside.shape[0])):
-            found = top_spans(span_log_scores(hour["start"][w, q], hour["end"][w, q], window_frames), 15, None)
-            cumulative = torch.cat([torch.zeros(1), inside[w, q].cumsum(0)])
-            spans[q, w] = [(i, j, s, math.log(max(float(cumulative[j + 1] - cumulative[i]) / (j - i + 1), 1e-30)),
-                            float(presence[w, q])) for i, j, s in found]
-        candidates.append(spans)
     results = []
     for a, b in grid:
         hits = within = count = 0
-        for hour, spans in zip(hours, candidates):
+        for hour in hours:
             starts, step = hour["starts"], hour["step"]
             for q, query in enumerate(hour["queries"]):
-                per_window = []
-                for w, start in enumerate(starts):
-                    scored = [(start + i, start + j, math.exp(a * s + ins + b * pres)) for i, j, s, ins, pres
-                              in spans[q, w]]
-                    per_window.append(sorted(scored, key=lambda span: -span[2])[:5])
+                per_window = [[(start + i, start + j, score) for i, j, score in calibrated_spans(
+                    hour["start"][w, q], hour["end"][w, q], hour["inside"][w, q], 5, span_exponent=a,
+                    presence_exponent=b)] for w, start in enumerate(starts)]
                 ranked = rank_windows([[f * step, (l + 1) * step, s]
                                        for f, l, s in merge_window_spans(per_window, starts, window_frames)])
                 hits += any(temporal_iou(ranked[0], m) >= 0.5 for m in query["right"])

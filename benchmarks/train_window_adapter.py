@@ -51,8 +51,8 @@ def main() -> None:
     collator = LongVideoWindowCollator(tokenizer, FrameSource(videos), splits["train"], DEMO_FRAMES,
                                        window_fraction=args.window_fraction, absent_fraction=args.absent_fraction,
                                        seed=args.seed)
-    config = dataclasses.replace(demo_config(), vtm_heads=list(args.vtm_heads))
-    config = dataclasses.replace(config, presence_contrast_loss_weight=args.presence_contrast_weight)
+    config = dataclasses.replace(demo_config(), vtm_heads=list(args.vtm_heads),
+                                 presence_contrast_loss_weight=args.presence_contrast_weight)
     if args.inside_loss_weight is not None:
         config = dataclasses.replace(config, inside_loss_weight=args.inside_loss_weight)
     model = get_peft_model(base, config)

@@ -192,6 +192,18 @@ SPAN_PROBABILITY_EXPONENT = 0.5
 WINDOW_PRESENCE_EXPONENT = 2.0
 
 
+def window_presence(inside_logits: torch.Tensor, frame_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """How much of a clip the adapter sees the moment in: the mean inside probability (sigmoid of the inside logits)
+    over the clip's real frames. `inside_logits` (..., frames), `frame_mask` the same shape or None (every frame
+    real) -> (...). What `calibrated_spans` ranks a long video's windows by, and what the presence contrast trains
+    (`VTGTaskHeads._presence_contrast_loss`)."""
+    inside = torch.sigmoid(inside_logits.float())
+    if frame_mask is None:
+        return inside.mean(-1)
+    real = frame_mask.float()
+    return (inside * real).sum(-1) / real.sum(-1).clamp_min(1.0)
+
+
 def calibrated_spans(
     start_logits: torch.Tensor,
     end_logits: torch.Tensor,
@@ -237,7 +249,7 @@ def calibrated_spans(
     if inside_logits is None:
         return [(i, j, math.exp(score) * relevance) for i, j, score in spans[:top_k]]
     inside = torch.sigmoid(inside_logits.float())
-    window = relevance * float(inside.mean()) ** presence_exponent
+    window = relevance * float(window_presence(inside_logits)) ** presence_exponent
     cumulative = torch.cat([inside.new_zeros(1), inside.cumsum(0)])  # mean over [i, j] from two lookups
     rescored = [(i, j, math.exp(span_exponent * score) * float((cumulative[j + 1] - cumulative[i]) / (j - i + 1))
                  * window) for i, j, score in spans]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from .decoding import window_presence
 from .grounding import GroundingHead, grounding_loss, saliency_loss
 from .matching import (
     AllInOneMatchingHead,
@@ -52,10 +53,8 @@ class VTGGroundingOutput(ModelOutput):
 
 
 def _log_presence(inside_logits: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """(rows, frames) inside logits -> (rows,) log of the mean inside probability over each row's real frames."""
-    real = frame_mask.float()
-    mean = (torch.sigmoid(inside_logits.float()) * real).sum(-1) / real.sum(-1).clamp_min(1.0)
-    return torch.log(mean.clamp_min(1e-12))
+    """(rows, frames) inside logits -> (rows,) log of each row's `window_presence`, clamped away from log 0."""
+    return torch.log(window_presence(inside_logits, frame_mask).clamp_min(1e-12))
 
 
 class VTGTaskHeads(nn.Module):
