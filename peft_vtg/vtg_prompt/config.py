@@ -552,7 +552,7 @@ class VTGPromptConfig(PeftConfig):
         for name in ("boundary_smoothing", "inside_loss_weight", "inside_negative_loss_weight", "vtm_loss_weight",
                      "saliency_loss_weight", "saliency_margin", "presence_contrast_loss_weight"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
         negatives = self.presence_contrast_negatives
         if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1:
