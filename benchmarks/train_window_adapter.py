@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--inside-loss-weight", type=float, default=None, help="default: the config's (1.0)")
     parser.add_argument("--presence-contrast-weight", type=float, default=0.0,
                         help="presence_contrast_loss_weight (default 0: off)")
+    parser.add_argument("--presence-contrast-negatives", type=int, default=None,
+                        help="presence_contrast_negatives (default: the config's, 7)")
     args = parser.parse_args()
 
     from peft import PeftModel, get_peft_model
@@ -53,6 +55,8 @@ def main() -> None:
                                        seed=args.seed)
     config = dataclasses.replace(demo_config(), vtm_heads=list(args.vtm_heads),
                                  presence_contrast_loss_weight=args.presence_contrast_weight)
+    if args.presence_contrast_negatives is not None:
+        config = dataclasses.replace(config, presence_contrast_negatives=args.presence_contrast_negatives)
     if args.inside_loss_weight is not None:
         config = dataclasses.replace(config, inside_loss_weight=args.inside_loss_weight)
     model = get_peft_model(base, config)
