@@ -160,7 +160,8 @@ def ground(
             videos with one query ground it in each.
         tokenizer: the base model's tokenizer.
         duration: seconds, per video (or one for all); read from the file for paths, required otherwise.
-        num_frames / fps: how to sample video files (default: the encoder's fixed frame count, else 32 frames).
+        num_frames / fps: how to sample video files (default `default_num_frames`: the encoder's fixed frame count,
+            else the frames per video the adapter was trained on, else 32).
         image_size, processor: frame preprocessing for video files (default: the encoder's image size, CLIP's
             normalisation); see `peft_vtg.data.preprocess_frames`.
         top_k, nms_threshold, max_span_seconds: see `peft_vtg.heads.decode_moments`.
@@ -261,7 +262,7 @@ def ground(
             results = [long_results[i] for i in range(len(videos))]
             return results[0] if single_video and single_query else results
     if num_frames is None and fps is None:
-        num_frames = layer.bound.required_num_frames or DEFAULT_NUM_FRAMES
+        num_frames = _trained_num_frames(tuner, layer, ensemble)
     short = [i for i in range(len(videos)) if i not in long_results]
     videos, queries, durations = [videos[i] for i in short], [queries[i] for i in short], [durations[i] for i in short]
     items, mismatches = [], []
@@ -392,9 +393,7 @@ def ground_queries(
                                   nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length,
                                   disable_tqdm, ensemble)
     if num_frames is None and fps is None:
-        config = tuner.peft_config[_members(layer, ensemble)[0]]
-        num_frames = (layer.bound.required_num_frames or getattr(config, "trained_window_frames", None)
-                      or DEFAULT_NUM_FRAMES)
+        num_frames = _trained_num_frames(tuner, layer, ensemble)
     frames, _ = decode_video(video, num_frames=num_frames, fps=fps)
     pixels = preprocess_frames(frames, image_size=image_size or 224, processor=processor)  # (frames, 3, H, W)
     reference = next(tuner.parameters())
@@ -434,6 +433,24 @@ def long_video_window_seconds(model: Any, window_seconds: Optional[float] = None
     window = _window_settings(layer, tuner, window_seconds, 0.5, 1, None, None,
                               _ensemble_of(tuner, layer, adapter_names))
     return None if window is None else window.seconds
+
+
+def default_num_frames(model: Any, adapter_names: Optional[Sequence[str]] = None) -> int:
+    """Frames a video file is sampled to when neither `num_frames` nor `fps` is given (`ground`, `ground_queries`,
+    and the CLI's `--video-dir`): the encoder's fixed count (X-CLIP's temporal embeddings), else the frames per video
+    the adapter (an ensemble's first member) was trained on (`trained_window_frames`, recorded by training), else
+    `DEFAULT_NUM_FRAMES` (32)."""
+    tuner = _tuner(model)
+    layer, _ = tuner._feature_spec()
+    return _trained_num_frames(tuner, layer, _ensemble_of(tuner, layer, adapter_names))
+
+
+def _trained_num_frames(tuner: Any, layer: Any, ensemble: Optional[_Ensemble]) -> int:
+    if layer.bound.required_num_frames:
+        return int(layer.bound.required_num_frames)
+    members = _members(layer, ensemble)
+    trained = getattr(tuner.peft_config[members[0]], "trained_window_frames", None) if members else None
+    return int(trained or DEFAULT_NUM_FRAMES)
 
 
 def predicts_saliency(model: Any, adapter_names: Optional[Sequence[str]] = None) -> bool:

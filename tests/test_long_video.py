@@ -173,6 +173,40 @@ def test_each_window_sees_its_own_frames_and_spans_land_in_video_seconds(long_vi
             torch.testing.assert_close(torch.tensor(saliency[0][:4]), out.saliency_logits[0, :4], atol=1e-4, rtol=1e-4)
 
 
+def test_video_files_are_sampled_at_the_adapters_trained_frames_on_every_path(tmp_path):
+    import argparse
+
+    from peft_vtg.cli.common import video_setup
+    from peft_vtg.inference import DEFAULT_NUM_FRAMES, default_num_frames, ground_queries
+
+    model = windowed_model(seconds=100.0, frames=4)  # a 100-s window: the 8-s video below takes the single pass
+    tokenizer, query = tiny_tokenizer(), "the red light turns on"
+    short = tmp_path / "short.mp4"
+    write_video(short, np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), fps=1)
+    assert default_num_frames(model) == 4
+    expected = ground(model, str(short), query, tokenizer, image_size=32, num_frames=4)
+    assert expected != ground(model, str(short), query, tokenizer, image_size=32, num_frames=DEFAULT_NUM_FRAMES)
+
+    def same(got):  # batched rows: the same spans, scores equal up to float summation order
+        assert [m[:2] for m in got] == [m[:2] for m in expected]
+        assert [m[2] for m in got] == pytest.approx([m[2] for m in expected], rel=1e-5)
+
+    # One video, a list of videos, many queries of one video (batch prediction): the same 4 frames.
+    assert ground(model, str(short), query, tokenizer, image_size=32) == expected
+    for got in ground(model, [str(short), str(short)], query, tokenizer, image_size=32):
+        same(got)
+    same(ground_queries(model, str(short), [query], tokenizer, image_size=32)[0])
+    # The CLI's --video-dir (evaluate, train with a loaded adapter) samples what `ground` samples.
+    flags = argparse.Namespace(cache_dir=None, features_dir=None, video_dir=str(tmp_path), num_frames=None, fps=None,
+                               image_size=None, video_suffix=".mp4")
+    source, num_frames, _ = video_setup(flags, model)
+    assert num_frames == 4 and source.num_frames == 4
+    assert video_setup(argparse.Namespace(**{**vars(flags), "num_frames": 6}), model)[1] == 6
+    # An adapter that records no training (a new one): 32.
+    model.peft_config["default"].trained_window_frames = None
+    assert default_num_frames(model) == DEFAULT_NUM_FRAMES == video_setup(flags, model)[1]
+
+
 def test_ground_returns_moments_of_the_whole_video_and_leaves_short_videos_alone(long_video, tmp_path):
     path, scenes = long_video
     model = windowed_model()

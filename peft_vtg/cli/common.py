@@ -188,7 +188,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, annotations_flag: str, r
     group.add_argument("--cache-dir", default=None, help="frozen-prefix cache written by `peft-vtg cache`: the "
                        "encoder's hidden states entering its layer k; video prompts must start at layer >= k")
     group.add_argument("--num-frames", type=positive_int, default=None, help="frames sampled per video, or feature "
-                       "bins (default: the encoder's fixed count, else 32 for videos, native length for features)")
+                       "bins (default: the encoder's fixed count, else a loaded adapter's trained frames per video, else 32 for "
+                       "videos; native length for features)")
     group.add_argument("--fps", type=positive_float, default=None, help="sample videos at this rate (frames per "
                        "second) instead of --num-frames; --video-dir only")
     group.add_argument("--image-size", type=positive_int, default=None, help="frame size in pixels (default: the "
@@ -393,7 +394,7 @@ def read_annotations(args: argparse.Namespace, path: str):
 def video_setup(args: argparse.Namespace, model: Any) -> tuple[Any, Optional[int], str]:
     """(video source, frames per clip for the collator, description) from the data flags."""
     from ..data.video import FeatureDirectory, VideoFiles
-    from ..inference import DEFAULT_NUM_FRAMES
+    from ..inference import default_num_frames
 
     bound = model.base_model.model.vtg_prompts.bound
     if getattr(args, "cache_dir", None):
@@ -409,7 +410,8 @@ def video_setup(args: argparse.Namespace, model: Any) -> tuple[Any, Optional[int
                              "(--num-frames resamples them). Drop the flag.")
         return (FeatureDirectory(args.features_dir, key=args.features_key, dim=bound.video_feature_size),
                 args.num_frames, f"features: {args.features_dir}")
-    num_frames = args.num_frames or (None if args.fps else bound.required_num_frames or DEFAULT_NUM_FRAMES)
+    # As `ground` samples a video file: the adapter's trained frames per video (a loaded adapter), else 32.
+    num_frames = args.num_frames or (None if args.fps else default_num_frames(model))
     image_size = args.image_size or (bound.video.extra.get("image_size") if bound.video else None) or 224
     source = VideoFiles(args.video_dir, num_frames=num_frames, fps=args.fps, image_size=image_size,
                         suffix=args.video_suffix)

@@ -110,7 +110,7 @@ def add_parser(commands: Any) -> None:
                          help="batch: format of --queries (default: JSON lines of qid, vid, query)")
     predict.add_argument("--disable-tqdm", action="store_true", help="batch: no progress bar")
     predict.add_argument("--num-frames", type=positive_int, default=None, help="frames sampled (default: the "
-                         "encoder's fixed count, else 32; batch: the adapter's trained frames per video)")
+                         "encoder's fixed count, else the adapter's trained frames per video, else 32)")
     predict.add_argument("--fps", type=positive_float, default=None, help="sample at this rate (frames per second) "
                          "instead of --num-frames")
     predict.add_argument("--image-size", type=positive_int, default=None, help="frame size in pixels (default: the "
