@@ -121,7 +121,9 @@ def peak_memory(adapter: str, video: str, query: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapter", default=None, help="a SynthVTG adapter (default: train the demo's)")
+    parser.add_argument("--adapter", nargs="+", default=None, help="a SynthVTG adapter (default: train the demo's); "
+                        "several: their prompt ensemble (`ground(adapter_names=...)`, mean of probabilities; the "
+                        "first adapter's window and frames; accuracy only, with --skip-memory)")
     parser.add_argument("--seconds", type=float, default=3600.0, help="length of the long video (default: an hour)")
     parser.add_argument("--queries", type=int, default=50, help="queries to ground (default: 50)")
     parser.add_argument("--results", default=str(RESULTS))
@@ -133,6 +135,8 @@ def main() -> None:
     if args.memory_only:
         print(json.dumps(peak_memory(*args.memory_only)))
         return
+    if args.adapter and len(args.adapter) > 1 and not args.skip_memory:
+        parser.error("memory is measured for one adapter; add --skip-memory to score an ensemble")
 
     from peft import PeftModel
 
@@ -142,7 +146,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
-        adapter = args.adapter
+        adapter, members = (args.adapter[0], args.adapter[1:]) if args.adapter else (None, [])
         if adapter is None:
             from peft_vtg.demo import run_demo
 
@@ -153,25 +157,31 @@ def main() -> None:
         queries = data["queries"]
         base, tokenizer = load_backbone()
         model = PeftModel.from_pretrained(base, adapter)
+        names = None
+        if members:
+            names = ["default"] + [f"member{k}" for k in range(1, len(members) + 1)]
+            for name, path in zip(names[1:], members):
+                model.load_adapter(path, adapter_name=name)
         frames = config["trained_window_frames"]
         short, long = {}, {}
         started = time.perf_counter()
         for q in queries:
             # One pass over the whole short video (a window far longer than any of them turns windowing off).
             short[q["qid"]] = ground(model, str(workdir / f"{q['vid']}.mp4"), q["query"], tokenizer,
-                                     num_frames=frames, window_seconds=1e6, disable_tqdm=True)
+                                     num_frames=frames, window_seconds=1e6, adapter_names=names, disable_tqdm=True)
         short_seconds = time.perf_counter() - started
         started = time.perf_counter()
         within = {}
         for q in queries:
             long[q["qid"]] = ground(model, str(workdir / "long.mp4"), q["query"], tokenizer, top_k=5,
-                                    disable_tqdm=True, window_seconds=args.window_seconds)
+                                    disable_tqdm=True, window_seconds=args.window_seconds, adapter_names=names)
         long_seconds = time.perf_counter() - started
         for q in queries:
             # The diagnostic: every span of every window, not suppressed (a better-scored span that crosses the
             # video's edge would suppress the best one inside it), the best-scored inside the query's own video.
             moments = ground(model, str(workdir / "long.mp4"), q["query"], tokenizer, top_k=100_000,
-                             nms_threshold=None, disable_tqdm=True, window_seconds=args.window_seconds)
+                             nms_threshold=None, disable_tqdm=True, window_seconds=args.window_seconds,
+                             adapter_names=names)
             low, high = q["video"]
             within[q["qid"]] = [m for m in moments if low <= m[0] and m[1] <= high][:5] or [(low, low, 0.0)]
         truth_long = {q["qid"]: [q["long"]] for q in queries}
@@ -193,6 +203,7 @@ def main() -> None:
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             memory[name] = json.loads(output.strip().splitlines()[-1])
     result = {
+        "adapters": [os.path.basename(os.path.normpath(path)) for path in args.adapter or ["vtg-demo-adapter"]],
         "torch": torch.__version__, "threads": torch.get_num_threads(), "long_video_seconds": data["long_seconds"],
         "queries": len(queries), "window_frames": frames,
         "queries_unique_in_the_hour": len(unique),

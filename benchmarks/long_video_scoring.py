@@ -1,6 +1,8 @@
 """How `ground` should score spans across the windows of a long video: the exponents of `calibrated_spans`.
 
     python benchmarks/long_video_scoring.py --adapter demo-windows-3600        # about 10 minutes on 2 cores
+    python benchmarks/long_video_scoring.py --adapter demo-presence-3600 demo-presence-k15-3600 \
+        --results benchmarks/results/long_video_scoring_ensemble.json           # a prompt ensemble, and each member
 
 A span found in window w is scored `p_span ** a * inside(span) * presence(w) ** b` (`calibrated_spans`), where
 `presence` is the window's mean inside probability. This script picks `a` and `b` on hours that
@@ -9,7 +11,9 @@ A span found in window w is scored `p_span ** a * inside(span) * presence(w) ** 
 of those videos grounded in its hour. Each window is run through the adapter once for all queries and its logits
 kept, then every (a, b) of the grid rescored: the hour's R1@0.5 (right: any moment of the query's (colour, shape,
 action) in the hour, as in `long_video.py`) and the R1@0.5 of the best span inside the query's own video. Results go
-to `benchmarks/results/long_video_scoring.json`.
+to `benchmarks/results/long_video_scoring.json`. Several adapters: the grid scores their prompt ensemble (each
+member's logits fused by `peft_vtg.heads.fuse_grounding_outputs`, the mean of probabilities, what
+`ground(adapter_names=...)` decodes), and each member alone is scored with `ground`'s exponents.
 """
 
 from __future__ import annotations
@@ -115,9 +119,28 @@ def score_grid(hours: list[dict[str, Any]], window_frames: int, grid: list[tuple
     return results
 
 
+def fuse_hours(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """One hour's window logits of several adapters (each `window_logits`' output) -> their prompt ensemble's, fused
+    as `ground(adapter_names=...)` fuses them (`fuse_grounding_outputs`, mean of probabilities)."""
+    from peft_vtg.heads import fuse_grounding_outputs
+    from peft_vtg.heads.task import VTGGroundingOutput
+
+    shape = members[0]["start"].shape  # (windows, queries, frames)
+
+    def interleaved(name: str) -> torch.Tensor:  # member-minor rows: (windows * queries * members, frames)
+        return torch.stack([m[name] for m in members], dim=2).reshape(-1, shape[-1])
+
+    fused = fuse_grounding_outputs(VTGGroundingOutput(start_logits=interleaved("start"),
+                                                      end_logits=interleaved("end"),
+                                                      inside_logits=interleaved("inside")), len(members))
+    return {**members[0], "start": fused.start_logits.view(shape), "end": fused.end_logits.view(shape),
+            "inside": fused.inside_logits.view(shape)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapter", required=True, help="a SynthVTG adapter with inside logits")
+    parser.add_argument("--adapter", nargs="+", required=True, help="a SynthVTG adapter with inside logits; "
+                        "several: their prompt ensemble (the first one's window), and each alone")
     parser.add_argument("--first-videos", type=int, nargs="+", default=[60, 150, 220],
                         help="where each hour starts among the sorted test videos (default: 60 150 220)")
     parser.add_argument("--seconds", type=float, default=3600.0)
@@ -129,23 +152,35 @@ def main() -> None:
     from peft_vtg.synth import SynthVTG
     from peft_vtg.synth.backbone import load_backbone
 
-    config = json.loads((Path(args.adapter) / "adapter_config.json").read_text())
+    from peft_vtg.heads.decoding import SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT
+
+    config = json.loads((Path(args.adapter[0]) / "adapter_config.json").read_text())
     window_frames, window_seconds = config["trained_window_frames"], config["trained_window_seconds"]
     rows, videos = SynthVTG(seed=0, num_videos={"train": 1, "val": 1, "test": 300}).split("test")
-    base, tokenizer = load_backbone()
-    model = PeftModel.from_pretrained(base, args.adapter)
-    hours = []
-    for first in args.first_videos:
-        hour = build_hour(videos, rows, first, args.seconds)
-        logits = window_logits(model, tokenizer, hour["frames"], [q["query"] for q in hour["queries"]],
-                               window_frames, window_seconds)
-        hours.append({"queries": hour["queries"], **logits})
+    built = [build_hour(videos, rows, first, args.seconds) for first in args.first_videos]
+    per_adapter = []  # per adapter, per hour: its window logits
+    for path in args.adapter:
+        base, tokenizer = load_backbone()
+        model = PeftModel.from_pretrained(base, path)
+        per_adapter.append([{"queries": hour["queries"], **window_logits(
+            model, tokenizer, hour["frames"], [q["query"] for q in hour["queries"]], window_frames, window_seconds)}
+            for hour in built])
+    names = [os.path.basename(os.path.normpath(path)) for path in args.adapter]
+    members = []
+    if len(args.adapter) > 1:
+        for name, hours in zip(names, per_adapter):
+            print(f"{name} alone:", flush=True)
+            members.append({"adapter": name, **score_grid(hours, window_frames, [
+                (SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT)])[0]})
+        print("their ensemble:", flush=True)
+    hours = [fuse_hours(list(parts)) for parts in zip(*per_adapter)] if len(args.adapter) > 1 else per_adapter[0]
     grid = [(a, b) for a in (1.0, 0.5, 0.25) for b in (0.0, 1.0, 2.0, 3.0)]
     results = score_grid(hours, window_frames, grid)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({
-        "adapter": os.path.basename(os.path.normpath(args.adapter)), "first_videos": args.first_videos,
-        "torch": torch.__version__, "results": results}, indent=1) + "\n")
+        "adapter": names[0] if len(names) == 1 else names, "first_videos": args.first_videos,
+        "torch": torch.__version__, "results": results, **({"members": members} if members else {})},
+        indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,3 +32,22 @@ def test_presence_moves_the_top_moment_to_the_window_that_holds_it(scoring):
     assert plain["hour R1@0.5"] == 0.0 and plain["within its video R1@0.5"] == 0.0
     assert presence["hour R1@0.5"] == 100.0 and presence["within its video R1@0.5"] == 100.0
     assert presence["queries"] == 1 and (presence["span_exponent"], presence["presence_exponent"]) == (0.5, 2.0)
+
+
+def test_an_ensembles_hour_is_its_members_fused_as_ground_fuses_them(scoring):
+    torch.manual_seed(0)
+    members = [{name: torch.randn(3, 2, 8) for name in ("start", "end", "inside")} for _ in range(2)]
+    for member in members:
+        member.update(starts=[0, 4, 8], step=1.0, queries=[{"query": "q"}, {"query": "r"}])
+    fused = scoring.fuse_hours(members)
+    assert fused["starts"] == [0, 4, 8] and fused["queries"] == members[0]["queries"]
+    # By hand: inside, the logit of the members' mean probability; start / end, the log of their mean softmax.
+    mean = (members[0]["inside"].sigmoid() + members[1]["inside"].sigmoid()) / 2
+    torch.testing.assert_close(fused["inside"], torch.log(mean / (1 - mean)), atol=1e-5, rtol=1e-5)
+    for name in ("start", "end"):
+        mixture = (members[0][name].softmax(-1) + members[1][name].softmax(-1)) / 2
+        torch.testing.assert_close(fused[name].softmax(-1), mixture, atol=1e-6, rtol=1e-5)
+    # An ensemble of one scores as its member.
+    alone = scoring.fuse_hours(members[:1])
+    torch.testing.assert_close(alone["inside"], members[0]["inside"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone["start"].softmax(-1), members[0]["start"].softmax(-1))
