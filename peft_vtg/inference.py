@@ -564,21 +564,19 @@ def _window_settings(layer: Any, tuner: Any, window_seconds: Optional[float], ov
     if len(recorded) > 1 and window_seconds is None:
         warnings.warn(f"The adapters {members} were trained on different windows ({sorted(recorded, key=str)}); "
                       f"long videos are cut into {members[0]!r}'s. Pass window_seconds= to choose.", stacklevel=3)
-    frames = getattr(config, "trained_window_frames", None)
     if window_seconds is None:
         window_seconds = getattr(config, "trained_window_seconds", None)
         if window_seconds is None:
             return None
     window_seconds = check_positive_seconds(window_seconds, "window_seconds")
+    # An encoder's fixed count (X-CLIP: its temporal embeddings fix the frames per clip) overrides the flags.
     required = layer.bound.required_num_frames
-    if required is not None:
-        frames = required  # X-CLIP: its temporal embeddings fix the frames per clip
-    elif num_frames is not None:
+    if required is None and num_frames is not None:
         frames = num_frames
-    elif fps is not None:
+    elif required is None and fps is not None:
         frames = max(1, int(round(window_seconds * fps)))
-    elif frames is None:
-        frames = DEFAULT_NUM_FRAMES
+    else:
+        frames = _trained_num_frames(tuner, layer, ensemble)
     return _Window(frames=int(frames), seconds=float(window_seconds), overlap=float(overlap), batch_size=batch_size)
 
 

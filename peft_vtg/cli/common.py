@@ -188,8 +188,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, annotations_flag: str, r
     group.add_argument("--cache-dir", default=None, help="frozen-prefix cache written by `peft-vtg cache`: the "
                        "encoder's hidden states entering its layer k; video prompts must start at layer >= k")
     group.add_argument("--num-frames", type=positive_int, default=None, help="frames sampled per video, or feature "
-                       "bins (default: the encoder's fixed count, else a loaded adapter's trained frames per video, else 32 for "
-                       "videos; native length for features)")
+                       "bins (default: the encoder's fixed count, else a loaded adapter's trained frames per video, "
+                       "else 32 for videos; native length for features)")
     group.add_argument("--fps", type=positive_float, default=None, help="sample videos at this rate (frames per "
                        "second) instead of --num-frames; --video-dir only")
     group.add_argument("--image-size", type=positive_int, default=None, help="frame size in pixels (default: the "
