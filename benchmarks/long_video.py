@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ def build(workdir: Path, seconds: float, num_queries: int) -> dict[str, Any]:
     return {"queries": queries, "long_seconds": len(long_frames)}
 
 
-def peak_memory(adapter: str, video: str, query: str) -> dict[str, float]:
+def peak_memory(adapter: str, video: str, query: str, backbone: Optional[str] = None) -> dict[str, float]:
     """`ground` of one query on `video` in this (fresh) process: seconds and peak RSS above the level before."""
     from peft import PeftModel
 
@@ -108,7 +108,7 @@ def peak_memory(adapter: str, video: str, query: str) -> dict[str, float]:
     from peft_vtg.synth.backbone import load_backbone
     from synthvtg_benchmark import _PeakRss, _rss_bytes
 
-    base, tokenizer = load_backbone()
+    base, tokenizer = load_backbone(backbone)
     model = PeftModel.from_pretrained(base, adapter)
     ground(model, video, query, tokenizer, disable_tqdm=True)  # warm-up: allocator, lazy imports
     floor = _rss_bytes()
@@ -130,10 +130,12 @@ def main() -> None:
     parser.add_argument("--window-seconds", type=float, default=None,
                         help="window of the long video (default: the adapter's trained window)")
     parser.add_argument("--skip-memory", action="store_true", help="accuracy only, no memory measurement")
+    parser.add_argument("--backbone", default=None, help="the backbone the adapter was trained on (default: the "
+                        "shipped one; e.g. one made by pretrain_backbone.py --output-dir)")
     parser.add_argument("--memory-only", nargs=3, metavar=("ADAPTER", "VIDEO", "QUERY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_only:
-        print(json.dumps(peak_memory(*args.memory_only)))
+        print(json.dumps(peak_memory(*args.memory_only, backbone=args.backbone)))
         return
     if args.adapter and len(args.adapter) > 1 and not args.skip_memory:
         parser.error("memory is measured for one adapter; add --skip-memory to score an ensemble")
@@ -151,11 +153,13 @@ def main() -> None:
             from peft_vtg.demo import run_demo
 
             adapter = str(workdir / "adapter")
+            if args.backbone:
+                parser.error("--backbone needs --adapter: the demo's adapter is trained on the shipped backbone")
             run_demo(output_dir=adapter, disable_tqdm=True)
         config = json.loads((Path(adapter) / "adapter_config.json").read_text())
         data = build(workdir, args.seconds, args.queries)
         queries = data["queries"]
-        base, tokenizer = load_backbone()
+        base, tokenizer = load_backbone(args.backbone)
         model = PeftModel.from_pretrained(base, adapter)
         names = None
         if members:
@@ -199,7 +203,7 @@ def main() -> None:
         memory = {}
         for name in () if args.skip_memory else ("head", "long"):
             command = [sys.executable, __file__, "--memory-only", adapter, str(workdir / f"{name}.mp4"),
-                       queries[0]["query"]]
+                       queries[0]["query"]] + (["--backbone", args.backbone] if args.backbone else [])
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             memory[name] = json.loads(output.strip().splitlines()[-1])
     result = {
@@ -212,6 +216,7 @@ def main() -> None:
         "metrics": metrics,
         "seconds_per_query": {"short": short_seconds / len(queries), "long": long_seconds / len(queries)},
         "peak_memory": memory,
+        **({"backbone": args.backbone} if args.backbone else {}),
     }
     if memory:
         result["peak_rss_ratio_long_to_two_minutes"] = memory["long"]["peak_rss_bytes"] / memory["head"]["peak_rss_bytes"]

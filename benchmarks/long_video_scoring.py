@@ -10,7 +10,8 @@ A span found in window w is scored `p_span ** a * inside(span) * presence(w) ** 
 220; the benchmark's hour is videos 0 to ~50), each written at 1 frame per second until it lasts an hour, every query
 of those videos grounded in its hour. Each window is run through the adapter once for all queries and its logits
 kept, then every (a, b) of the grid rescored: the hour's R1@0.5 (right: any moment of the query's (colour, shape,
-action) in the hour, as in `long_video.py`) and the R1@0.5 of the best span inside the query's own video. Results go
+action) in the hour, as in `long_video.py`) and the R1@0.5 of the best span inside the query's own video. With
+`ground`'s exponents it also counts where each query's top-1 lands (`wrong_top1`: right, or which look-alike event). Results go
 to `benchmarks/results/long_video_scoring.json`. Several adapters: the grid scores their prompt ensemble (each
 member's logits fused by `peft_vtg.heads.fuse_grounding_outputs`, the mean of probabilities, what
 `ground(adapter_names=...)` decodes), and each member alone is scored with `ground`'s exponents.
@@ -35,7 +36,8 @@ sys.path.insert(0, str(HERE))
 
 def build_hour(videos: dict[str, Any], rows: Any, first: int, seconds: float) -> dict[str, Any]:
     """SynthVTG videos from the `first`-th (sorted by id) at 1 frame per second, until `seconds` long: the frames,
-    and every query of those videos with its own moment, its video's span and its event's moments in the hour."""
+    every query of those videos with its own moment, its video's span and its event's moments in the hour, and every
+    event of the hour (its (colour, shape, action) and moment, seconds)."""
     from long_video import at_one_fps
 
     parts, offset, queries, moments = [], 0, [], {}
@@ -57,7 +59,8 @@ def build_hour(videos: dict[str, Any], rows: Any, first: int, seconds: float) ->
             break
     for query in queries:
         query["right"] = moments[query["triple"]]
-    return {"frames": np.concatenate(parts), "queries": queries}
+    events = [{"triple": triple, "moment": moment} for triple, spans in moments.items() for moment in spans]
+    return {"frames": np.concatenate(parts), "queries": queries, "events": events}
 
 
 def window_logits(model: Any, tokenizer: Any, frames: np.ndarray, queries: list[str], window_frames: int,
@@ -89,24 +92,60 @@ def window_logits(model: Any, tokenizer: Any, frames: np.ndarray, queries: list[
     return {**logits, "starts": starts, "step": duration / total}
 
 
+def ranked_moments(hour: dict[str, Any], q: int, window_frames: int, span_exponent: float,
+                   presence_exponent: float) -> list[list[float]]:
+    """Query `q`'s moments in the hour, best first, `[start_s, end_s, score]`: each window's spans scored by
+    `calibrated_spans` with these exponents and merged across window edges, as `ground` does."""
+    from peft_vtg.heads.decoding import calibrated_spans, merge_window_spans
+    from peft_vtg.timeline import rank_windows
+
+    starts, step = hour["starts"], hour["step"]
+    per_window = [[(start + i, start + j, score) for i, j, score in calibrated_spans(
+        hour["start"][w, q], hour["end"][w, q], hour["inside"][w, q], 5, span_exponent=span_exponent,
+        presence_exponent=presence_exponent)] for w, start in enumerate(starts)]
+    return rank_windows([[f * step, (l + 1) * step, s]
+                         for f, l, s in merge_window_spans(per_window, starts, window_frames)])
+
+
+ATTRIBUTES = ("colour", "shape", "action")
+
+
+def wrong_top1(hours: list[dict[str, Any]], window_frames: int, span_exponent: float,
+               presence_exponent: float) -> dict[str, int]:
+    """Where the hour's top-1 moment lands, counted over the queries: "right" (IoU >= 0.5 with a moment of the
+    query's event), else the event of the hour it overlaps most when that IoU is >= 0.3, named by the attributes it
+    shares with the query's ("same colour+action": another shape; "same colour+shape+action": the query's event, IoU
+    0.3-0.5), else "no event" (a span over background or across several events)."""
+    from peft_vtg.timeline import temporal_iou
+
+    counts: dict[str, int] = {}
+    for hour in hours:
+        for q, query in enumerate(hour["queries"]):
+            top = ranked_moments(hour, q, window_frames, span_exponent, presence_exponent)[0]
+            if any(temporal_iou(top, m) >= 0.5 for m in query["right"]):
+                kind = "right"
+            else:
+                event = max(hour["events"], key=lambda e: temporal_iou(top, e["moment"]))
+                shared = [name for name, mine, theirs in zip(ATTRIBUTES, query["triple"], event["triple"])
+                          if mine == theirs]
+                kind = "no event" if temporal_iou(top, event["moment"]) < 0.3 else \
+                    ("same " + "+".join(shared) if shared else "nothing shared")
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def score_grid(hours: list[dict[str, Any]], window_frames: int, grid: list[tuple[float, float]]) -> list[dict]:
     """Each (a, b) of `grid`: R1@0.5 of the hours' top-1 moments and of the best span inside each query's video, the
     windows' spans scored by `calibrated_spans(..., span_exponent=a, presence_exponent=b)` (what `ground` runs) and
     merged across window edges as `ground` merges them."""
-    from peft_vtg.heads.decoding import calibrated_spans, merge_window_spans
-    from peft_vtg.timeline import rank_windows, temporal_iou
+    from peft_vtg.timeline import temporal_iou
 
     results = []
     for a, b in grid:
         hits = within = count = 0
         for hour in hours:
-            starts, step = hour["starts"], hour["step"]
             for q, query in enumerate(hour["queries"]):
-                per_window = [[(start + i, start + j, score) for i, j, score in calibrated_spans(
-                    hour["start"][w, q], hour["end"][w, q], hour["inside"][w, q], 5, span_exponent=a,
-                    presence_exponent=b)] for w, start in enumerate(starts)]
-                ranked = rank_windows([[f * step, (l + 1) * step, s]
-                                       for f, l, s in merge_window_spans(per_window, starts, window_frames)])
+                ranked = ranked_moments(hour, q, window_frames, a, b)
                 hits += any(temporal_iou(ranked[0], m) >= 0.5 for m in query["right"])
                 low, high = query["video"]
                 own = [m for m in ranked if low <= m[0] and m[1] <= high]
@@ -145,6 +184,8 @@ def main() -> None:
                         help="where each hour starts among the sorted test videos (default: 60 150 220)")
     parser.add_argument("--seconds", type=float, default=3600.0)
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--backbone", default=None, help="the backbone the adapters were trained on (default: the "
+                        "shipped one)")
     args = parser.parse_args()
 
     from peft import PeftModel
@@ -160,9 +201,9 @@ def main() -> None:
     built = [build_hour(videos, rows, first, args.seconds) for first in args.first_videos]
     per_adapter = []  # per adapter, per hour: its window logits
     for path in args.adapter:
-        base, tokenizer = load_backbone()
+        base, tokenizer = load_backbone(args.backbone)
         model = PeftModel.from_pretrained(base, path)
-        per_adapter.append([{"queries": hour["queries"], **window_logits(
+        per_adapter.append([{"queries": hour["queries"], "events": hour["events"], **window_logits(
             model, tokenizer, hour["frames"], [q["query"] for q in hour["queries"]], window_frames, window_seconds)}
             for hour in built])
     names = [os.path.basename(os.path.normpath(path)) for path in args.adapter]
@@ -176,10 +217,13 @@ def main() -> None:
     hours = [fuse_hours(list(parts)) for parts in zip(*per_adapter)] if len(args.adapter) > 1 else per_adapter[0]
     grid = [(a, b) for a in (1.0, 0.5, 0.25) for b in (0.0, 1.0, 2.0, 3.0)]
     results = score_grid(hours, window_frames, grid)
+    landed = wrong_top1(hours, window_frames, SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT)
+    print("where the top-1 lands, `ground`'s exponents:", json.dumps(landed), flush=True)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({
         "adapter": names[0] if len(names) == 1 else names, "first_videos": args.first_videos,
-        "torch": torch.__version__, "results": results, **({"members": members} if members else {})},
+        "torch": torch.__version__, "results": results, "top1_lands_on": landed,
+        **({"backbone": args.backbone} if args.backbone else {}), **({"members": members} if members else {})},
         indent=1) + "\n")
 
 

@@ -20,9 +20,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
     parser.add_argument("--num-clips", type=int, default=6000, help="pre-training clips (default 6000)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--hard-negative-fraction", type=float, default=0.0,
+                        help="fraction of each batch given as pairs of clips that differ in one attribute only "
+                        "(default 0, the shipped backbone: all random)")
     args = parser.parse_args()
-    logs = pretrain_backbone(args.output_dir, num_clips=args.num_clips, steps=args.steps, seed=args.seed)
+    logs = pretrain_backbone(args.output_dir, num_clips=args.num_clips, steps=args.steps, seed=args.seed,
+                             hard_negative_fraction=args.hard_negative_fraction)
     logs.update(steps=args.steps, num_clips=args.num_clips, seed=args.seed)
+    if args.hard_negative_fraction:
+        logs["hard_negative_fraction"] = args.hard_negative_fraction
     (Path(args.output_dir) / "pretraining.json").write_text(json.dumps(logs, indent=2) + "\n")
     print(json.dumps(logs, indent=2))
 

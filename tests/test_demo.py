@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from peft_vtg.cli import main
@@ -42,6 +43,23 @@ def test_pretraining_script_reproduces_a_loadable_backbone(tmp_path):
             "held_in_motion_retrieval_top1", "seconds"} <= set(logs)
     model, tokenizer = load_backbone(tmp_path)
     assert model.config.projection_dim == 64 and len(tokenizer) == model.config.text_config.vocab_size
+
+
+def test_hard_negative_pretraining_pairs_clips_that_differ_in_one_attribute(tmp_path):
+    from peft_vtg.synth.backbone import _hard_partners
+
+    triples = [("red", "circle", "grow"), ("red", "square", "grow"), ("red", "circle", "blink"),
+               ("blue", "circle", "grow"), ("green", "triangle", "vanish"), ("red", "circle", "grow")]
+    partner = _hard_partners(triples, seed=0)
+    for _ in range(50):  # every partner of clip 0 differs from it in exactly one attribute (clip 5 is its twin)
+        other = triples[partner(0)]
+        assert sum(a != b for a, b in zip(triples[0], other)) == 1
+    assert partner(4) in range(len(triples))  # no look-alike: any clip
+    with pytest.raises(ValueError, match="hard_negative_fraction"):
+        pretrain_backbone(tmp_path, num_clips=300, steps=1, batch_size=8, hard_negative_fraction=1.5)
+    logs = pretrain_backbone(tmp_path, num_clips=300, steps=2, batch_size=8, hard_negative_fraction=0.5)
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    load_backbone(tmp_path)
 
 
 def test_demo_command_runs_end_to_end(tmp_path, capsys):

@@ -51,3 +51,23 @@ def test_an_ensembles_hour_is_its_members_fused_as_ground_fuses_them(scoring):
     alone = scoring.fuse_hours(members[:1])
     torch.testing.assert_close(alone["inside"], members[0]["inside"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone["start"].softmax(-1), members[0]["start"].softmax(-1))
+
+
+def test_wrong_top1_names_what_the_top_moment_lands_on(scoring):
+    frames = 8
+    start, end, inside = (torch.full((1, 3, frames), -4.0) for _ in range(3))
+    start[0, :, 2] = end[0, :, 4] = 8.0  # every query's top moment: frames 2..4, seconds [2, 5)
+    inside[0, :, 2:5] = 3.0
+    events = [{"triple": ("red", "circle", "grow"), "moment": [2.0, 5.0]},
+              {"triple": ("red", "square", "grow"), "moment": [6.0, 8.0]},
+              {"triple": ("blue", "square", "blink"), "moment": [0.0, 1.0]}]
+    queries = [{"triple": ("red", "circle", "grow"), "right": [[2.0, 5.0]]},  # right
+               {"triple": ("red", "square", "grow"), "right": [[6.0, 8.0]]},  # lands on another shape
+               {"triple": ("blue", "square", "blink"), "right": [[0.0, 1.0]]}]  # lands on nothing it shares
+    hour = {"start": start, "end": end, "inside": inside, "starts": [0], "step": 1.0, "queries": queries,
+            "events": events}
+    assert scoring.wrong_top1([hour], frames, 0.5, 2.0) == {"right": 1, "same colour+action": 1, "nothing shared": 1}
+    # A top moment over background is "no event".
+    hour["events"] = events[1:]
+    hour["queries"] = queries[1:]
+    assert scoring.wrong_top1([hour], frames, 0.5, 2.0) == {"no event": 2}

@@ -92,6 +92,32 @@ def backbone_retrieval(model: Any, tokenizer: Any, clips: list) -> dict[str, flo
     return result
 
 
+# Which two attributes (indices into (colour, shape, action)) a hard partner shares with its clip, and how often.
+HARD_NEGATIVE_KINDS = (((0, 2), 0.5), ((0, 1), 0.3), ((1, 2), 0.2))
+
+
+def _hard_partners(triples: list[tuple[str, str, str]], seed: int):
+    """A function: clip index -> the index of a random clip sharing two of its three attributes (the pair kind drawn
+    by `HARD_NEGATIVE_KINDS`' weights), or of any clip when none does."""
+    import random
+
+    rng = random.Random(seed)
+    index: dict = {}
+    for i, triple in enumerate(triples):
+        for kind, _ in HARD_NEGATIVE_KINDS:
+            index.setdefault((kind, tuple(triple[k] for k in kind)), []).append(i)
+
+    def partner(i: int) -> int:
+        # Efraimidis-Spirakis: sorting by u ** (1 / weight) gives a weighted random order of the kinds.
+        for kind, _ in sorted(HARD_NEGATIVE_KINDS, key=lambda kind: -rng.random() ** (1 / kind[1])):
+            candidates = [j for j in index[(kind, tuple(triples[i][k] for k in kind))] if triples[j] != triples[i]]
+            if candidates:
+                return rng.choice(candidates)
+        return rng.randrange(len(triples))
+
+    return partner
+
+
 def pretrain_backbone(
     output_dir: os.PathLike = BACKBONE_DIR,
     num_clips: int = 6000,
@@ -101,11 +127,19 @@ def pretrain_backbone(
     seed: int = 0,
     vtm_weight: float = 0.5,
     motion_weight: float = 1.0,
+    hard_negative_fraction: float = 0.0,
 ) -> dict[str, float]:
     """Pre-train the backbone on SynthVTG clips and save it (config, safetensors, tokenizer) to `output_dir`.
 
+    `hard_negative_fraction` > 0 makes that fraction of each batch hard pairs: a clip, then a partner clip whose
+    (colour, shape, action) shares two of its three (`HARD_NEGATIVE_KINDS`), so that one attribute alone tells the
+    pair apart; clips showing the same (colour, shape, action) are then also kept from being each other's
+    negatives. 0 (the shipped backbone) draws every clip at random.
+
     Returns a few numbers about the run (final losses, held-in retrieval accuracy, seconds).
     """
+    if not 0.0 <= hard_negative_fraction <= 1.0:
+        raise ValueError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction!r}.")
     from transformers import CLIPModel
 
     torch.manual_seed(seed)
@@ -127,17 +161,28 @@ def pretrain_backbone(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
     generator = torch.Generator().manual_seed(seed)
+    triples = [triple for _, _, triple in clips]
+    partner = _hard_partners(triples, seed) if hard_negative_fraction > 0 else None
+    pairs = int(batch_size * hard_negative_fraction) // 2
     model.train()
     matching.train()
     logs: dict[str, float] = {}
     for step in tqdm(range(steps), desc="pre-training backbone"):
         index = torch.randint(len(clips), (batch_size,), generator=generator)
+        same = None
+        if partner is not None:
+            for k in range(pairs):
+                index[2 * k + 1] = partner(int(index[2 * k]))
+            chosen = [triples[i] for i in index.tolist()]
+            same = torch.tensor([[a == b for b in chosen] for a in chosen]) & ~torch.eye(batch_size, dtype=torch.bool)
         ids, mask = text["input_ids"][index], text["attention_mask"][index]
         per_frame, tokens, video, motion, caption = _clip_embeddings(model, frames[index], ids, mask)
         targets = torch.arange(batch_size)
 
         def clip_loss(embedding: torch.Tensor) -> torch.Tensor:  # CLIP's symmetric cross-entropy against the captions
             logits = caption @ embedding.t() * model.logit_scale.exp()  # (batch, batch)
+            if same is not None:  # another clip of the same (colour, shape, action) is not a negative
+                logits = logits.masked_fill(same, float("-inf"))
             return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
         appearance_contrastive = clip_loss(video)
@@ -147,7 +192,7 @@ def pretrain_backbone(
         fuse = matching._fused_cls
         cls = fuse(per_frame, frame_mask, tokens, mask)
         # Captions repeat across clips; rows with the same caption must not serve as each other's negatives.
-        captions = [str(i) for i in ids.tolist()]
+        captions = [str(i) for i in ids.tolist()] if partner is None else [str(triples[i]) for i in index.tolist()]
         vtm = violet_matching_loss(matching.violet_vtm, fuse, cls, per_frame, frame_mask, tokens, mask, captions,
                                    generator) + all_in_one_matching_loss(
             matching.all_in_one_vtm, fuse, cls, per_frame, frame_mask, tokens, mask, captions, generator)
