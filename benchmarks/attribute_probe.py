@@ -10,7 +10,8 @@ the true sentence scoring higher:
   mean-pooled embedding and by the motion embedding (`peft_vtg.synth.backbone`);
 - adapter: the mean inside probability over the moment's frames of the whole video (16 frames, as trained), and
   over all of the video's frames (its presence, what `ground` ranks a long video's windows by).
-50 % is chance. A long video needs every attribute: in an hour of SynthVTG the same colour doing the same thing in
+50 % is chance. With an adapter, also its R1@0.5 on the short videos, split by whether the query's video shows the
+same colour doing the same action in another shape. A long video needs every attribute: in an hour of SynthVTG the same colour doing the same thing in
 another shape is the most common wrong answer (`long_video_scoring.py`'s `top1_lands_on`). Results go to
 `benchmarks/results/attribute_probe.json`.
 """
@@ -112,6 +113,32 @@ def adapter_probe(model: Any, tokenizer: Any, videos: dict[str, Any], probes: li
     return {key: tally(value) for key, value in wins.items()}
 
 
+def look_alike_recall(model: Any, tokenizer: Any, rows: Any, videos: dict[str, Any],
+                      probes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The adapter's R1@0.5 on the short test videos (whole video, 16 frames), split by whether the query's video
+    also shows its colour doing its action in another shape (a look-alike only shape tells apart)."""
+    from peft_vtg.data import GroundingCollator
+    from peft_vtg.synth.dataset import FrameSource
+    from peft_vtg.timeline import temporal_iou
+    from peft_vtg.training import GroundingModule, evaluate_grounding
+
+    columns = [c for c in ("relevant_clip_ids", "saliency_scores", "clip_length") if c in rows.column_names]
+    rows = rows.remove_columns(columns)
+    loader = torch.utils.data.DataLoader(rows, batch_size=32,
+                                         collate_fn=GroundingCollator(tokenizer, FrameSource(videos, num_frames=16)))
+    _, moments = evaluate_grounding(GroundingModule(model), loader, rows, disable_tqdm=True)
+    groups: dict[str, list[bool]] = {"with a look-alike of another shape": [], "without": []}
+    for p in probes:
+        colour, shape, action = p["triples"][0]
+        shown = {p["video"].triple(e) for e in p["video"].events}
+        look_alike = any(t[0] == colour and t[2] == action and t[1] != shape for t in shown)
+        top = moments[p["row"]["qid"]][0]
+        groups["with a look-alike of another shape" if look_alike else "without"].append(
+            temporal_iou(top[:2], p["row"]["windows"][0]) >= 0.5)
+    return {name: {"R1@0.5": 100.0 * float(np.mean(hits)) if hits else None, "queries": len(hits)}
+            for name, hits in groups.items()}
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", default=None, help="a SynthVTG adapter with inside logits (default: the "
@@ -134,6 +161,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
         model = PeftModel.from_pretrained(base, args.adapter).eval()
         result["adapter_probe"] = adapter_probe(model, tokenizer, videos, probes)
+        result["short_videos_R1@0.5"] = look_alike_recall(model, tokenizer, rows, videos, probes)
+        print("short videos, R1@0.5:", json.dumps(result["short_videos_R1@0.5"]), flush=True)
     for part in ("backbone_alone", "adapter_probe"):
         for key, per_attribute in result.get(part, {}).items():
             print(f"{part}, {key}: " + ", ".join(f"{name} {v['true_wins_percent']:.1f} %"

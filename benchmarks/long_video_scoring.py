@@ -219,10 +219,15 @@ def main() -> None:
     results = score_grid(hours, window_frames, grid)
     landed = wrong_top1(hours, window_frames, SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT)
     print("where the top-1 lands, `ground`'s exponents:", json.dumps(landed), flush=True)
+    look_alikes = sum(any(e["triple"][0] == q["triple"][0] and e["triple"][2] == q["triple"][2]
+                          and e["triple"][1] != q["triple"][1] for e in hour["events"])
+                      for hour in built for q in hour["queries"])
+    print(f"queries whose hour shows their colour and action in another shape: {look_alikes}", flush=True)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({
         "adapter": names[0] if len(names) == 1 else names, "first_videos": args.first_videos,
         "torch": torch.__version__, "results": results, "top1_lands_on": landed,
+        "queries_with_a_look_alike_of_another_shape": look_alikes,
         **({"backbone": args.backbone} if args.backbone else {}), **({"members": members} if members else {})},
         indent=1) + "\n")
 
