@@ -1,19 +1,13 @@
 """`benchmarks/attribute_probe.py`: each changed sentence is false in its video and differs in the one attribute."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "attribute_probe.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("attribute_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("attribute_probe")
 
 
 def test_each_changed_sentence_differs_in_its_attribute_and_is_absent_from_the_video(probe):

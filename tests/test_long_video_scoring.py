@@ -1,20 +1,14 @@
 """`benchmarks/long_video_scoring.py`: the grid that chose `calibrated_spans`' exponents scores what it says."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "long_video_scoring.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def scoring():
-    spec = importlib.util.spec_from_file_location("long_video_scoring", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("long_video_scoring")
 
 
 def test_presence_moves_the_top_moment_to_the_window_that_holds_it(scoring):
