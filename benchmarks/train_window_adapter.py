@@ -11,7 +11,7 @@ as "not here"). Validation and the printed test numbers use whole videos, as the
 
 `--hard-partners` (with the presence contrast) is an oracle experiment on SynthVTG's own labels, not a library
 feature: half of each batch is replaced by partners of the other half, a row whose event shares two of the anchor's
-three attributes (`HARD_PARTNER_KINDS`: most often the colour and the action, another shape, the confusion that the
+three attributes (most often the colour and the action, another shape, the confusion that the
 hour's wrong top-1 answers show most) from a video without the anchor's event, each clip holding its moment, placed
 right after its anchor so that the contrast (which takes the next rows' clips as negatives) sees it.
 """
@@ -29,13 +29,12 @@ import time
 import torch
 
 
-# Which two attributes a partner shares with its anchor, and how often: (colour, action) first, the hour's most
-# frequent wrong answer (the same colour doing the same thing, another shape).
-HARD_PARTNER_KINDS = (((0, 2), 0.5), ((0, 1), 0.3), ((1, 2), 0.2))
-
-
 def hard_partner_collator(base: type, rows, videos, seed: int) -> type:
-    """A subclass of the window collator `base` whose batches are anchors, each followed by its hard partner."""
+    """A subclass of the window collator `base` whose batches are anchors, each followed by its hard partner: which
+    two attributes it shares with its anchor is drawn by `HARD_NEGATIVE_KINDS`' weights (the backbone pre-training's
+    pairs: colour and action most often, the hour's most frequent wrong answer)."""
+    from peft_vtg.synth.backbone import HARD_NEGATIVE_KINDS
+
     rows = [dict(row) for row in rows]
     triples, held = [], []
     for row in rows:
@@ -46,7 +45,7 @@ def hard_partner_collator(base: type, rows, videos, seed: int) -> type:
         held.append({video.triple(e) for e in video.events})
     index: dict = {}
     for i, triple in enumerate(triples):
-        for kind, _ in HARD_PARTNER_KINDS:
+        for kind, _ in HARD_NEGATIVE_KINDS:
             index.setdefault((kind, tuple(triple[k] for k in kind)), []).append(i)
     position = {row["qid"]: i for i, row in enumerate(rows)}
 
@@ -55,7 +54,7 @@ def hard_partner_collator(base: type, rows, videos, seed: int) -> type:
             i = position[anchor["qid"]]
             key = f"{seed}:{self.epoch}:{anchor['qid']}:partner".encode()
             draw = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
-            kinds = sorted(HARD_PARTNER_KINDS, key=lambda kind: -draw.random() ** (1 / kind[1]))  # weighted order
+            kinds = sorted(HARD_NEGATIVE_KINDS, key=lambda kind: -draw.random() ** (1 / kind[1]))  # weighted order
             for kind, _ in kinds:
                 candidates = [j for j in index[(kind, tuple(triples[i][k] for k in kind))]
                               if triples[j] != triples[i] and triples[i] not in held[j]]
