@@ -30,4 +30,3 @@ def test_each_changed_sentence_differs_in_its_attribute_and_is_absent_from_the_v
 def test_tally_is_the_percent_of_wins(probe):
     assert probe.tally({"shape": [True, False, False, True], "colour": [True]}) == {
         "colour": {"true_wins_percent": 100.0, "queries": 1}, "shape": {"true_wins_percent": 50.0, "queries": 4}}
-
