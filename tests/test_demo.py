@@ -62,6 +62,30 @@ def test_hard_negative_pretraining_pairs_clips_that_differ_in_one_attribute(tmp_
     load_backbone(tmp_path)
 
 
+def test_pretraining_takes_a_finer_patch_and_the_demo_adapter_fits_it(tmp_path):
+    from peft import get_peft_model
+
+    from peft_vtg.demo import demo_config
+    from peft_vtg.synth.backbone import backbone_config
+
+    for bad in (0, 3, 5, 64, 4.0, True):  # must be a positive integer dividing the 32-pixel frame
+        with pytest.raises(ValueError, match="patch_size"):
+            pretrain_backbone(tmp_path / "bad", num_clips=300, steps=1, batch_size=8, patch_size=bad)
+    assert not (tmp_path / "bad").exists()
+    assert backbone_config(load_backbone()[1]).vision_config.patch_size == 8  # the shipped recipe is unchanged
+    pretrain_backbone(tmp_path, num_clips=300, steps=2, batch_size=8, patch_size=4)
+    model, _ = load_backbone(tmp_path)
+    assert model.config.vision_config.patch_size == 4
+    frames = pixel_values(SynthVTG(seed=5).pretraining_clips(1)[0][0][:2])  # (2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = model.vision_model(pixel_values=frames).last_hidden_state
+    assert tokens.shape[:2] == (2, 1 + (32 // 4) ** 2)  # CLS + an 8x8 grid
+    peft_model = get_peft_model(model, demo_config())
+    prompts = peft_model.base_model.model.vtg_prompts.vtg_prompt_tokens["default"].video_prompts  # (3, 8, 64)
+    # VPT's uniform init: bound sqrt(6 / (3 * patch**2 + 64)), 0.23 for 4-pixel patches, 0.15 for 8-pixel ones
+    assert 0.16 < prompts.abs().max().item() <= (6 / (3 * 16 + 64)) ** 0.5
+
+
 def test_demo_command_runs_end_to_end(tmp_path, capsys):
     code = main(["demo", "--output-dir", str(tmp_path / "demo"), "--train-videos", "8", "--val-videos", "3",
                  "--test-videos", "4", "--max-steps", "2", "--batch-size", "4", "--domain", "cluttered", "--json"])
