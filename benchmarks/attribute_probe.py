@@ -11,9 +11,11 @@ the true sentence scoring higher:
 - adapter: the mean inside probability over the moment's frames of the whole video (16 frames, as trained), and
   over all of the video's frames (its presence, what `ground` ranks a long video's windows by).
 50 % is chance. With an adapter, also its R1@0.5 on the short videos, split by whether the query's video shows the
-same colour doing the same action in another shape. A long video needs every attribute: in an hour of SynthVTG the same colour doing the same thing in
-another shape is the most common wrong answer (`long_video_scoring.py`'s `top1_lands_on`). Results go to
-`benchmarks/results/attribute_probe.json`.
+same colour doing the same action in another shape. It also asks whether the backbone's text tower reads each
+attribute: the cosine similarity of a sentence's text embedding with the same sentence (same template) with one
+attribute's words changed, against the same (colour, shape, action) in another phrasing. A long video needs every
+attribute: in an hour of SynthVTG the same colour doing the same thing in another shape is the most common wrong
+answer (`long_video_scoring.py`'s `top1_lands_on`). Results go to `benchmarks/results/attribute_probe.json`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,52 @@ def backbone_probe(base: Any, tokenizer: Any, probes: list[dict[str, Any]]) -> d
                 for k, name in enumerate(probe["names"][1:], start=1):
                     wins[key].setdefault(name, []).append(bool(similarity[0] > similarity[k]))
     return {key: tally(value) for key, value in wins.items()}
+
+
+def text_pairs(count: int = 300, seed: int = 0) -> list[dict[str, Any]]:
+    """`count` random (colour, shape, action) triples, each phrased once, then again with the same template and one
+    attribute's words changed ("colour", "shape", "action"), and once in another random phrasing ("another
+    phrasing")."""
+    from peft_vtg.synth.text import ACTION_PHRASES, ACTIONS, COLOUR_WORDS, COLOURS, SHAPE_WORDS, SHAPES, TEMPLATES, \
+        describe
+
+    pools = (list(COLOURS), list(SHAPES), list(ACTIONS))
+    rng = random.Random(seed)
+
+    def phrase(triple: tuple[str, str, str], template: str, picks: list[int]) -> str:
+        colour, shape, action = (options[picks[k] % len(options)] for k, options in
+                                 enumerate((COLOUR_WORDS[triple[0]], SHAPE_WORDS[triple[1]], ACTION_PHRASES[triple[2]])))
+        return template.format(colour=colour, shape=shape, action=action)
+
+    pairs = []
+    for _ in range(count):
+        truth = tuple(rng.choice(pool) for pool in pools)
+        template, picks = rng.choice(TEMPLATES), [rng.randrange(60) for _ in range(3)]  # 60: every synonym count divides
+        sentence = phrase(truth, template, picks)
+        for name, slot in SWAPS:
+            changed = truth[:slot] + (rng.choice([v for v in pools[slot] if v != truth[slot]]),) + truth[slot + 1:]
+            pairs.append({"attribute": name, "sentence": sentence, "triple": truth, "other_triple": changed,
+                          "other": phrase(changed, template, picks)})
+        pairs.append({"attribute": "another phrasing", "sentence": sentence, "triple": truth, "other_triple": truth,
+                      "other": describe(*truth, rng)})
+    return pairs
+
+
+def text_probe(base: Any, tokenizer: Any, pairs: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean cosine similarity of the backbone's projected text embeddings of each pair of `text_pairs`, per kind of
+    change. A text tower that reads an attribute moves the embedding when its word changes (low similarity); one that
+    ignores it leaves the sentence nearly where it was (close to 1)."""
+    def embed(sentences: list[str]) -> torch.Tensor:
+        text = tokenizer(sentences, padding=True, return_tensors="pt")
+        out = base.text_model(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
+        return torch.nn.functional.normalize(base.text_projection(out.pooler_output), dim=-1)  # (n, dim)
+
+    with torch.no_grad():
+        cosine = (embed([p["sentence"] for p in pairs]) * embed([p["other"] for p in pairs])).sum(-1)
+    kinds: dict[str, list[float]] = {}
+    for pair, value in zip(pairs, cosine.tolist()):
+        kinds.setdefault(pair["attribute"], []).append(value)
+    return {name: float(np.mean(values)) for name, values in kinds.items()}
 
 
 def adapter_probe(model: Any, tokenizer: Any, videos: dict[str, Any], probes: list[dict[str, Any]],
@@ -155,7 +203,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     probes = probe_rows(rows, videos)
     base, tokenizer = load_backbone(args.backbone)
     result: dict[str, Any] = {"backbone": args.backbone or "shipped", "adapter": args.adapter,
-                              "backbone_alone": backbone_probe(base, tokenizer, probes)}
+                              "backbone_alone": backbone_probe(base, tokenizer, probes),
+                              "text_similarity_one_attribute_changed": text_probe(base, tokenizer, text_pairs())}
+    print("text embedding similarity, one attribute changed: " + ", ".join(
+        f"{name} {value:.3f}" for name, value in result["text_similarity_one_attribute_changed"].items()), flush=True)
     if args.adapter:
         from peft import PeftModel
 
