@@ -79,14 +79,14 @@ def pooled_features(vision_model: Any, pixels: torch.Tensor, batch_size: int = 5
                           for i in range(0, len(pixels), batch_size)])
 
 
-def supervised_curve(patch_size: int, train: dict[str, Any], test: dict[str, Any], steps: int, every: int,
-                     batch_size: int = 128, learning_rate: float = 2e-3, seed: int = 0) -> list[dict[str, float]]:
-    """Train a fresh vision tower of the backbone's config (with `patch_size`) and a linear head on the shape labels;
-    the test accuracy (%) every `every` steps."""
+def supervised_curve(patch_size: int, pixels: torch.Tensor, labels: torch.Tensor, test_pixels: torch.Tensor,
+                     test_labels: torch.Tensor, steps: int, every: int, batch_size: int = 128,
+                     learning_rate: float = 2e-3, seed: int = 0) -> list[dict[str, float]]:
+    """Train a fresh vision tower of the backbone's config (with `patch_size`) and a linear head on the shape labels
+    of `pixels` (frames, 3, H, W); the accuracy (%) on `test_pixels` every `every` steps."""
     from transformers import CLIPVisionModel
 
     from peft_vtg.synth.backbone import backbone_config
-    from peft_vtg.synth.dataset import pixel_values
     from peft_vtg.synth.text import build_tokenizer
 
     torch.manual_seed(seed)
@@ -94,13 +94,12 @@ def supervised_curve(patch_size: int, train: dict[str, Any], test: dict[str, Any
     head = torch.nn.Linear(tower.config.hidden_size, 3)
     params = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=learning_rate)
-    pixels, test_pixels = pixel_values(train["frames"]), pixel_values(test["frames"])
     generator = torch.Generator().manual_seed(seed)
     curve, started = [], time.time()
     for step in range(1, steps + 1):
         tower.train()
         index = torch.randint(len(pixels), (batch_size,), generator=generator)
-        loss = F.cross_entropy(head(tower(pixel_values=pixels[index]).pooler_output), train["labels"][index])
+        loss = F.cross_entropy(head(tower(pixel_values=pixels[index]).pooler_output), labels[index])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -108,7 +107,7 @@ def supervised_curve(patch_size: int, train: dict[str, Any], test: dict[str, Any
             tower.eval()
             with torch.no_grad():
                 logits = head(pooled_features(tower, test_pixels))
-            accuracy = 100.0 * (logits.argmax(1) == test["labels"]).float().mean().item()
+            accuracy = 100.0 * (logits.argmax(1) == test_labels).float().mean().item()
             curve.append({"step": step, "test_accuracy": accuracy, "seconds": time.time() - started})
             print(f"patch {patch_size}: step {step}, shape accuracy {accuracy:.1f} %", flush=True)
     return curve
@@ -136,16 +135,18 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     frozen: dict[str, float] = {}
     for name in [None, *args.backbone]:
         model, _ = load_backbone(name)
-        torch.manual_seed(0)
-        untrained = CLIPVisionModel(model.config.vision_config).eval()
         label = name or "shipped backbone"
         frozen[label] = linear_probe_accuracy(pooled_features(model.vision_model, pixels), train["labels"],
                                               pooled_features(model.vision_model, test_pixels), test["labels"])
-        frozen[f"untrained tower, patch {model.config.vision_config.patch_size}"] = linear_probe_accuracy(
-            pooled_features(untrained, pixels), train["labels"], pooled_features(untrained, test_pixels),
-            test["labels"])
+        reference = f"untrained tower, patch {model.config.vision_config.patch_size}"
+        if reference not in frozen:  # one per patch size: the same seed gives the same tower
+            torch.manual_seed(0)
+            untrained = CLIPVisionModel(model.config.vision_config).eval()
+            frozen[reference] = linear_probe_accuracy(pooled_features(untrained, pixels), train["labels"],
+                                                      pooled_features(untrained, test_pixels), test["labels"])
         print(f"frozen {label}: linear probe {frozen[label]:.1f} %", flush=True)
-    learnable = {str(patch): supervised_curve(patch, train, test, args.steps, max(1, args.steps // 5))
+    learnable = {str(patch): supervised_curve(patch, pixels, train["labels"], test_pixels, test["labels"], args.steps,
+                                              max(1, args.steps // 5))
                  for patch in args.patch_sizes}
     result = {"chance_percent": 100.0 / 3, "train_frames": args.train_frames, "test_frames": args.test_frames,
               "frozen_linear_probe_percent": frozen, "supervised_by_patch_size": learnable}
