@@ -1,6 +1,6 @@
 """Can the backbone's vision tower see an actor's shape at all, and does a frozen backbone hold it? (issue 15)
 
-    python benchmarks/shape_learnability.py                                # about 5 minutes on 2 cores
+    python benchmarks/shape_learnability.py                                # about 2.5 minutes on 2 cores
     python benchmarks/shape_learnability.py --backbone my-backbone --patch-sizes 4 --results R.json
 
 `attribute_probe.py` finds shape at chance for the shipped backbone and every adapter on it. This script tells the
