@@ -2,6 +2,8 @@
 
     python benchmarks/pretrain_backbone.py [--output-dir peft_vtg/assets/synthvtg-clip] [--steps 1500]
     python benchmarks/pretrain_backbone.py --output-dir synthvtg-clip-patch4 --patch-size 4   # finer patches; ~21 min
+    python benchmarks/pretrain_backbone.py --output-dir attribute6-warmup --attribute-weight 6 \
+        --attribute-warmup-steps 4000                # both towers name colour, shape and action; ~9 min
 
 Pre-trains a small CLIP on SynthVTG's trimmed clips (contrastive video-text loss + VIOLET / All-in-One matching
 heads; see `peft_vtg.synth.backbone`) and writes config.json, model.safetensors, the tokenizer, and
@@ -27,12 +29,23 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=8,
                         help="vision patch in pixels of the 32x32 frames (default 8, the shipped backbone; 4: an "
                         "8x8 grid at about 2.5x the time)")
+    parser.add_argument("--attribute-weight", type=float, default=0.0,
+                        help="weight of the term that names each clip's colour, shape and action from both towers "
+                        "(default 0, the shipped backbone: left out)")
+    parser.add_argument("--attribute-warmup-steps", type=int, default=0,
+                        help="steps on the attribute term alone before the contrastive recipe (default 0)")
     args = parser.parse_args()
     logs = pretrain_backbone(args.output_dir, num_clips=args.num_clips, steps=args.steps, seed=args.seed,
-                             hard_negative_fraction=args.hard_negative_fraction, patch_size=args.patch_size)
+                             hard_negative_fraction=args.hard_negative_fraction, patch_size=args.patch_size,
+                             attribute_weight=args.attribute_weight,
+                             attribute_warmup_steps=args.attribute_warmup_steps)
     logs.update(steps=args.steps, num_clips=args.num_clips, seed=args.seed)
     if args.hard_negative_fraction:
         logs["hard_negative_fraction"] = args.hard_negative_fraction
+    if args.attribute_weight:
+        logs["attribute_weight"] = args.attribute_weight
+    if args.attribute_warmup_steps:
+        logs["attribute_warmup_steps"] = args.attribute_warmup_steps
     if args.patch_size != 8:
         logs["patch_size"] = args.patch_size
     (Path(args.output_dir) / "pretraining.json").write_text(json.dumps(logs, indent=2) + "\n")

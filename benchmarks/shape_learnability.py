@@ -31,20 +31,16 @@ SIZES = (2.5, 6.0)  # actor half-sizes in pixels: SynthVTG's 3-4.5 and what grow
 
 
 def shape_frames(count: int, seed: int) -> dict[str, Any]:
-    """`count` frames of one SynthVTG actor in the plain look: "frames" (count, 32, 32, 3) uint8, "labels" (count,)
-    index into `SHAPES`, and each actor's "sizes" (half-size, pixels) and "colours"."""
-    from peft_vtg.synth.generator import DOMAINS, FRAME_SIZE, Actor, _render
-    from peft_vtg.synth.text import COLOURS, SHAPES
+    """`count` frames of one SynthVTG actor in the plain look (`render_object`): "frames" (count, 32, 32, 3) uint8,
+    "labels" (count,) index into `SHAPES`, and each actor's "sizes" (half-size, pixels) and "colours"."""
+    from peft_vtg.synth.generator import render_object
+    from peft_vtg.synth.text import SHAPES
 
     rng, noise = random.Random(seed), np.random.default_rng(seed)
     frames, labels, sizes, colours = [], [], [], []
     for _ in range(count):
-        shape, colour, size = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.uniform(*SIZES)
-        margin = size + 2
-        actor = Actor(colour, shape, rng.uniform(margin, FRAME_SIZE - margin), rng.uniform(margin, FRAME_SIZE - margin),
-                      size)
-        state = np.array([[[actor.x, actor.y, actor.size, 1.0]]], np.float32)  # (actors, frames, 4)
-        frames.append(_render(DOMAINS["plain"], [actor], state, noise)[0])
+        frame, colour, shape, size = render_object(rng, noise, "plain", SIZES)
+        frames.append(frame)
         labels.append(SHAPES.index(shape))
         sizes.append(size)
         colours.append(colour)

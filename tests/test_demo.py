@@ -62,6 +62,39 @@ def test_hard_negative_pretraining_pairs_clips_that_differ_in_one_attribute(tmp_
     load_backbone(tmp_path)
 
 
+def test_attribute_term_names_each_attribute_from_both_towers(tmp_path):
+    from peft_vtg.synth.backbone import ATTRIBUTE_VALUES, AttributePrototypes, attribute_labels
+
+    labels = attribute_labels([("red", "circle", "grow"), ("blue", "triangle", "vanish")])
+    assert [ATTRIBUTE_VALUES["shape"][i] for i in labels["shape"].tolist()] == ["circle", "triangle"]
+    assert [ATTRIBUTE_VALUES["action"][i] for i in labels["action"].tolist()] == ["grow", "vanish"]
+    prototypes = AttributePrototypes(dim=64)
+    torch.manual_seed(0)
+    # an embedding that points at its values' prototypes is named right; one pointing elsewhere is not
+    right = torch.nn.functional.normalize(sum(prototypes.prototypes[name][labels[name]] for name in ATTRIBUTE_VALUES),
+                                          dim=-1)
+    wrong = torch.nn.functional.normalize(torch.randn(2, 64), dim=-1)
+    assert prototypes.loss(right, labels) < prototypes.loss(wrong, labels)
+    for bad in (-1.0, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="attribute_weight"):
+            pretrain_backbone(tmp_path / "bad", num_clips=300, steps=1, batch_size=8, attribute_weight=bad)
+    for bad_warmup, weight in ((-1, 1.0), (1.5, 1.0), (True, 1.0), (5, 0.0)):  # warm-up needs the term
+        with pytest.raises(ValueError, match="attribute_warmup_steps"):
+            pretrain_backbone(tmp_path / "bad", num_clips=300, steps=1, batch_size=8, attribute_weight=weight,
+                              attribute_warmup_steps=bad_warmup)
+    assert not (tmp_path / "bad").exists()
+    logs = pretrain_backbone(tmp_path, num_clips=300, steps=2, batch_size=8, attribute_weight=1.0,
+                             attribute_warmup_steps=2)
+    assert torch.isfinite(torch.tensor(logs["attribute_loss"]))
+    # the held-in checks name each attribute where the term trains it
+    assert {"held_in_text_shape_accuracy", "held_in_object_frame_shape_accuracy",
+            "held_in_motion_action_accuracy"} <= set(logs)
+    # the prototypes are a training aid, discarded like the matching heads: the saved backbone is a plain CLIP
+    model, _ = load_backbone(tmp_path)
+    assert not any("prototype" in name for name, _ in model.named_parameters())
+    assert "attribute_loss" not in pretrain_backbone(tmp_path / "plain", num_clips=300, steps=1, batch_size=8)
+
+
 def test_pretraining_takes_a_finer_patch_and_the_demo_adapter_fits_it(tmp_path):
     from peft import get_peft_model
 

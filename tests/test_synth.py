@@ -123,3 +123,18 @@ def test_unknown_domain_is_refused_before_generating():
         SynthVTG(domain="foggy")
     with pytest.raises(ValueError, match="domain 'foggy'"):
         generate_video("v", 0, domain="foggy")
+
+
+def test_object_frames_show_one_actor_of_the_labelled_colour():
+    from peft_vtg.synth.generator import SHAPES
+
+    frames, labels = SynthVTG(seed=2).object_frames(60)
+    again, same_labels = SynthVTG(seed=2).object_frames(60)
+    assert frames.shape == (60, 32, 32, 3) and frames.dtype == np.uint8
+    assert np.array_equal(frames, again) and labels == same_labels
+    assert {shape for _, shape in labels} == set(SHAPES) and len({colour for colour, _ in labels}) == len(COLOURS)
+    for frame, (colour, _) in zip(frames, labels):
+        shown = {name for name, rgb in COLOURS.items() if (frame == np.array(rgb, np.uint8)).all(-1).any()}
+        assert shown == {colour}  # an opaque actor paints its exact colour; no other actor is on screen
+    other = SynthVTG(seed=2, domain="cluttered").object_frames(5)
+    assert other[1] == labels[:5] and not np.array_equal(other[0], frames[:5])  # the look changes, not the object

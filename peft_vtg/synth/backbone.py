@@ -26,7 +26,7 @@ from ..heads.matching import all_in_one_matching_loss, violet_matching_loss
 from ..heads.task import VTGTaskHeads
 from .dataset import SynthVTG, pixel_values
 from .generator import FRAME_SIZE
-from .text import build_tokenizer
+from .text import ACTIONS, COLOURS, SHAPES, build_tokenizer
 
 BACKBONE_DIR = Path(__file__).resolve().parents[1] / "assets" / "synthvtg-clip"
 
@@ -123,6 +123,72 @@ def _hard_partners(triples: list[tuple[str, str, str]], seed: int):
     return partner
 
 
+# The attribute term's classes: each attribute value gets a learned prototype in the joint embedding space.
+ATTRIBUTE_VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "action": ACTIONS}
+ATTRIBUTE_TEMPERATURE = 10.0  # cosine * 10, as CLIP-style logits; fixed so the term cannot inflate its own scale
+
+
+class AttributePrototypes(torch.nn.Module):
+    """One unit vector per (attribute, value) in the backbone's joint space: an embedding (batch, dim) is classified
+    per attribute by its cosine with that attribute's prototypes. Text and video share the prototypes, so what tells
+    "ball" from "box" in the text embedding must be the direction that tells a circle from a square on screen."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.prototypes = torch.nn.ParameterDict({
+            name: torch.nn.Parameter(torch.randn(len(values), dim) * dim ** -0.5)
+            for name, values in ATTRIBUTE_VALUES.items()
+        })
+
+    def loss(self, embedding: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy over the attributes in `labels` (name -> (batch,) class indices); `embedding` (batch,
+        dim) normalised."""
+        losses = [F.cross_entropy(embedding @ F.normalize(self.prototypes[name], dim=-1).t() * ATTRIBUTE_TEMPERATURE,
+                                  target) for name, target in labels.items()]
+        return torch.stack(losses).mean()
+
+    def accuracy(self, embedding: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Per attribute in `labels`, the fraction of rows of `embedding` (batch, dim) whose nearest prototype is the
+        label's."""
+        return {name: (embedding @ self.prototypes[name].t()).argmax(dim=1).eq(target).float().mean().item()
+                for name, target in labels.items()}
+
+
+def attribute_labels(triples: list[tuple[str, ...]], names: tuple[str, ...] = tuple(ATTRIBUTE_VALUES)
+                     ) -> dict[str, torch.Tensor]:
+    """Tuples of attribute values, in the order of `names` (default (colour, shape, action)) -> attribute name ->
+    (len(triples),) class indices into `ATTRIBUTE_VALUES`."""
+    return {name: torch.tensor([ATTRIBUTE_VALUES[name].index(triple[k]) for triple in triples])
+            for k, name in enumerate(names)}
+
+
+def _attribute_warmup(model: Any, attributes: AttributePrototypes, text: Any, triples: list, object_pixels: torch.Tensor,
+                      object_labels: list, steps: int, batch_size: int, learning_rate: float,
+                      generator: torch.Generator) -> None:
+    """Train `model` and `attributes` on the attribute term alone for `steps` steps: captions (`text`, tokenized, with
+    their `triples`) name colour, shape and action; object frames (frames, 3, 32, 32) name colour and shape."""
+    params = list(model.parameters()) + list(attributes.parameters())
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    model.train()
+    for _ in tqdm(range(steps), desc="attribute warm-up"):
+        index = torch.randint(len(triples), (batch_size,), generator=generator)
+        objects = torch.randint(len(object_pixels), (batch_size,), generator=generator)
+        out = model.text_model(input_ids=text["input_ids"][index], attention_mask=text["attention_mask"][index])
+        caption = F.normalize(model.text_projection(out.pooler_output), dim=-1)  # (batch, dim)
+        seen = F.normalize(model.visual_projection(model.vision_model(
+            pixel_values=object_pixels[objects]).pooler_output), dim=-1)  # (batch, dim)
+        loss = (attributes.loss(caption, attribute_labels([triples[i] for i in index.tolist()]))
+                + attributes.loss(seen, attribute_labels([object_labels[i] for i in objects.tolist()],
+                                                         ("colour", "shape")))) / 2
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        schedule.step()
+
+
 def pretrain_backbone(
     output_dir: os.PathLike = BACKBONE_DIR,
     num_clips: int = 6000,
@@ -134,6 +200,8 @@ def pretrain_backbone(
     motion_weight: float = 1.0,
     hard_negative_fraction: float = 0.0,
     patch_size: int = 8,
+    attribute_weight: float = 0.0,
+    attribute_warmup_steps: int = 0,
 ) -> dict[str, float]:
     """Pre-train the backbone on SynthVTG clips and save it (config, safetensors, tokenizer) to `output_dir`.
 
@@ -147,10 +215,28 @@ def pretrain_backbone(
     shape faster with 4 (`benchmarks/shape_learnability.py`); this contrastive recipe alone leaves shape near chance
     with either (`benchmarks/attribute_probe.py`).
 
+    `attribute_weight` > 0 adds a term that names attributes from both towers against shared prototypes
+    (`AttributePrototypes`, discarded afterwards, like the matching heads): the caption's text embedding names its
+    colour, shape and action; the projected embedding of a frame of one static actor (`SynthVTG.object_frames`, one
+    per clip) names its colour and shape; the clip's motion embedding names its action. The contrastive terms alone
+    leave shape at chance: neither tower reads it, so neither earns a gradient for it from the other; the labels
+    break that tie, and the shared prototypes put what tells "ball" from "box" in the text where the frame shows a
+    circle or a square. 0 (the shipped backbone) leaves the term out. `attribute_warmup_steps` > 0 (with the term) first
+    trains on the term alone for that many steps (the captions and the object frames; no clips), like a tower
+    initialised from a supervised checkpoint before contrastive training.
+
     Returns a few numbers about the run (final losses, held-in retrieval accuracy, seconds).
     """
     if not 0.0 <= hard_negative_fraction <= 1.0:
         raise ValueError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction!r}.")
+    if isinstance(attribute_weight, bool) or not isinstance(attribute_weight, (int, float)) or \
+            not math.isfinite(attribute_weight) or attribute_weight < 0:
+        raise ValueError(f"attribute_weight must be a finite number >= 0 (0 leaves the attribute term out), "
+                         f"got {attribute_weight!r}.")
+    if isinstance(attribute_warmup_steps, bool) or not isinstance(attribute_warmup_steps, int) or \
+            attribute_warmup_steps < 0 or (attribute_warmup_steps and not attribute_weight):
+        raise ValueError(f"attribute_warmup_steps must be an integer >= 0, and > 0 only with attribute_weight > 0, "
+                         f"got {attribute_warmup_steps!r} (attribute_weight {attribute_weight!r}).")
     from transformers import CLIPModel
 
     torch.manual_seed(seed)
@@ -163,16 +249,26 @@ def pretrain_backbone(
     clips = SynthVTG(seed=seed).pretraining_clips(num_clips)
     held_in = clips[-256:]  # for a retrieval check; not trained on
     clips = clips[:-256]
+    if attribute_weight > 0:
+        object_frames, object_labels = SynthVTG(seed=seed).object_frames(num_clips)
+        object_pixels = pixel_values(object_frames)  # (num_clips, 3, 32, 32)
+        held_objects = slice(len(clips), None)  # the objects beyond the training clips' count, for a check
     frames = torch.stack([pixel_values(f) for f, _, _ in clips])  # (clips, 16, 3, 32, 32)
     text = tokenizer([c for _, c, _ in clips], padding=True, return_tensors="pt")
+    attributes = AttributePrototypes(model.config.projection_dim) if attribute_weight > 0 else None
     params = list(model.parameters()) + list(matching.parameters())
+    if attributes is not None:
+        params += list(attributes.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    triples = [triple for _, _, triple in clips]
+    if attribute_warmup_steps:
+        _attribute_warmup(model, attributes, text, triples, object_pixels[:len(clips)],
+                          object_labels, attribute_warmup_steps, batch_size, learning_rate, generator)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
-    generator = torch.Generator().manual_seed(seed)
-    triples = [triple for _, _, triple in clips]
     partner = _hard_partners(triples, seed) if hard_negative_fraction > 0 else None
     pairs = int(batch_size * hard_negative_fraction) // 2
     model.train()
@@ -208,6 +304,16 @@ def pretrain_backbone(
                                    generator) + all_in_one_matching_loss(
             matching.all_in_one_vtm, fuse, cls, per_frame, frame_mask, tokens, mask, captions, generator)
         loss = contrastive + vtm_weight * vtm
+        if attributes is not None:
+            chosen = [triples[i] for i in index.tolist()]
+            objects = torch.randint(len(clips), (batch_size,), generator=generator)
+            seen = F.normalize(model.visual_projection(model.vision_model(
+                pixel_values=object_pixels[objects]).pooler_output), dim=-1)  # (batch, dim)
+            attribute = (attributes.loss(caption, attribute_labels(chosen))
+                         + attributes.loss(seen, attribute_labels([object_labels[i] for i in objects.tolist()],
+                                                                  ("colour", "shape")))
+                         + attributes.loss(motion, attribute_labels([(t[2],) for t in chosen], ("action",)))) / 3
+            loss = loss + attribute_weight * attribute
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -217,7 +323,25 @@ def pretrain_backbone(
             model.logit_scale.clamp_(0, math.log(100))
         logs = {"contrastive_loss": contrastive.item(), "motion_contrastive_loss": motion_contrastive.item(),
                 "vtm_loss": vtm.item()}
+        if attributes is not None:
+            logs["attribute_loss"] = attribute.item()
     logs.update(backbone_retrieval(model, tokenizer, held_in))
+    if attributes is not None:  # how well each tower names the held-in clips' attributes
+        model.eval()
+        with torch.no_grad():
+            held_text = tokenizer([c for _, c, _ in held_in], padding=True, return_tensors="pt")
+            _, _, _, held_motion, held_caption = _clip_embeddings(
+                model, torch.stack([pixel_values(f) for f, _, _ in held_in]), held_text["input_ids"],
+                held_text["attention_mask"])
+            held_seen = F.normalize(model.visual_projection(model.vision_model(
+                pixel_values=object_pixels[held_objects]).pooler_output), dim=-1)
+        held_labels = attribute_labels([t for _, _, t in held_in])
+        checks = (("text", held_caption, held_labels),
+                  ("object_frame", held_seen, attribute_labels(object_labels[held_objects], ("colour", "shape"))),
+                  ("motion", held_motion, {"action": held_labels["action"]}))
+        for where, embedding, labels in checks:
+            for name, value in attributes.accuracy(embedding, labels).items():
+                logs[f"held_in_{where}_{name}_accuracy"] = value
     logs["seconds"] = time.time() - started
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)

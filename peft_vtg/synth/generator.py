@@ -332,3 +332,27 @@ def generate_clip(
     frames = _render(look, actors, states, np_rng)
     triple = (actors[0].colour, actors[0].shape, action)
     return frames, describe(*triple, rng, CAPTION_TEMPLATES), triple
+
+
+def render_object(rng: random.Random, noise: np.random.Generator, domain: str = "plain",
+                  sizes: tuple[float, float] = (2.5, 6.0)) -> tuple[np.ndarray, str, str, float]:
+    """One frame of a single static actor: random shape, colour, half-size in `sizes` (pixels; the default spans
+    SynthVTG's actors before and after they grow or shrink) and position, drawn from `rng`, rendered in `domain`'s
+    look with `noise`.
+
+    Returns the frame (32, 32, 3) uint8, its colour, its shape and its half-size: a labelled view of one object,
+    with nothing else on screen that the label could refer to.
+    """
+    look = render_domain(domain)
+    shape, colour, size = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.uniform(*sizes)
+    margin = size + 2
+    actor = Actor(colour, shape, rng.uniform(margin, FRAME_SIZE - margin), rng.uniform(margin, FRAME_SIZE - margin),
+                  size)
+    state = np.array([[[actor.x, actor.y, actor.size, 1.0]]], np.float32)  # (actors, frames, 4): x, y, size, alpha
+    return _render(look, [actor], state, noise)[0], colour, shape, size
+
+
+def generate_object_frame(seed: int, domain: str = "plain") -> tuple[np.ndarray, tuple[str, str]]:
+    """`render_object` from `seed`: the frame (32, 32, 3) uint8 and its (colour, shape)."""
+    frame, colour, shape, _ = render_object(random.Random(seed), np.random.default_rng(seed), domain)
+    return frame, (colour, shape)
