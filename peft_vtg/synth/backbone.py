@@ -79,6 +79,11 @@ def _clip_embeddings(model: Any, frames: torch.Tensor, input_ids: torch.Tensor, 
     return per_frame, text_out.last_hidden_state, video, motion_embedding(projected), text
 
 
+def _frame_embedding(model: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """(frames, 3, H, W) single frames -> (frames, dim) normalised projected embeddings."""
+    return F.normalize(model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output), dim=-1)
+
+
 def backbone_retrieval(model: Any, tokenizer: Any, clips: list) -> dict[str, float]:
     """Text-to-video retrieval among `clips` (frames, caption, triple), by the mean-pooled video embedding and by the
     motion embedding: top-1 accuracy where a hit is a clip showing the caption's (colour, shape, action) -- clips that
@@ -177,8 +182,7 @@ def _attribute_warmup(model: Any, attributes: AttributePrototypes, text: Any, tr
         objects = torch.randint(len(object_pixels), (batch_size,), generator=generator)
         out = model.text_model(input_ids=text["input_ids"][index], attention_mask=text["attention_mask"][index])
         caption = F.normalize(model.text_projection(out.pooler_output), dim=-1)  # (batch, dim)
-        seen = F.normalize(model.visual_projection(model.vision_model(
-            pixel_values=object_pixels[objects]).pooler_output), dim=-1)  # (batch, dim)
+        seen = _frame_embedding(model, object_pixels[objects])  # (batch, dim)
         loss = (attributes.loss(caption, attribute_labels([triples[i] for i in index.tolist()]))
                 + attributes.loss(seen, attribute_labels([object_labels[i] for i in objects.tolist()],
                                                          ("colour", "shape")))) / 2
@@ -307,8 +311,7 @@ def pretrain_backbone(
         if attributes is not None:
             chosen = [triples[i] for i in index.tolist()]
             objects = torch.randint(len(clips), (batch_size,), generator=generator)
-            seen = F.normalize(model.visual_projection(model.vision_model(
-                pixel_values=object_pixels[objects]).pooler_output), dim=-1)  # (batch, dim)
+            seen = _frame_embedding(model, object_pixels[objects])  # (batch, dim)
             attribute = (attributes.loss(caption, attribute_labels(chosen))
                          + attributes.loss(seen, attribute_labels([object_labels[i] for i in objects.tolist()],
                                                                   ("colour", "shape")))
@@ -333,8 +336,7 @@ def pretrain_backbone(
             _, _, _, held_motion, held_caption = _clip_embeddings(
                 model, torch.stack([pixel_values(f) for f, _, _ in held_in]), held_text["input_ids"],
                 held_text["attention_mask"])
-            held_seen = F.normalize(model.visual_projection(model.vision_model(
-                pixel_values=object_pixels[held_objects]).pooler_output), dim=-1)
+            held_seen = _frame_embedding(model, object_pixels[held_objects])
         held_labels = attribute_labels([t for _, _, t in held_in])
         checks = (("text", held_caption, held_labels),
                   ("object_frame", held_seen, attribute_labels(object_labels[held_objects], ("colour", "shape"))),
