@@ -84,20 +84,26 @@ def _frame_embedding(model: Any, pixels: torch.Tensor) -> torch.Tensor:
     return F.normalize(model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output), dim=-1)
 
 
-def backbone_retrieval(model: Any, tokenizer: Any, clips: list) -> dict[str, float]:
-    """Text-to-video retrieval among `clips` (frames, caption, triple), by the mean-pooled video embedding and by the
-    motion embedding: top-1 accuracy where a hit is a clip showing the caption's (colour, shape, action) -- clips that
-    share it are indistinguishable by design -- and chance."""
+def clip_embeddings(model: Any, tokenizer: Any, clips: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised embeddings of `clips` (frames, caption, triple) in eval mode, without gradients: the mean-pooled
+    video, its motion (`motion_embedding`) and the caption's text, each (clips, dim)."""
     model.eval()
     with torch.no_grad():
         text = tokenizer([c for _, c, _ in clips], padding=True, return_tensors="pt")
         _, _, video, motion, caption = _clip_embeddings(model, torch.stack([pixel_values(f) for f, _, _ in clips]),
                                                         text["input_ids"], text["attention_mask"])
-    triples = [t for _, _, t in clips]
+    return video, motion, caption
+
+
+def backbone_retrieval(triples: list, video: torch.Tensor, motion: torch.Tensor,
+                       caption: torch.Tensor) -> dict[str, float]:
+    """Text-to-video retrieval among clips showing `triples` (colour, shape, action), from their `clip_embeddings`,
+    by the mean-pooled video embedding and by the motion embedding: top-1 accuracy where a hit is a clip showing the
+    caption's (colour, shape, action) -- clips that share it are indistinguishable by design -- and chance."""
     result = {}
     for name, embedding in (("held_in_retrieval_top1", video), ("held_in_motion_retrieval_top1", motion)):
         retrieved = (caption @ embedding.t()).argmax(dim=1).tolist()
-        result[name] = sum(triples[r] == triples[i] for i, r in enumerate(retrieved)) / len(clips)
+        result[name] = sum(triples[r] == triples[i] for i, r in enumerate(retrieved)) / len(triples)
     result["held_in_retrieval_chance"] = sum(sum(t == u for u in triples) for t in triples) / len(triples) ** 2
     return result
 
@@ -167,6 +173,15 @@ def attribute_labels(triples: list[tuple[str, ...]], names: tuple[str, ...] = tu
             for k, name in enumerate(names)}
 
 
+def _object_attribute_loss(model: Any, attributes: AttributePrototypes, object_pixels: torch.Tensor,
+                           object_labels: list, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """The attribute term on `batch_size` object frames drawn from `object_pixels` (frames, 3, 32, 32): each names
+    its (colour, shape) from `object_labels`."""
+    objects = torch.randint(len(object_pixels), (batch_size,), generator=generator)
+    return attributes.loss(_frame_embedding(model, object_pixels[objects]),  # (batch, dim)
+                           attribute_labels([object_labels[i] for i in objects.tolist()], ("colour", "shape")))
+
+
 def _attribute_warmup(model: Any, attributes: AttributePrototypes, text: Any, triples: list, object_pixels: torch.Tensor,
                       object_labels: list, steps: int, batch_size: int, learning_rate: float,
                       generator: torch.Generator) -> None:
@@ -179,13 +194,10 @@ def _attribute_warmup(model: Any, attributes: AttributePrototypes, text: Any, tr
     model.train()
     for _ in tqdm(range(steps), desc="attribute warm-up"):
         index = torch.randint(len(triples), (batch_size,), generator=generator)
-        objects = torch.randint(len(object_pixels), (batch_size,), generator=generator)
         out = model.text_model(input_ids=text["input_ids"][index], attention_mask=text["attention_mask"][index])
         caption = F.normalize(model.text_projection(out.pooler_output), dim=-1)  # (batch, dim)
-        seen = _frame_embedding(model, object_pixels[objects])  # (batch, dim)
         loss = (attributes.loss(caption, attribute_labels([triples[i] for i in index.tolist()]))
-                + attributes.loss(seen, attribute_labels([object_labels[i] for i in objects.tolist()],
-                                                         ("colour", "shape")))) / 2
+                + _object_attribute_loss(model, attributes, object_pixels, object_labels, batch_size, generator)) / 2
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -256,7 +268,8 @@ def pretrain_backbone(
     if attribute_weight > 0:
         object_frames, object_labels = SynthVTG(seed=seed).object_frames(num_clips)
         object_pixels = pixel_values(object_frames)  # (num_clips, 3, 32, 32)
-        held_objects = slice(len(clips), None)  # the objects beyond the training clips' count, for a check
+        # as many objects as training clips to train on; the rest, as many as the held-in clips, for a check
+        train_objects, held_objects = object_pixels[:len(clips)], object_pixels[len(clips):]
     frames = torch.stack([pixel_values(f) for f, _, _ in clips])  # (clips, 16, 3, 32, 32)
     text = tokenizer([c for _, c, _ in clips], padding=True, return_tensors="pt")
     attributes = AttributePrototypes(model.config.projection_dim) if attribute_weight > 0 else None
@@ -266,7 +279,7 @@ def pretrain_backbone(
     generator = torch.Generator().manual_seed(seed)
     triples = [triple for _, _, triple in clips]
     if attribute_warmup_steps:
-        _attribute_warmup(model, attributes, text, triples, object_pixels[:len(clips)],
+        _attribute_warmup(model, attributes, text, triples, train_objects,
                           object_labels, attribute_warmup_steps, batch_size, learning_rate, generator)
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -310,11 +323,9 @@ def pretrain_backbone(
         loss = contrastive + vtm_weight * vtm
         if attributes is not None:
             chosen = [triples[i] for i in index.tolist()]
-            objects = torch.randint(len(clips), (batch_size,), generator=generator)
-            seen = _frame_embedding(model, object_pixels[objects])  # (batch, dim)
             attribute = (attributes.loss(caption, attribute_labels(chosen))
-                         + attributes.loss(seen, attribute_labels([object_labels[i] for i in objects.tolist()],
-                                                                  ("colour", "shape")))
+                         + _object_attribute_loss(model, attributes, train_objects, object_labels, batch_size,
+                                                  generator)
                          + attributes.loss(motion, attribute_labels([(t[2],) for t in chosen], ("action",)))) / 3
             loss = loss + attribute_weight * attribute
         loss.backward()
@@ -328,18 +339,15 @@ def pretrain_backbone(
                 "vtm_loss": vtm.item()}
         if attributes is not None:
             logs["attribute_loss"] = attribute.item()
-    logs.update(backbone_retrieval(model, tokenizer, held_in))
+    held_triples = [t for _, _, t in held_in]
+    held_video, held_motion, held_caption = clip_embeddings(model, tokenizer, held_in)
+    logs.update(backbone_retrieval(held_triples, held_video, held_motion, held_caption))
     if attributes is not None:  # how well each tower names the held-in clips' attributes
-        model.eval()
         with torch.no_grad():
-            held_text = tokenizer([c for _, c, _ in held_in], padding=True, return_tensors="pt")
-            _, _, _, held_motion, held_caption = _clip_embeddings(
-                model, torch.stack([pixel_values(f) for f, _, _ in held_in]), held_text["input_ids"],
-                held_text["attention_mask"])
-            held_seen = _frame_embedding(model, object_pixels[held_objects])
-        held_labels = attribute_labels([t for _, _, t in held_in])
+            held_seen = _frame_embedding(model, held_objects)
+        held_labels = attribute_labels(held_triples)
         checks = (("text", held_caption, held_labels),
-                  ("object_frame", held_seen, attribute_labels(object_labels[held_objects], ("colour", "shape"))),
+                  ("object_frame", held_seen, attribute_labels(object_labels[len(clips):], ("colour", "shape"))),
                   ("motion", held_motion, {"action": held_labels["action"]}))
         for where, embedding, labels in checks:
             for name, value in attributes.accuracy(embedding, labels).items():
