@@ -75,6 +75,13 @@ def test_attribute_term_names_each_attribute_from_both_towers(tmp_path):
                                           dim=-1)
     wrong = torch.nn.functional.normalize(torch.randn(2, 64), dim=-1)
     assert prototypes.loss(right, labels) < prototypes.loss(wrong, labels)
+    # accuracy classifies as the loss does, by cosine: a prototype whose norm drifted in training must not win the
+    # argmax for embeddings that point elsewhere
+    with torch.no_grad():
+        prototypes.prototypes["shape"][0] *= 50.0
+    shape_right = torch.nn.functional.normalize(prototypes.prototypes["shape"][labels["shape"]], dim=-1)
+    assert prototypes.accuracy(shape_right, {"shape": labels["shape"]}) == {"shape": 1.0}
+    assert torch.equal(prototypes.logits(shape_right, "shape").argmax(1), labels["shape"])
     for bad in (-1.0, float("nan"), float("inf"), "1", True):
         with pytest.raises(ValueError, match="attribute_weight"):
             pretrain_backbone(tmp_path / "bad", num_clips=300, steps=1, batch_size=8, attribute_weight=bad)

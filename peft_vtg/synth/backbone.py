@@ -151,17 +151,22 @@ class AttributePrototypes(torch.nn.Module):
             for name, values in ATTRIBUTE_VALUES.items()
         })
 
+    def logits(self, embedding: torch.Tensor, name: str) -> torch.Tensor:
+        """(batch, dim) normalised embeddings -> (batch, values of attribute `name`): the cosine with each of its
+        normalised prototypes, times `ATTRIBUTE_TEMPERATURE`. `loss` and `accuracy` both classify through this, so
+        a prototype whose norm drifts in training cannot shift one and not the other."""
+        return embedding @ F.normalize(self.prototypes[name], dim=-1).t() * ATTRIBUTE_TEMPERATURE
+
     def loss(self, embedding: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over the attributes in `labels` (name -> (batch,) class indices); `embedding` (batch,
         dim) normalised."""
-        losses = [F.cross_entropy(embedding @ F.normalize(self.prototypes[name], dim=-1).t() * ATTRIBUTE_TEMPERATURE,
-                                  target) for name, target in labels.items()]
-        return torch.stack(losses).mean()
+        return torch.stack([F.cross_entropy(self.logits(embedding, name), target)
+                            for name, target in labels.items()]).mean()
 
     def accuracy(self, embedding: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Per attribute in `labels`, the fraction of rows of `embedding` (batch, dim) whose nearest prototype is the
-        label's."""
-        return {name: (embedding @ self.prototypes[name].t()).argmax(dim=1).eq(target).float().mean().item()
+        """Per attribute in `labels`, the fraction of rows of `embedding` (batch, dim) whose most similar prototype
+        (by cosine, as `loss` classifies) is the label's."""
+        return {name: self.logits(embedding, name).argmax(dim=1).eq(target).float().mean().item()
                 for name, target in labels.items()}
 
 
