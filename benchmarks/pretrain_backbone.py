@@ -4,6 +4,8 @@
     python benchmarks/pretrain_backbone.py --output-dir synthvtg-clip-patch4 --patch-size 4   # finer patches; ~21 min
     python benchmarks/pretrain_backbone.py --output-dir attribute6-warmup --attribute-weight 6 \
         --attribute-warmup-steps 4000                # both towers name colour, shape and action; ~9 min
+    python benchmarks/pretrain_backbone.py --output-dir shape-distilled --init-backbone peft_vtg/assets/synthvtg-clip \
+        --vision-attribute-weight 4 --distill-weight 4 --learning-rate 1e-3   # the shipped one, taught shape; ~9 min
 
 Pre-trains a small CLIP on SynthVTG's trimmed clips (contrastive video-text loss + VIOLET / All-in-One matching
 heads; see `peft_vtg.synth.backbone`) and writes config.json, model.safetensors, the tokenizer, and
@@ -26,19 +28,33 @@ def main() -> None:
     parser.add_argument("--hard-negative-fraction", type=float, default=0.0,
                         help="fraction of each batch given as pairs of clips that differ in one attribute only "
                         "(default 0, the shipped backbone: all random)")
-    parser.add_argument("--patch-size", type=int, default=8,
-                        help="vision patch in pixels of the 32x32 frames (default 8, the shipped backbone; 4: an "
-                        "8x8 grid at about 2.5x the time)")
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="vision patch in pixels of the 32x32 frames (default 8, the shipped backbone, or "
+                        "--init-backbone's; 4: an 8x8 grid at about 2.5x the time)")
     parser.add_argument("--attribute-weight", type=float, default=0.0,
                         help="weight of the term that names each clip's colour, shape and action from both towers "
                         "(default 0, the shipped backbone: left out)")
     parser.add_argument("--attribute-warmup-steps", type=int, default=0,
                         help="steps on the attribute term alone before the contrastive recipe (default 0)")
+    parser.add_argument("--init-backbone", default=None,
+                        help="start from this backbone directory instead of fresh weights (default: fresh)")
+    parser.add_argument("--vision-attribute-weight", type=float, default=0.0,
+                        help="weight of the term that names object frames' colour and shape from the vision tower's "
+                        "pooled output alone (default 0: left out)")
+    parser.add_argument("--event-attribute-weight", type=float, default=0.0,
+                        help="weight of the term that names each clip's event (colour, shape, action) from the "
+                        "change of the vision tower's pooled output (default 0: left out)")
+    parser.add_argument("--distill-weight", type=float, default=0.0,
+                        help="weight of the term that keeps per-frame pooled features near --init-backbone's "
+                        "(default 0: left out)")
     args = parser.parse_args()
     logs = pretrain_backbone(args.output_dir, num_clips=args.num_clips, steps=args.steps, seed=args.seed,
                              hard_negative_fraction=args.hard_negative_fraction, patch_size=args.patch_size,
                              attribute_weight=args.attribute_weight,
-                             attribute_warmup_steps=args.attribute_warmup_steps)
+                             attribute_warmup_steps=args.attribute_warmup_steps, learning_rate=args.learning_rate,
+                             init_backbone=args.init_backbone, vision_attribute_weight=args.vision_attribute_weight,
+                             event_attribute_weight=args.event_attribute_weight, distill_weight=args.distill_weight)
     logs.update(steps=args.steps, num_clips=args.num_clips, seed=args.seed)
     if args.hard_negative_fraction:
         logs["hard_negative_fraction"] = args.hard_negative_fraction
@@ -46,8 +62,12 @@ def main() -> None:
         logs["attribute_weight"] = args.attribute_weight
     if args.attribute_warmup_steps:
         logs["attribute_warmup_steps"] = args.attribute_warmup_steps
-    if args.patch_size != 8:
+    if args.patch_size not in (None, 8):
         logs["patch_size"] = args.patch_size
+    for name in ("learning_rate", "init_backbone", "vision_attribute_weight", "event_attribute_weight",
+                 "distill_weight"):
+        if getattr(args, name) != parser.get_default(name):
+            logs[name] = getattr(args, name)
     (Path(args.output_dir) / "pretraining.json").write_text(json.dumps(logs, indent=2) + "\n")
     print(json.dumps(logs, indent=2))
 

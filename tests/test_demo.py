@@ -102,6 +102,42 @@ def test_attribute_term_names_each_attribute_from_both_towers(tmp_path):
     assert "attribute_loss" not in pretrain_backbone(tmp_path / "plain", num_clips=300, steps=1, batch_size=8)
 
 
+def test_pretraining_continues_from_a_backbone_with_a_vision_shape_term_and_distillation(tmp_path):
+    from safetensors.torch import load_file
+
+    for kwargs, match in (({"distill_weight": 1.0}, "init_backbone"),  # distillation needs a starting backbone
+                          ({"init_backbone": BACKBONE_DIR, "patch_size": 4}, "patch_size"),
+                          ({"vision_attribute_weight": -1.0}, "vision_attribute_weight"),
+                          ({"event_attribute_weight": True}, "event_attribute_weight"),
+                          ({"distill_weight": float("nan"), "init_backbone": BACKBONE_DIR}, "distill_weight")):
+        with pytest.raises(ValueError, match=match):
+            pretrain_backbone(tmp_path / "bad", num_clips=300, steps=1, batch_size=8, **kwargs)
+    with pytest.raises(ValueError, match="overwrite"):  # the default output_dir is the shipped backbone itself
+        pretrain_backbone(init_backbone=BACKBONE_DIR, num_clips=300, steps=1, batch_size=8)
+    with pytest.raises(FileNotFoundError, match="No backbone"):
+        pretrain_backbone(tmp_path / "bad", num_clips=300, steps=1, batch_size=8, init_backbone=tmp_path / "none")
+    assert not (tmp_path / "bad").exists()
+    shipped = load_file(BACKBONE_DIR / "model.safetensors")
+    # a learning rate of 0 saves the starting weights unchanged, and the student starts where its teacher is
+    logs = pretrain_backbone(tmp_path / "same", num_clips=300, steps=1, batch_size=8, learning_rate=0.0,
+                             init_backbone=BACKBONE_DIR, vision_attribute_weight=1.0, event_attribute_weight=1.0,
+                             distill_weight=1.0)
+    saved = load_file(tmp_path / "same" / "model.safetensors")
+    assert saved.keys() == shipped.keys() and all(torch.equal(saved[k], shipped[k]) for k in shipped)
+    assert logs["distill_loss"] == pytest.approx(0.0, abs=1e-5)
+    for key in ("held_in_object_frame_pooled_shape_accuracy", "held_in_event_shape_accuracy",
+                "held_in_event_action_accuracy"):
+        assert 0.0 <= logs[key] <= 1.0
+    assert "attribute_loss" not in logs  # the joint-space term stays out unless asked for
+    logs = pretrain_backbone(tmp_path / "moved", num_clips=300, steps=2, batch_size=8, learning_rate=1e-3,
+                             init_backbone=BACKBONE_DIR, vision_attribute_weight=1.0, distill_weight=1.0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    moved = load_file(tmp_path / "moved" / "model.safetensors")
+    assert not all(torch.equal(moved[k], shipped[k]) for k in shipped)
+    model, _ = load_backbone(tmp_path / "moved")  # a plain CLIP: the vision prototypes are discarded
+    assert not any("prototype" in name for name, _ in model.named_parameters())
+
+
 def test_pretraining_takes_a_finer_patch_and_the_demo_adapter_fits_it(tmp_path):
     from peft import get_peft_model
 

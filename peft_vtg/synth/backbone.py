@@ -16,7 +16,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch.nn import functional as F
@@ -82,6 +82,12 @@ def _clip_embeddings(model: Any, frames: torch.Tensor, input_ids: torch.Tensor, 
 def _frame_embedding(model: Any, pixels: torch.Tensor) -> torch.Tensor:
     """(frames, 3, H, W) single frames -> (frames, dim) normalised projected embeddings."""
     return F.normalize(model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output), dim=-1)
+
+
+def _pooled_frame_feature(model: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """(frames, 3, H, W) single frames -> (frames, vision_dim) the vision tower's normalised pooled output, before
+    the projection: what adapters on the backbone read per frame."""
+    return F.normalize(model.vision_model(pixel_values=pixels).pooler_output, dim=-1)
 
 
 def clip_embeddings(model: Any, tokenizer: Any, clips: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -179,12 +185,28 @@ def attribute_labels(triples: list[tuple[str, ...]], names: tuple[str, ...] = tu
 
 
 def _object_attribute_loss(model: Any, attributes: AttributePrototypes, object_pixels: torch.Tensor,
-                           object_labels: list, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+                           object_labels: list, batch_size: int, generator: torch.Generator,
+                           embed: Callable[[Any, torch.Tensor], torch.Tensor] = _frame_embedding) -> torch.Tensor:
     """The attribute term on `batch_size` object frames drawn from `object_pixels` (frames, 3, 32, 32): each names
-    its (colour, shape) from `object_labels`."""
+    its (colour, shape) from `object_labels`, by its `embed(model, pixels)` (default: the projected embedding in
+    the joint space)."""
     objects = torch.randint(len(object_pixels), (batch_size,), generator=generator)
-    return attributes.loss(_frame_embedding(model, object_pixels[objects]),  # (batch, dim)
+    return attributes.loss(embed(model, object_pixels[objects]),  # (batch, dim)
                            attribute_labels([object_labels[i] for i in objects.tolist()], ("colour", "shape")))
+
+
+def _distillation_loss(per_frame: torch.Tensor, teacher: Any, frames: torch.Tensor) -> torch.Tensor:
+    """Mean 1 - cosine between the student's per-frame pooled features (batch, frames, vision_dim) and those of the
+    frozen `teacher` backbone on the same `frames` (batch, frames, 3, H, W)."""
+    with torch.no_grad():
+        target = teacher.vision_model(pixel_values=frames.flatten(0, 1)).pooler_output  # (batch * frames, vision_dim)
+    return (1 - F.cosine_similarity(per_frame.flatten(0, 1), target, dim=-1)).mean()
+
+
+def _check_weight(name: str, value: Any, meaning: str) -> None:
+    """Raise a ValueError naming `name` unless `value` is a finite real number >= 0 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 ({meaning}), got {value!r}.")
 
 
 def _attribute_warmup(model: Any, attributes: AttributePrototypes, text: Any, triples: list, object_pixels: torch.Tensor,
@@ -220,9 +242,13 @@ def pretrain_backbone(
     vtm_weight: float = 0.5,
     motion_weight: float = 1.0,
     hard_negative_fraction: float = 0.0,
-    patch_size: int = 8,
+    patch_size: Optional[int] = None,
     attribute_weight: float = 0.0,
     attribute_warmup_steps: int = 0,
+    init_backbone: Optional[os.PathLike] = None,
+    vision_attribute_weight: float = 0.0,
+    event_attribute_weight: float = 0.0,
+    distill_weight: float = 0.0,
 ) -> dict[str, float]:
     """Pre-train the backbone on SynthVTG clips and save it (config, safetensors, tokenizer) to `output_dir`.
 
@@ -231,10 +257,10 @@ def pretrain_backbone(
     pair apart; clips showing the same (colour, shape, action) are then also kept from being each other's
     negatives. 0 (the shipped backbone) draws every clip at random.
 
-    `patch_size` is the vision tower's patch, in pixels of the 32x32 frames: the shipped 8 gives a 4x4 grid, about
-    one actor per patch; 4 gives an 8x8 grid at about 2.5x the pre-training time. Given shape labels, a tower learns
-    shape faster with 4 (`benchmarks/shape_learnability.py`); this contrastive recipe alone leaves shape near chance
-    with either (`benchmarks/attribute_probe.py`).
+    `patch_size` is the vision tower's patch, in pixels of the 32x32 frames (default: 8, or `init_backbone`'s): the
+    shipped 8 gives a 4x4 grid, about one actor per patch; 4 gives an 8x8 grid at about 2.5x the pre-training time.
+    Given shape labels, a tower learns shape faster with 4 (`benchmarks/shape_learnability.py`); this contrastive
+    recipe alone leaves shape near chance with either (`benchmarks/attribute_probe.py`).
 
     `attribute_weight` > 0 adds a term that names attributes from both towers against shared prototypes
     (`AttributePrototypes`, discarded afterwards, like the matching heads): the caption's text embedding names its
@@ -246,31 +272,56 @@ def pretrain_backbone(
     trains on the term alone for that many steps (the captions and the object frames; no clips), like a tower
     initialised from a supervised checkpoint before contrastive training.
 
+    `init_backbone` (a directory `load_backbone` reads, e.g. `BACKBONE_DIR`) starts from that backbone's weights and
+    tokenizer instead of fresh ones. `vision_attribute_weight` > 0 adds a term on the vision tower alone: each object
+    frame names its colour and shape from the pooled output before the projection (what adapters read per frame),
+    against prototypes of its own; the text tower is not involved. `event_attribute_weight` > 0 adds another on the
+    clips: the change of the pooled output (`motion_embedding` of the per-frame pooled features, before the
+    projection) names the event's colour, shape and action, so shape must be read where grounding reads, on the actor
+    that acts among the frame's four, not only on a lone actor. `distill_weight` > 0 (only with `init_backbone`)
+    keeps each clip frame's pooled output near the starting backbone's (1 - cosine against a frozen copy), so that
+    what the new term teaches is added to the features grounding already uses rather than traded for them.
+
     Returns a few numbers about the run (final losses, held-in retrieval accuracy, seconds).
     """
     if not 0.0 <= hard_negative_fraction <= 1.0:
         raise ValueError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction!r}.")
-    if isinstance(attribute_weight, bool) or not isinstance(attribute_weight, (int, float)) or \
-            not math.isfinite(attribute_weight) or attribute_weight < 0:
-        raise ValueError(f"attribute_weight must be a finite number >= 0 (0 leaves the attribute term out), "
-                         f"got {attribute_weight!r}.")
+    _check_weight("attribute_weight", attribute_weight, "0 leaves the attribute term out")
+    _check_weight("vision_attribute_weight", vision_attribute_weight, "0 leaves the vision attribute term out")
+    _check_weight("event_attribute_weight", event_attribute_weight, "0 leaves the event attribute term out")
+    _check_weight("distill_weight", distill_weight, "0 leaves the distillation term out")
+    if distill_weight and init_backbone is None:
+        raise ValueError(f"distill_weight > 0 ({distill_weight!r}) keeps the features near the starting backbone's, "
+                         f"so it needs init_backbone (e.g. peft_vtg.synth.backbone.BACKBONE_DIR).")
     if isinstance(attribute_warmup_steps, bool) or not isinstance(attribute_warmup_steps, int) or \
             attribute_warmup_steps < 0 or (attribute_warmup_steps and not attribute_weight):
         raise ValueError(f"attribute_warmup_steps must be an integer >= 0, and > 0 only with attribute_weight > 0, "
                          f"got {attribute_warmup_steps!r} (attribute_weight {attribute_weight!r}).")
     from transformers import CLIPModel
 
+    if init_backbone is not None and Path(init_backbone).resolve() == Path(output_dir).resolve():
+        raise ValueError(f"output_dir {str(output_dir)!r} is init_backbone: the run would overwrite the backbone it "
+                         f"starts from (by default, the shipped one); give another output_dir.")
+    teacher = None
+    if init_backbone is not None:
+        model, tokenizer = load_backbone(init_backbone)
+        if patch_size is not None and patch_size != model.config.vision_config.patch_size:
+            raise ValueError(f"patch_size {patch_size!r} differs from init_backbone's "
+                             f"{model.config.vision_config.patch_size}; leave patch_size out to keep the backbone's.")
+        if distill_weight:
+            teacher = load_backbone(init_backbone)[0].requires_grad_(False)
     torch.manual_seed(seed)
     started = time.time()
-    tokenizer = build_tokenizer()
-    model = CLIPModel(backbone_config(tokenizer, patch_size))
+    if init_backbone is None:
+        tokenizer = build_tokenizer()
+        model = CLIPModel(backbone_config(tokenizer, 8 if patch_size is None else patch_size))
     vision_dim, text_dim = model.config.vision_config.hidden_size, model.config.text_config.hidden_size
     matching = VTGTaskHeads(vision_dim, text_dim, hidden_size=64, num_layers=1, num_heads=4, dropout=0.0,
                             vtm_heads=("violet", "all_in_one"))
     clips = SynthVTG(seed=seed).pretraining_clips(num_clips)
     held_in = clips[-256:]  # for a retrieval check; not trained on
     clips = clips[:-256]
-    if attribute_weight > 0:
+    if attribute_weight > 0 or vision_attribute_weight > 0:
         object_frames, object_labels = SynthVTG(seed=seed).object_frames(num_clips)
         object_pixels = pixel_values(object_frames)  # (num_clips, 3, 32, 32)
         # as many objects as training clips to train on; the rest, as many as the held-in clips, for a check
@@ -278,9 +329,12 @@ def pretrain_backbone(
     frames = torch.stack([pixel_values(f) for f, _, _ in clips])  # (clips, 16, 3, 32, 32)
     text = tokenizer([c for _, c, _ in clips], padding=True, return_tensors="pt")
     attributes = AttributePrototypes(model.config.projection_dim) if attribute_weight > 0 else None
+    vision_attributes = AttributePrototypes(vision_dim) if vision_attribute_weight > 0 else None
+    event_attributes = AttributePrototypes(vision_dim) if event_attribute_weight > 0 else None
     params = list(model.parameters()) + list(matching.parameters())
-    if attributes is not None:
-        params += list(attributes.parameters())
+    for prototypes in (attributes, vision_attributes, event_attributes):
+        if prototypes is not None:
+            params += list(prototypes.parameters())
     generator = torch.Generator().manual_seed(seed)
     triples = [triple for _, _, triple in clips]
     if attribute_warmup_steps:
@@ -333,6 +387,17 @@ def pretrain_backbone(
                                                   generator)
                          + attributes.loss(motion, attribute_labels([(t[2],) for t in chosen], ("action",)))) / 3
             loss = loss + attribute_weight * attribute
+        if vision_attributes is not None:
+            vision_attribute = _object_attribute_loss(model, vision_attributes, train_objects, object_labels,
+                                                      batch_size, generator, embed=_pooled_frame_feature)
+            loss = loss + vision_attribute_weight * vision_attribute
+        if event_attributes is not None:
+            event_attribute = event_attributes.loss(motion_embedding(per_frame),  # (batch, vision_dim)
+                                                    attribute_labels([triples[i] for i in index.tolist()]))
+            loss = loss + event_attribute_weight * event_attribute
+        if teacher is not None:
+            distill = _distillation_loss(per_frame, teacher, frames[index])
+            loss = loss + distill_weight * distill
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -344,6 +409,12 @@ def pretrain_backbone(
                 "vtm_loss": vtm.item()}
         if attributes is not None:
             logs["attribute_loss"] = attribute.item()
+        if vision_attributes is not None:
+            logs["vision_attribute_loss"] = vision_attribute.item()
+        if event_attributes is not None:
+            logs["event_attribute_loss"] = event_attribute.item()
+        if teacher is not None:
+            logs["distill_loss"] = distill.item()
     held_triples = [t for _, _, t in held_in]
     held_video, held_motion, held_caption = clip_embeddings(model, tokenizer, held_in)
     logs.update(backbone_retrieval(held_triples, held_video, held_motion, held_caption))
@@ -357,6 +428,19 @@ def pretrain_backbone(
         for where, embedding, labels in checks:
             for name, value in attributes.accuracy(embedding, labels).items():
                 logs[f"held_in_{where}_{name}_accuracy"] = value
+    if vision_attributes is not None:  # how well the pooled output names the held-out object frames' colour, shape
+        with torch.no_grad():
+            held_pooled = _pooled_frame_feature(model, held_objects)
+        labels = attribute_labels(object_labels[len(clips):], ("colour", "shape"))
+        for name, value in vision_attributes.accuracy(held_pooled, labels).items():
+            logs[f"held_in_object_frame_pooled_{name}_accuracy"] = value
+    if event_attributes is not None:  # how well the change of the held-in clips' pooled output names their event
+        with torch.no_grad():
+            held_frames = torch.stack([pixel_values(f) for f, _, _ in held_in])  # (clips, frames, 3, H, W)
+            pooled = model.vision_model(pixel_values=held_frames.flatten(0, 1)).pooler_output
+            held_change = motion_embedding(pooled.view(*held_frames.shape[:2], -1))  # (clips, vision_dim)
+        for name, value in event_attributes.accuracy(held_change, attribute_labels(held_triples)).items():
+            logs[f"held_in_event_{name}_accuracy"] = value
     logs["seconds"] = time.time() - started
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
