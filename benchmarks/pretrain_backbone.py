@@ -18,6 +18,15 @@ from pathlib import Path
 
 from peft_vtg.synth.backbone import BACKBONE_DIR, pretrain_backbone
 
+# The optional terms' weights: flag -> what the term does (each `pretrain_backbone` argument of the same name).
+TERM_WEIGHTS = {
+    "attribute-weight": "names each clip's colour, shape and action from both towers",
+    "vision-attribute-weight": "names object frames' colour and shape from the vision tower's pooled output alone",
+    "event-attribute-weight": "names each clip's event (colour, shape, action) from the change of the vision "
+                              "tower's pooled output",
+    "distill-weight": "keeps per-frame pooled features near --init-backbone's",
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,40 +41,27 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=None,
                         help="vision patch in pixels of the 32x32 frames (default 8, the shipped backbone, or "
                         "--init-backbone's; 4: an 8x8 grid at about 2.5x the time)")
-    parser.add_argument("--attribute-weight", type=float, default=0.0,
-                        help="weight of the term that names each clip's colour, shape and action from both towers "
-                        "(default 0, the shipped backbone: left out)")
     parser.add_argument("--attribute-warmup-steps", type=int, default=0,
                         help="steps on the attribute term alone before the contrastive recipe (default 0)")
     parser.add_argument("--init-backbone", default=None,
                         help="start from this backbone directory instead of fresh weights (default: fresh)")
-    parser.add_argument("--vision-attribute-weight", type=float, default=0.0,
-                        help="weight of the term that names object frames' colour and shape from the vision tower's "
-                        "pooled output alone (default 0: left out)")
-    parser.add_argument("--event-attribute-weight", type=float, default=0.0,
-                        help="weight of the term that names each clip's event (colour, shape, action) from the "
-                        "change of the vision tower's pooled output (default 0: left out)")
-    parser.add_argument("--distill-weight", type=float, default=0.0,
-                        help="weight of the term that keeps per-frame pooled features near --init-backbone's "
-                        "(default 0: left out)")
+    for flag, what in TERM_WEIGHTS.items():
+        parser.add_argument(f"--{flag}", type=float, default=0.0,
+                            help=f"weight of the term that {what} (default 0, the shipped backbone: left out)")
     args = parser.parse_args()
+    weights = [flag.replace("-", "_") for flag in TERM_WEIGHTS]
     logs = pretrain_backbone(args.output_dir, num_clips=args.num_clips, steps=args.steps, seed=args.seed,
                              hard_negative_fraction=args.hard_negative_fraction, patch_size=args.patch_size,
-                             attribute_weight=args.attribute_weight,
                              attribute_warmup_steps=args.attribute_warmup_steps, learning_rate=args.learning_rate,
-                             init_backbone=args.init_backbone, vision_attribute_weight=args.vision_attribute_weight,
-                             event_attribute_weight=args.event_attribute_weight, distill_weight=args.distill_weight)
+                             init_backbone=args.init_backbone, **{name: getattr(args, name) for name in weights})
     logs.update(steps=args.steps, num_clips=args.num_clips, seed=args.seed)
     if args.hard_negative_fraction:
         logs["hard_negative_fraction"] = args.hard_negative_fraction
-    if args.attribute_weight:
-        logs["attribute_weight"] = args.attribute_weight
     if args.attribute_warmup_steps:
         logs["attribute_warmup_steps"] = args.attribute_warmup_steps
     if args.patch_size not in (None, 8):
         logs["patch_size"] = args.patch_size
-    for name in ("learning_rate", "init_backbone", "vision_attribute_weight", "event_attribute_weight",
-                 "distill_weight"):
+    for name in ["learning_rate", "init_backbone", *weights]:
         if getattr(args, name) != parser.get_default(name):
             logs[name] = getattr(args, name)
     (Path(args.output_dir) / "pretraining.json").write_text(json.dumps(logs, indent=2) + "\n")

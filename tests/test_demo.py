@@ -138,6 +138,22 @@ def test_pretraining_continues_from_a_backbone_with_a_vision_shape_term_and_dist
     assert not any("prototype" in name for name, _ in model.named_parameters())
 
 
+def test_pretraining_script_passes_each_term_weight_and_records_it(tmp_path, monkeypatch):
+    from benchmark_scripts import load_benchmark
+
+    script = load_benchmark("pretrain_backbone")
+    monkeypatch.setattr("sys.argv", ["pretrain_backbone.py", "--output-dir", str(tmp_path), "--num-clips", "300",
+                                     "--steps", "1", "--init-backbone", str(BACKBONE_DIR), "--learning-rate", "1e-4",
+                                     "--vision-attribute-weight", "2", "--event-attribute-weight", "0.5",
+                                     "--distill-weight", "3"])
+    script.main()
+    logs = json.loads((tmp_path / "pretraining.json").read_text())
+    assert (logs["vision_attribute_weight"], logs["event_attribute_weight"], logs["distill_weight"]) == (2, 0.5, 3)
+    assert logs["learning_rate"] == 1e-4 and logs["init_backbone"] == str(BACKBONE_DIR)
+    assert {"vision_attribute_loss", "event_attribute_loss", "distill_loss"} <= set(logs)  # each term ran
+    assert "attribute_weight" not in logs and "attribute_loss" not in logs  # a weight left at 0 is left out
+
+
 def test_pretraining_takes_a_finer_patch_and_the_demo_adapter_fits_it(tmp_path):
     from peft import get_peft_model
 
