@@ -90,15 +90,17 @@ def _pooled_frame_feature(model: Any, pixels: torch.Tensor) -> torch.Tensor:
     return F.normalize(model.vision_model(pixel_values=pixels).pooler_output, dim=-1)
 
 
-def clip_embeddings(model: Any, tokenizer: Any, clips: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised embeddings of `clips` (frames, caption, triple) in eval mode, without gradients: the mean-pooled
-    video, its motion (`motion_embedding`) and the caption's text, each (clips, dim)."""
+def clip_embeddings(model: Any, tokenizer: Any, clips: list
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embeddings of `clips` (frames, caption, triple) in eval mode, without gradients: the vision tower's per-frame
+    pooled output (clips, frames, vision_dim), then the normalised mean-pooled video, its motion
+    (`motion_embedding`) and the caption's text, each (clips, dim)."""
     model.eval()
     with torch.no_grad():
         text = tokenizer([c for _, c, _ in clips], padding=True, return_tensors="pt")
-        _, _, video, motion, caption = _clip_embeddings(model, torch.stack([pixel_values(f) for f, _, _ in clips]),
-                                                        text["input_ids"], text["attention_mask"])
-    return video, motion, caption
+        per_frame, _, video, motion, caption = _clip_embeddings(
+            model, torch.stack([pixel_values(f) for f, _, _ in clips]), text["input_ids"], text["attention_mask"])
+    return per_frame, video, motion, caption
 
 
 def backbone_retrieval(triples: list, video: torch.Tensor, motion: torch.Tensor,
@@ -195,12 +197,21 @@ def _object_attribute_loss(model: Any, attributes: AttributePrototypes, object_p
                            attribute_labels([object_labels[i] for i in objects.tolist()], ("colour", "shape")))
 
 
-def _distillation_loss(per_frame: torch.Tensor, teacher: Any, frames: torch.Tensor) -> torch.Tensor:
-    """Mean 1 - cosine between the student's per-frame pooled features (batch, frames, vision_dim) and those of the
-    frozen `teacher` backbone on the same `frames` (batch, frames, 3, H, W)."""
+def _pooled_outputs(model: Any, frames: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """The vision tower's pooled output of every frame of `frames` (clips, frames, 3, H, W) -> (clips, frames,
+    vision_dim), in eval mode without gradients, `chunk` frames at a time."""
+    model.eval()
+    flat = frames.flatten(0, 1)
     with torch.no_grad():
-        target = teacher.vision_model(pixel_values=frames.flatten(0, 1)).pooler_output  # (batch * frames, vision_dim)
-    return (1 - F.cosine_similarity(per_frame.flatten(0, 1), target, dim=-1)).mean()
+        pooled = torch.cat([model.vision_model(pixel_values=flat[i:i + chunk]).pooler_output
+                            for i in range(0, len(flat), chunk)])
+    return pooled.view(*frames.shape[:2], -1)
+
+
+def _distillation_loss(per_frame: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean 1 - cosine between the student's per-frame pooled features and the starting backbone's on the same
+    frames (`_pooled_outputs` before training), both (batch, frames, vision_dim)."""
+    return (1 - F.cosine_similarity(per_frame, target, dim=-1)).mean()
 
 
 def _check_weight(name: str, value: Any, meaning: str) -> None:
@@ -279,8 +290,9 @@ def pretrain_backbone(
     clips: the change of the pooled output (`motion_embedding` of the per-frame pooled features, before the
     projection) names the event's colour, shape and action, so shape must be read where grounding reads, on the actor
     that acts among the frame's four, not only on a lone actor. `distill_weight` > 0 (only with `init_backbone`)
-    keeps each clip frame's pooled output near the starting backbone's (1 - cosine against a frozen copy), so that
-    what the new term teaches is added to the features grounding already uses rather than traded for them.
+    keeps each clip frame's pooled output near the starting backbone's (1 - cosine against its output before
+    training), so that what the new term teaches is added to the features grounding already uses rather than traded
+    for them.
 
     Returns a few numbers about the run (final losses, held-in retrieval accuracy, seconds).
     """
@@ -302,14 +314,11 @@ def pretrain_backbone(
     if init_backbone is not None and Path(init_backbone).resolve() == Path(output_dir).resolve():
         raise ValueError(f"output_dir {str(output_dir)!r} is init_backbone: the run would overwrite the backbone it "
                          f"starts from (by default, the shipped one); give another output_dir.")
-    teacher = None
     if init_backbone is not None:
         model, tokenizer = load_backbone(init_backbone)
         if patch_size is not None and patch_size != model.config.vision_config.patch_size:
             raise ValueError(f"patch_size {patch_size!r} differs from init_backbone's "
                              f"{model.config.vision_config.patch_size}; leave patch_size out to keep the backbone's.")
-        if distill_weight:
-            teacher = load_backbone(init_backbone)[0].requires_grad_(False)
     torch.manual_seed(seed)
     started = time.time()
     if init_backbone is None:
@@ -328,6 +337,9 @@ def pretrain_backbone(
         train_objects, held_objects = object_pixels[:len(clips)], object_pixels[len(clips):]
     frames = torch.stack([pixel_values(f) for f, _, _ in clips])  # (clips, 16, 3, 32, 32)
     text = tokenizer([c for _, c, _ in clips], padding=True, return_tensors="pt")
+    # The starting backbone is frozen in its targets and the clips are fixed: one pass before training gives every
+    # frame's target, where a frozen copy would run again on each batch.
+    distill_targets = _pooled_outputs(model, frames) if distill_weight else None  # (clips, 16, vision_dim)
     attributes = AttributePrototypes(model.config.projection_dim) if attribute_weight > 0 else None
     vision_attributes = AttributePrototypes(vision_dim) if vision_attribute_weight > 0 else None
     event_attributes = AttributePrototypes(vision_dim) if event_attribute_weight > 0 else None
@@ -395,8 +407,8 @@ def pretrain_backbone(
             event_attribute = event_attributes.loss(motion_embedding(per_frame),  # (batch, vision_dim)
                                                     attribute_labels([triples[i] for i in index.tolist()]))
             loss = loss + event_attribute_weight * event_attribute
-        if teacher is not None:
-            distill = _distillation_loss(per_frame, teacher, frames[index])
+        if distill_targets is not None:
+            distill = _distillation_loss(per_frame, distill_targets[index])
             loss = loss + distill_weight * distill
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -413,10 +425,10 @@ def pretrain_backbone(
             logs["vision_attribute_loss"] = vision_attribute.item()
         if event_attributes is not None:
             logs["event_attribute_loss"] = event_attribute.item()
-        if teacher is not None:
+        if distill_targets is not None:
             logs["distill_loss"] = distill.item()
     held_triples = [t for _, _, t in held_in]
-    held_video, held_motion, held_caption = clip_embeddings(model, tokenizer, held_in)
+    held_per_frame, held_video, held_motion, held_caption = clip_embeddings(model, tokenizer, held_in)
     logs.update(backbone_retrieval(held_triples, held_video, held_motion, held_caption))
     if attributes is not None:  # how well each tower names the held-in clips' attributes
         with torch.no_grad():
@@ -435,10 +447,7 @@ def pretrain_backbone(
         for name, value in vision_attributes.accuracy(held_pooled, labels).items():
             logs[f"held_in_object_frame_pooled_{name}_accuracy"] = value
     if event_attributes is not None:  # how well the change of the held-in clips' pooled output names their event
-        with torch.no_grad():
-            held_frames = torch.stack([pixel_values(f) for f, _, _ in held_in])  # (clips, frames, 3, H, W)
-            pooled = model.vision_model(pixel_values=held_frames.flatten(0, 1)).pooler_output
-            held_change = motion_embedding(pooled.view(*held_frames.shape[:2], -1))  # (clips, vision_dim)
+        held_change = motion_embedding(held_per_frame)  # (clips, vision_dim)
         for name, value in event_attributes.accuracy(held_change, attribute_labels(held_triples)).items():
             logs[f"held_in_event_{name}_accuracy"] = value
     logs["seconds"] = time.time() - started
