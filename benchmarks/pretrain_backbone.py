@@ -6,6 +6,8 @@
         --attribute-warmup-steps 4000                # both towers name colour, shape and action; ~9 min
     python benchmarks/pretrain_backbone.py --output-dir shape-distilled --init-backbone peft_vtg/assets/synthvtg-clip \
         --vision-attribute-weight 4 --distill-weight 4 --learning-rate 1e-3   # the shipped one, taught shape; ~9 min
+    python benchmarks/pretrain_backbone.py --output-dir scene-distilled --init-backbone peft_vtg/assets/synthvtg-clip \
+        --scene-steps 8000 --steps 0 --distill-weight 4 --learning-rate 1e-3  # which shape goes with which colour
 
 Pre-trains a small CLIP on SynthVTG's trimmed clips (contrastive video-text loss + VIOLET / All-in-One matching
 heads; see `peft_vtg.synth.backbone`) and writes config.json, model.safetensors, the tokenizer, and
@@ -43,6 +45,12 @@ def main() -> None:
                         "--init-backbone's; 4: an 8x8 grid at about 2.5x the time)")
     parser.add_argument("--attribute-warmup-steps", type=int, default=0,
                         help="steps on the attribute term alone before the contrastive recipe (default 0)")
+    parser.add_argument("--scene-steps", type=int, default=0,
+                        help="steps that first train the vision tower alone to name every (colour, shape) on frames "
+                        "of two to four static actors, held near the starting backbone by --distill-weight "
+                        "(default 0: no scene stage)")
+    parser.add_argument("--num-scenes", type=int, default=60_000,
+                        help="scene frames for --scene-steps, a tenth (at most 1,000) held out (default 60000)")
     parser.add_argument("--init-backbone", default=None,
                         help="start from this backbone directory instead of fresh weights (default: fresh)")
     for flag, what in TERM_WEIGHTS.items():
@@ -53,15 +61,18 @@ def main() -> None:
     logs = pretrain_backbone(args.output_dir, num_clips=args.num_clips, steps=args.steps, seed=args.seed,
                              hard_negative_fraction=args.hard_negative_fraction, patch_size=args.patch_size,
                              attribute_warmup_steps=args.attribute_warmup_steps, learning_rate=args.learning_rate,
-                             init_backbone=args.init_backbone, **{name: getattr(args, name) for name in weights})
+                             init_backbone=args.init_backbone, scene_steps=args.scene_steps,
+                             num_scenes=args.num_scenes, **{name: getattr(args, name) for name in weights})
     logs.update(steps=args.steps, num_clips=args.num_clips, seed=args.seed)
     if args.hard_negative_fraction:
         logs["hard_negative_fraction"] = args.hard_negative_fraction
     if args.attribute_warmup_steps:
         logs["attribute_warmup_steps"] = args.attribute_warmup_steps
+    if args.scene_steps:
+        logs["num_scenes"] = args.num_scenes
     if args.patch_size not in (None, 8):
         logs["patch_size"] = args.patch_size
-    for name in ["learning_rate", "init_backbone", *weights]:
+    for name in ["learning_rate", "init_backbone", "scene_steps", *weights]:
         if getattr(args, name) != parser.get_default(name):
             logs[name] = getattr(args, name)
     (Path(args.output_dir) / "pretraining.json").write_text(json.dumps(logs, indent=2) + "\n")

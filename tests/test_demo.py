@@ -138,6 +138,49 @@ def test_pretraining_continues_from_a_backbone_with_a_vision_shape_term_and_dist
     assert not any("prototype" in name for name, _ in model.named_parameters())
 
 
+def test_scene_accuracy_asks_which_shape_goes_with_each_colour():
+    from peft_vtg.synth.backbone import SCENE_PAIRS, scene_accuracy, scene_targets
+
+    labels = [[("red", "circle"), ("red", "square"), ("blue", "circle")], [("green", "triangle"), ("red", "circle")]]
+    targets = scene_targets(labels)
+    assert targets.shape == (2, len(SCENE_PAIRS)) and targets.sum().item() == 5
+    assert targets[0, SCENE_PAIRS.index(("blue", "circle"))] == 1
+    assert targets[0, SCENE_PAIRS.index(("blue", "square"))] == 0
+    assert scene_accuracy(targets * 4 - 2, targets) == {"shape": 1.0, "exact_set": 1.0}
+    # every present pair outscored by an absent shape of its colour: each colour seen, none of its shapes right
+    swapped = targets.clone()
+    for row, actors in enumerate(labels):
+        for colour in {c for c, _ in actors}:
+            absent = next(s for s in ("square", "circle", "triangle") if (colour, s) not in actors)
+            swapped[row, SCENE_PAIRS.index((colour, absent))] = 2.0
+    accuracy = scene_accuracy(swapped, targets)
+    assert accuracy["shape"] == 0.0 and accuracy["exact_set"] == 0.0
+    # one frame right: half of the sets exact, and the shape score counts actors, not frames (2 of 5)
+    accuracy = scene_accuracy(torch.cat([swapped[:1], targets[1:] * 4 - 2]), targets)
+    assert accuracy == {"shape": pytest.approx(0.4), "exact_set": 0.5}
+
+
+def test_pretraining_scene_stage_moves_the_vision_tower_alone(tmp_path):
+    from safetensors.torch import load_file
+
+    for kwargs, match in (({"scene_steps": -1}, "scene_steps"), ({"scene_steps": 1.5}, "scene_steps"),
+                          ({"scene_steps": True}, "scene_steps"), ({"scene_steps": 2, "num_scenes": 5}, "num_scenes"),
+                          ({"steps": -1}, "steps")):
+        with pytest.raises(ValueError, match=match):
+            pretrain_backbone(tmp_path / "bad", num_clips=300, batch_size=8, **kwargs)
+    assert not (tmp_path / "bad").exists()
+    shipped = load_file(BACKBONE_DIR / "model.safetensors")
+    logs = pretrain_backbone(tmp_path / "scenes", num_clips=300, steps=0, batch_size=8, learning_rate=1e-3,
+                             init_backbone=BACKBONE_DIR, scene_steps=3, num_scenes=40, distill_weight=1.0)
+    assert {"scene_loss", "scene_distill_loss"} <= set(logs) and "contrastive_loss" not in logs  # no clip steps
+    for key in ("held_in_scene_shape_accuracy", "held_in_scene_exact_set_accuracy", "held_in_motion_retrieval_top1"):
+        assert 0.0 <= logs[key] <= 1.0
+    saved = load_file(tmp_path / "scenes" / "model.safetensors")
+    assert saved.keys() == shipped.keys()  # a plain CLIP: the scene head is discarded
+    moved = {k for k in shipped if not torch.equal(saved[k], shipped[k])}
+    assert moved and all(k.startswith("vision_model.") for k in moved)  # text tower and projections untouched
+
+
 def test_pretraining_script_passes_each_term_weight_and_records_it(tmp_path, monkeypatch):
     from benchmark_scripts import load_benchmark
 
@@ -145,12 +188,13 @@ def test_pretraining_script_passes_each_term_weight_and_records_it(tmp_path, mon
     monkeypatch.setattr("sys.argv", ["pretrain_backbone.py", "--output-dir", str(tmp_path), "--num-clips", "300",
                                      "--steps", "1", "--init-backbone", str(BACKBONE_DIR), "--learning-rate", "1e-4",
                                      "--vision-attribute-weight", "2", "--event-attribute-weight", "0.5",
-                                     "--distill-weight", "3"])
+                                     "--distill-weight", "3", "--scene-steps", "2", "--num-scenes", "40"])
     script.main()
     logs = json.loads((tmp_path / "pretraining.json").read_text())
     assert (logs["vision_attribute_weight"], logs["event_attribute_weight"], logs["distill_weight"]) == (2, 0.5, 3)
     assert logs["learning_rate"] == 1e-4 and logs["init_backbone"] == str(BACKBONE_DIR)
-    assert {"vision_attribute_loss", "event_attribute_loss", "distill_loss"} <= set(logs)  # each term ran
+    assert {"vision_attribute_loss", "event_attribute_loss", "distill_loss", "scene_loss"} <= set(logs)  # each ran
+    assert (logs["scene_steps"], logs["num_scenes"]) == (2, 40)
     assert "attribute_weight" not in logs and "attribute_loss" not in logs  # a weight left at 0 is left out
 
 

@@ -118,6 +118,19 @@ def test_a_domain_changes_the_look_but_not_the_content():
                                                                       domain="cluttered").frames)
 
 
+def test_scene_frames_show_two_to_four_actors_of_the_labelled_colours():
+    frames, labels = SynthVTG(seed=2).scene_frames(40)
+    again, same_labels = SynthVTG(seed=2).scene_frames(40)
+    assert frames.shape == (40, 32, 32, 3) and frames.dtype == np.uint8
+    assert np.array_equal(frames, again) and labels == same_labels
+    assert {len(actors) for actors in labels} == {2, 3, 4}
+    assert all(len(set(actors)) == len(actors) for actors in labels)  # no two actors alike, as in the videos
+    assert any(len({colour for colour, _ in actors}) < len(actors) for actors in labels)  # colours shared on purpose
+    for frame, actors in zip(frames, labels):
+        shown = {name for name, rgb in COLOURS.items() if (frame == np.array(rgb, np.uint8)).all(-1).any()}
+        assert shown == {colour for colour, _ in actors}  # each actor paints its colour; overlaps never hide one
+
+
 def test_unknown_domain_is_refused_before_generating():
     with pytest.raises(ValueError, match="domain 'foggy'.*'plain'.*'cluttered'"):
         SynthVTG(domain="foggy")

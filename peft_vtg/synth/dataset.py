@@ -12,12 +12,13 @@ import torch
 
 from ..data.annotations import HIGHLIGHT_FEATURES, QVHIGHLIGHTS_CLIP_SECONDS
 from ..data.video import CLIP_MEAN, CLIP_STD, preprocess_frames
-from .generator import (FRAME_SIZE, SynthVideo, generate_clip, generate_object_frame, generate_video,
-                        held_out_combinations, render_domain)
+from .generator import (FRAME_SIZE, SynthVideo, generate_clip, generate_object_frame, generate_scene_frame,
+                        generate_video, held_out_combinations, render_domain)
 from .text import describe
 
 SPLITS = ("train", "val", "test")
-_SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000, "pretrain": 3_000_000, "objects": 4_000_000}
+_SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000, "pretrain": 3_000_000, "objects": 4_000_000,
+                "scenes": 5_000_000}
 SYNTH_FEATURES = datasets.Features({**HIGHLIGHT_FEATURES, "held_out": datasets.Value("bool")})
 # How sharply each of the three simulated annotators prefers the middle of an event (see `highlight_labels`).
 ANNOTATOR_PEAKS = (0.25, 0.5, 0.75)
@@ -156,5 +157,12 @@ class SynthVTG:
         """`count` frames (count, 32, 32, 3) uint8 of one static actor each, and their (colour, shape), for the
         backbone's attribute term (`generate_object_frame`)."""
         frames, labels = zip(*(generate_object_frame(self._video_seed("objects", i), self.domain)
+                               for i in range(count)))
+        return np.stack(frames), list(labels)
+
+    def scene_frames(self, count: int) -> tuple[np.ndarray, list[list[tuple[str, str]]]]:
+        """`count` frames (count, 32, 32, 3) uint8 of two to four static actors each, and every actor's (colour,
+        shape), for the backbone's scene term (`generate_scene_frame`)."""
+        frames, labels = zip(*(generate_scene_frame(self._video_seed("scenes", i), self.domain)
                                for i in range(count)))
         return np.stack(frames), list(labels)

@@ -356,3 +356,32 @@ def generate_object_frame(seed: int, domain: str = "plain") -> tuple[np.ndarray,
     """`render_object` from `seed`: the frame (32, 32, 3) uint8 and its (colour, shape)."""
     frame, colour, shape, _ = render_object(random.Random(seed), np.random.default_rng(seed), domain)
     return frame, (colour, shape)
+
+
+def render_scene(rng: random.Random, noise: np.random.Generator, domain: str = "plain",
+                 sizes: tuple[float, float] = (2.5, 6.0)) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """One frame of two to four static actors placed as SynthVTG videos place them (`_actors`: later ones share a
+    colour or a shape with earlier ones), each of half-size in `sizes` (pixels), drawn from `rng`, rendered in
+    `domain`'s look with `noise`; no actor is more than half hidden by the ones drawn after it.
+
+    Returns the frame (32, 32, 3) uint8 and every actor's (colour, shape): a labelled view of a scene where telling
+    which colour goes with which shape takes binding the two on each actor, as a query about one of a video's actors
+    does.
+    """
+    look = render_domain(domain)
+    while True:  # drawn again until no actor is more than half hidden by later ones, so that each label is seen
+        actors = _actors(rng, rng.randint(2, 4))
+        for actor in actors:
+            actor.size = rng.uniform(*sizes)
+        masks = [_mask(a.shape, a.x, a.y, a.size) for a in actors]
+        covered = [np.logical_or.reduce(masks[k + 1:]) if k + 1 < len(masks) else np.zeros_like(m)
+                   for k, m in enumerate(masks)]
+        if all((m & ~c).sum() >= 0.5 * m.sum() for m, c in zip(masks, covered)):
+            break
+    state = np.array([[[a.x, a.y, a.size, 1.0]] for a in actors], np.float32)  # (actors, frames, 4): x, y, size, alpha
+    return _render(look, actors, state, noise)[0], [(a.colour, a.shape) for a in actors]
+
+
+def generate_scene_frame(seed: int, domain: str = "plain") -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """`render_scene` from `seed`: the frame (32, 32, 3) uint8 and its actors' (colour, shape)."""
+    return render_scene(random.Random(seed), np.random.default_rng(seed), domain)
