@@ -219,6 +219,23 @@ def scene_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, flo
             "exact_set": (logits > 0).eq(targets.bool()).all(dim=1).float().mean().item()}
 
 
+def _warmup_optimizer(params: list, learning_rate: float, steps: int):
+    """AdamW over `params` and a schedule that warms the learning rate up linearly over the first twentieth of
+    `steps`, then holds it: the training stages before the contrastive steps."""
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+
+
+def _optimizer_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, schedule: Any) -> None:
+    """Back-propagate `loss`, clip the gradient norm of `params` at 1, step, clear the gradients, advance `schedule`."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+    schedule.step()
+
+
 def _scene_stage(model: Any, scene_pixels: torch.Tensor, scene_pairs: torch.Tensor, steps: int, batch_size: int,
                  learning_rate: float, generator: torch.Generator, distill_frames: Optional[torch.Tensor] = None,
                  distill_targets: Optional[torch.Tensor] = None, distill_weight: float = 0.0
@@ -235,9 +252,7 @@ def _scene_stage(model: Any, scene_pixels: torch.Tensor, scene_pairs: torch.Tens
     tower = model.vision_model
     scene_head = torch.nn.Linear(model.config.vision_config.hidden_size, len(SCENE_PAIRS))
     params = list(tower.parameters()) + list(scene_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    optimizer, schedule = _warmup_optimizer(params, learning_rate, steps)
     tower.train()
     logs: dict[str, float] = {}
     for _ in tqdm(range(steps), desc="scene stage"):
@@ -249,11 +264,7 @@ def _scene_stage(model: Any, scene_pixels: torch.Tensor, scene_pairs: torch.Tens
             held = torch.randint(len(distill_frames), (batch_size,), generator=generator)
             distill = _distillation_loss(tower(pixel_values=distill_frames[held]).pooler_output, distill_targets[held])
             loss = loss + distill_weight * distill
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        schedule.step()
+        _optimizer_step(loss, params, optimizer, schedule)
         logs = {"scene_loss": scene.item(), **({"scene_distill_loss": distill.item()} if distill_weight else {})}
     return scene_head, logs
 
@@ -298,9 +309,7 @@ def _attribute_warmup(model: Any, attributes: AttributePrototypes, text: Any, tr
     """Train `model` and `attributes` on the attribute term alone for `steps` steps: captions (`text`, tokenized, with
     their `triples`) name colour, shape and action; object frames (frames, 3, 32, 32) name colour and shape."""
     params = list(model.parameters()) + list(attributes.parameters())
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    optimizer, schedule = _warmup_optimizer(params, learning_rate, steps)
     model.train()
     for _ in tqdm(range(steps), desc="attribute warm-up"):
         index = torch.randint(len(triples), (batch_size,), generator=generator)
@@ -308,11 +317,7 @@ def _attribute_warmup(model: Any, attributes: AttributePrototypes, text: Any, tr
         caption = F.normalize(model.text_projection(out.pooler_output), dim=-1)  # (batch, dim)
         loss = (attributes.loss(caption, attribute_labels([triples[i] for i in index.tolist()]))
                 + _object_attribute_loss(model, attributes, object_pixels, object_labels, batch_size, generator)) / 2
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        schedule.step()
+        _optimizer_step(loss, params, optimizer, schedule)
 
 
 def pretrain_backbone(
@@ -505,11 +510,7 @@ def pretrain_backbone(
         if distill_targets is not None:
             distill = _distillation_loss(per_frame, distill_targets[index])
             loss = loss + distill_weight * distill
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        schedule.step()
+        _optimizer_step(loss, params, optimizer, schedule)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         logs = {"contrastive_loss": contrastive.item(), "motion_contrastive_loss": motion_contrastive.item(),
