@@ -6,8 +6,8 @@
         --attribute-warmup-steps 4000                # both towers name colour, shape and action; ~9 min
     python benchmarks/pretrain_backbone.py --output-dir shape-distilled --init-backbone peft_vtg/assets/synthvtg-clip \
         --vision-attribute-weight 4 --distill-weight 4 --learning-rate 1e-3   # the shipped one, taught shape; ~9 min
-    python benchmarks/pretrain_backbone.py --output-dir scene-distilled --init-backbone peft_vtg/assets/synthvtg-clip \
-        --scene-steps 8000 --steps 0 --distill-weight 4 --learning-rate 1e-3  # which shape goes with which colour
+    python benchmarks/pretrain_backbone.py --output-dir scene-binding --init-backbone peft_vtg/assets/synthvtg-clip \
+        --scene-steps 8000 --steps 1500 --distill-weight 4 --learning-rate 1e-3  # ~15 min
 
 Pre-trains a small CLIP on SynthVTG's trimmed clips (contrastive video-text loss + VIOLET / All-in-One matching
 heads; see `peft_vtg.synth.backbone`) and writes config.json, model.safetensors, the tokenizer, and
