@@ -11,7 +11,9 @@ A span found in window w is scored `p_span ** a * inside(span) * presence(w) ** 
 of those videos grounded in its hour. Each window is run through the adapter once for all queries and its logits
 kept, then every (a, b) of the grid rescored: the hour's R1@0.5 (right: any moment of the query's (colour, shape,
 action) in the hour, as in `long_video.py`) and the R1@0.5 of the best span inside the query's own video. With
-`ground`'s exponents it also counts where each query's top-1 lands (`wrong_top1`: right, or which look-alike event). Results go
+`ground`'s exponents it also counts where each query's top-1 lands (`wrong_top1`: right, or which look-alike event)
+and how the query's event ranks among the hour's events (`event_ranking`: which kinds of other event outscore it, and
+how often each would have to lose for the query's event to come first as often as in a short video). Results go
 to `benchmarks/results/long_video_scoring.json`. Several adapters: the grid scores their prompt ensemble (each
 member's logits fused by `peft_vtg.heads.fuse_grounding_outputs`, the mean of probabilities, what
 `ground(adapter_names=...)` decodes), and each member alone is scored with `ground`'s exponents.
@@ -126,12 +128,87 @@ def wrong_top1(hours: list[dict[str, Any]], window_frames: int, span_exponent: f
                 kind = "right"
             else:
                 event = max(hour["events"], key=lambda e: temporal_iou(top, e["moment"]))
-                shared = [name for name, mine, theirs in zip(ATTRIBUTES, query["triple"], event["triple"])
-                          if mine == theirs]
+                shared = shared_attributes(query["triple"], event["triple"])
                 kind = "no event" if temporal_iou(top, event["moment"]) < 0.3 else \
                     ("same " + "+".join(shared) if shared else "nothing shared")
             counts[kind] = counts.get(kind, 0) + 1
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def shared_attributes(mine: tuple[str, ...], theirs: tuple[str, ...]) -> list[str]:
+    """The names of the attributes (colour, shape, action) two events' triples have in common, in that order."""
+    return [name for name, a, b in zip(ATTRIBUTES, mine, theirs) if a == b]
+
+
+# How `event_ranking` groups the hour's other events by what they share with the query's.
+DISTRACTOR_KINDS = ("colour+shape", "colour+action", "shape+action", "one attribute", "none")
+RATE_SCALES = (1.0, 0.5, 0.25, 0.1, 0.05)
+
+
+def _distractor_kind(shared: list[str]) -> str:
+    return "+".join(shared) if len(shared) == 2 else ("one attribute" if shared else "none")
+
+
+def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent: float,
+                  presence_exponent: float) -> dict[str, Any]:
+    """How the query's event ranks among the hour's events, and how far each kind of other event is from beating it.
+
+    An event's score for a query is the best score of the query's ranked moments (`ranked_moments`) that find it
+    (IoU >= 0.5 with its moment), 0 when none does; the query's own score is the best over its event's moments (every
+    moment of its (colour, shape, action)). Another event "outscores" the query's when its score is higher, or when
+    the query's is 0 and its own is not. Returned, over all queries:
+
+    - `first_among_events`: percent of queries whose event no other event outscores (an upper bound of the hour's
+      R1@0.5, which also loses top-1 spans over no event or at IoU < 0.5);
+    - `other_events_per_query` and `outscoring_percent`: per kind of other event (`DISTRACTOR_KINDS`: the two
+      attributes it shares with the query's event, one, or none), how many an hour holds per query and the percent of
+      them that outscore the query's event;
+    - `first_if_independent`: per factor of `RATE_SCALES`, the mean over queries of prod_kind (1 - factor x rate_kind)
+      ** count_kind(query): what `first_among_events` would be if each other event beat the query's independently at
+      the measured rate of its kind, times the factor. At factor 1 it checks the model against `first_among_events`;
+      the smaller factors say how much rarer each kind of loss must become for the query's event to come first as
+      often as in a short video.
+    """
+    counts = {kind: 0 for kind in DISTRACTOR_KINDS}
+    beaten = {kind: 0 for kind in DISTRACTOR_KINDS}
+    per_query_counts, first = [], 0
+    for hour in hours:
+        events = hour["events"]
+        event_moments = np.array([e["moment"] for e in events], np.float64).reshape(-1, 2)  # (events, 2) seconds
+        for q, query in enumerate(hour["queries"]):
+            ranked = np.array(ranked_moments(hour, q, window_frames, span_exponent, presence_exponent),
+                              np.float64).reshape(-1, 3)  # (moments, 3): start, end, score
+            overlap = np.clip(np.minimum(event_moments[:, None, 1], ranked[None, :, 1])
+                              - np.maximum(event_moments[:, None, 0], ranked[None, :, 0]), 0, None)
+            union = np.maximum(event_moments[:, None, 1], ranked[None, :, 1]) - np.minimum(
+                event_moments[:, None, 0], ranked[None, :, 0])
+            found = overlap / np.maximum(union, 1e-9) >= 0.5  # (events, moments)
+            scores = np.where(found, ranked[None, :, 2], 0.0).max(axis=1, initial=0.0)  # (events,)
+            own = [k for k, e in enumerate(events) if tuple(e["triple"]) == tuple(query["triple"])]
+            truth = max(scores[k] for k in own) if own else 0.0
+            mine = {kind: 0 for kind in DISTRACTOR_KINDS}
+            lost = False
+            for k, event in enumerate(events):
+                if tuple(event["triple"]) == tuple(query["triple"]):
+                    continue
+                kind = _distractor_kind(shared_attributes(query["triple"], event["triple"]))
+                mine[kind] += 1
+                wins = scores[k] > truth or (truth == 0.0 and scores[k] > 0.0)
+                beaten[kind] += wins
+                lost |= wins
+            first += truth > 0.0 and not lost
+            per_query_counts.append(mine)
+            for kind in DISTRACTOR_KINDS:
+                counts[kind] += mine[kind]
+    queries = len(per_query_counts)
+    rates = {kind: beaten[kind] / counts[kind] if counts[kind] else 0.0 for kind in DISTRACTOR_KINDS}
+    independent = {str(factor): 100.0 * float(np.mean([np.prod([(1.0 - factor * rates[k]) ** c[k]
+                                                                for k in DISTRACTOR_KINDS])
+                                                       for c in per_query_counts])) for factor in RATE_SCALES}
+    return {"queries": queries, "first_among_events": 100.0 * first / max(queries, 1),
+            "other_events_per_query": {k: counts[k] / max(queries, 1) for k in DISTRACTOR_KINDS},
+            "outscoring_percent": {k: 100.0 * rates[k] for k in DISTRACTOR_KINDS},
+            "first_if_independent": independent}
 
 
 def score_grid(hours: list[dict[str, Any]], window_frames: int, grid: list[tuple[float, float]]) -> list[dict]:
@@ -219,6 +296,8 @@ def main() -> None:
     results = score_grid(hours, window_frames, grid)
     landed = wrong_top1(hours, window_frames, SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT)
     print("where the top-1 lands, `ground`'s exponents:", json.dumps(landed), flush=True)
+    ranking = event_ranking(hours, window_frames, SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT)
+    print("how the query's event ranks among the hour's events:", json.dumps(ranking), flush=True)
     look_alikes = sum(any(e["triple"][0] == q["triple"][0] and e["triple"][2] == q["triple"][2]
                           and e["triple"][1] != q["triple"][1] for e in hour["events"])
                       for hour in built for q in hour["queries"])
@@ -226,7 +305,7 @@ def main() -> None:
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps({
         "adapter": names[0] if len(names) == 1 else names, "first_videos": args.first_videos,
-        "torch": torch.__version__, "results": results, "top1_lands_on": landed,
+        "torch": torch.__version__, "results": results, "top1_lands_on": landed, "event_ranking": ranking,
         "queries_with_a_look_alike_of_another_shape": look_alikes,
         **({"backbone": args.backbone} if args.backbone else {}), **({"members": members} if members else {})},
         indent=1) + "\n")

@@ -65,3 +65,33 @@ def test_wrong_top1_names_what_the_top_moment_lands_on(scoring):
     hour["events"] = events[1:]
     hour["queries"] = queries[1:]
     assert scoring.wrong_top1([hour], frames, 0.5, 2.0) == {"no event": 2}
+
+
+def test_event_ranking_counts_which_other_events_outscore_the_querys(scoring, monkeypatch):
+    events = [{"triple": ("red", "circle", "grow"), "moment": [0.0, 2.0]},
+              {"triple": ("red", "circle", "grow"), "moment": [10.0, 12.0]},  # the same event, a second time
+              {"triple": ("red", "square", "grow"), "moment": [2.0, 4.0]},
+              {"triple": ("blue", "circle", "grow"), "moment": [4.0, 6.0]},
+              {"triple": ("red", "circle", "blink"), "moment": [6.0, 8.0]},
+              {"triple": ("blue", "square", "grow"), "moment": [8.0, 10.0]},
+              {"triple": ("green", "triangle", "blink"), "moment": [14.0, 16.0]}]
+    queries = [{"triple": ("red", "circle", "grow")}, {"triple": ("red", "square", "grow")},
+               {"triple": ("green", "triangle", "blink")}]
+    ranked = [
+        # its event's best moment (0.9, the second time) is beaten by another colour of it (0.95)
+        [[4.0, 6.0, 0.95], [10.0, 12.0, 0.9], [2.0, 4.0, 0.8], [0.0, 2.0, 0.1]],
+        [[2.2, 4.0, 0.7]],  # found (IoU 0.9), nothing else: first
+        [[6.0, 8.0, 0.5], [13.0, 14.5, 0.4]],  # its own moment never found (IoU 1/6): anything found beats it
+    ]
+    monkeypatch.setattr(scoring, "ranked_moments", lambda hour, q, *args: ranked[q])
+    result = scoring.event_ranking([{"events": events, "queries": queries}], 8, 0.5, 2.0)
+    assert result["queries"] == 3 and result["first_among_events"] == pytest.approx(100 / 3)
+    # per query, the other events by what they share: (red circle grow), (red square grow), (green triangle blink)
+    assert result["other_events_per_query"] == pytest.approx(
+        {"colour+shape": 1 / 3, "colour+action": 3 / 3, "shape+action": 2 / 3, "one attribute": 4 / 3, "none": 7 / 3})
+    assert result["outscoring_percent"] == pytest.approx(
+        {"colour+shape": 0.0, "colour+action": 0.0, "shape+action": 50.0, "one attribute": 25.0, "none": 0.0})
+    by_hand = (0.5 * 0.75 + 0.5 * 0.75 ** 2 + 0.75) / 3
+    assert result["first_if_independent"]["1.0"] == pytest.approx(100 * by_hand)
+    by_hand = (0.95 * 0.975 + 0.95 * 0.975 ** 2 + 0.975) / 3
+    assert result["first_if_independent"]["0.1"] == pytest.approx(100 * by_hand)
