@@ -160,6 +160,8 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
 
     - `first_among_events`: percent of queries whose event no other event outscores (an upper bound of the hour's
       R1@0.5, which also loses top-1 spans over no event or at IoU < 0.5);
+    - `first_within_its_video`: the same with only the events and moments inside the query's own video (as if the
+      right few minutes were known): how often the query's event comes first among a short video's events;
     - `other_events_per_query` and `outscoring_percent`: per kind of other event (`DISTRACTOR_KINDS`: the two
       attributes it shares with the query's event, one, or none), how many an hour holds per query and the percent of
       them that outscore the query's event;
@@ -171,7 +173,7 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
     """
     counts = {kind: 0 for kind in DISTRACTOR_KINDS}
     beaten = {kind: 0 for kind in DISTRACTOR_KINDS}
-    per_query_counts, first = [], 0
+    per_query_counts, first, first_within = [], 0, 0
     for hour in hours:
         events = hour["events"]
         event_moments = np.array([e["moment"] for e in events], np.float64).reshape(-1, 2)  # (events, 2) seconds
@@ -186,8 +188,13 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
             scores = np.where(found, ranked[None, :, 2], 0.0).max(axis=1, initial=0.0)  # (events,)
             own = [k for k, e in enumerate(events) if tuple(e["triple"]) == tuple(query["triple"])]
             truth = max(scores[k] for k in own) if own else 0.0
+            low, high = query["video"]
+            inside = (event_moments[:, 0] >= low) & (event_moments[:, 1] <= high)  # (events,) in its own video
+            own_video = np.where(found & ((ranked[:, 0] >= low) & (ranked[:, 1] <= high))[None, :],
+                                 ranked[None, :, 2], 0.0).max(axis=1, initial=0.0)  # (events,) its video's moments
+            truth_within = max((own_video[k] for k in own if inside[k]), default=0.0)
             mine = {kind: 0 for kind in DISTRACTOR_KINDS}
-            lost = False
+            lost = lost_within = False
             for k, event in enumerate(events):
                 if tuple(event["triple"]) == tuple(query["triple"]):
                     continue
@@ -196,7 +203,10 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
                 wins = scores[k] > truth or (truth == 0.0 and scores[k] > 0.0)
                 beaten[kind] += wins
                 lost |= wins
+                lost_within |= bool(inside[k]) and (own_video[k] > truth_within
+                                                    or (truth_within == 0.0 and own_video[k] > 0.0))
             first += truth > 0.0 and not lost
+            first_within += truth_within > 0.0 and not lost_within
             per_query_counts.append(mine)
             for kind in DISTRACTOR_KINDS:
                 counts[kind] += mine[kind]
@@ -206,6 +216,7 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
                                                                 for k in DISTRACTOR_KINDS])
                                                        for c in per_query_counts])) for factor in RATE_SCALES}
     return {"queries": queries, "first_among_events": 100.0 * first / max(queries, 1),
+            "first_within_its_video": 100.0 * first_within / max(queries, 1),
             "other_events_per_query": {k: counts[k] / max(queries, 1) for k in DISTRACTOR_KINDS},
             "outscoring_percent": {k: 100.0 * rates[k] for k in DISTRACTOR_KINDS},
             "first_if_independent": independent}

@@ -75,8 +75,9 @@ def test_event_ranking_counts_which_other_events_outscore_the_querys(scoring, mo
               {"triple": ("red", "circle", "blink"), "moment": [6.0, 8.0]},
               {"triple": ("blue", "square", "grow"), "moment": [8.0, 10.0]},
               {"triple": ("green", "triangle", "blink"), "moment": [14.0, 16.0]}]
-    queries = [{"triple": ("red", "circle", "grow")}, {"triple": ("red", "square", "grow")},
-               {"triple": ("green", "triangle", "blink")}]
+    queries = [{"triple": ("red", "circle", "grow"), "video": [0.0, 5.0]},  # two videos: seconds 0-5 and 5-16
+               {"triple": ("red", "square", "grow"), "video": [0.0, 5.0]},
+               {"triple": ("green", "triangle", "blink"), "video": [5.0, 16.0]}]
     ranked = [
         # its event's best moment (0.9, the second time) is beaten by another colour of it (0.95)
         [[4.0, 6.0, 0.95], [10.0, 12.0, 0.9], [2.0, 4.0, 0.8], [0.0, 2.0, 0.1]],
@@ -86,6 +87,12 @@ def test_event_ranking_counts_which_other_events_outscore_the_querys(scoring, mo
     monkeypatch.setattr(scoring, "ranked_moments", lambda hour, q, *args: ranked[q])
     result = scoring.event_ranking([{"events": events, "queries": queries}], 8, 0.5, 2.0)
     assert result["queries"] == 3 and result["first_among_events"] == pytest.approx(100 / 3)
+    # within its video, the first query's event (0.1 at seconds 0-2) still loses to red square grow (0.8); the second
+    # comes first again; the third's own moment is still not found
+    assert result["first_within_its_video"] == pytest.approx(100 / 3)
+    queries[0]["video"] = [0.0, 2.0]  # a video holding its event alone: nothing there to lose to
+    assert scoring.event_ranking([{"events": events, "queries": queries}], 8, 0.5, 2.0)[
+        "first_within_its_video"] == pytest.approx(200 / 3)
     # per query, the other events by what they share: (red circle grow), (red square grow), (green triangle blink)
     assert result["other_events_per_query"] == pytest.approx(
         {"colour+shape": 1 / 3, "colour+action": 3 / 3, "shape+action": 2 / 3, "one attribute": 4 / 3, "none": 7 / 3})
