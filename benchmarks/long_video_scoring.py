@@ -12,8 +12,8 @@ of those videos grounded in its hour. Each window is run through the adapter onc
 kept, then every (a, b) of the grid rescored: the hour's R1@0.5 (right: any moment of the query's (colour, shape,
 action) in the hour, as in `long_video.py`) and the R1@0.5 of the best span inside the query's own video. With
 `ground`'s exponents it also counts where each query's top-1 lands (`wrong_top1`: right, or which look-alike event)
-and how the query's event ranks among the hour's events (`event_ranking`: which kinds of other event outscore it, and
-how often each would have to lose for the query's event to come first as often as in a short video). Results go
+and how the query's event ranks among the hour's events (`event_ranking`: how often it comes first there and among
+its own video's events, which kinds of other event outscore it, and by how many). Results go
 to `benchmarks/results/long_video_scoring.json`. Several adapters: the grid scores their prompt ensemble (each
 member's logits fused by `peft_vtg.heads.fuse_grounding_outputs`, the mean of probabilities, what
 `ground(adapter_names=...)` decodes), and each member alone is scored with `ground`'s exponents.
@@ -142,7 +142,7 @@ def shared_attributes(mine: tuple[str, ...], theirs: tuple[str, ...]) -> list[st
 
 # How `event_ranking` groups the hour's other events by what they share with the query's.
 DISTRACTOR_KINDS = ("colour+shape", "colour+action", "shape+action", "one attribute", "none")
-RATE_SCALES = (1.0, 0.5, 0.25, 0.1, 0.05)
+OUTSCORED_BINS = ((0, 0), (1, 1), (2, 4), (5, 19), (20, None))  # inclusive ranges of other events that outscore
 
 
 def _distractor_kind(shared: list[str]) -> str:
@@ -151,7 +151,7 @@ def _distractor_kind(shared: list[str]) -> str:
 
 def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent: float,
                   presence_exponent: float) -> dict[str, Any]:
-    """How the query's event ranks among the hour's events, and how far each kind of other event is from beating it.
+    """How the query's event ranks among the hour's events and among its own video's, and what outscores it.
 
     An event's score for a query is the best score of the query's ranked moments (`ranked_moments`) that find it
     (IoU >= 0.5 with its moment), 0 when none does; the query's own score is the best over its event's moments (every
@@ -165,15 +165,14 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
     - `other_events_per_query` and `outscoring_percent`: per kind of other event (`DISTRACTOR_KINDS`: the two
       attributes it shares with the query's event, one, or none), how many an hour holds per query and the percent of
       them that outscore the query's event;
-    - `first_if_independent`: per factor of `RATE_SCALES`, the mean over queries of prod_kind (1 - factor x rate_kind)
-      ** count_kind(query): what `first_among_events` would be if each other event beat the query's independently at
-      the measured rate of its kind, times the factor. At factor 1 it checks the model against `first_among_events`;
-      the smaller factors say how much rarer each kind of loss must become for the query's event to come first as
-      often as in a short video.
+    - `own_event_not_found`: percent of queries none of whose event's moments the ranked moments find;
+    - `outscored_by`: percent of queries whose event is found and outscored by this many other events (`OUTSCORED_BINS`):
+      how far from first the query's event is when it is not first.
     """
     counts = {kind: 0 for kind in DISTRACTOR_KINDS}
     beaten = {kind: 0 for kind in DISTRACTOR_KINDS}
-    per_query_counts, first, first_within = [], 0, 0
+    queries = first = first_within = not_found = 0
+    outscored: list[int] = []  # per query whose event is found: how many other events outscore it
     for hour in hours:
         events = hour["events"]
         event_moments = np.array([e["moment"] for e in events], np.float64).reshape(-1, 2)  # (events, 2) seconds
@@ -193,33 +192,33 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
             own_video = np.where(found & ((ranked[:, 0] >= low) & (ranked[:, 1] <= high))[None, :],
                                  ranked[None, :, 2], 0.0).max(axis=1, initial=0.0)  # (events,) its video's moments
             truth_within = max((own_video[k] for k in own if inside[k]), default=0.0)
-            mine = {kind: 0 for kind in DISTRACTOR_KINDS}
-            lost = lost_within = False
+            lost_within, above = False, 0
             for k, event in enumerate(events):
                 if tuple(event["triple"]) == tuple(query["triple"]):
                     continue
                 kind = _distractor_kind(shared_attributes(query["triple"], event["triple"]))
-                mine[kind] += 1
+                counts[kind] += 1
                 wins = scores[k] > truth or (truth == 0.0 and scores[k] > 0.0)
                 beaten[kind] += wins
-                lost |= wins
+                above += wins
                 lost_within |= bool(inside[k]) and (own_video[k] > truth_within
                                                     or (truth_within == 0.0 and own_video[k] > 0.0))
-            first += truth > 0.0 and not lost
+            first += truth > 0.0 and not above
             first_within += truth_within > 0.0 and not lost_within
-            per_query_counts.append(mine)
-            for kind in DISTRACTOR_KINDS:
-                counts[kind] += mine[kind]
-    queries = len(per_query_counts)
+            if truth > 0.0:
+                outscored.append(above)
+            else:
+                not_found += 1
+            queries += 1
     rates = {kind: beaten[kind] / counts[kind] if counts[kind] else 0.0 for kind in DISTRACTOR_KINDS}
-    independent = {str(factor): 100.0 * float(np.mean([np.prod([(1.0 - factor * rates[k]) ** c[k]
-                                                                for k in DISTRACTOR_KINDS])
-                                                       for c in per_query_counts])) for factor in RATE_SCALES}
+    bins = {(f"{low}" if low == high else f"{low}+" if high is None else f"{low}-{high}"):
+            100.0 * sum(low <= n and (high is None or n <= high) for n in outscored) / max(queries, 1)
+            for low, high in OUTSCORED_BINS}
     return {"queries": queries, "first_among_events": 100.0 * first / max(queries, 1),
             "first_within_its_video": 100.0 * first_within / max(queries, 1),
             "other_events_per_query": {k: counts[k] / max(queries, 1) for k in DISTRACTOR_KINDS},
             "outscoring_percent": {k: 100.0 * rates[k] for k in DISTRACTOR_KINDS},
-            "first_if_independent": independent}
+            "own_event_not_found": 100.0 * not_found / max(queries, 1), "outscored_by": bins}
 
 
 def score_grid(hours: list[dict[str, Any]], window_frames: int, grid: list[tuple[float, float]]) -> list[dict]:

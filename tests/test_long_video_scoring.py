@@ -98,7 +98,6 @@ def test_event_ranking_counts_which_other_events_outscore_the_querys(scoring, mo
         {"colour+shape": 1 / 3, "colour+action": 3 / 3, "shape+action": 2 / 3, "one attribute": 4 / 3, "none": 7 / 3})
     assert result["outscoring_percent"] == pytest.approx(
         {"colour+shape": 0.0, "colour+action": 0.0, "shape+action": 50.0, "one attribute": 25.0, "none": 0.0})
-    by_hand = (0.5 * 0.75 + 0.5 * 0.75 ** 2 + 0.75) / 3
-    assert result["first_if_independent"]["1.0"] == pytest.approx(100 * by_hand)
-    by_hand = (0.95 * 0.975 + 0.95 * 0.975 ** 2 + 0.975) / 3
-    assert result["first_if_independent"]["0.1"] == pytest.approx(100 * by_hand)
+    # found and first (the second query), found and beaten by one (the first), not found (the third)
+    assert result["own_event_not_found"] == pytest.approx(100 / 3)
+    assert result["outscored_by"] == pytest.approx({"0": 100 / 3, "1": 100 / 3, "2-4": 0.0, "5-19": 0.0, "20+": 0.0})
