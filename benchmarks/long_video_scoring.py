@@ -142,6 +142,7 @@ def shared_attributes(mine: tuple[str, ...], theirs: tuple[str, ...]) -> list[st
 
 # How `event_ranking` groups the hour's other events by what they share with the query's.
 DISTRACTOR_KINDS = ("colour+shape", "colour+action", "shape+action", "one attribute", "none")
+LOOK_ALIKE_KINDS = DISTRACTOR_KINDS[:3]  # sharing two of the three attributes
 OUTSCORED_BINS = ((0, 0), (1, 1), (2, 4), (5, 19), (20, None))  # inclusive ranges of other events that outscore
 
 
@@ -167,11 +168,14 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
       them that outscore the query's event;
     - `own_event_not_found`: percent of queries none of whose event's moments the ranked moments find;
     - `outscored_by`: percent of queries whose event is found and outscored by this many other events (`OUTSCORED_BINS`):
-      how far from first the query's event is when it is not first.
+      how far from first the query's event is when it is not first;
+    - `first_if_look_alikes_lost` / `first_if_others_lost`: what `first_among_events` would be if every other event
+      sharing two attributes with the query's (a look-alike) / every one sharing one or none scored below it, the
+      rest unchanged: which kind of loss keeps the query's event from first place.
     """
     counts = {kind: 0 for kind in DISTRACTOR_KINDS}
     beaten = {kind: 0 for kind in DISTRACTOR_KINDS}
-    queries = first = first_within = not_found = 0
+    queries = first = first_within = not_found = first_without_look_alikes = first_without_others = 0
     outscored: list[int] = []  # per query whose event is found: how many other events outscore it
     for hour in hours:
         events = hour["events"]
@@ -192,7 +196,7 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
             own_video = np.where(found & ((ranked[:, 0] >= low) & (ranked[:, 1] <= high))[None, :],
                                  ranked[None, :, 2], 0.0).max(axis=1, initial=0.0)  # (events,) its video's moments
             truth_within = max((own_video[k] for k in own if inside[k]), default=0.0)
-            lost_within, above = False, 0
+            lost_within, above, above_look_alikes = False, 0, 0
             for k, event in enumerate(events):
                 if tuple(event["triple"]) == tuple(query["triple"]):
                     continue
@@ -201,9 +205,12 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
                 wins = scores[k] > truth or (truth == 0.0 and scores[k] > 0.0)
                 beaten[kind] += wins
                 above += wins
+                above_look_alikes += wins and kind in LOOK_ALIKE_KINDS
                 lost_within |= bool(inside[k]) and (own_video[k] > truth_within
                                                     or (truth_within == 0.0 and own_video[k] > 0.0))
             first += truth > 0.0 and not above
+            first_without_look_alikes += truth > 0.0 and above == above_look_alikes
+            first_without_others += truth > 0.0 and not above_look_alikes
             first_within += truth_within > 0.0 and not lost_within
             if truth > 0.0:
                 outscored.append(above)
@@ -218,7 +225,9 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
             "first_within_its_video": 100.0 * first_within / max(queries, 1),
             "other_events_per_query": {k: counts[k] / max(queries, 1) for k in DISTRACTOR_KINDS},
             "outscoring_percent": {k: 100.0 * rates[k] for k in DISTRACTOR_KINDS},
-            "own_event_not_found": 100.0 * not_found / max(queries, 1), "outscored_by": bins}
+            "own_event_not_found": 100.0 * not_found / max(queries, 1), "outscored_by": bins,
+            "first_if_look_alikes_lost": 100.0 * first_without_look_alikes / max(queries, 1),
+            "first_if_others_lost": 100.0 * first_without_others / max(queries, 1)}
 
 
 def score_grid(hours: list[dict[str, Any]], window_frames: int, grid: list[tuple[float, float]]) -> list[dict]:

@@ -101,3 +101,9 @@ def test_event_ranking_counts_which_other_events_outscore_the_querys(scoring, mo
     # found and first (the second query), found and beaten by one (the first), not found (the third)
     assert result["own_event_not_found"] == pytest.approx(100 / 3)
     assert result["outscored_by"] == pytest.approx({"0": 100 / 3, "1": 100 / 3, "2-4": 0.0, "5-19": 0.0, "20+": 0.0})
+    # the first query lost to a look-alike (another colour of its event): first without look-alikes; the third's event
+    # is never found, first under neither
+    assert (result["first_if_look_alikes_lost"], result["first_if_others_lost"]) == pytest.approx((200 / 3, 100 / 3))
+    ranked[0][0] = [8.0, 10.0, 0.95]  # now blue square grow, sharing the action alone, beats the first query's event
+    result = scoring.event_ranking([{"events": events, "queries": queries}], 8, 0.5, 2.0)
+    assert (result["first_if_look_alikes_lost"], result["first_if_others_lost"]) == pytest.approx((100 / 3, 200 / 3))
