@@ -150,6 +150,11 @@ def _distractor_kind(shared: list[str]) -> str:
     return "+".join(shared) if len(shared) == 2 else ("one attribute" if shared else "none")
 
 
+def _outscores(score: float, truth: float) -> bool:
+    """Whether an event scored `score` outranks the query's event scored `truth` (0: none of its moments found)."""
+    return score > truth or (truth == 0.0 and score > 0.0)
+
+
 def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent: float,
                   presence_exponent: float) -> dict[str, Any]:
     """How the query's event ranks among the hour's events and among its own video's, and what outscores it.
@@ -173,6 +178,8 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
       sharing two attributes with the query's (a look-alike) / every one sharing one or none scored below it, the
       rest unchanged: which kind of loss keeps the query's event from first place.
     """
+    from peft_vtg.moment_detr_eval import _cross_iou
+
     counts = {kind: 0 for kind in DISTRACTOR_KINDS}
     beaten = {kind: 0 for kind in DISTRACTOR_KINDS}
     queries = first = first_within = not_found = first_without_look_alikes = first_without_others = 0
@@ -183,13 +190,12 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
         for q, query in enumerate(hour["queries"]):
             ranked = np.array(ranked_moments(hour, q, window_frames, span_exponent, presence_exponent),
                               np.float64).reshape(-1, 3)  # (moments, 3): start, end, score
-            overlap = np.clip(np.minimum(event_moments[:, None, 1], ranked[None, :, 1])
-                              - np.maximum(event_moments[:, None, 0], ranked[None, :, 0]), 0, None)
-            union = np.maximum(event_moments[:, None, 1], ranked[None, :, 1]) - np.minimum(
-                event_moments[:, None, 0], ranked[None, :, 0])
-            found = overlap / np.maximum(union, 1e-9) >= 0.5  # (events, moments)
+            iou = np.array([_cross_iou(moment, ranked[:, :2]) for moment in event_moments]).reshape(
+                len(events), len(ranked))  # (events, moments)
+            found = iou >= 0.5
             scores = np.where(found, ranked[None, :, 2], 0.0).max(axis=1, initial=0.0)  # (events,)
-            own = [k for k, e in enumerate(events) if tuple(e["triple"]) == tuple(query["triple"])]
+            is_own = [tuple(e["triple"]) == tuple(query["triple"]) for e in events]
+            own = [k for k, mine in enumerate(is_own) if mine]
             truth = max(scores[k] for k in own) if own else 0.0
             low, high = query["video"]
             inside = (event_moments[:, 0] >= low) & (event_moments[:, 1] <= high)  # (events,) in its own video
@@ -198,16 +204,15 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
             truth_within = max((own_video[k] for k in own if inside[k]), default=0.0)
             lost_within, above, above_look_alikes = False, 0, 0
             for k, event in enumerate(events):
-                if tuple(event["triple"]) == tuple(query["triple"]):
+                if is_own[k]:
                     continue
                 kind = _distractor_kind(shared_attributes(query["triple"], event["triple"]))
                 counts[kind] += 1
-                wins = scores[k] > truth or (truth == 0.0 and scores[k] > 0.0)
+                wins = _outscores(scores[k], truth)
                 beaten[kind] += wins
                 above += wins
                 above_look_alikes += wins and kind in LOOK_ALIKE_KINDS
-                lost_within |= bool(inside[k]) and (own_video[k] > truth_within
-                                                    or (truth_within == 0.0 and own_video[k] > 0.0))
+                lost_within |= bool(inside[k]) and _outscores(own_video[k], truth_within)
             first += truth > 0.0 and not above
             first_without_look_alikes += truth > 0.0 and above == above_look_alikes
             first_without_others += truth > 0.0 and not above_look_alikes
