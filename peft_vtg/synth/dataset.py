@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import datasets
 import numpy as np
@@ -156,13 +157,16 @@ class SynthVTG:
     def object_frames(self, count: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
         """`count` frames (count, 32, 32, 3) uint8 of one static actor each, and their (colour, shape), for the
         backbone's attribute term (`generate_object_frame`)."""
-        frames, labels = zip(*(generate_object_frame(self._video_seed("objects", i), self.domain)
-                               for i in range(count)))
-        return np.stack(frames), list(labels)
+        return self._labelled_frames("objects", generate_object_frame, count)
 
     def scene_frames(self, count: int) -> tuple[np.ndarray, list[list[tuple[str, str]]]]:
         """`count` frames (count, 32, 32, 3) uint8 of two to four static actors each, and every actor's (colour,
         shape), for the backbone's scene term (`generate_scene_frame`)."""
-        frames, labels = zip(*(generate_scene_frame(self._video_seed("scenes", i), self.domain)
-                               for i in range(count)))
+        return self._labelled_frames("scenes", generate_scene_frame, count)
+
+    def _labelled_frames(self, kind: str, generate: Callable[[int, str], tuple[np.ndarray, Any]], count: int
+                         ) -> tuple[np.ndarray, list]:
+        """`count` frames of `generate(seed, domain)` seeded from the split offset of `kind`: the frames stacked
+        (count, 32, 32, 3) uint8 and their labels in order."""
+        frames, labels = zip(*(generate(self._video_seed(kind, i), self.domain) for i in range(count)))
         return np.stack(frames), list(labels)
