@@ -13,7 +13,9 @@ kept, then every (a, b) of the grid rescored: the hour's R1@0.5 (right: any mome
 action) in the hour, as in `long_video.py`) and the R1@0.5 of the best span inside the query's own video. With
 `ground`'s exponents it also counts where each query's top-1 lands (`wrong_top1`: right, or which look-alike event)
 and how the query's event ranks among the hour's events (`event_ranking`: how often it comes first there and among
-its own video's events, which kinds of other event outscore it, and by how many). Results go
+its own video's events, which kinds of other event outscore it, and by how many), and the same first places when
+every event is scored on its exact span (`exact_span_ranking`: the bound of any decoding of these logits), by the
+adapter, by the backbone's own text-to-clip retrieval, and by the two together. Results go
 to `benchmarks/results/long_video_scoring.json`. Several adapters: the grid scores their prompt ensemble (each
 member's logits fused by `peft_vtg.heads.fuse_grounding_outputs`, the mean of probabilities, what
 `ground(adapter_names=...)` decodes), and each member alone is scored with `ground`'s exponents.
@@ -235,6 +237,110 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
             "first_if_others_lost": 100.0 * first_without_others / max(queries, 1)}
 
 
+def _event_frames(moment: list[float], step: float) -> tuple[int, int]:
+    """The hour's grid frames (`step` seconds each) whose centres lie in `moment` (seconds), first and last
+    inclusive; the frame nearest its middle when none does."""
+    first, last = int(np.ceil(moment[0] / step - 0.5)), int(np.floor(moment[1] / step - 0.5))
+    if last < first:
+        first = last = int((moment[0] + moment[1]) / 2 / step)
+    return first, last
+
+
+def exact_span_scores(hour: dict[str, Any], q: int, window_frames: int, span_exponent: float,
+                      presence_exponent: float) -> np.ndarray:
+    """(events,): each event of the hour scored for query `q` on its exact span, as `calibrated_spans` scores a span
+    (`p_span ** a * inside(span) * presence ** b`), in the best of the windows that hold the span whole; an event
+    no window holds whole is scored in the window holding most of it, its span cut to that window. What the decoder
+    would score the event's own span if it proposed it: ranking events by these bounds any decoding of the logits."""
+    from peft_vtg.heads.decoding import span_log_scores, window_presence
+
+    starts, step = hour["starts"], hour["step"]
+    log_span = [span_log_scores(hour["start"][w, q], hour["end"][w, q], window_frames) for w in range(len(starts))]
+    inside = torch.sigmoid(hour["inside"][:, q].float())  # (windows, frames)
+    presence = window_presence(hour["inside"][:, q]) ** presence_exponent  # (windows,)
+    scores = []
+    for event in hour["events"]:
+        first, last = _event_frames(event["moment"], step)
+        held = [min(last, s + window_frames - 1) - max(first, s) + 1 for s in starts]  # frames of it in each window
+        whole = [w for w, s in enumerate(starts) if s <= first and last < s + window_frames]
+        best = 0.0
+        for w in whole or [int(np.argmax(held))]:
+            i, j = max(first, starts[w]) - starts[w], min(last, starts[w] + window_frames - 1) - starts[w]
+            score = (float(torch.exp(span_exponent * log_span[w][i, j])) * float(inside[w, i:j + 1].mean())
+                     * float(presence[w]))
+            best = max(best, score)
+        scores.append(best)
+    return np.array(scores)
+
+
+def retrieval_logits(model: Any, tokenizer: Any, frames: np.ndarray, hour: dict[str, Any],
+                     frames_per_clip: int = 8) -> np.ndarray:
+    """(queries, events): the backbone's own text-to-clip logits, with no adapter: the query's text embedding
+    against the motion embedding (`peft_vtg.synth.backbone.motion_embedding`, what its pre-training contrasts with
+    captions) of `frames_per_clip` frames spread evenly over the event's moment, times the backbone's logit scale.
+    `frames` is the hour at 1 frame per second."""
+    import torch.nn.functional as F
+
+    from peft_vtg.synth.backbone import motion_embedding
+    from peft_vtg.synth.dataset import pixel_values
+
+    model.eval()
+    with torch.no_grad():
+        projected = torch.cat([model.visual_projection(model.vision_model(
+            pixel_values=pixel_values(frames[k:k + 512])).pooler_output) for k in range(0, len(frames), 512)])
+        picks = [np.clip(np.round(np.linspace(e["moment"][0], e["moment"][1] - 1, frames_per_clip)).astype(int), 0,
+                         len(frames) - 1) for e in hour["events"]]
+        clips = motion_embedding(torch.stack([projected[torch.as_tensor(p)] for p in picks]))  # (events, dim)
+        text = tokenizer([query["query"] for query in hour["queries"]], padding=True, return_tensors="pt")
+        queries = F.normalize(model.text_projection(model.text_model(**text).pooler_output), dim=-1)  # (queries, dim)
+        return (model.logit_scale.exp() * queries @ clips.t()).numpy()
+
+
+def exact_span_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent: float,
+                       presence_exponent: float) -> dict[str, dict[str, Any]]:
+    """How the query's event ranks among the hour's events (and among its own video's) when every event is scored
+    on its exact span (`exact_span_scores`), as in `event_ranking` but with no decoding in the way. Scored by the
+    adapter; and, for hours with `retrieval` logits (`retrieval_logits`, queries x events), by the backbone's own
+    retrieval alone and by the adapter's score times `exp(retrieval logit)` (the two as independent evidence).
+    Per scorer, over the queries: `first_among_events` and `first_within_its_video` (percent of queries whose event
+    no other event there outscores) and `outscoring_percent` (per `DISTRACTOR_KINDS`, the percent of such events in
+    the hour that outscore the query's)."""
+    tallies: dict[str, dict[str, Any]] = {}
+    counts = {kind: 0 for kind in DISTRACTOR_KINDS}
+    queries = 0
+    for hour in hours:
+        events = hour["events"]
+        moments = np.array([e["moment"] for e in events], np.float64).reshape(-1, 2)
+        for q, query in enumerate(hour["queries"]):
+            adapter = exact_span_scores(hour, q, window_frames, span_exponent, presence_exponent)
+            scorers = {"adapter": adapter}
+            if hour.get("retrieval") is not None:
+                logits = np.asarray(hour["retrieval"][q], np.float64)
+                scorers["backbone retrieval"] = np.exp(logits - logits.max())
+                scorers["adapter x backbone"] = adapter * scorers["backbone retrieval"]
+            own = np.array([tuple(e["triple"]) == tuple(query["triple"]) for e in events])
+            kinds = [_distractor_kind(shared_attributes(query["triple"], e["triple"])) for e in events]
+            for k in np.flatnonzero(~own):
+                counts[kinds[k]] += 1
+            low, high = query["video"]
+            inside = (moments[:, 0] >= low) & (moments[:, 1] <= high)
+            for name, scores in scorers.items():
+                tally = tallies.setdefault(name, {"hour": 0, "video": 0, "beaten": dict.fromkeys(DISTRACTOR_KINDS, 0)})
+                truth = scores[own].max(initial=0.0)
+                wins = {k: _outscores(scores[k], truth) for k in np.flatnonzero(~own)}
+                for k, won in wins.items():
+                    tally["beaten"][kinds[k]] += won
+                tally["hour"] += truth > 0.0 and not any(wins.values())
+                truth = scores[own & inside].max(initial=0.0)
+                tally["video"] += truth > 0.0 and not any(_outscores(s, truth) for s in scores[~own & inside])
+            queries += 1
+    return {name: {"first_among_events": 100.0 * tally["hour"] / max(queries, 1),
+                   "first_within_its_video": 100.0 * tally["video"] / max(queries, 1),
+                   "outscoring_percent": {kind: 100.0 * tally["beaten"][kind] / counts[kind] if counts[kind] else 0.0
+                                          for kind in DISTRACTOR_KINDS}}
+            for name, tally in tallies.items()}
+
+
 def score_grid(hours: list[dict[str, Any]], window_frames: int, grid: list[tuple[float, float]]) -> list[dict]:
     """Each (a, b) of `grid`: R1@0.5 of the hours' top-1 moments and of the best span inside each query's video, the
     windows' spans scored by `calibrated_spans(..., span_exponent=a, presence_exponent=b)` (what `ground` runs) and
@@ -322,6 +428,11 @@ def main() -> None:
     print("where the top-1 lands, `ground`'s exponents:", json.dumps(landed), flush=True)
     ranking = event_ranking(hours, window_frames, SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT)
     print("how the query's event ranks among the hour's events:", json.dumps(ranking), flush=True)
+    base, tokenizer = load_backbone(args.backbone)
+    for hour, frames in zip(hours, built):
+        hour["retrieval"] = retrieval_logits(base, tokenizer, frames["frames"], hour)
+    exact = exact_span_ranking(hours, window_frames, SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT)
+    print("the query's event among the hour's, every event scored on its exact span:", json.dumps(exact), flush=True)
     look_alikes = sum(any(e["triple"][0] == q["triple"][0] and e["triple"][2] == q["triple"][2]
                           and e["triple"][1] != q["triple"][1] for e in hour["events"])
                       for hour in built for q in hour["queries"])
@@ -330,6 +441,7 @@ def main() -> None:
     Path(args.results).write_text(json.dumps({
         "adapter": names[0] if len(names) == 1 else names, "first_videos": args.first_videos,
         "torch": torch.__version__, "results": results, "top1_lands_on": landed, "event_ranking": ranking,
+        "exact_span_ranking": exact,
         "queries_with_a_look_alike_of_another_shape": look_alikes,
         **({"backbone": args.backbone} if args.backbone else {}), **({"members": members} if members else {})},
         indent=1) + "\n")

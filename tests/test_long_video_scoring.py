@@ -107,3 +107,41 @@ def test_event_ranking_counts_which_other_events_outscore_the_querys(scoring, mo
     ranked[0][0] = [8.0, 10.0, 0.95]  # now blue square grow, sharing the action alone, beats the first query's event
     result = scoring.event_ranking([{"events": events, "queries": queries}], 8, 0.5, 2.0)
     assert (result["first_if_look_alikes_lost"], result["first_if_others_lost"]) == pytest.approx((100 / 3, 200 / 3))
+
+
+def test_exact_span_ranking_scores_each_events_own_span_as_calibrated_spans_would(scoring):
+    import math
+
+    frames = 4
+    start, end = torch.zeros(2, 1, frames), torch.zeros(2, 1, frames)  # uniform: every span's p_span is 1/16
+    inside = torch.tensor([[[-2.0, 1.0, 1.0, -2.0]], [[-2.0, -1.0, 3.0, 3.0]]])  # (windows, queries, frames)
+    events = [{"triple": ("red", "circle", "grow"), "moment": [1.0, 3.0]},  # frames 1-2: window 0 alone holds both
+              {"triple": ("blue", "square", "blink"), "moment": [4.0, 6.0]},  # frames 4-5: window 1 (frames 2-5)
+              {"triple": ("red", "square", "grow"), "moment": [0.0, 5.0]}]  # frames 0-4: no window holds it whole
+    hour = {"start": start, "end": end, "inside": inside, "starts": [0, 2], "step": 1.0, "events": events,
+            "queries": [{"triple": ("red", "circle", "grow"), "video": [0.0, 3.5]}]}
+    p = torch.sigmoid(inside[:, 0]).tolist()
+    presence = [sum(window) / frames for window in p]
+
+    def score(w: int, i: int, j: int) -> float:  # calibrated_spans' p_span ** 0.5 * inside(span) * presence ** 2
+        return math.sqrt(1 / 16) * sum(p[w][i:j + 1]) / (j - i + 1) * presence[w] ** 2
+
+    expected = [score(0, 1, 2), score(1, 2, 3), score(0, 0, 3)]  # the third cut to window 0, which holds 4 of its 5
+    assert scoring.exact_span_scores(hour, 0, frames, 0.5, 2.0) == pytest.approx(expected)
+    assert expected[1] > expected[0] > expected[2]  # blue square blink outscores the query's event
+    # In the hour, blue square blink wins; within its video (seconds 0-3.5) only red square grow is there, and loses.
+    # Of the two other events, blue square blink shares nothing with the query's, red square grow two (another shape).
+    assert scoring.exact_span_ranking([hour], frames, 0.5, 2.0) == {"adapter": {
+        "first_among_events": 0.0, "first_within_its_video": 100.0, "outscoring_percent": {
+            "colour+shape": 0.0, "colour+action": 0.0, "shape+action": 0.0, "one attribute": 0.0, "none": 100.0}}}
+    # The backbone's retrieval puts the query's event first; by 3 logits, enough to outweigh the adapter's ratio.
+    hour["retrieval"] = [[4.0, 1.0, 0.0]]
+    assert expected[1] / expected[0] < math.exp(3.0)
+    ranking = scoring.exact_span_ranking([hour], frames, 0.5, 2.0)
+    assert ranking["backbone retrieval"]["first_among_events"] == 100.0
+    assert ranking["adapter x backbone"]["first_among_events"] == 100.0
+    hour["retrieval"] = [[1.0, 1.0, 0.0]]  # a tie in retrieval: only a higher score outscores, so first there; and
+    ranking = scoring.exact_span_ranking([hour], frames, 0.5, 2.0)  # the product is the adapter's ranking again
+    assert ranking["backbone retrieval"]["first_among_events"] == 100.0
+    assert ranking["adapter x backbone"]["first_among_events"] == 0.0
+    assert ranking["adapter x backbone"]["first_within_its_video"] == 100.0
