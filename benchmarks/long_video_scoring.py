@@ -1,6 +1,6 @@
 """How `ground` should score spans across the windows of a long video: the exponents of `calibrated_spans`.
 
-    python benchmarks/long_video_scoring.py --adapter demo-windows-3600        # about 10 minutes on 2 cores
+    python benchmarks/long_video_scoring.py --adapter demo-windows-3600        # about 2 minutes on 2 cores
     python benchmarks/long_video_scoring.py --adapter demo-presence-3600 demo-presence-k15-3600 \
         --results benchmarks/results/long_video_scoring_ensemble.json           # a prompt ensemble, and each member
 
