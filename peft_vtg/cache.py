@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data.video import check_positive_int, check_video_id
-from .files import write_file_atomic, write_json_atomic
+from .files import remove_interrupted_writes, write_file_atomic, write_json_atomic
 from .injection import (
     bind_architecture,
     num_video_layers,
@@ -248,9 +248,7 @@ def _prepare_directory(directory: str, settings: dict[str, Any]) -> None:
                 f"{directory} holds a cache built with other settings ({'; '.join(differences)}). Use another "
                 f"--output-dir, or delete {directory} to rebuild it; rerunning resumes only with the same settings."
             )
-    for name in os.listdir(directory):
-        if ".tmp-" in name:  # a write a kill interrupted (files.write_file_atomic / write_text_atomic)
-            os.remove(os.path.join(directory, name))
+    remove_interrupted_writes(directory)
     done = _scan_shards(directory, _settings_sha256(settings))
     _write_manifest(directory, settings, done, complete=False)
 

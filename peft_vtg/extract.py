@@ -35,7 +35,7 @@ from .cache import (
     sampling_settings,
 )
 from .data.video import check_positive_int, check_video_id
-from .files import write_file_atomic, write_json_atomic
+from .files import remove_interrupted_writes, write_file_atomic, write_json_atomic
 from .injection import bind_architecture, num_video_layers, run_video_tower_from, video_tower_outputs
 
 EXTRACT_FORMAT = "peft_vtg.features"
@@ -152,9 +152,7 @@ def extract_features(
             raise CacheMismatchError(f"{output_dir} holds features extracted with other settings "
                                      f"({'; '.join(differences)}); use another --output-dir, or delete it.")
         done = dict(recorded.get("videos", {}))
-    for name in os.listdir(output_dir):
-        if ".tmp-" in name:  # a write a kill interrupted
-            os.remove(os.path.join(output_dir, name))
+    remove_interrupted_writes(output_dir)
     suffix = FILE_FORMATS[file_format]
     done = {vid: entry for vid, entry in done.items() if os.path.exists(os.path.join(output_dir, vid + suffix))}
 

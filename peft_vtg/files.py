@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from typing import Any, Callable, Optional
 
@@ -64,6 +65,31 @@ def write_file_atomic(path: str, write: Callable[[str], None]) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
     fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+# safetensors' `save_file` (checked with 0.8: its Rust side, through the `tempfile` crate) writes its target through
+# a file named ".tmp" and six random letters or digits in the target's directory, then renames it; a kill between
+# the two leaves that file behind, beside our own `<name>.tmp-<pid>`.
+_SAFETENSORS_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
+def is_interrupted_write(name: str) -> bool:
+    """Whether `name`, a file name in a directory this package writes, is what a killed write leaves behind: a
+    temporary of `write_file_atomic` (`<name>.tmp-<pid>`) or one that safetensors' `save_file` makes beside its
+    target (`.tmp` and six random characters)."""
+    return ".tmp-" in name or _SAFETENSORS_TEMPORARY.fullmatch(name) is not None
+
+
+def remove_interrupted_writes(directory: str) -> list[str]:
+    """Remove the leftovers of killed writes (`is_interrupted_write`) from `directory` (not below it), before a
+    rerun writes there again; returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if is_interrupted_write(name) and os.path.isfile(path):
+            os.remove(path)
+            removed.append(name)
+    return removed
 
 
 def write_json_atomic(path: str, data: Any, indent: Optional[int] = 2) -> None:

@@ -313,6 +313,7 @@ def test_an_interrupted_build_resumes_with_the_rest_and_gives_the_same_files(tmp
         CachedVideoStates(str(tmp_path / "resumed"))("v5")
     # leftovers of a write a kill interrupted are removed on the rerun
     (tmp_path / "resumed" / "shard-0123456789abcdef.safetensors.tmp-99999").write_bytes(b"half a shard")
+    (tmp_path / "resumed" / ".tmpQ3xZ9a").write_bytes(b"half a shard safetensors itself was writing")
 
     rerun = Frames()
     build_cache(base("clip"), vids, rerun, 1, str(tmp_path / "resumed"), batch_size=2, disable_tqdm=True)
@@ -333,6 +334,21 @@ def test_an_interrupted_build_resumes_with_the_rest_and_gives_the_same_files(tmp
     assert more.calls == ["v7", "v8"] and sorted(manifest["videos"]) == vids + ["v7", "v8"] and manifest["complete"]
 
 
+def test_leftovers_of_killed_writes_are_told_from_the_files_around_them(tmp_path):
+    from peft_vtg.files import is_interrupted_write, remove_interrupted_writes
+
+    leftovers = ["shard-0123456789abcdef.safetensors.tmp-99999", "manifest.json.tmp-7", ".tmpQ3xZ9a", ".tmp000000"]
+    kept = ["manifest.json", "shard-0123456789abcdef.safetensors", "v0.npy", "tmpQ3xZ9a",  # Python's tempfile names
+            ".tmpQ3xZ9", ".tmpQ3xZ9ab", ".tmp-dir-not-a-file"]
+    assert [is_interrupted_write(n) for n in leftovers] == [True] * 4
+    assert [is_interrupted_write(n) for n in kept[:-1]] == [False] * 6
+    for name in leftovers + kept[:-1]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / kept[-1]).mkdir()  # only files are removed
+    assert remove_interrupted_writes(str(tmp_path)) == sorted(leftovers)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+
+
 KILL_SCRIPT = ROOT / "tests" / "scripts" / "cache_kill.py"
 
 
@@ -343,9 +359,9 @@ def run_cache_script(output: Path, kill_at: str = "", sleep: float = 0.0) -> sub
 
 
 def test_sigkill_at_any_moment_of_a_build_then_a_rerun_gives_the_uninterrupted_files(tmp_path):
-    """kill -9 in the middle of a shard's write, between a shard's write and its rename, in the middle of a manifest
-    rewrite and at a random moment, one after another on the same directory: every rerun keeps what was finished,
-    and the last one ends with the files of a build that was never interrupted."""
+    """kill -9 in the middle of a shard's write (ours, and inside safetensors' save_file), between a shard's write and
+    its rename, in the middle of a manifest rewrite and at a random moment, one after another on the same directory:
+    every rerun keeps what was finished, and the last one ends with the files of a build that was never interrupted."""
     import random
     import signal
 
@@ -356,12 +372,12 @@ def test_sigkill_at_any_moment_of_a_build_then_a_rerun_gives_the_uninterrupted_f
     def shards() -> list[str]:
         return sorted(n for n in os.listdir(killed) if n.endswith(".safetensors"))
 
-    for kill_at, finished, leftover in (("shard-write:2", 1, True), ("shard-rename:1", 1, True),
-                                        ("manifest:2", 2, True)):
+    for kill_at, finished, leftover in (("shard-write:2", 1, ".tmp-"), ("shard-rename:1", 1, ".tmp-"),
+                                        ("manifest:2", 2, ".tmp-"), ("shard-save:1", 2, ".tmpK1ll9d")):
         result = run_cache_script(killed, kill_at)
         assert result.returncode == -signal.SIGKILL and "finished" not in result.stdout, (kill_at, result.stderr)
         assert len(shards()) == finished, kill_at
-        assert any(".tmp-" in name for name in os.listdir(killed)) == leftover, kill_at
+        assert [n for n in os.listdir(killed) if leftover in n], kill_at  # what the kill left behind
         manifest = read_manifest_of(killed)  # always whole JSON: written atomically
         assert not manifest["complete"] and set(manifest["videos"]) <= set(vids)
     seed = random.randrange(1 << 16)

@@ -442,8 +442,13 @@ def test_extract_cli_formats_resume_and_mismatch(batch_workspace, tmp_path, caps
                                                                     "v2.npy"]
     assert np.load(tmp_path / "npy" / "v0.npy").shape == (8, 48)
     stamp = (tmp_path / "npy" / "v0.npy").stat().st_mtime_ns
+    # what kills leave behind: our own temporary, and the one safetensors' save_file writes through
+    (tmp_path / "npy" / "v1.npy.tmp-4242").write_bytes(b"half")
+    (tmp_path / "npy" / ".tmpQ3xZ9a").write_bytes(b"half")
     assert main([*common, "--num-frames", "8", "--output-dir", str(tmp_path / "npy")]) == 0  # done: nothing redone
     assert (tmp_path / "npy" / "v0.npy").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in (tmp_path / "npy").iterdir()) == ["long.npy", "manifest.json", "v0.npy", "v1.npy",
+                                                                    "v2.npy"]
     capsys.readouterr()
     assert main([*common, "--num-frames", "4", "--output-dir", str(tmp_path / "npy")]) == 2
     assert "other settings (num_frames: features 8, now 4)" in capsys.readouterr().err

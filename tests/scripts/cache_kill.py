@@ -8,6 +8,8 @@ Environment:
     KILL_AT: where to kill this process (default: nowhere):
         shard-write:N   while the N-th shard of this run is written (half its temporary file is on disk)
         shard-rename:N  with the N-th shard of this run complete under its temporary name, before the rename
+        shard-save:N    while safetensors' save_file writes the N-th shard through its own temporary file, which
+                        it puts beside the target as ".tmp" and six random characters (half of it on disk)
         manifest:N      while the N-th manifest of this run is written (half its temporary file is on disk)
     VIDEO_SLEEP: seconds to sleep per decoded video (gives random-time kills something to hit).
 """
@@ -38,7 +40,8 @@ def die() -> None:
 
 def kill_on_call(name: str, number: int, kind: str) -> None:
     """Replace `cache.<name>` (a write function taking the final path first) so that its `number`-th call dies:
-    "half" after writing half of the temporary file, "rename" after writing all of it but before the rename."""
+    "half" after writing half of the temporary file, "rename" after writing all of it but before the rename, "save"
+    with half of it under the name safetensors' own temporary would have."""
     real = getattr(cache, name)
     calls = [0]
 
@@ -49,9 +52,14 @@ def kill_on_call(name: str, number: int, kind: str) -> None:
         temporary = f"{path}.tmp-{os.getpid()}"
         if name == "write_file_atomic":
             args[0](temporary)
+            if kind == "save":  # what safetensors leaves when killed inside save_file: its temporary, not ours
+                data = Path(temporary).read_bytes()
+                os.remove(temporary)
+                temporary = os.path.join(os.path.dirname(path), ".tmpK1ll9d")
+                Path(temporary).write_bytes(data)
         else:  # write_json_atomic(path, data, ...)
             Path(temporary).write_text(str(args[0]))
-        if kind == "half":
+        if kind in ("half", "save"):
             with open(temporary, "r+b") as handle:
                 handle.truncate(os.path.getsize(temporary) // 2)
         die()
@@ -64,6 +72,8 @@ def main() -> None:
     kind, _, number = os.environ.get("KILL_AT", "").partition(":")
     if kind == "shard-write":
         kill_on_call("write_file_atomic", int(number), "half")
+    elif kind == "shard-save":
+        kill_on_call("write_file_atomic", int(number), "save")
     elif kind == "shard-rename":
         kill_on_call("write_file_atomic", int(number), "rename")
     elif kind == "manifest":
