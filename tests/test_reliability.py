@@ -544,6 +544,8 @@ CLI_CASES = [
     ("evaluate-base-model-dir-without-config", text("models/README.md", "x"),
      evaluate(*ANN, "--base-model", "{t}/models"),
      r"--base-model .*models has no config.json; give the directory save_pretrained wrote"),
+    ("evaluate-adapter-dir-without-config", text("adapter/README.md", "x"), evaluate(*ANN, adapter="{t}/adapter"),
+     r"--adapter .*adapter has no adapter_config.json; give an adapter directory"),
     ("evaluate-tokenizer-dir-without-tokenizer", text("tok/README.md", "x"), evaluate(*ANN, "--tokenizer", "{t}/tok"),
      r"--tokenizer .*tok has no tokenizer_config.json"),
     ("evaluate-base-model-hub-id-offline", nothing, evaluate(*ANN, "--base-model", "someone/not-cached-base"),

@@ -237,15 +237,17 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
-# What a local directory must hold for each marker: a tokenizer may be saved without tokenizer_config.json
-# (tokenizer.json alone, or found through the model's config.json), which AutoTokenizer still loads.
-_LOCAL_MARKERS = {"tokenizer_config.json": ("tokenizer_config.json", "tokenizer.json", "config.json")}
+# What a local model or tokenizer directory must hold, by marker: a tokenizer may be saved without
+# tokenizer_config.json (tokenizer.json alone, or found through the model's config.json), which AutoTokenizer still
+# loads. Adapter directories are not listed: `check_adapter_dir` checks them whole (config, peft_type, weights).
+_LOCAL_MARKERS = {"config.json": ("config.json",),
+                  "tokenizer_config.json": ("tokenizer_config.json", "tokenizer.json", "config.json")}
 
 
 def resolve_pretrained(name: str, what: str, marker: str) -> str:
     """The directory to load `what` from: `name` itself when it is a local directory, the cached snapshot of a Hub id
     while offline, else `name` (from_pretrained downloads it). Fails clearly, before any loading, on a path that does
-    not exist, on a local directory without `marker`, and on a Hub id that cannot be had offline.
+    not exist, on a local model or tokenizer directory without `marker`, and on a Hub id that cannot be had offline.
 
     Args:
         name: a local path or a Hub id.
@@ -254,7 +256,8 @@ def resolve_pretrained(name: str, what: str, marker: str) -> str:
     """
     path = os.path.expanduser(name)
     if os.path.isdir(path):
-        if not any(os.path.isfile(os.path.join(path, found)) for found in _LOCAL_MARKERS.get(marker, (marker,))):
+        if marker in _LOCAL_MARKERS and not any(os.path.isfile(os.path.join(path, found))
+                                                for found in _LOCAL_MARKERS[marker]):
             raise FileNotFoundError(f"{what} has no {marker}; give the directory save_pretrained wrote (or a Hub "
                                     "id), not a folder above or beside it.")
         return path
