@@ -157,6 +157,13 @@ def _outscores(score: float, truth: float) -> bool:
     return score > truth or (truth == 0.0 and score > 0.0)
 
 
+def _comes_first(scores: np.ndarray, own: np.ndarray, among: np.ndarray) -> bool:
+    """Whether the query's event (`own`, a mask over the hour's events) is found and no other event of `among` (a
+    mask) outscores it, each event scored by `scores` (events,)."""
+    truth = scores[own & among].max(initial=0.0)
+    return truth > 0.0 and not any(_outscores(score, truth) for score in scores[~own & among])
+
+
 def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent: float,
                   presence_exponent: float) -> dict[str, Any]:
     """How the query's event ranks among the hour's events and among its own video's, and what outscores it.
@@ -196,15 +203,13 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
                 len(events), len(ranked))  # (events, moments)
             found = iou >= 0.5
             scores = np.where(found, ranked[None, :, 2], 0.0).max(axis=1, initial=0.0)  # (events,)
-            is_own = [tuple(e["triple"]) == tuple(query["triple"]) for e in events]
-            own = [k for k, mine in enumerate(is_own) if mine]
-            truth = max(scores[k] for k in own) if own else 0.0
+            is_own = np.array([tuple(e["triple"]) == tuple(query["triple"]) for e in events], bool)  # (events,)
+            truth = scores[is_own].max(initial=0.0)
             low, high = query["video"]
             inside = (event_moments[:, 0] >= low) & (event_moments[:, 1] <= high)  # (events,) in its own video
             own_video = np.where(found & ((ranked[:, 0] >= low) & (ranked[:, 1] <= high))[None, :],
                                  ranked[None, :, 2], 0.0).max(axis=1, initial=0.0)  # (events,) its video's moments
-            truth_within = max((own_video[k] for k in own if inside[k]), default=0.0)
-            lost_within, above, above_look_alikes = False, 0, 0
+            above, above_look_alikes = 0, 0
             for k, event in enumerate(events):
                 if is_own[k]:
                     continue
@@ -214,11 +219,10 @@ def event_ranking(hours: list[dict[str, Any]], window_frames: int, span_exponent
                 beaten[kind] += wins
                 above += wins
                 above_look_alikes += wins and kind in LOOK_ALIKE_KINDS
-                lost_within |= bool(inside[k]) and _outscores(own_video[k], truth_within)
             first += truth > 0.0 and not above
             first_without_look_alikes += truth > 0.0 and above == above_look_alikes
             first_without_others += truth > 0.0 and not above_look_alikes
-            first_within += truth_within > 0.0 and not lost_within
+            first_within += _comes_first(own_video, is_own, inside)
             if truth > 0.0:
                 outscored.append(above)
             else:
@@ -331,8 +335,7 @@ def exact_span_ranking(hours: list[dict[str, Any]], window_frames: int, span_exp
                 for k, won in wins.items():
                     tally["beaten"][kinds[k]] += won
                 tally["hour"] += truth > 0.0 and not any(wins.values())
-                truth = scores[own & inside].max(initial=0.0)
-                tally["video"] += truth > 0.0 and not any(_outscores(s, truth) for s in scores[~own & inside])
+                tally["video"] += _comes_first(scores, own, inside)
             queries += 1
     return {name: {"first_among_events": 100.0 * tally["hour"] / max(queries, 1),
                    "first_within_its_video": 100.0 * tally["video"] / max(queries, 1),
@@ -428,7 +431,7 @@ def main() -> None:
     print("where the top-1 lands, `ground`'s exponents:", json.dumps(landed), flush=True)
     ranking = event_ranking(hours, window_frames, SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT)
     print("how the query's event ranks among the hour's events:", json.dumps(ranking), flush=True)
-    base, tokenizer = load_backbone(args.backbone)
+    base, tokenizer = load_backbone(args.backbone)  # a fresh copy: the adapters' copies carry their prompts
     for hour, frames in zip(hours, built):
         hour["retrieval"] = retrieval_logits(base, tokenizer, frames["frames"], hour)
     exact = exact_span_ranking(hours, window_frames, SPAN_PROBABILITY_EXPONENT, WINDOW_PRESENCE_EXPONENT)
