@@ -260,6 +260,23 @@ def test_text_longer_than_positions_gets_a_clear_error():
         model(**batch, pixel_values=inputs("clip")["pixel_values"])
 
 
+@pytest.mark.parametrize("stream", ["video", "text"])
+def test_an_insert_position_past_the_streams_tokens_is_an_error_naming_it(stream):
+    # Else the prompts would be appended after the last patch (never stripped: the tower's output grows) or after
+    # EOS (where the text pooling never sees them).
+    x = inputs("clip")
+    frame_tokens = 17  # tiny CLIP: 16 patches and [CLS]
+    length = {"video": frame_tokens, "text": x["input_ids"].shape[1]}[stream]
+    fits = get_peft_model(tiny_clip(), VTGPromptConfig(num_video_tokens=2, num_text_tokens=2,
+                                                         **{f"{stream}_insert_position": length}))
+    with torch.no_grad():
+        fits(**x)
+    past = get_peft_model(tiny_clip(), VTGPromptConfig(num_video_tokens=2, num_text_tokens=2,
+                                                         **{f"{stream}_insert_position": length + 1}))
+    with pytest.raises(ValueError, match=rf"{stream}_insert_position={length + 1} lies past the {length} tokens"):
+        past(**x)
+
+
 def test_prompt_start_layer_keeps_lower_layers_untouched_and_out_of_the_graph():
     base = tiny_clip()
     x = inputs("clip")

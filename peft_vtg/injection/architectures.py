@@ -7,6 +7,7 @@ To support a new model, add an `ArchitectureSpec` to `ARCHITECTURES` (or pass ex
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
@@ -65,15 +66,17 @@ def _xclip_from_tower(root: nn.Module, tower_output: Any, batch: int, frames: in
     return root.mit(cls)[0]  # (batch, frames, projection_dim)
 
 
+def _run_tower_frames(frames_from_tower: Callable[[nn.Module, Any, int, int], torch.Tensor], root: nn.Module,
+                      pixel_values: torch.Tensor) -> torch.Tensor:
+    batch, frames = pixel_values.shape[:2]  # pixel_values: (batch, frames, 3, H, W)
+    tower_output = root.vision_model(pixel_values=pixel_values.flatten(0, 1))  # rows = batch*frames
+    return frames_from_tower(root, tower_output, batch, frames)
+
+
 def _tower_frames(frames_from_tower: Callable[[nn.Module, Any, int, int], torch.Tensor]):
-    """`FeatureSpec.video_frames` for a per-frame `vision_model`: the tower on every frame, then `frames_from_tower`."""
-
-    def video_frames(root: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        batch, frames = pixel_values.shape[:2]
-        tower_output = root.vision_model(pixel_values=pixel_values.flatten(0, 1))  # rows = batch*frames
-        return frames_from_tower(root, tower_output, batch, frames)
-
-    return video_frames
+    """`FeatureSpec.video_frames` for a per-frame `vision_model`: the tower on every frame, then `frames_from_tower`.
+    A partial of module-level functions, not a closure, so that a model holding it can be pickled (`torch.save`)."""
+    return functools.partial(_run_tower_frames, frames_from_tower)
 
 
 _xclip_frames = _tower_frames(_xclip_from_tower)

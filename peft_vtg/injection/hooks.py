@@ -75,6 +75,18 @@ def _insert(sequence: torch.Tensor, position: int, tokens: torch.Tensor) -> torc
     return torch.cat([sequence[:, :position], tokens.to(sequence.dtype), sequence[:, position:]], dim=1)
 
 
+def _check_insert_position(stream: str, position: int, length: int) -> None:
+    """An insert position past the end of the stream's tokens would append the prompts after them (after EOS, where
+    a text encoder's pooling never sees them; after the patches, where nothing strips them): refuse it, naming the
+    setting."""
+    if position > length:
+        raise ValueError(
+            f"{stream}_insert_position={position} lies past the {length} tokens of the {stream} stream here "
+            f"({'each query, padding included' if stream == 'text' else 'each frame'}); use a position <= {length}, "
+            "e.g. 1 (right after [CLS] or BOS), or None for the architecture's default."
+        )
+
+
 def _replace(sequence: torch.Tensor, position: int, tokens: torch.Tensor) -> torch.Tensor:
     n = tokens.shape[1]
     return torch.cat([sequence[:, :position], tokens.to(sequence.dtype), sequence[:, position + n :]], dim=1)
@@ -244,6 +256,7 @@ class PromptInjector:
             )
         input_ids = input_ids.view(-1, length)
         position = bs.spec.insert_position
+        _check_insert_position(stream, position, length)
         placeholder = _placeholder_id(getattr(module, "config", None), bs.embedding_table)
         slots = input_ids.new_full((input_ids.shape[0], plan.num_tokens), placeholder)
         call["input_ids"] = _insert(input_ids, position, slots)
@@ -268,7 +281,9 @@ class PromptInjector:
         hidden = _hidden_of(output)  # (rows, tokens, hidden)
         # Zeros until the first prompted layer writes the learned tokens (prompt_start_layer may be > 0).
         empty = hidden.new_zeros(hidden.shape[0], plan.num_tokens, hidden.shape[-1])
-        hidden = _insert(hidden, self._stream(stream).spec.insert_position, empty)
+        position = self._stream(stream).spec.insert_position
+        _check_insert_position(stream, position, hidden.shape[1])
+        hidden = _insert(hidden, position, empty)
         self._slots[stream] = (hidden.shape[1], plan)
         return _with_hidden(output, hidden)
 
@@ -295,6 +310,7 @@ class PromptInjector:
                     f"{type(module).__name__} receives an attention mask, so video prompts cannot be inserted at its "
                     "input; give video_embedding_module so they enter at the embedding output instead."
                 )
+            _check_insert_position(stream, bs.spec.insert_position, hidden.shape[1])
             hidden = _insert(hidden, bs.spec.insert_position, prompts)
             self._slots[stream] = (hidden.shape[1], plan)
         else:

@@ -164,6 +164,10 @@ def check_head_width(hidden_size: int, num_heads: int) -> None:
         )
 
 
+# `num_text_tokens` is our name, `num_virtual_tokens` PEFT's, for one setting (kept equal: see `__setattr__`).
+TEXT_TOKEN_ALIASES = {"num_text_tokens": "num_virtual_tokens", "num_virtual_tokens": "num_text_tokens"}
+
+
 @dataclass
 class VTGPromptConfig(PeftConfig):
     """Configuration of [`VTGPromptModel`]: soft prompt tokens for the video and the text stream of a frozen
@@ -445,7 +449,8 @@ class VTGPromptConfig(PeftConfig):
         elif self.num_text_tokens != self.num_virtual_tokens:
             raise ValueError(
                 f"num_text_tokens={self.num_text_tokens} and num_virtual_tokens={self.num_virtual_tokens} are aliases "
-                "and must agree; set only one of them."
+                "and must agree; set only one of them (dataclasses.replace copies both: assign config.num_text_tokens "
+                "on a copy instead)."
             )
 
         for name in ("num_text_tokens", "num_video_tokens"):
@@ -518,6 +523,18 @@ class VTGPromptConfig(PeftConfig):
                 )
             if self.video_prompt_init != VideoPromptInit.VPT_UNIFORM:
                 raise ValueError("video_prompt_init has no effect with couple_video_to_text=True; leave it at VPT_UNIFORM.")
+
+        # From here on the two names of the text token count are one setting: assigning either (PEFT's way of
+        # changing a loaded config: `config.num_virtual_tokens = 16`) sets both, so what is built and what is saved
+        # agree. Not before: the constructor must still see a conflicting pair as an error.
+        object.__setattr__(self, "_aliases_bound", True)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name in TEXT_TOKEN_ALIASES and self.__dict__.get("_aliases_bound"):
+            other = TEXT_TOKEN_ALIASES[name]
+            if self.__dict__.get(other) != value:
+                super().__setattr__(other, value)
 
     def _validate_heads(self) -> None:
         if self.grounding_head is not None and not isinstance(self.grounding_head, bool):

@@ -191,8 +191,12 @@ def init_text_prompts(
     depth: int,
     hidden: int,
     bos: Optional[torch.Tensor] = None,
+    replaced: bool = False,
 ) -> torch.Tensor:
     """Initial text prompts, shape (depth, num_text_tokens, hidden), following `config.prompt_tuning_init`.
+
+    `replaced`: saved prompts are about to replace this init (a saved adapter is being loaded); the TEXT init then
+    skips its tokenizer, as it does in inference mode.
 
     `bos` (depth, hidden): BOS's state at each prompted layer (see `bos_states`), for the BOS init.
     """
@@ -227,6 +231,10 @@ def init_text_prompts(
             raise ValueError(f"VOCAB_FIRST needs num_text_tokens ({n}) <= vocabulary size ({weight.shape[0]}).")
         return weight[:n].unsqueeze(0).repeat(depth, 1, 1).clone()
     # TEXT
+    if config.inference_mode or replaced:
+        # An adapter being loaded (PEFT's rule: one in inference mode is) gets its saved prompts in place of any init,
+        # so the init text's tokenizer (perhaps moved since, or a Hub id on a machine now offline) is not needed.
+        return torch.randn(depth, n, hidden) * weight.std()
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **(config.tokenizer_kwargs or {}))
@@ -276,10 +284,12 @@ class VTGPromptEncoder(nn.Module):
     """
 
     def __init__(
-        self, config: VTGPromptConfig, bound: BoundSpec, bos: Optional[torch.Tensor] = None, empty: bool = False
+        self, config: VTGPromptConfig, bound: BoundSpec, bos: Optional[torch.Tensor] = None, empty: bool = False,
+        replaced: bool = False,
     ) -> None:
         """`empty`: create the prompts on the meta device without computing their init (they are about to be replaced
-        by loaded weights: `low_cpu_mem_usage=True`)."""
+        by loaded weights: `low_cpu_mem_usage=True`). `replaced`: loaded weights will replace them, but they are
+        created as usual (see `init_text_prompts`)."""
         super().__init__()
         self.plans: dict[str, StreamPlan] = {}
         start = config.prompt_start_layer
@@ -291,7 +301,8 @@ class VTGPromptEncoder(nn.Module):
                                       device="meta")
             else:
                 initial = init_text_prompts(
-                    config, bound.text.embedding_table, config.text_prompt_depth, bound.text.hidden_size, bos=bos
+                    config, bound.text.embedding_table, config.text_prompt_depth, bound.text.hidden_size, bos=bos,
+                    replaced=replaced,
                 )
             self.text_prompts = nn.Parameter(initial)
             self.plans["text"] = StreamPlan(
@@ -355,7 +366,8 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         self.injector = PromptInjector(bound, self)
         self.injector.install()
 
-    def update_layer(self, adapter_name: str, config: VTGPromptConfig, low_cpu_mem_usage: bool = False) -> None:
+    def update_layer(self, adapter_name: str, config: VTGPromptConfig, low_cpu_mem_usage: bool = False,
+                     loading: bool = False) -> None:
         """Create adapter `adapter_name`'s prompts and heads, on the base model's device and in its floating dtype (as
         LoRA creates its weights; PEFT's `_cast_adapter_dtype` upcasts them afterwards unless
         `autocast_adapter_dtype=False`).
@@ -363,6 +375,8 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         With `low_cpu_mem_usage=True`, or inside accelerate's `init_empty_weights` (which `PeftModel.__init__` uses for
         that flag), the parameters are created on the meta device and no init is computed: the loaded state dict
         replaces them (`load_state_dict(assign=True)`), then `_move_adapter_to_device_of_base_layer` moves them.
+        `loading`: a saved adapter is being loaded (its config records the base it was made for), so no init needs
+        anything beyond the model itself (see `init_text_prompts`).
         """
         resolve_new_adapter_settings(config, self.bound)
         empty = low_cpu_mem_usage or _creating_empty_weights()
@@ -377,7 +391,7 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
                 self._serving_none = False
         try:
             with init_empty_weights() if empty else nullcontext():
-                encoder = VTGPromptEncoder(config, self.bound, bos=bos, empty=empty)
+                encoder = VTGPromptEncoder(config, self.bound, bos=bos, empty=empty, replaced=loading)
                 heads = build_task_heads(config, self.bound)
         except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
             if not (isinstance(err, MemoryError) or "allocate" in str(err) or "out of memory" in str(err)):

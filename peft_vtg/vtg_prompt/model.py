@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from contextlib import contextmanager
@@ -72,7 +73,12 @@ class VTGPromptModel(BaseTuner):
         keeps its `requires_grad`; and `modules_to_save` modules are wrapped in PEFT's `ModulesToSaveWrapper`.
         `state_dict` (PEFT's "inject from a state dict's keys") is not needed: the config alone fixes every module.
         """
-        config: VTGPromptConfig = self.peft_config[adapter_name]
+        # The adapter keeps its own copy of the config: what creating it records (the base's architecture and sizes,
+        # resolved defaults) must not leak into the caller's object, which may make further adapters on other bases.
+        config: VTGPromptConfig = copy.deepcopy(self.peft_config[adapter_name])
+        # Fields may have been assigned since the constructor checked them (PEFT's way of changing a loaded config).
+        config.__post_init__()
+        self.peft_config[adapter_name] = config
         self._check_new_adapter_config(config)
         layer = self._layer(model)
         bound = layer.bound if layer is not None else resolve_spec(model, config)
@@ -84,6 +90,9 @@ class VTGPromptModel(BaseTuner):
                     f"Adapter {adapter_name!r} resolves to different injection points than the adapters already on "
                     "this model; all adapters of one model must use the same module paths."
                 )
+        # Creating an adapter records its base (below), so a config that records one was saved with an adapter:
+        # loading it, whose saved weights replace every init.
+        loading = config.base_architecture is not None
         self._check_base_matches(config, bound)
         # Adding an adapter must not change the trainability of what is already there (PEFT's rule): a frozen adapter
         # loaded with is_trainable=False stays frozen when another one is loaded or added.
@@ -94,7 +103,8 @@ class VTGPromptModel(BaseTuner):
             # Attached to the base model so that PEFT's structural walks over tuner layers find it.
             model.add_module(LAYER_ATTRIBUTE, layer)
         try:
-            layer.update_layer(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage)
+            layer.update_layer(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage, loading=loading)
+            self._check_adapter_names_apart(layer)
             # After update_layer, so that entries matching the new adapter's own modules are seen too.
             self._check_modules_to_save(config, model, bound)
         except Exception:
@@ -122,6 +132,26 @@ class VTGPromptModel(BaseTuner):
         )
         for parameter, requires_grad in existing:
             parameter.requires_grad = requires_grad
+
+    @staticmethod
+    def _check_adapter_names_apart(layer: VTGPromptLayer) -> None:
+        """Refuse an adapter name that also names a part of another adapter's tensors (e.g. "grounding", "fusion",
+        "0"): PEFT picks one adapter's tensors out of the model by dropping every key that contains another adapter's
+        name as a part (`.name.` or a final `.name`), so saving that other adapter would silently drop tensors."""
+        keys: dict[str, list[str]] = {}  # adapter -> its tensors' keys as saved, "base_model.model.vtg_prompts...."
+        for container in layer.adapter_layer_names:
+            for name, module in getattr(layer, container).items():
+                keys.setdefault(name, []).extend(
+                    f"base_model.model.{LAYER_ATTRIBUTE}.{container}.{name}.{key}" for key in module.state_dict())
+        for owner, owned in keys.items():
+            for other in keys:
+                clash = next((key for key in owned if other != owner and (f".{other}." in key or key.endswith(
+                    f".{other}"))), None)
+                if clash is not None:
+                    raise ValueError(
+                        f"Adapter name {other!r} is also a part of the key {clash!r} of adapter {owner!r}; PEFT tells "
+                        "adapters' tensors apart by name, so saving one would silently drop tensors of the other. "
+                        f"Choose another name for the adapter, e.g. {other + '_adapter'!r}.")
 
     @staticmethod
     def _check_modules_to_save(config: VTGPromptConfig, model: nn.Module, bound: BoundSpec) -> None:
@@ -636,15 +666,40 @@ class VTGPromptModel(BaseTuner):
             for key in expected
             if key not in remapped
         )
+        containers = tuple(f".{name}." for name in VTGPromptLayer.adapter_layer_names)
+        unused = sorted(cls._remove_adapter_name_from_key(key, adapter_name).removeprefix("base_model.model.")
+                        for key in remapped if key not in expected and any(c in key for c in containers))
+        if unused and not missing:
+            # PEFT drops them silently; a config that builds less than was trained (e.g. grounding_head edited to
+            # false) would lose trained weights without a word.
+            warnings.warn(
+                f"The checkpoint of adapter {adapter_name!r} holds {len(unused)} tensor(s) that its config does not "
+                f"build, and they are ignored: {unused[:10]}{' ...' if len(unused) > 10 else ''}. If that is not "
+                "meant, load it with the adapter_config.json it was saved with.", stacklevel=2)
         if missing:
-            hint = (
-                f" Adapter {adapter_name!r} is now on the model with those tensors untrained; remove it with "
-                f"delete_adapter({adapter_name!r})." if len(getattr(model, "peft_config", {})) > 1 else ""
-            )
+            cls._discard_failed_load(model, adapter_name)
             raise ValueError(
                 f"The checkpoint of adapter {adapter_name!r} lacks {len(missing)} tensor(s) that its config builds: "
                 f"{missing[:10]}{' ...' if len(missing) > 10 else ''}. The weights file is incomplete, or "
                 "adapter_config.json does not belong to it (e.g. it enables grounding_head, or more prompt layers "
-                f"than were trained); save the adapter again, or use the config it was saved with.{hint}"
+                f"than were trained); save the adapter again, or use the config it was saved with. The adapter was "
+                "not added."
             )
         return remapped
+
+    @staticmethod
+    def _discard_failed_load(model: nn.Module, adapter_name: str) -> None:
+        """Take away an adapter whose weights failed to load, so that no adapter with untrained (or, with
+        `low_cpu_mem_usage`, meta) tensors stays on the model: deleted beside the model's other adapters, or, when it
+        was the only one (`PeftModel.from_pretrained`), its hooks and layer removed from the caller's base model."""
+        tuner = getattr(model, "base_model", None)
+        if not isinstance(tuner, VTGPromptModel) or adapter_name not in tuner.peft_config:
+            return
+        if len(tuner.peft_config) > 1:
+            model.delete_adapter(adapter_name)
+            return
+        layer = tuner._layer(tuner.model)
+        if layer is not None:
+            layer.remove_hooks()
+            delattr(tuner.model, LAYER_ATTRIBUTE)
+        del tuner.peft_config[adapter_name]
