@@ -3,11 +3,14 @@
 Definitions (as in 2D-TAN / Moment-DETR evaluation code):
 
 - temporal IoU of two windows [s1, e1], [s2, e2] in seconds: intersection / union with
-  intersection = max(0, min(e1, e2) - max(s1, s2)) and union = (e1 - s1) + (e2 - s2) - intersection; a union of 0
-  (two zero-length windows) gives IoU 0 unless they coincide, which gives 1.
+  intersection = max(0, min(e1, e2) - max(s1, s2)) and union = max(e1, e2) - min(s1, s2) (the span of the two, as
+  those evaluators compute it: equal to the sum of lengths minus the intersection for overlapping windows, and
+  rounded like theirs, so an IoU of exactly a threshold is decided as they decide it); two zero-length windows have
+  IoU 0 unless they coincide, which gives 1.
 - with several ground-truth windows (QVHighlights), a prediction's IoU is its best IoU over the windows.
 - R@n IoU@m: percentage of queries for which at least one of the n highest-scored predictions (after temporal NMS,
-  when a threshold is given) has IoU >= m. Ties in score keep the order in which the predictions were given.
+  when a threshold is given) has IoU >= m (VSLNet, Moment-DETR, lighthouse; `strict_iou=True`: IoU > m, as 2D-TAN's
+  code counts). Ties in score keep the order in which the predictions were given.
 - mIoU: mean over queries of the IoU of the top-1 prediction, in percent.
 
 Predictions are scored as given: they are not clipped to the video, so a window beyond the duration simply overlaps
@@ -80,6 +83,7 @@ def evaluate_moments(
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
     nms_threshold: Optional[float] = None,
     rank_by_score: bool = True,
+    strict_iou: bool = False,
 ) -> dict[str, float]:
     """R@n IoU@m for every n and m, and mIoU, in percent, over the queries of `ground_truth`.
 
@@ -89,6 +93,8 @@ def evaluate_moments(
         nms_threshold: if given, temporal NMS at this IoU is applied before taking the top n.
         rank_by_score: False takes the windows in the order given (the first is the top-1) instead of ranking them
             by score: Moment-DETR's definition of R1 (`peft_vtg.moment_detr_eval`). Not with `nms_threshold`.
+        strict_iou: count a window when its IoU is above m (`IoU > m`, as 2D-TAN's evaluation code counts) instead
+            of at least m (`IoU >= m`: VSLNet, Moment-DETR, lighthouse). The two differ only on an IoU of exactly m.
 
     Returns:
         `{"R1@0.1": ..., "R5@0.7": ..., "mIoU": ..., "num_queries": N}`.
@@ -109,8 +115,9 @@ def evaluate_moments(
     if not all(isinstance(m, numbers.Real) and not isinstance(m, bool) and 0.0 < m <= 1.0 for m in iou_thresholds):
         raise ValueError(f"iou_thresholds must hold IoUs in (0, 1], got {list(iou_thresholds)!r}.")
     check_nms_threshold(nms_threshold)
-    if not isinstance(rank_by_score, bool):
-        raise ValueError(f"rank_by_score must be True or False, got {rank_by_score!r}.")
+    for name, flag in (("rank_by_score", rank_by_score), ("strict_iou", strict_iou)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}.")
     if not rank_by_score and nms_threshold is not None:
         raise ValueError("rank_by_score=False scores the windows in the order given; temporal NMS ranks them by "
                          "score. Give one of the two (nms_threshold=None, or rank_by_score=True).")
@@ -144,7 +151,7 @@ def evaluate_moments(
         for n in recall_at:
             top = max(ious[:n])
             for m in iou_thresholds:
-                hits[(n, m)] += top >= m
+                hits[(n, m)] += top > m if strict_iou else top >= m
     count = len(ground_truth)
     result = {f"R{n}@{m}": 100.0 * hits[(n, m)] / count for n in recall_at for m in iou_thresholds}
     result["mIoU"] = 100.0 * iou_sum / count

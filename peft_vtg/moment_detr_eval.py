@@ -52,6 +52,13 @@ def _cross_iou(window: Sequence[float], others: np.ndarray) -> np.ndarray:
         return intersection / union
 
 
+def _paired_iou(window: Sequence[float], other: Sequence[float]) -> float:
+    """IoU of two windows as the reference's R1 computes it: union = the span of the two (max end - min start)."""
+    intersection = max(0.0, min(float(window[1]), float(other[1])) - max(float(window[0]), float(other[0])))
+    union = max(float(window[1]), float(other[1])) - min(float(window[0]), float(other[0]))
+    return intersection / union if union != 0 else 0.0
+
+
 def interpolated_average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
     """VOC-2011 AP: the area under the precision-recall curve with precision made non-increasing in recall."""
     precision = np.concatenate([[0.0], precision, [0.0]])
@@ -132,8 +139,14 @@ def evaluate_moment_retrieval(
         top1 = []
         for qid, windows in truth.items():
             first = predictions[qid][0] if len(predictions[qid]) else None
-            top1.append(0.0 if first is None else float(np.max(_cross_iou(first, np.asarray(
-                [w[:2] for w in windows], dtype=float)))))
+            if first is None:
+                top1.append(0.0)
+                continue
+            # As the reference: the ground-truth window of highest IoU (first on ties), then the pair's IoU with the
+            # span of the two as union (`compute_temporal_iou_batch_paired`), which rounds differently.
+            truth_windows = np.asarray([w[:2] for w in windows], dtype=float)
+            best = truth_windows[int(np.argmax(_cross_iou(first, truth_windows)))]
+            top1.append(_paired_iou(first, best))
         top1_iou = np.nan_to_num(np.asarray(top1), nan=0.0)
         for threshold in R1_IOU_THRESHOLDS:
             metrics[f"MR-{name}-R1@{threshold}"] = 100.0 * float(np.mean(top1_iou >= threshold))

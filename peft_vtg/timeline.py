@@ -33,16 +33,18 @@ def check_window(window: Window, what: str = "window") -> tuple[float, float]:
 def temporal_iou(a: Window, b: Window) -> float:
     """IoU of two windows given in the same unit (seconds or frames), in [0, 1].
 
-    intersection = max(0, min(e1, e2) - max(s1, s2)), union = (e1 - s1) + (e2 - s2) - intersection; a union of 0 (two
-    zero-length windows) gives 1 if they coincide, else 0.
+    intersection = max(0, min(e1, e2) - max(s1, s2)) over union = max(e1, e2) - min(s1, s2), the span of the two,
+    as the community's evaluators compute it (Moment-DETR's R1, 2D-TAN, VSLNet): for windows that overlap it equals
+    length + length - intersection, but it rounds differently, which decides an IoU that is exactly a threshold
+    (0.5 must be 0.5, not 0.4999999999999999). Windows that do not overlap have IoU 0; two zero-length windows
+    have 1 if they coincide, else 0.
     """
     s1, e1 = check_window(a)
     s2, e2 = check_window(b)
-    intersection = max(0.0, min(e1, e2) - max(s1, s2))
-    union = (e1 - s1) + (e2 - s2) - intersection
-    if union <= 0.0:
+    intersection = min(e1, e2) - max(s1, s2)
+    if intersection <= 0.0:
         return 1.0 if (s1, e1) == (s2, e2) else 0.0
-    return intersection / union
+    return intersection / (max(e1, e2) - min(s1, s2))
 
 
 def rank_windows(windows: Sequence[Window]) -> list[Window]:

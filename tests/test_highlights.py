@@ -250,6 +250,18 @@ def test_score_reads_submissions_ranks_as_listed_and_sets_dropped_rows_aside(tmp
     assert main(["score", "--predictions", submission, "--ground-truth", truth, "--rank-as-listed",
                  "--nms-threshold", "0.5"]) == 2
     assert "Give one of the two" in capsys.readouterr().err
+    assert main(["score", "--predictions", submission, "--ground-truth", truth, "--json", "--strict-iou"]) == 0
+    assert json.loads(capsys.readouterr().out)["R1@0.5"] == 100.0  # IoU 1, above any threshold
+    # Saliency scores alone against ground truth without highlight labels: nothing can be scored, said the same way
+    # with or without --json (before: "{}" with --json, an internal message without).
+    saliency_only = write_lines(tmp_path / "saliency.jsonl", [{"qid": 1, "pred_saliency_scores": [1] * 10}])
+    plain_truth = write_lines(tmp_path / "plain.jsonl", [{"qid": 1, "duration": 20, "windows": [[0, 4]]}])
+    for extra in ([], ["--json"]):
+        assert main(["score", "--predictions", saliency_only, "--ground-truth", plain_truth, *extra]) == 2
+        assert "Nothing to score" in capsys.readouterr().err
+    queries_only = write_lines(tmp_path / "queries.jsonl", [{"qid": 1, "duration": 20, "query": "a"}])
+    assert main(["score", "--predictions", submission, "--ground-truth", queries_only]) == 2
+    assert "has no ground-truth windows for 1 queries, e.g. qids ['1']" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the head inside adapters, the CLI, SynthVTG

@@ -24,6 +24,30 @@ def test_temporal_iou(a, b, expected):
     assert temporal_iou(b, a) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("prediction, truth, expected_hit", [
+    ([0.0, 21.13], [0.0, 42.26], True),  # IoU exactly 0.5: the sum-of-lengths union rounds it to 0.4999999999999999
+    ([4.165625, 10.830625], [0.0, 13.33], False),  # the span union rounds to 0.49999999999999994: no hit, as theirs
+])
+def test_an_iou_of_exactly_a_threshold_is_decided_as_the_community_evaluators_decide_it(prediction, truth, expected_hit):
+    # Moment-DETR's R1 (compute_temporal_iou_batch_paired), 2D-TAN and VSLNet divide by the span of the two windows.
+    intersection = min(prediction[1], truth[1]) - max(prediction[0], truth[0])
+    reference = intersection / (max(prediction[1], truth[1]) - min(prediction[0], truth[0]))
+    assert temporal_iou(prediction, truth) == reference and (reference >= 0.5) == expected_hit
+    assert evaluate_moments({"q": [prediction + [1.0]]}, {"q": [truth]})["R1@0.5"] == 100.0 * expected_hit
+    from peft_vtg.moment_detr_eval import evaluate_moment_retrieval
+
+    assert evaluate_moment_retrieval({"q": [prediction + [1.0]]}, {"q": [truth]})["MR-full-R1@0.5"] == \
+        100.0 * expected_hit
+
+
+def test_strict_iou_counts_iou_above_the_threshold_as_2d_tan_does():
+    predictions, truth = {"q": [[0.0, 5.0, 1.0]], "r": [[0.0, 6.0, 1.0]]}, {"q": [[0.0, 10.0]], "r": [[0.0, 10.0]]}
+    assert evaluate_moments(predictions, truth)["R1@0.5"] == 100.0  # IoU 0.5 and 0.6
+    assert evaluate_moments(predictions, truth, strict_iou=True)["R1@0.5"] == 50.0
+    with pytest.raises(ValueError, match="strict_iou must be True or False"):
+        evaluate_moments(predictions, truth, strict_iou="yes")
+
+
 def test_reversed_window_is_an_error():
     with pytest.raises(ValueError, match="end < start"):
         temporal_iou([5, 1], [0, 10])

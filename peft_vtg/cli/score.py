@@ -39,10 +39,15 @@ def run(args: argparse.Namespace) -> int:
               f"{sorted(dropped)[:10]}{' ...' if len(dropped) > 10 else ''}", file=sys.stderr)
         submission = submission.without(dropped)
     truth = {row["qid"]: row["windows"] for row in ground_truth}
+    unlabelled = [qid for qid, windows in truth.items() if not windows]
+    if unlabelled:
+        raise ValueError(f"{args.ground_truth} has no ground-truth windows for {len(unlabelled)} queries, e.g. qids "
+                         f"{unlabelled[:5]}: it reads as queries to predict, not ground truth; give each line its "
+                         "windows under 'relevant_windows' or 'windows'.")
     metrics: dict[str, Any] = {}
     if submission.windows:
         metrics = evaluate_moments(submission.windows, truth, nms_threshold=args.nms_threshold,
-                                   rank_by_score=not args.rank_as_listed)
+                                   rank_by_score=not args.rank_as_listed, strict_iou=args.strict_iou)
         metrics.update(brief(evaluate_moment_retrieval(submission.windows, truth)))
     if submission.saliency:
         highlights = highlight_truth(ground_truth)
@@ -55,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"Saliency scores for unknown qids {extra[:10]} ({len(extra)}).")
             metrics.update(brief(evaluate_highlights(submission.saliency, highlights, clip_length_of(ground_truth))))
             metrics["HL-num_queries"] = len(highlights)
+    if not metrics:
+        raise ValueError(f"Nothing to score: {args.predictions} holds saliency scores only, and {args.ground_truth} "
+                         "has no highlight labels (relevant_clip_ids, saliency_scores) to score them against; give "
+                         "predicted windows (pred_relevant_windows), or ground truth with highlight labels.")
     # allow_nan=False: NaN is not JSON; a metric that cannot be computed raises above instead of printing NaN.
     print(json.dumps(metrics, allow_nan=False) if args.json else format_table(metrics))
     return 0
@@ -88,5 +97,9 @@ def add_parser(commands: Any) -> None:
     score.add_argument("--rank-as-listed", action="store_true",
                        help="R@n takes the windows in the order given instead of ranking them by score (the first "
                        "listed is the top-1): then R1@m equals Moment-DETR's MR-full-R1@m")
+    score.add_argument("--strict-iou", action="store_true",
+                       help="R@n counts a window when its IoU is above m, as 2D-TAN's evaluation code does (default: "
+                       "IoU >= m, as VSLNet, Moment-DETR and lighthouse count; the two differ only on an IoU of "
+                       "exactly m)")
     score.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     score.set_defaults(run=run)

@@ -29,7 +29,8 @@ reported; anything a correct export could not contain is an error:
   microsecond are floating-point noise of the files and are clipped silently (as is a start of -1e-7).
 - **dropped**, counted by reason, with a warning naming the first rows: an empty query; a video whose duration is
   unknown (a Charades-STA video missing from the durations csv); a window with end < start; a window starting at or
-  after the video's end (nothing left to clip); a labelled query whose window list is empty.
+  after the video's end or ending at or before its start (nothing left to clip); a labelled query whose window list
+  is empty.
 - with `strict=True` the first row that would be clipped or dropped raises a `ValueError` too.
 - Malformed highlight labels are errors: ids that are not whole numbers >= 0 or repeat, scores that are not lists of
   finite numbers (one list per id, all of one length), one of the two keys without the other.
@@ -184,11 +185,12 @@ class _RowPolicy:
                               f"position {err.start}); {_FIX}.")
         return value
 
-    def _window(self, where: str, name: str, window: Any, scale: float) -> tuple[float, float]:
-        """(start, end) in seconds of one window given in units of `scale` seconds; raises on a malformed one.
+    def _window(self, where: str, name: str, window: Any, per_second: float) -> tuple[float, float]:
+        """(start, end) in seconds of one window given in units of which `per_second` make a second (frames at that
+        fps; 1: seconds); raises on a malformed one.
 
         `name` says which window for messages ("'timestamps'", "'relevant_windows' item 2")."""
-        unit = "frames" if scale != 1.0 else "seconds"
+        unit = "frames" if per_second != 1.0 else "seconds"
         if not isinstance(window, (list, tuple)) or len(window) != 2:
             hint = "; for a single window write [[start, end]]" if _number(window) is not None else ""
             self.error(where, f"{name} must be [start, end] ({unit}), got {window!r}{hint}. {_FIX}.")
@@ -201,7 +203,9 @@ class _RowPolicy:
             self.error(where, f"{name} {list(window)!r} has a non-finite time (NaN or Inf); {_FIX}.")
         # end < start and a start before 0 are dirt the benchmarks' files are known to carry (the policy drops /
         # clips them in `add`), not a malformed export.
-        return start * scale, end * scale
+        # Divided, not multiplied by 1 / fps: frame / fps is what 2D-TAN's readers and the unified releases compute,
+        # and the last bit decides a window of exactly 10 s (short or middle bucket) and an IoU of exactly m.
+        return start / per_second, end / per_second
 
     def add(
         self,
@@ -212,7 +216,7 @@ class _RowPolicy:
         duration: Any,
         windows: Any,
         field_name: str = "windows",
-        scale: float = 1.0,
+        per_second: float = 1.0,
         highlights: Optional[Mapping[str, Any]] = None,
     ) -> None:
         """Check one pair.
@@ -220,7 +224,7 @@ class _RowPolicy:
         Args:
             where: the row, for messages ("line 3", "video 'v_x' pair 0").
             duration: seconds; None means the video's duration is unknown (the pair is dropped).
-            windows: `[[start, end], ...]` in units of `scale` seconds, or None for an unlabelled query (kept with no
+            windows: `[[start, end], ...]` in units of which `per_second` make a second (see `_window`), or None for an unlabelled query (kept with no
                 windows).
             field_name: the file's name of the windows field, for messages.
             highlights: the row's `relevant_clip_ids`, `saliency_scores` and `clip_length` (None or empty dict: the
@@ -242,7 +246,7 @@ class _RowPolicy:
         if windows is not None and not isinstance(windows, (list, tuple)):
             self.error(where, f"'{field_name}' must be a list of [start, end] windows, got {windows!r}. {_FIX}.")
         several = windows is not None and len(windows) > 1
-        checked = [self._window(where, f"'{field_name}'" + (f" item {k}" if several else ""), window, scale)
+        checked = [self._window(where, f"'{field_name}'" + (f" item {k}" if several else ""), window, per_second)
                    for k, window in enumerate(windows or [])]
         labels = self._highlights(where, highlights) if highlights else None
         query = self._text(where, "query", query).strip()
@@ -257,6 +261,8 @@ class _RowPolicy:
                     return self._bad(where, "end before start", "drop", qid)
                 if start >= duration:
                     return self._bad(where, "window starts at or after the video's end", "drop", qid)
+                if end <= _NOISE_SECONDS:  # clipping would leave [0, end <= 0]: nothing of the video
+                    return self._bad(where, "window ends at or before the video's start", "drop", qid)
                 if start < -_NOISE_SECONDS:
                     clips.append("start before 0")
                 if end > duration + _NOISE_SECONDS:
@@ -495,19 +501,19 @@ def _read_per_video_json(path: PathLike, data: Any, strict: bool, frames: bool) 
                 + (f" of {len(timestamps)} / {len(sentences)} items." if isinstance(timestamps, list)
                    and isinstance(sentences, list) else ".")
             )
-        scale = 1.0
+        per_second = 1.0
         if frames:  # 2D-TAN TACoS: times in frames at `fps`
             fps, num_frames = _number(entry["fps"]), _number(entry["num_frames"])
             if fps is None or not (math.isfinite(fps) and fps > 0) or num_frames is None or \
                     not (math.isfinite(num_frames) and num_frames > 0):
                 policy.error(where, f"'fps' and 'num_frames' must be finite numbers > 0, got {entry['fps']!r} and "
                                     f"{entry['num_frames']!r}.")
-            duration, scale = num_frames / fps, 1.0 / fps
+            duration, per_second = num_frames / fps, fps
         else:
             duration = entry["duration"]
         for k, (window, sentence) in enumerate(zip(timestamps, sentences)):
             policy.add(f"video {key!r} pair {k}", f"{vid}_{k}", vid, sentence, duration, [window],
-                       field_name="timestamps", scale=scale)
+                       field_name="timestamps", per_second=per_second)
     return policy.dataset()
 
 
@@ -569,7 +575,8 @@ def iter_json_lines(path: PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
 def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
     """JSON lines with one query per line: QVHighlights (`qid, query, duration, vid, relevant_windows`), the unified
     releases of other benchmarks in that form, and peft_vtg's ground-truth format (`qid, duration, windows`; `vid` and
-    `query` optional). A line without any window key is an unlabelled query (kept with no windows). QVHighlights'
+    `query` optional). A line without any window key (or with null) is an unlabelled query (kept with no windows);
+    a key that looks like a misspelt window key (`relevant_window`) is an error. QVHighlights'
     highlight labels (`relevant_clip_ids`, `saliency_scores`; optional `clip_length`, default 2 s) are kept: see the
     module docstring."""
     policy = _RowPolicy(_source(path), strict)
@@ -581,6 +588,11 @@ def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
         if "duration" not in entry:
             policy.error(where, f"no 'duration' (the video's length in seconds), qid {entry['qid']!r}.")
         field_name = next((name for name in ("relevant_windows", "windows") if name in entry), "windows")
+        misspelt = sorted(key for key in entry if "window" in key.lower() and key not in ("relevant_windows",
+                                                                                           "windows"))
+        if misspelt:
+            policy.error(where, f"unknown key {misspelt[0]!r} (qid {entry['qid']!r}); the ground-truth windows go under "
+                                "'relevant_windows' or 'windows'.")
         query = entry["query"] if "query" in entry else f"<{entry['qid']}>"  # GT files for scoring carry no text
         if any(key in entry for key in ("relevant_clip_ids", "saliency_scores")):
             highlighted = True
