@@ -21,13 +21,12 @@ number; with no query to average over there is no metric, and that is an error t
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
 from .moment_detr_eval import BRIEF_KEYS
-from .timeline import Window, check_nms_threshold, rank_windows, temporal_iou, temporal_nms
+from .timeline import Window, check_nms_threshold, check_windows, rank_windows, temporal_iou, temporal_nms
 
 # Re-exported: the metrics API is where users look for them.
 __all__ = ["IOU_THRESHOLDS", "RECALL_AT", "best_iou", "check_windows", "evaluate_moments", "format_table",
@@ -39,41 +38,16 @@ RECALL_AT = (1, 5)
 IOU_THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
 
 
+def _as_list(windows: object) -> object:
+    tolist = getattr(windows, "tolist", None)
+    return tolist() if callable(tolist) and not isinstance(windows, (str, bytes, Sequence)) else windows
+
+
 def best_iou(prediction: Window, ground_truth: Sequence[Window]) -> float:
     """The prediction's IoU with the best-matching ground-truth window."""
     if not ground_truth:
         raise ValueError("A query needs at least one ground-truth window.")
     return max(temporal_iou(prediction, window) for window in ground_truth)
-
-
-def _finite(value: numbers.Real) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond float range
-        return False
-
-
-def check_windows(windows: object, what: str, with_score: bool) -> None:
-    """Raise `ValueError` naming `what` unless `windows` is a list of `[start, end]` (or, with `with_score`,
-    `[start, end, score]`) of finite numbers with start <= end (seconds)."""
-    if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence):
-        raise ValueError(f"{what}: expected a list of windows, got {windows!r}.")
-    lengths = (2, 3) if with_score else (2,)
-    shape = "[start, end] or [start, end, score]" if with_score else "[start, end]"
-    for k, window in enumerate(windows):
-        if isinstance(window, (str, bytes)) or not isinstance(window, Sequence) or len(window) not in lengths:
-            raise ValueError(f"{what}, window {k}: expected {shape} in seconds, got {window!r}.")
-        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in window):
-            raise ValueError(f"{what}, window {k}: {list(window)!r} holds a value that is not a number.")
-        if not all(_finite(v) for v in window):
-            raise ValueError(f"{what}, window {k}: {list(window)!r} holds NaN or Inf; only finite start, end and "
-                             "score values can be ranked and scored.")
-        if window[1] < window[0]:
-            raise ValueError(f"{what}, window {k}: {list(window)!r} ends before it starts (end < start).")
-    if with_score and len({len(window) for window in windows}) > 1:
-        # A window without a score ranks as score 0, so mixing the two orders the windows arbitrarily.
-        raise ValueError(f"{what}: some windows have a score and some do not; give every window as [start, end, "
-                         "score] (or none of them a score, to rank them in the order given).")
 
 
 def evaluate_moments(
@@ -107,6 +81,9 @@ def evaluate_moments(
     for name, value in (("predictions", predictions), ("ground_truth", ground_truth)):
         if not isinstance(value, Mapping):
             raise ValueError(f"{name} must be a mapping qid -> windows (a dict), got {type(value).__name__}.")
+    # Arrays (numpy, torch) of windows are read as the lists they hold.
+    predictions, ground_truth = ({qid: _as_list(windows) for qid, windows in value.items()}
+                                 for value in (predictions, ground_truth))
     for name, values in (("recall_at", recall_at), ("iou_thresholds", iou_thresholds)):
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise ValueError(f"{name} must be a non-empty list, got {values!r}.")

@@ -34,6 +34,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .timeline import check_windows
+
 # The reference's thresholds: np.linspace(0.5, 0.95, 10), each rounded to 2 decimals.
 MAP_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 R1_IOU_THRESHOLDS = MAP_IOU_THRESHOLDS
@@ -97,6 +99,40 @@ def query_average_precision(
     return [interpolated_average_precision(precision[level], recall[level]) for level in range(len(iou_thresholds))]
 
 
+def _check_same_queries(predicted: Mapping[str, Any], ground_truth: Mapping[str, Any], what: str,
+                        extra_allowed: bool = False) -> None:
+    """Both are mappings by qid, and `predicted` covers every query of `ground_truth` (and, unless `extra_allowed`,
+    no other)."""
+    for name, value in ((what, predicted), ("ground_truth", ground_truth)):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{name} must be a mapping qid -> values (a dict), got {type(value).__name__}.")
+    missing = sorted(set(ground_truth) - set(predicted), key=str)
+    extra = [] if extra_allowed else sorted(set(predicted) - set(ground_truth), key=str)
+    if missing or extra:
+        raise ValueError(f"{what} and ground truth must cover the same queries: none for {len(missing)} ground-truth "
+                         f"queries {missing[:10]}, {len(extra)} for unknown qids {extra[:10]}.")
+    if not ground_truth:
+        raise ValueError("No queries to evaluate: the metrics are undefined without at least one query.")
+
+
+def _check_moment_inputs(predictions: Mapping[str, Any], ground_truth: Mapping[str, Any]) -> None:
+    """Raise naming the query on what the reference would crash on or score as garbage: other qids than the ground
+    truth's, a window that is not [start, end, score] of finite numbers with start <= end (the score ranks the
+    windows for mAP), a query without ground-truth windows."""
+    _check_same_queries(predictions, ground_truth, "predictions")
+    for qid, windows in predictions.items():
+        what = f"predictions for query {qid!r}"
+        check_windows(windows, what, with_score=True)
+        unscored = next((k for k, window in enumerate(windows) if len(window) != 3), None)
+        if unscored is not None:
+            raise ValueError(f"{what}, window {unscored}: {list(windows[unscored])!r} has no score; Moment-DETR's mAP "
+                             "ranks windows by score, so give each as [start, end, score].")
+    for qid, windows in ground_truth.items():
+        check_windows(windows, f"ground truth of query {qid!r}", with_score=False)
+        if not len(windows):
+            raise ValueError(f"ground truth of query {qid!r} has no window; every query needs at least one.")
+
+
 def _in_bucket(window: Sequence[float], low: float, high: float) -> bool:
     return low < window[1] - window[0] <= high
 
@@ -117,10 +153,12 @@ def evaluate_moment_retrieval(
         `MR-{bucket}-mAP` (mean over thresholds), `MR-{bucket}-mAP@{t}` and `MR-{bucket}-R1@{t}` for every
         threshold and bucket in short / middle / long / full, and `MR-{bucket}-num_queries`. A bucket without
         queries is left out.
+
+    Raises:
+        ValueError: the qids of predictions and ground truth differ, a window is not `[start, end, score]` of finite
+            numbers with start <= end, or a query has no ground-truth window; the message names the query.
     """
-    missing = sorted(set(ground_truth) - set(predictions), key=str)
-    if missing:
-        raise ValueError(f"No predictions for {len(missing)} ground-truth queries, e.g. {missing[:10]}.")
+    _check_moment_inputs(predictions, ground_truth)
     metrics: dict[str, float] = {}
     for name, low, high in LENGTH_BUCKETS + (("full", None, None),):
         if low is None:
@@ -204,12 +242,25 @@ def evaluate_highlights(
 
     Returns:
         `HL-min-{Fair,Good,VeryGood}-mAP` and `-Hit1`, and `HL-num_queries`.
+
+    Raises:
+        ValueError: a labelled query has no scores, an empty list or a non-finite score, or a duration that holds
+            no whole clip; the message names the query. Scores of queries without labels are ignored.
     """
-    missing = sorted(set(ground_truth) - set(saliency), key=str)
-    if missing:
-        raise ValueError(f"No saliency scores for {len(missing)} ground-truth queries, e.g. {missing[:10]}.")
-    if not ground_truth:
-        raise ValueError("No queries with saliency labels to evaluate.")
+    # Queries without highlight labels are left out, as the reference scores only labelled ones.
+    _check_same_queries(saliency, ground_truth, "saliency", extra_allowed=True)
+    for qid in ground_truth:
+        scores = saliency[qid]
+        check_saliency_scores(scores, f"saliency scores of query {qid!r}")
+        if not len(scores):
+            raise ValueError(f"saliency scores of query {qid!r}: an empty list; give one score per clip of "
+                             f"{clip_length} s.")
+    for qid, truth in ground_truth.items():
+        duration = truth.get("duration") if isinstance(truth, Mapping) else None
+        if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not math.isfinite(duration) \
+                or int(duration / clip_length) < 1:
+            raise ValueError(f"ground truth of query {qid!r}: 'duration' must be a finite number of seconds that "
+                             f"holds at least one clip of {clip_length} s, got {duration!r}.")
     labels = {qid: saliency_labels(truth["duration"], truth["relevant_clip_ids"], truth["saliency_scores"],
                                    clip_length) for qid, truth in ground_truth.items()}
     metrics: dict[str, float] = {}

@@ -30,6 +30,36 @@ def check_window(window: Window, what: str = "window") -> tuple[float, float]:
     return start, end
 
 
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def check_windows(windows: object, what: str, with_score: bool) -> None:
+    """Raise `ValueError` naming `what` unless `windows` is a list of `[start, end]` (or, with `with_score`,
+    `[start, end, score]`) of finite numbers with start <= end (seconds)."""
+    if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence):
+        raise ValueError(f"{what}: expected a list of windows, got {windows!r}.")
+    lengths = (2, 3) if with_score else (2,)
+    shape = "[start, end] or [start, end, score]" if with_score else "[start, end]"
+    for k, window in enumerate(windows):
+        if isinstance(window, (str, bytes)) or not isinstance(window, Sequence) or len(window) not in lengths:
+            raise ValueError(f"{what}, window {k}: expected {shape} in seconds, got {window!r}.")
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in window):
+            raise ValueError(f"{what}, window {k}: {list(window)!r} holds a value that is not a number.")
+        if not all(_finite(v) for v in window):
+            raise ValueError(f"{what}, window {k}: {list(window)!r} holds NaN or Inf; only finite start, end and "
+                             "score values can be ranked and scored.")
+        if window[1] < window[0]:
+            raise ValueError(f"{what}, window {k}: {list(window)!r} ends before it starts (end < start).")
+    if with_score and len({len(window) for window in windows}) > 1:
+        # A window without a score ranks as score 0, so mixing the two orders the windows arbitrarily.
+        raise ValueError(f"{what}: some windows have a score and some do not; give every window as [start, end, "
+                         "score] (or none of them a score, to rank them in the order given).")
+
+
 def temporal_iou(a: Window, b: Window) -> float:
     """IoU of two windows given in the same unit (seconds or frames), in [0, 1].
 

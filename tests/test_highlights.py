@@ -79,8 +79,37 @@ def test_moment_retrieval_buckets_first_ten_windows_and_listed_top1():
     assert metrics["MR-full-R1@0.5"] == pytest.approx(100 * 2 / 3)  # "long"'s first listed window misses
     assert list(brief(metrics)) == ["MR-full-mAP", "MR-full-mAP@0.5", "MR-full-mAP@0.75", "MR-short-mAP",
                                     "MR-long-mAP", "MR-full-R1@0.5", "MR-full-R1@0.7"]
-    with pytest.raises(ValueError, match="No predictions for 1 ground-truth queries"):
+    with pytest.raises(ValueError, match=r"none for 1 ground-truth queries \['x'\]"):
         evaluate_moment_retrieval({"short": [[0, 1, 1]]}, {"short": [[0, 1]], "x": [[0, 1]]})
+
+
+@pytest.mark.parametrize("predictions, truth, message", [
+    ({"q": [[0, 5]]}, {"q": [[0, 10]]}, r"window 0: \[0, 5\] has no score"),
+    ({"q": [[0, 5, math.nan]]}, {"q": [[0, 10]]}, "holds NaN or Inf"),
+    ({"q": [[5, 0, 1.0]]}, {"q": [[0, 10]]}, "ends before it starts"),
+    ({"q": [[0, 5, 1.0]], "z": [[0, 1, 1.0]]}, {"q": [[0, 10]]}, r"1 for unknown qids \['z'\]"),
+    ({"q": [[0, 5, 1.0]]}, {"q": []}, "ground truth of query 'q' has no window"),
+    ({}, {}, "No queries to evaluate"),
+])
+def test_moment_retrieval_api_refuses_what_the_reference_would_crash_on_or_score_as_garbage(predictions, truth,
+                                                                                             message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_moment_retrieval(predictions, truth)
+
+
+@pytest.mark.parametrize("saliency, truth, message", [
+    ({"q": [math.nan, 1.0]}, {"duration": 10}, "clip 0: nan is not a finite number"),
+    ({"q": []}, {"duration": 10}, "an empty list"),
+    ({"q": [1.0]}, {"duration": 1.5}, "holds at least one clip of 2.0 s, got 1.5"),
+    ({"x": [1.0]}, {"duration": 10}, r"none for 1 ground-truth queries \['q'\]"),
+])
+def test_highlight_api_refuses_unscorable_input_naming_the_query(saliency, truth, message):
+    labels = {"q": {**truth, "relevant_clip_ids": [0], "saliency_scores": [[4, 4, 4]]}}
+    with pytest.raises(ValueError, match=message):
+        evaluate_highlights(saliency, labels)
+    # Queries without labels may have scores: the reference scores the labelled ones only.
+    assert evaluate_highlights({"q": [1.0] * 5, "other": [0.0]}, {"q": {**labels["q"], "duration": 10}})[
+        "HL-num_queries"] == 1
 
 
 # ---------------------------------------------------------------- highlight metrics

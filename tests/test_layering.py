@@ -11,7 +11,8 @@ ALLOWED = {
     "files": set(),
     "injection": {"timeline", "vtg_prompt"},  # vtg_prompt only for the config type, under TYPE_CHECKING
     "heads": {"timeline"},
-    "moment_detr_eval": set(),  # Moment-DETR's metrics, standalone like the evaluator they reproduce
+    # Moment-DETR's metrics, standalone like the evaluator they reproduce but for the lowest layer's input checks
+    "moment_detr_eval": {"timeline"},
     "metrics": {"timeline", "moment_detr_eval"},
     "data": {"timeline"},
     "vtg_prompt": {"timeline", "injection", "heads"},

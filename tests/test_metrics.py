@@ -103,3 +103,13 @@ def test_missing_and_unknown_qids_are_named():
         evaluate_moments({"a": [[0, 1, 1]], "z": [[0, 1, 1]]}, {"a": [[0, 1]], "b": [[0, 1]]})
     with pytest.raises(ValueError, match="'a' has no predicted window"):
         evaluate_moments({"a": []}, {"a": [[0, 1]]})
+
+
+def test_arrays_of_windows_are_read_as_the_lists_they_hold():
+    import numpy as np
+    import torch
+
+    lists = evaluate_moments({"q": [[0.0, 5.0, 1.0], [0.0, 10.0, 0.5]]}, {"q": [[0.0, 10.0]]})
+    assert evaluate_moments({"q": np.array([[0.0, 5.0, 1.0], [0.0, 10.0, 0.5]])}, {"q": np.array([[0.0, 10.0]])}) \
+        == lists
+    assert evaluate_moments({"q": torch.tensor([[0.0, 5.0, 1.0], [0.0, 10.0, 0.5]])}, {"q": [[0.0, 10.0]]}) == lists
