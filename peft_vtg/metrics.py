@@ -101,10 +101,15 @@ def evaluate_moments(
     missing = sorted(set(ground_truth) - set(predictions), key=str)
     extra = sorted(set(predictions) - set(ground_truth), key=str)
     if missing or extra:
+        # No qid in common is a naming convention, not missing work: say so, with an example of each side.
+        hint = (f" No predicted qid is a ground-truth qid: the two name queries differently (e.g. {extra[0]!r} "
+                f"against {missing[0]!r}). Native annotation files get '<vid>_<k>' qids (k: the pair's index within "
+                "its video), while released JSON lines number their queries; score against the file the predictions "
+                "were made from." if missing and extra and not set(predictions) & set(ground_truth) else "")
         raise ValueError(
             f"Predictions and ground truth must cover the same queries: missing predictions for {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''} ({len(missing)}), predictions for unknown qids {extra[:10]}"
-            f"{' ...' if len(extra) > 10 else ''} ({len(extra)})."
+            f"{' ...' if len(extra) > 10 else ''} ({len(extra)}).{hint}"
         )
     if not ground_truth:
         raise ValueError("No queries to evaluate: the metrics are undefined without at least one query.")

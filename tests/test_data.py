@@ -24,6 +24,7 @@ from peft_vtg.data import (
     load_annotations,
     load_feature_file,
     read_activitynet_captions,
+    read_charades_durations,
     read_charades_sta,
     read_moment_jsonl,
     read_report,
@@ -148,6 +149,18 @@ def test_charades_durations_from_feature_lengths(tmp_path):
     path = tmp_path / "sta.txt"
     path.write_text(BAD_CHARADES)
     assert len(quiet(read_charades_sta, path, durations)) == 2
+
+
+def test_charades_times_and_lengths_are_plain_decimals(tmp_path):
+    # float() would read "1_0" as 10.0, a Python spelling no export means.
+    path = tmp_path / "sta.txt"
+    path.write_text("AAAAA 1_0 12.0##a person sits.\n")
+    with pytest.raises(ValueError, match=r"sta.txt, line 1: start/end are not numbers"):
+        read_charades_sta(path, {"AAAAA": 20.0})
+    csv_path = tmp_path / "Charades_v1_test.csv"
+    csv_path.write_text("id,length\nAAAAA,2_0\n")
+    with pytest.raises(ValueError, match=r"video 'AAAAA' has length '2_0'"):
+        read_charades_durations(csv_path)
 
 
 def test_strict_mode_names_file_row_and_reason(tmp_path):

@@ -103,6 +103,9 @@ def test_missing_and_unknown_qids_are_named():
         evaluate_moments({"a": [[0, 1, 1]], "z": [[0, 1, 1]]}, {"a": [[0, 1]], "b": [[0, 1]]})
     with pytest.raises(ValueError, match="'a' has no predicted window"):
         evaluate_moments({"a": []}, {"a": [[0, 1]]})
+    # Not one qid in common (lighthouse's numbered Charades qids against a native file's '<vid>_<k>'): the hint says so.
+    with pytest.raises(ValueError, match=r"No predicted qid is a ground-truth qid.*e\.g\. '12404' against 'AO8RW_0'"):
+        evaluate_moments({"12404": [[0, 1, 1]]}, {"AO8RW_0": [[0, 1]]})
 
 
 def test_arrays_of_windows_are_read_as_the_lists_they_hold():

@@ -3,7 +3,8 @@
 Schema (`MOMENT_FEATURES`), one row per (video, query) pair:
 
 - `qid` (string): the file's own query id where it has one (QVHighlights, JSON lines), else `"{vid}_{k}"` with `k`
-  the pair's index among that video's pairs in file order (the convention of the unified JSON-lines releases).
+  the pair's index among that video's pairs in file order (as the unified TACoS release names its queries; the
+  unified Charades-STA release numbers them instead, 12404 on, so predictions made from it are scored against it).
 - `vid` (string), `query` (string), `duration` (seconds), `windows`: ground-truth `[start, end]` pairs in seconds
   (several for QVHighlights; empty for an unlabelled split).
 - Files with highlight labels (QVHighlights' `relevant_clip_ids` + `saliency_scores`) also give every row
@@ -133,6 +134,14 @@ class ReadReport:
 
 _EXAMPLES_PER_REASON = 3
 _FIX = "fix or remove the row"
+
+
+def _decimal(text: str) -> float:
+    """A number written in a text file, as float() reads it but without Python-only spellings: float() also takes
+    "1_0" (as 10.0) and surrounding whitespace, which no export means; raises ValueError."""
+    if "_" in text or text != text.strip():
+        raise ValueError(f"not a plain decimal number: {text!r}")
+    return float(text)
 
 
 def _number(value: Any) -> Optional[float]:
@@ -424,7 +433,7 @@ def read_charades_durations(csv_path: PathLike) -> dict[str, float]:
         if not vid or not length:
             continue
         try:
-            seconds = float(length)
+            seconds = _decimal(length)
         except ValueError:
             seconds = math.nan
         if not (math.isfinite(seconds) and seconds > 0):
@@ -472,7 +481,7 @@ def read_charades_sta(
             raise ValueError(f"{path}, line {number}: expected 'vid start end##sentence', got {line.strip()!r}.")
         vid, start, end = fields
         try:
-            window = [float(start), float(end)]
+            window = [_decimal(start), _decimal(end)]
         except ValueError as err:
             raise ValueError(f"{path}, line {number}: start/end are not numbers: {line.strip()!r}.") from err
         policy.add(f"line {number}", _numbered(vid, counters), vid, sentence, durations.get(vid), [window])
