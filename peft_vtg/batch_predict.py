@@ -77,16 +77,19 @@ def video_paths(videos: PathLike, vids: Sequence[str], suffix: str = ".mp4") -> 
     return {vid: found[vid] for vid in vids}
 
 
-def written_qids(output: PathLike) -> set[str]:
+def written_qids(output: PathLike, rows: Optional[Sequence[Mapping[str, Any]]] = None) -> set[str]:
     """The qids already in an output file of an earlier, interrupted run. Lines are written whole and flushed one
     video at a time, so only a last line without its newline can be cut short (by a kill): it is removed, and the file
-    is whole again before new lines are appended. Any other line that is not a prediction is an error (the file is
-    not such an output)."""
+    is whole again before new lines are appended. Anything else is an error, raised before the file is touched: a
+    line that is not a prediction (`qid` and `pred_relevant_windows`: e.g. the queries file itself given as the
+    output), and, with the run's `rows`, a prediction for a qid they do not hold or for another query text (the
+    output of another run)."""
     name = os.fspath(output)
     if not os.path.exists(name):
         return set()
     with open(name, encoding="utf-8") as handle:
         text = handle.read()
+    queries = {str(row["qid"]): row["query"] for row in rows or []}
     complete = text[: text.rfind("\n") + 1]  # up to the last newline: a cut-off tail is dropped
     qids = set()
     for number, line in enumerate(complete.splitlines(), start=1):
@@ -96,10 +99,18 @@ def written_qids(output: PathLike) -> set[str]:
             entry = json.loads(line)
         except json.JSONDecodeError:
             entry = None
-        if not isinstance(entry, Mapping) or "qid" not in entry:
-            raise ValueError(f"{name}, line {number} is not a prediction line, so the file is not the output of an "
-                             "interrupted `peft-vtg predict` run; give another --output.")
-        qids.add(str(entry["qid"]))
+        if not isinstance(entry, Mapping) or "qid" not in entry or \
+                not isinstance(entry.get("pred_relevant_windows"), list):
+            raise ValueError(f"{name}, line {number} is not a prediction line (qid and pred_relevant_windows), so the "
+                             "file is not the output of an interrupted `peft-vtg predict` run; give another --output.")
+        qid = str(entry["qid"])
+        if rows is not None:
+            query = queries.get(qid)
+            if query is None or ("query" in entry and entry["query"] != query):
+                why = "a qid the queries do not hold" if query is None else "another query text for this qid"
+                raise ValueError(f"{name}, line {number} holds a prediction for {why} ({qid!r}): the file is the "
+                                 "output of another run, not an interrupted run of this one; give another --output.")
+        qids.add(qid)
     if complete != text:
         write_text_atomic(name, complete)
     return qids
@@ -124,7 +135,7 @@ def predict_to_file(
     Returns:
         `{"written": lines written now, "resumed": queries found done, "videos": videos decoded now}`.
     """
-    done = written_qids(output)
+    done = written_qids(output, rows)
     by_video: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         if row["qid"] not in done:

@@ -118,6 +118,11 @@ def _check_tensor(item: Any, index: int, feature_size: Optional[int]) -> torch.T
             raise ValueError(f"Video {index} has no frames, shape {tuple(tensor.shape)}.")
         if tensor.shape[1] != 3:
             raise ValueError(f"Video {index}: frames must be (frames, 3, H, W) RGB, got shape {tuple(tensor.shape)}.")
+        if not tensor.is_floating_point():
+            # Raw pixels (uint8 0..255) read as if normalised would ground silently and badly.
+            raise ValueError(f"Video {index}: frames are {tensor.dtype} values, raw pixels; ground() takes "
+                             "preprocessed float frames: pass them through peft_vtg.data.preprocess_frames(frames, "
+                             "image_size=...) first (or give the video file).")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"Video {index}: its frames hold NaN or Inf values; the scores would be NaN.")
     else:

@@ -332,6 +332,24 @@ def test_batch_prediction_writes_submission_lines_and_resumes_after_a_kill(batch
     (tmp_path / "other.jsonl").write_text("not json\n")
     assert main([*command, "--output", str(tmp_path / "other.jsonl")]) == 2
     assert "is not a prediction line" in capsys.readouterr().err
+    # Files a resume must not append to, each left byte for byte as it was: the queries file itself (its last line
+    # unterminated, which a resume would cut as a killed write), ground truth (lines with a qid but no prediction),
+    # and the output of a run over other queries or other query texts.
+    queries_text = (root / "queries.jsonl").read_text().rstrip("\n")
+    foreign = whole[0].replace('"v0-0"', '"elsewhere-0"')
+    retexted = json.dumps({**json.loads(whole[0]), "query": "another sentence"})
+    cases = {"queries.jsonl": (queries_text, "is the --queries file"),
+             "truth.jsonl": (truth.read_text(), "is not a prediction line (qid and pred_relevant_windows)"),
+             "foreign.jsonl": (foreign + "\n", "a qid the queries do not hold ('elsewhere-0')"),
+             "retexted.jsonl": (retexted + "\n", "another query text for this qid")}
+    for name, (text, message) in cases.items():
+        path = tmp_path / "resume" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        queries = path if name == "queries.jsonl" else root / "queries.jsonl"
+        assert main([*command[:6], str(queries), *command[7:], "--output", str(path)]) == 2, name
+        assert message in capsys.readouterr().err, name
+        assert path.read_text() == text, name
 
 
 def test_evaluate_grounds_long_videos_window_by_window(batch_workspace, tmp_path, capsys):

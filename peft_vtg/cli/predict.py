@@ -34,6 +34,9 @@ def _predict_batch(args: argparse.Namespace) -> int:
     if args.num_frames is not None and args.fps is not None:
         raise ValueError("Give at most one of --num-frames and --fps (how to sample the videos).")
     check_output_file(args.output, "--output")
+    if os.path.exists(args.output) and os.path.exists(args.queries) and os.path.samefile(args.output, args.queries):
+        raise ValueError(f"--output {args.output} is the --queries file; predictions go to a file of their own "
+                         "(e.g. preds.jsonl).")
     rows = read_query_file(args.queries, args.format)  # the cheap checks before the model is loaded
     paths = video_paths(args.videos, [row["vid"] for row in rows], args.video_suffix)
     model, tokenizer, _ = load_model(args, trainable=False)
