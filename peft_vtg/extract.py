@@ -142,16 +142,23 @@ def extract_features(
     manifest_path = os.path.join(output_dir, MANIFEST_NAME)
     done: dict[str, Any] = {}
     if os.path.exists(manifest_path):
-        with open(manifest_path, encoding="utf-8") as handle:
-            recorded = json.load(handle)
-        if recorded.get("format") != EXTRACT_FORMAT:
+        try:
+            with open(manifest_path, encoding="utf-8") as handle:
+                recorded = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{manifest_path} is not readable JSON ({err}); it is damaged: use another --output-dir, "
+                             "or delete the directory.") from None
+        if not isinstance(recorded, dict) or recorded.get("format") != EXTRACT_FORMAT or \
+                not isinstance(recorded.get("videos", {}), dict):
             raise ValueError(f"{output_dir} holds a {MANIFEST_NAME} that is not a peft_vtg feature manifest; use "
                              "another --output-dir.")
         differences = _differences(recorded, _json_safe(settings), SETTING_KEYS, recorded_as="features")
-        if differences:
+        # A run that wrote no video (it failed on the first one: a wrong --image-size, say) has nothing to keep
+        # consistent with, so a corrected rerun takes the directory over.
+        if differences and recorded.get("videos"):
             raise CacheMismatchError(f"{output_dir} holds features extracted with other settings "
                                      f"({'; '.join(differences)}); use another --output-dir, or delete it.")
-        done = dict(recorded.get("videos", {}))
+        done = dict(recorded.get("videos", {})) if not differences else {}
     remove_interrupted_writes(output_dir)
     suffix = FILE_FORMATS[file_format]
     done = {vid: entry for vid, entry in done.items() if os.path.exists(os.path.join(output_dir, vid + suffix))}

@@ -476,6 +476,19 @@ def test_extract_cli_formats_resume_and_mismatch(batch_workspace, tmp_path, caps
     capsys.readouterr()
     assert main([*common, "--format", "moment_detr", "--fps", "1", "--output-dir", str(tmp_path / "x")]) == 2
     assert "one feature per 2-second clip" in capsys.readouterr().err
+    # A first run that wrote no video (a wrong --image-size fails on the first one) does not block the corrected
+    # rerun; a manifest that is damaged or not ours is an error naming it, not a traceback.
+    wrong = [*common[:-3], "--image-size", "64", "--disable-tqdm", "--num-frames", "8"]
+    assert main([*wrong, "--output-dir", str(tmp_path / "retry")]) == 2
+    capsys.readouterr()
+    assert main([*common, "--num-frames", "8", "--output-dir", str(tmp_path / "retry")]) == 0
+    assert "features of 4 videos" in capsys.readouterr().out
+    for name, text, message in (("list", "[1, 2]", "is not a peft_vtg feature manifest"),
+                                ("broken", '{"format": "peft_vtg', "manifest.json is not readable JSON")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(text)
+        assert main([*common, "--num-frames", "8", "--output-dir", str(tmp_path / name)]) == 2
+        assert message in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- training on long-video windows
