@@ -158,7 +158,7 @@ def extract_features(
         if differences and recorded.get("videos"):
             raise CacheMismatchError(f"{output_dir} holds features extracted with other settings "
                                      f"({'; '.join(differences)}); use another --output-dir, or delete it.")
-        done = dict(recorded.get("videos", {})) if not differences else {}
+        done = dict(recorded.get("videos", {}))
     remove_interrupted_writes(output_dir)
     suffix = FILE_FORMATS[file_format]
     done = {vid: entry for vid, entry in done.items() if os.path.exists(os.path.join(output_dir, vid + suffix))}

@@ -55,7 +55,9 @@ def _cross_iou(window: Sequence[float], others: np.ndarray) -> np.ndarray:
 
 
 def _paired_iou(window: Sequence[float], other: Sequence[float]) -> float:
-    """IoU of two windows as the reference's R1 computes it: union = the span of the two (max end - min start)."""
+    """IoU of two windows as the reference's R1 computes it: union = the span of the two (max end - min start).
+    `timeline.temporal_iou` divides the same way, but gives 1 to two coinciding zero-length windows, where the
+    reference gives 0."""
     intersection = max(0.0, min(float(window[1]), float(other[1])) - max(float(window[0]), float(other[0])))
     union = max(float(window[1]), float(other[1])) - min(float(window[0]), float(other[0]))
     return intersection / union if union != 0 else 0.0

@@ -233,8 +233,8 @@ class _RowPolicy:
         Args:
             where: the row, for messages ("line 3", "video 'v_x' pair 0").
             duration: seconds; None means the video's duration is unknown (the pair is dropped).
-            windows: `[[start, end], ...]` in units of which `per_second` make a second (see `_window`), or None for an unlabelled query (kept with no
-                windows).
+            windows: `[[start, end], ...]` in units of which `per_second` make a second (see `_window`), or None
+                for an unlabelled query (kept with no windows).
             field_name: the file's name of the windows field, for messages.
             highlights: the row's `relevant_clip_ids`, `saliency_scores` and `clip_length` (None or empty dict: the
                 file has no highlight labels; a dict with `clip_length` only: this row has none).
@@ -581,6 +581,10 @@ def iter_json_lines(path: PathLike) -> Iterable[tuple[int, dict[str, Any]]]:
         yield number, entry
 
 
+# The keys a JSON-lines row may give its ground-truth windows under, QVHighlights' first.
+_WINDOW_KEYS = ("relevant_windows", "windows")
+
+
 def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
     """JSON lines with one query per line: QVHighlights (`qid, query, duration, vid, relevant_windows`), the unified
     releases of other benchmarks in that form, and peft_vtg's ground-truth format (`qid, duration, windows`; `vid` and
@@ -596,12 +600,11 @@ def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
             policy.error(where, f"no 'qid'; every line needs a query id (keys given: {sorted(entry)}).")
         if "duration" not in entry:
             policy.error(where, f"no 'duration' (the video's length in seconds), qid {entry['qid']!r}.")
-        field_name = next((name for name in ("relevant_windows", "windows") if name in entry), "windows")
-        misspelt = sorted(key for key in entry if "window" in key.lower() and key not in ("relevant_windows",
-                                                                                           "windows"))
+        field_name = next((name for name in _WINDOW_KEYS if name in entry), "windows")
+        misspelt = sorted(key for key in entry if "window" in key.lower() and key not in _WINDOW_KEYS)
         if misspelt:
-            policy.error(where, f"unknown key {misspelt[0]!r} (qid {entry['qid']!r}); the ground-truth windows go under "
-                                "'relevant_windows' or 'windows'.")
+            policy.error(where, f"unknown key {misspelt[0]!r} (qid {entry['qid']!r}); the ground-truth windows go "
+                                "under 'relevant_windows' or 'windows'.")
         query = entry["query"] if "query" in entry else f"<{entry['qid']}>"  # GT files for scoring carry no text
         if any(key in entry for key in ("relevant_clip_ids", "saliency_scores")):
             highlighted = True
