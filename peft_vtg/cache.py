@@ -243,7 +243,9 @@ def _prepare_directory(directory: str, settings: dict[str, Any]) -> None:
     if os.path.exists(os.path.join(directory, MANIFEST_NAME)):
         recorded = _with_setting_defaults(read_manifest(directory))
         differences = _differences(recorded, settings, SETTING_KEYS)
-        if differences:
+        # A run that finished no shard (killed, or failed on its first batch) has nothing to keep consistent with,
+        # so a rerun with other settings takes the directory over; a shard of other settings is still refused below.
+        if differences and (recorded.get("videos") or _shard_names(directory)):
             raise CacheMismatchError(
                 f"{directory} holds a cache built with other settings ({'; '.join(differences)}). Use another "
                 f"--output-dir, or delete {directory} to rebuild it; rerunning resumes only with the same settings."

@@ -334,6 +334,24 @@ def test_an_interrupted_build_resumes_with_the_rest_and_gives_the_same_files(tmp
     assert more.calls == ["v7", "v8"] and sorted(manifest["videos"]) == vids + ["v7", "v8"] and manifest["complete"]
 
 
+def test_a_build_that_finished_no_shard_does_not_block_a_rerun_with_other_settings(tmp_path):
+    # The first batch fails (a wrong setting shows on the first video): the manifest lists nothing done.
+    with pytest.raises(RuntimeError, match="simulated crash while decoding v0"):
+        build_cache(base("clip"), ["v0", "v1"], Frames(fail_on="v0"), 1, str(tmp_path), batch_size=2,
+                    disable_tqdm=True)
+    assert json.loads((tmp_path / "manifest.json").read_text())["videos"] == {}
+    manifest = build_cache(base("clip"), ["v0", "v1"], Frames(), 2, str(tmp_path), batch_size=2, disable_tqdm=True)
+    assert manifest["complete"] and manifest["layer"] == 2 and sorted(manifest["videos"]) == ["v0", "v1"]
+    # with a shard done, other settings are refused as before
+    with pytest.raises(CacheMismatchError, match=r"layer: cache 2, now 1"):
+        build_cache(base("clip"), ["v0"], Frames(), 1, str(tmp_path), disable_tqdm=True)
+    # a shard on disk that the manifest does not list yet (killed between the two writes) counts as done
+    listed = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**listed, "videos": {}, "complete": False}))
+    with pytest.raises(CacheMismatchError, match=r"layer: cache 2, now 1"):
+        build_cache(base("clip"), ["v0"], Frames(), 1, str(tmp_path), disable_tqdm=True)
+
+
 def test_leftovers_of_killed_writes_are_told_from_the_files_around_them(tmp_path):
     from peft_vtg.files import is_interrupted_write, remove_interrupted_writes
 
