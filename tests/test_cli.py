@@ -50,6 +50,20 @@ def test_score_table(files, capsys):
     assert "R@1" in out and "R@5" in out and "mIoU  66.67" in out
 
 
+def test_a_missing_input_file_is_named_by_its_flag(files, tmp_path, capsys):
+    gt, pred = files
+    missing = str(tmp_path / "nowhere.jsonl")
+    cases = [(["score", "--predictions", pred, "--ground-truth", missing], "--ground-truth"),
+             (["score", "--predictions", missing, "--ground-truth", gt], "--predictions"),
+             (["train", "--base-model", "b", "--train-annotations", gt, "--config", missing], "--config"),
+             (["predict", "--adapter", "a", "--videos", str(tmp_path), "--queries", missing, "--output",
+               str(tmp_path / "p.jsonl")], "--queries")]
+    for argv, flag in cases:
+        assert main(argv) == 2, flag
+        # the flag that gave the path, not Python's "[Errno 2] ...: '...'" (nor a guess at the file's format)
+        assert capsys.readouterr().err.strip().endswith(f"error: {flag} {missing}: No such file or directory."), flag
+
+
 def test_missing_and_duplicate_qids_are_named(files, tmp_path, capsys):
     gt, _ = files
     only_a = write_lines(tmp_path / "p1.jsonl", [{"qid": "a", "pred_windows": [[0, 1, 1]]}])

@@ -56,8 +56,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Bad input (files, flags, settings): one line on stderr, no traceback. OSError covers unreadable paths
         # (a directory given as a file, permissions) and the Hub client's network errors.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
+        if isinstance(err, OSError):
+            message = _os_error_message(err, args)
         print(f"peft-vtg {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _os_error_message(err: OSError, args: argparse.Namespace) -> str:
+    """An OS error on a path the user gave, led by the flag that gave it (`--queries q.jsonl: No such file or
+    directory`) rather than Python's `[Errno 2] ...: 'q.jsonl'`; other OS errors as they are."""
+    if err.filename is None or err.strerror is None:
+        return str(err)
+    for dest, value in vars(args).items():
+        given = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and v == err.filename for v in given):
+            return f"--{dest.replace('_', '-')} {err.filename}: {err.strerror}."
+    return str(err)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,7 @@ The counts, and the qids of dropped rows (so that a scorer can set their predict
 from __future__ import annotations
 
 import csv
+import errno
 import inspect
 import io
 import json
@@ -359,6 +360,8 @@ def _check_path(path: Any, what: str = "annotation file") -> None:
         raise TypeError(f"The {what} must be a path (str or os.PathLike), got {type(path).__name__} {path!r}.")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{os.fspath(path)} is a directory; give the {what} itself.")
+    if not os.path.exists(path):  # before the format is guessed from the name: "no such file", not "which format?"
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path))
 
 
 def _source(path: Any) -> str:
