@@ -4,21 +4,28 @@
 each video is decoded and encoded once for all of its queries (`peft_vtg.inference.ground_queries`, window by window
 for long videos), its lines are appended and flushed to disk as soon as it is done, and a rerun after an
 interruption (even `kill -9`) skips the queries already written, after dropping a last line cut short by the kill.
+Beside the output, `<output>.run.json` records what made its lines (the adapters' weights by sha256, the base model,
+the sampling and decoding settings): a rerun with another adapter or other settings is refused rather than
+appending lines of two different runs to one file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
+import torch
 from tqdm.auto import tqdm
 
 from .data.annotations import PathLike, iter_json_lines, load_annotations
 from .data.video import check_video_id
-from .files import fsync_path, write_text_atomic
-from .inference import ground_queries
+from .files import fsync_path, write_json_atomic, write_text_atomic
+from .inference import default_num_frames, ground_queries, long_video_window_seconds
 from .submission import submission_lines
 
 
@@ -51,8 +58,9 @@ def read_query_file(path: PathLike, format: Optional[str] = None) -> list[dict[s
 
 def video_paths(videos: PathLike, vids: Sequence[str], suffix: str = ".mp4") -> dict[str, str]:
     """vid -> video file for every id of `vids`: `videos` is a directory of `<vid><suffix>` files or a text file
-    listing one video path per line (the vid is the file name without its extension). Every id must have a file;
-    the error lists those that do not."""
+    listing one video path per line (the vid is the file name without its extension; a relative path is relative to
+    the list file's directory, as in playlists and ffmpeg's concat lists, so the list works from any directory).
+    Every id must have a file; the error lists those that do not."""
     name = os.fspath(videos)
     if os.path.isdir(name):
         found = {vid: os.path.join(name, vid + suffix) for vid in vids}
@@ -60,9 +68,10 @@ def video_paths(videos: PathLike, vids: Sequence[str], suffix: str = ".mp4") -> 
         found = {}
         with open(name, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
-                path = line.strip()
+                path = os.path.expanduser(line.strip())
                 if not path:
                     continue
+                path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(name)), path))
                 vid = os.path.splitext(os.path.basename(path))[0]
                 if vid in found and found[vid] != path:
                     raise ValueError(f"{name}, line {number}: two videos have the id {vid!r} ({found[vid]} and "
@@ -72,8 +81,10 @@ def video_paths(videos: PathLike, vids: Sequence[str], suffix: str = ".mp4") -> 
         raise FileNotFoundError(f"--videos {name}: no such directory or list file.")
     missing = sorted(vid for vid in dict.fromkeys(vids) if vid not in found or not os.path.isfile(found[vid]))
     if missing:
-        raise FileNotFoundError(f"{len(missing)} queried video(s) have no file under {name}: {missing[:10]}"
-                                f"{' ...' if len(missing) > 10 else ''}.")
+        where = "under" if os.path.isdir(name) else "listed in"
+        relative = "" if os.path.isdir(name) else " (relative paths there are relative to the list file's directory)"
+        raise FileNotFoundError(f"{len(missing)} queried video(s) have no file {where} {name}{relative}: "
+                                f"{missing[:10]}{' ...' if len(missing) > 10 else ''}.")
     return {vid: found[vid] for vid in vids}
 
 
@@ -116,6 +127,89 @@ def written_qids(output: PathLike, rows: Optional[Sequence[Mapping[str, Any]]] =
     return qids
 
 
+RUN_RECORD_SUFFIX = ".run.json"
+RUN_RECORD_FORMAT = "peft_vtg-predictions-run"
+
+
+def adapter_sha256(model: Any, adapter_name: str) -> str:
+    """The sha256 of one adapter's tensors as `save_pretrained` would write them (names, dtypes, shapes and bytes, in
+    name order): the same for the adapter however it was loaded, different after any training step."""
+    from peft.utils import get_peft_model_state_dict
+
+    digest = hashlib.sha256()
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def run_record(model: Any, ground_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """What a predictions file's lines depend on: each adapter's name, base model and weights (`adapter_sha256`) and
+    every setting of `ground_queries`, given or default (a setting that is not JSON, e.g. an image processor, by its
+    type)."""
+    defaults = {name: parameter.default for name, parameter in inspect.signature(ground_queries).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
+    ground_kwargs = {**defaults, **ground_kwargs}
+    # The values in effect, not the words used for them: leaving out --image-size (the encoder's own) or
+    # --num-frames (the adapter's trained frames) is the same run as giving them.
+    adapter_names = ground_kwargs.get("adapter_names")
+    if ground_kwargs["image_size"] is None and ground_kwargs["processor"] is None:
+        bound = model.base_model.model.vtg_prompts.bound
+        ground_kwargs["image_size"] = bound.video.extra.get("image_size") if bound.video is not None else None
+    if ground_kwargs["num_frames"] is None and ground_kwargs["fps"] is None:
+        ground_kwargs["num_frames"] = default_num_frames(model, adapter_names)
+    if ground_kwargs["window_seconds"] is None:
+        ground_kwargs["window_seconds"] = long_video_window_seconds(model, None, adapter_names)
+    names = adapter_names or [model.active_adapter]
+    adapters = [{"name": name, "base_model": getattr(model.peft_config[name], "base_model_name_or_path", None),
+                 "sha256": adapter_sha256(model, name)} for name in names]
+    settings = {}
+    for key, value in sorted(ground_kwargs.items()):
+        if key in ("adapter_names", "disable_tqdm", "query_batch_size", "window_batch_size"):
+            continue  # batch sizes change speed and memory, not the predictions
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            value = f"<{type(value).__module__}.{type(value).__qualname__}>"
+        settings[key] = list(value) if isinstance(value, tuple) else value
+    return {"format": RUN_RECORD_FORMAT, "adapters": adapters, "settings": settings}
+
+
+def _check_run_record(output: str, record: Mapping[str, Any], has_predictions: bool) -> None:
+    """Refuse, before the output is touched, a resume whose adapters or settings differ from those recorded beside
+    the output; a record without a predictions file (a run that wrote nothing) is replaced."""
+    path = output + RUN_RECORD_SUFFIX
+    if not has_predictions or not os.path.exists(path):
+        if has_predictions:
+            print(f"note: {output} has no {os.path.basename(path)} (written by an older peft_vtg, or removed), so "
+                  "this resume cannot check that its adapter and settings are those of the lines already there.",
+                  file=sys.stderr)
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not readable JSON ({err}); it records how {output} was made. Give another "
+                         "--output, or delete both files to start again.") from None
+    if not isinstance(recorded, Mapping) or recorded.get("format") != RUN_RECORD_FORMAT:
+        raise ValueError(f"{path} is not a peft_vtg predictions run record; give another --output.")
+    differences = []
+    old, new = recorded.get("adapters"), record["adapters"]
+    if old != new:
+        describe = lambda adapters: ", ".join(f"{a.get('name')} (sha256 {str(a.get('sha256'))[:12]})"  # noqa: E731
+                                              for a in adapters or []) or "none"
+        differences.append(f"adapters: file {describe(old)}, now {describe(new)}")
+    old_settings, new_settings = recorded.get("settings") or {}, record["settings"]
+    for key in sorted(set(old_settings) | set(new_settings)):
+        if old_settings.get(key) != new_settings.get(key):
+            differences.append(f"{key}: file {old_settings.get(key)!r}, now {new_settings.get(key)!r}")
+    if differences:
+        raise ValueError(f"{output} holds predictions of another run ({'; '.join(differences)}). Rerun with the "
+                         "same adapters and settings to resume it, or give another --output.")
+
+
 def predict_to_file(
     model: Any,
     tokenizer: Any,
@@ -134,8 +228,17 @@ def predict_to_file(
 
     Returns:
         `{"written": lines written now, "resumed": queries found done, "videos": videos decoded now}`.
+
+    Raises:
+        ValueError: before the file is touched, when `output` is not the output of an interrupted run of this one
+            (`written_qids`), or was written with other adapters or settings (recorded in `<output>.run.json`).
     """
+    output = os.fspath(output)
+    record = run_record(model, ground_kwargs)
+    has_predictions = os.path.exists(output) and os.path.getsize(output) > 0
+    _check_run_record(output, record, has_predictions)
     done = written_qids(output, rows)
+    write_json_atomic(output + RUN_RECORD_SUFFIX, record)  # before the first line: no line without its record
     by_video: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         if row["qid"] not in done:

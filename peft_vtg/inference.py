@@ -20,9 +20,10 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from .data.collate import check_query_tokens, check_tokenizer, pad_videos
+from .data.collate import check_max_text_length, check_query_tokens, check_tokenizer, pad_videos
 from .data.video import (
     check_feature_array,
+    check_encoder_image_size,
     check_fps,
     check_image_size,
     check_num_frames,
@@ -45,7 +46,7 @@ from .heads.decoding import (
     window_starts,
 )
 from .heads.ensemble import ENSEMBLE_FUSIONS, fuse_grounding_outputs
-from .timeline import frame_scores_to_clips, rank_windows, temporal_nms
+from .timeline import check_nms_threshold, frame_scores_to_clips, rank_windows, temporal_nms
 from .vtg_prompt.model import VTGPromptModel
 
 VideoInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -94,17 +95,17 @@ def _check_settings(
     if image_size is not None:
         check_image_size(image_size)
     check_positive_int(top_k, "top_k", "moments")
-    if nms_threshold is not None and (isinstance(nms_threshold, bool) or not isinstance(nms_threshold, (int, float))
-                                      or not 0.0 <= nms_threshold <= 1.0):
-        raise ValueError(f"nms_threshold must be an IoU in [0, 1] or None, got {nms_threshold!r}.")
+    check_nms_threshold(nms_threshold)
     if max_span_seconds is not None:
         check_positive_seconds(max_span_seconds, "max_span_seconds")
     if max_text_length is not None:
         check_positive_int(max_text_length, "max_text_length", "tokens")
 
 
-def _check_tensor(item: Any, index: int, feature_size: Optional[int]) -> torch.Tensor:
-    """Video `index` as a tensor, checked: features (frames, dim) or frames (frames, 3, H, W), finite, >= 1 frame."""
+def _check_tensor(item: Any, index: int, feature_size: Optional[int],
+                  image_size: Optional[int] = None) -> torch.Tensor:
+    """Video `index` as a tensor, checked: features (frames, dim) or frames (frames, 3, H, W) of the encoder's
+    `image_size` (when it has one), finite, >= 1 frame."""
     if isinstance(item, np.ndarray) and item.dtype.kind not in "biufc":
         raise ValueError(f"Video {index}: an array of {item.dtype} values; give numbers (float32 features or "
                          "frames).")
@@ -125,6 +126,10 @@ def _check_tensor(item: Any, index: int, feature_size: Optional[int]) -> torch.T
                              "image_size=...) first (or give the video file).")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"Video {index}: its frames hold NaN or Inf values; the scores would be NaN.")
+        if image_size is not None and tuple(tensor.shape[2:]) != (image_size, image_size):
+            raise ValueError(f"Video {index}: frames of {tensor.shape[2]}x{tensor.shape[3]} pixels, but the video "
+                             f"encoder takes {image_size}x{image_size} (its config's image_size); preprocess them "
+                             f"with peft_vtg.data.preprocess_frames(frames, image_size={image_size}).")
     else:
         raise ValueError(f"Video {index}: expected features (frames, dim) or frames (frames, 3, H, W), got shape "
                          f"{tuple(tensor.shape)}.")
@@ -209,6 +214,9 @@ def ground(
     if return_saliency:
         _check_saliency_heads(tuner, layer, clip_length, ensemble)
     videos, single_video = _split_videos(video)
+    if isinstance(query, bytes):
+        raise TypeError(f"query must be a string (or a list of strings), got bytes {query!r}; decode it first, e.g. "
+                        "query.decode('utf-8').")
     if isinstance(query, str):
         queries, single_query = [query], True
     elif isinstance(query, Sequence):
@@ -242,8 +250,10 @@ def ground(
     durations = [None if d is None else check_positive_seconds(d, f"duration of video {i}")
                  for i, d in enumerate(durations)]
 
-    if image_size is None and layer.bound.video is not None:
-        image_size = layer.bound.video.extra.get("image_size")
+    encoder_size = layer.bound.video.extra.get("image_size") if layer.bound.video is not None else None
+    if processor is None:  # an image processor resizes to its own size, which the encoder's config set
+        check_encoder_image_size(image_size, encoder_size)
+    image_size = image_size or encoder_size
     # Long video files go window by window; the rest take the single pass below, as before.
     long_results: dict[int, Any] = {}
     if window is not None:
@@ -285,7 +295,7 @@ def ground(
             elif duration_mismatch(durations[index], file_duration):
                 mismatches.append((name, durations[index], file_duration))
         else:
-            item = _check_tensor(item, index, layer.bound.video_feature_size)
+            item = _check_tensor(item, index, layer.bound.video_feature_size, encoder_size)
         if durations[index] is None:
             raise ValueError(f"Video {index} is a tensor: pass duration= (seconds), since it cannot be read from it.")
         items.append(item)
@@ -380,6 +390,9 @@ def ground_queries(
     check_tokenizer(tokenizer)
     _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
     query_batch_size = check_positive_int(query_batch_size, "query_batch_size", "queries")
+    if isinstance(queries, (str, bytes)):  # list("a sentence") would ground each character
+        raise TypeError(f"queries must be a list of sentences, got one {type(queries).__name__}: {queries!r}; wrap it "
+                        "in a list, or use ground() for a single query.")
     queries = list(queries)
     if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
         raise ValueError("queries must be a non-empty list of non-empty sentences.")
@@ -390,8 +403,10 @@ def ground_queries(
                               ensemble)
     if return_saliency:
         _check_saliency_heads(tuner, layer, clip_length, ensemble)
-    if image_size is None and layer.bound.video is not None:
-        image_size = layer.bound.video.extra.get("image_size")
+    encoder_size = layer.bound.video.extra.get("image_size") if layer.bound.video is not None else None
+    if processor is None:  # an image processor resizes to its own size, which the encoder's config set
+        check_encoder_image_size(image_size, encoder_size)
+    image_size = image_size or encoder_size
     duration = video_duration(video)
     if window is not None and duration > LONG_VIDEO_FACTOR * window.seconds:
         return _ground_long_video(tuner, video, queries, tokenizer, duration, window, image_size, processor, top_k,
@@ -620,7 +635,50 @@ def _heads_video_layers(tuner: Any, ensemble: Optional[_Ensemble] = None) -> Opt
     return most if most > 1 else None
 
 
+def check_query_lengths(model: Any, tokenizer: Any, queries: Sequence[str], names: Optional[Sequence[str]] = None,
+                        max_text_length: Optional[int] = None, adapter_names: Optional[Sequence[str]] = None,
+                        flag: str = "max_text_length") -> None:
+    """Raise, naming them, when queries do not fit the text encoder: longer (after truncation to `max_text_length`
+    tokens) than its positions hold beside the adapters' text prompt tokens, or holding no word. A batch job checks
+    all of its queries with this before its first video, instead of stopping at the video of the first bad one.
+
+    Args:
+        queries: the sentences; names: how messages name them (e.g. qids; default "query k").
+        max_text_length: the truncation the run will use (None: none); flag: how messages name it (e.g.
+            "--max-text-length").
+    """
+    tuner = _tuner(model)
+    layer, _ = tuner._feature_spec()
+    names = list(names) if names is not None else [f"query {k}" for k in range(len(queries))]
+    if max_text_length is not None:
+        check_max_text_length(tokenizer, max_text_length, flag)
+    text = layer.bound.text
+    members = _members(layer, _ensemble_of(tuner, layer, adapter_names))
+    prompts = max(int(tuner.peft_config[name].num_text_tokens) for name in members)
+    room = None
+    if text is not None and text.max_positions is not None and text.spec.slot_source == "input_ids":
+        room = int(text.max_positions) - prompts
+    for start in range(0, len(queries), 1024):  # the tokenizer's batches: memory bounded for any file
+        chunk = list(queries[start:start + 1024])
+        tokens = tokenizer(chunk, truncation=max_text_length is not None, max_length=max_text_length)
+        lengths = [len(ids) for ids in tokens["input_ids"]]
+        too_long = [(name, length) for name, length in zip(names[start:start + 1024], lengths)
+                    if room is not None and length > room]
+        if too_long:
+            listed = ", ".join(f"{name!s} ({length})" for name, length in too_long[:10])
+            more = f" and {len(too_long) - 10} more" if len(too_long) > 10 else ""
+            given = f"{flag} {room}" if flag.startswith("-") else f"{flag}={room}"
+            raise ValueError(f"Queries longer than the text encoder takes (max_position_embeddings="
+                             f"{text.max_positions}, of which {prompts} for the text prompts: {room} tokens per "
+                             f"query): {listed}{more} tokens. Truncate them with {given}, or shorten them.")
+        padded = tokenizer(chunk, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
+                           return_tensors="pt")
+        check_query_tokens(tokenizer, padded["input_ids"], padded["attention_mask"], names[start:start + 1024])
+
+
 def _query_batch(tokenizer: Any, queries: list[str], max_text_length: Optional[int]) -> dict[str, torch.Tensor]:
+    if max_text_length is not None:
+        check_max_text_length(tokenizer, max_text_length)
     text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
                      return_tensors="pt")
     names = [f"query {k}" for k in range(len(queries))]

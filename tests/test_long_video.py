@@ -296,7 +296,77 @@ def test_ground_queries_encodes_a_video_once_for_all_its_queries(batch_workspace
     assert len(long) == 3 and len(calls) == 2  # 15 windows in batches of 8: two encoder passes for all queries
 
 
-def test_batch_prediction_writes_submission_lines_and_resumes_after_a_kill(batch_workspace, tmp_path, capsys):
+def test_a_frame_size_the_encoder_cannot_take_is_named_before_the_encoder_runs(batch_workspace, capsys):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from peft_vtg.cli import main
+
+    root = batch_workspace
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(root / "base"), root / "adapter")
+    video = str(root / "videos" / "v0.mp4")
+    for path in (video, str(root / "videos" / "long.mp4")):  # the single pass and the window-by-window one
+        with pytest.raises(ValueError, match=r"image_size=64, but the video encoder takes 32-pixel frames"):
+            ground(model, path, "the red light", tiny_tokenizer(), image_size=64)
+    assert len(ground(model, video, "the red light", tiny_tokenizer(), image_size=32)) >= 1
+    frames = preprocess_frames(decode_video(video, num_frames=8)[0], image_size=64)  # (8, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"frames of 64x64 pixels.*preprocess_frames\(frames, image_size=32\)"):
+        ground(model, frames, "the red light", tiny_tokenizer(), duration=8.0)
+    flags = ["--adapter", str(root / "adapter"), "--image-size", "64"]
+    for argv in (["predict", *flags, "--video", video, "--query", "the red light"],
+                 ["predict", *flags, "--videos", str(root / "videos"), "--queries", str(root / "queries.jsonl"),
+                  "--output", str(root / "never.jsonl")],
+                 ["evaluate", *flags, "--annotations", str(root / "ann.jsonl"), "--video-dir", str(root / "videos")]):
+        assert main(argv) == 2, argv[0]
+        assert "--image-size=64, but the video encoder takes 32-pixel frames" in capsys.readouterr().err, argv
+    assert not (root / "never.jsonl").exists()
+
+
+def test_queries_the_text_encoder_cannot_take_are_named_before_any_video(batch_workspace, tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from peft_vtg.cli import main
+    from peft_vtg.data import GroundingCollator, VideoFiles
+
+    root = batch_workspace
+    long_query = " ".join(["red"] * 25)  # 27 tokens with BOS and EOS; the tiny CLIP holds 24 positions, 2 prompts
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"qid": "short", "vid": "v0", "query": "the red light"}) + "\n"
+                       + json.dumps({"qid": "long", "vid": "v1", "query": long_query}) + "\n")
+    batch = ["predict", "--adapter", str(root / "adapter"), "--videos", str(root / "videos"), "--queries",
+             str(queries), "--image-size", "32", "--disable-tqdm", "--output", str(tmp_path / "preds.jsonl")]
+    assert main(batch) == 2
+    err = capsys.readouterr().err
+    assert "max_position_embeddings=24, of which 2 for the text prompts: 22 tokens per query): qid long (27)" in err
+    assert "--max-text-length 22" in err and not (tmp_path / "preds.jsonl").exists()  # not after the first video
+    assert main([*batch, "--max-text-length", "22"]) == 0
+    assert len((tmp_path / "preds.jsonl").read_text().splitlines()) == 2
+    single = ["predict", "--adapter", str(root / "adapter"), "--video", str(root / "videos" / "v0.mp4"), "--query",
+              long_query, "--image-size", "32"]
+    assert main(single) == 2 and "--query (27)" in capsys.readouterr().err
+    assert main([*single, "--max-text-length", "22"]) == 0
+    capsys.readouterr()
+    # A length that leaves no room for a word was ignored by the tokenizer (1) or grounded nothing (2).
+    assert main([*single, "--max-text-length", "2"]) == 2
+    assert "--max-text-length=2 leaves no room for a word: the tokenizer adds 2 special token(s)" in \
+        capsys.readouterr().err
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(root / "base"), root / "adapter")
+    with pytest.raises(ValueError, match="max_text_length=1 leaves no room for a word"):
+        ground(model, str(root / "videos" / "v0.mp4"), long_query, tiny_tokenizer(), max_text_length=1)
+    with pytest.raises(ValueError, match="max_text_length=2 leaves no room for a word"):
+        GroundingCollator(tiny_tokenizer(), VideoFiles(root / "videos", num_frames=8), max_text_length=2)
+    # evaluate checks its annotation file's queries the same way, before the model sees a video
+    annotations = [json.loads(line) for line in (root / "ann.jsonl").read_text().splitlines()]
+    annotations[-1]["query"] = long_query
+    (tmp_path / "ann.jsonl").write_text("".join(json.dumps(row) + "\n" for row in annotations))
+    assert main(["evaluate", "--adapter", str(root / "adapter"), "--annotations", str(tmp_path / "ann.jsonl"),
+                 "--video-dir", str(root / "videos"), "--image-size", "32"]) == 2
+    assert f"qid {annotations[-1]['qid']} (27)" in capsys.readouterr().err
+
+
+def test_batch_prediction_writes_submission_lines_and_resumes_after_a_kill(batch_workspace, tmp_path, capsys,
+                                                                          monkeypatch):
     from peft_vtg.cli import main
 
     root = batch_workspace
@@ -317,16 +387,50 @@ def test_batch_prediction_writes_submission_lines_and_resumes_after_a_kill(batch
     assert partial.read_text().splitlines() == whole
     assert main([*command, "--output", str(partial)]) == 0  # nothing left to do
     assert "wrote 0 predictions for 0 videos" in capsys.readouterr().out
+    # The run is recorded beside the output; a resume with another adapter or other settings is refused before the
+    # file is touched (it would mix two runs' lines), and the same run resumes.
+    record = json.loads((tmp_path / "whole.jsonl.run.json").read_text())
+    assert [a["name"] for a in record["adapters"]] == ["default"] and len(record["adapters"][0]["sha256"]) == 64
+    assert record["settings"]["top_k"] == 5 and record["settings"]["image_size"] == 32
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    other = PeftModel.from_pretrained(AutoModel.from_pretrained(root / "base"), root / "adapter")
+    with torch.no_grad():
+        next(p for n, p in other.named_parameters() if "span_head" in n or "grounding" in n).add_(0.01)
+    other.save_pretrained(tmp_path / "other-adapter")
+    cut = "\n".join(whole[:4]) + "\n" + whole[4][:10]
+    (tmp_path / "cut.jsonl").write_text(cut)
+    (tmp_path / "cut.jsonl.run.json").write_text((tmp_path / "whole.jsonl.run.json").read_text())
+    for changed, message in (([*command[:2], str(tmp_path / "other-adapter"), *command[3:]], "adapters: file default"),
+                             ([*command, "--top-k", "3"], "top_k: file 5, now 3"),
+                             ([*command, "--num-frames", "4"], "num_frames: file 8, now 4")):
+        assert main([*changed, "--output", str(tmp_path / "cut.jsonl")]) == 2, message
+        err = capsys.readouterr().err
+        assert "holds predictions of another run" in err and message in err, err
+        assert (tmp_path / "cut.jsonl").read_text() == cut
+    # the same run in other words: the encoder's frame size left out, the adapter's trained frames given
+    same = [*command[:-3], "--disable-tqdm", "--num-frames", "8"]
+    assert main([*same, "--output", str(tmp_path / "cut.jsonl")]) == 0
+    assert (tmp_path / "cut.jsonl").read_text().splitlines() == whole
+    assert "cannot check" not in capsys.readouterr().err
     # scored like any submission
     truth = tmp_path / "truth.jsonl"
     truth.write_text("".join(json.dumps({"qid": json.loads(line)["qid"], "duration": 64, "windows": [[0, 8]]}) + "\n"
                              for line in whole))
     assert main(["score", "--predictions", str(partial), "--ground-truth", str(truth), "--json"]) == 0
     capsys.readouterr()
+    # A list file's relative paths are relative to the list file, whatever the working directory.
+    (root / "list.txt").write_text("".join(f"videos/{vid}.mp4\n" for vid in ("v0", "long", "v1", "v2")))
+    monkeypatch.chdir(tmp_path)
+    assert main([*command[:4], str(root / "list.txt"), *command[5:], "--output", str(tmp_path / "listed.jsonl")]) == 0
+    assert (tmp_path / "listed.jsonl").read_text().splitlines() == whole
+    capsys.readouterr()
     # bad input fails before anything is written
     (tmp_path / "few.txt").write_text(str(root / "videos" / "v0.mp4") + "\n")
     assert main([*command[:4], str(tmp_path / "few.txt"), *command[5:], "--output", str(tmp_path / "x.jsonl")]) == 2
-    assert "3 queried video(s) have no file" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
+    assert "3 queried video(s) have no file listed in" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
     assert main([*command, "--output", str(tmp_path / "y.jsonl"), "--video", "a.mp4"]) == 2
     assert "drop --video" in capsys.readouterr().err
     (tmp_path / "other.jsonl").write_text("not json\n")
@@ -476,13 +580,22 @@ def test_extract_cli_formats_resume_and_mismatch(batch_workspace, tmp_path, caps
     capsys.readouterr()
     assert main([*common, "--format", "moment_detr", "--fps", "1", "--output-dir", str(tmp_path / "x")]) == 2
     assert "one feature per 2-second clip" in capsys.readouterr().err
-    # A first run that wrote no video (a wrong --image-size fails on the first one) does not block the corrected
-    # rerun; a manifest that is damaged or not ours is an error naming it, not a traceback.
+    # A frame size the encoder cannot take is refused by its flag before anything is written.
     wrong = [*common[:-3], "--image-size", "64", "--disable-tqdm", "--num-frames", "8"]
     assert main([*wrong, "--output-dir", str(tmp_path / "retry")]) == 2
+    assert "--image-size=64, but the video encoder takes 32-pixel frames" in capsys.readouterr().err
+    assert not (tmp_path / "retry").exists()
+    # A first run that wrote no video (killed, or failed on its first video) does not block a rerun with other
+    # settings; a manifest that is damaged or not ours is an error naming it, not a traceback.
+    assert main([*common, "--num-frames", "4", "--output-dir", str(tmp_path / "retry")]) == 0
+    manifest = json.loads((tmp_path / "retry" / "manifest.json").read_text())
+    for vid in manifest["videos"]:
+        (tmp_path / "retry" / f"{vid}.npy").unlink()
+    (tmp_path / "retry" / "manifest.json").write_text(json.dumps({**manifest, "videos": {}, "complete": False}))
     capsys.readouterr()
     assert main([*common, "--num-frames", "8", "--output-dir", str(tmp_path / "retry")]) == 0
     assert "features of 4 videos" in capsys.readouterr().out
+    assert json.loads((tmp_path / "retry" / "manifest.json").read_text())["num_frames"] == 8
     for name, text, message in (("list", "[1, 2]", "is not a peft_vtg feature manifest"),
                                 ("broken", '{"format": "peft_vtg', "manifest.json is not readable JSON")):
         (tmp_path / name).mkdir()

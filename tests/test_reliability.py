@@ -22,7 +22,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModel
 
-from peft_vtg import ground
+from peft_vtg import ground, ground_queries
 from peft_vtg.cli import main, read_predictions
 from peft_vtg.data import (
     FeatureDirectory,
@@ -449,7 +449,15 @@ API_CASES = [
                                                             duration=5.0), ValueError, r"Video 0: an array of object values"),
     ("ground-query-no-word", nothing, lambda t, w, m: ground(m, torch.ones(5, DIM), "a door opens", tiny_tokenizer(),
                                                              duration=5.0, max_text_length=2), ValueError,
-     r"query 0 tokenizes to no word"),
+     r"max_text_length=2 leaves no room for a word: the tokenizer adds 2 special token\(s\) to every query"),
+    ("ground-query-bytes", nothing, lambda t, w, m: ground(m, torch.ones(5, DIM), b"a door", tiny_tokenizer(),
+                                                           duration=5.0), TypeError,
+     r"query must be a string \(or a list of strings\), got bytes b'a door'; decode it first"),
+    ("ground-queries-one-string", nothing, lambda t, w, m: ground_queries(m, "v.mp4", "a door", tiny_tokenizer()),
+     TypeError, r"queries must be a list of sentences, got one str: 'a door'; wrap it in a list"),
+    ("ground-max-text-length-1", nothing, lambda t, w, m: ground(m, torch.ones(5, DIM), "a door", tiny_tokenizer(),
+                                                                 duration=5.0, max_text_length=1), ValueError,
+     r"max_text_length=1 leaves no room for a word: the tokenizer adds 2 special token\(s\)"),
     ("evaluate-moments-not-a-dict", nothing, lambda t, w, m: evaluate_moments(None, {"a": [[0, 1]]}), ValueError,
      r"predictions must be a mapping qid -> windows"),
     ("evaluate-moments-recall-0", nothing, lambda t, w, m: evaluate_moments({"a": [[0, 1, 1]]}, {"a": [[0, 1]]},
@@ -484,6 +492,13 @@ def test_api_bad_input(build, call, error, pattern, ws, model, tmp_path):
         call(tmp_path, ws, model)
 
 
+def test_numpy_scalars_are_taken_as_the_numbers_they_are(model):
+    features = torch.linspace(0, 1, 5 * DIM).reshape(5, DIM)
+    plain = ground(model, features, "a door", tiny_tokenizer(), duration=5.0, nms_threshold=0.5, top_k=3)
+    assert ground(model, features, "a door", tiny_tokenizer(), duration=np.float32(5.0),
+                  nms_threshold=np.float32(0.5), top_k=np.int64(3)) == plain
+
+
 # ---------------------------------------------------------------- the command-line table
 def evaluate(*flags: str, adapter: str = "{w}/adapter", data_flags=("--features-dir", "{w}/feats")) -> list[str]:
     return ["evaluate", "--adapter", adapter, *data_flags, "--predictions-out", "{t}/predictions.jsonl", *flags]
@@ -496,6 +511,13 @@ VIDEO = ("--video-dir", "{w}/videos", "--image-size", "32")
 
 # (id, builder, argv with {t} = the case directory and {w} = the workspace, stderr regex)
 CLI_CASES = [
+    ("evaluate-window-overlap-1", nothing, evaluate(*ANN, "--window-overlap", "1"),
+     r"argument --window-overlap: must be a fraction in \[0, 1\), got '1' \(windows sharing all"),
+    ("evaluate-window-overlap-2", nothing, evaluate(*ANN, "--window-overlap", "2"),
+     r"argument --window-overlap: must be a fraction in \[0, 1\), got '2'"),
+    ("predict-window-overlap-text", nothing, ["predict", "--adapter", "{w}/adapter", "--video", "{w}/videos/v0.mp4",
+                                              "--query", "a door", "--window-overlap", "half"],
+     r"argument --window-overlap: expected a fraction in \[0, 1\), got 'half'"),
     ("evaluate-num-frames-0", nothing, evaluate(*ANN, "--num-frames", "0"), r"argument --num-frames: must be >= 1"),
     ("evaluate-num-frames-negative", nothing, evaluate(*ANN, "--num-frames", "-2"), r"--num-frames: must be >= 1"),
     ("evaluate-image-size-0", nothing, evaluate(*ANN, "--image-size", "0", data_flags=VIDEO[:2]),

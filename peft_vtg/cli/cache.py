@@ -8,6 +8,7 @@ from typing import Any
 
 from .common import (
     check_video_ids,
+    frame_size,
     positive_float,
     positive_int,
     read_annotations,
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     model = AutoModel.from_pretrained(base_path)
     bound = bind_architecture(model)
     num_frames = args.num_frames or (None if args.fps else bound.required_num_frames or DEFAULT_NUM_FRAMES)
-    image_size = args.image_size or (bound.video.extra.get("image_size") if bound.video else None) or 224
+    image_size = frame_size(args, bound)
     source = VideoFiles(args.video_dir, num_frames=num_frames, fps=args.fps, image_size=image_size,
                         suffix=args.video_suffix)
     check_video_ids(source, {"vid": list(durations)})

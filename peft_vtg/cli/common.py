@@ -71,6 +71,15 @@ def iou(text: str) -> float:
     return _unit_interval(text, "an IoU in [0, 1] or none", "an IoU in [0, 1]")
 
 
+def window_overlap(text: str) -> float:
+    """argparse type: the fraction of a window shared with the next one, in [0, 1) (1 would never advance)."""
+    value = _unit_interval(text, "a fraction in [0, 1)", "a fraction in [0, 1)")
+    if value == 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r} (windows sharing all their "
+                                         "frames would never advance)")
+    return value
+
+
 def fraction(flag: str) -> Callable[[str], float]:
     """argparse type: a fraction in [0, 1] for `flag`."""
     return lambda text: _unit_interval(text, "a fraction in [0, 1]", "a fraction in [0, 1]", prefix=f"{flag} ")
@@ -203,7 +212,7 @@ def add_window_arguments(parser: argparse.ArgumentParser, applies_to: str = "") 
     parser.add_argument("--window-seconds", type=positive_float, default=None,
                         help=f"{applies_to}a video longer than 1.5 x this is grounded window by window, with memory "
                         "bounded by a window (default: the window the adapter was trained on, recorded in its config)")
-    parser.add_argument("--window-overlap", type=float, default=0.5,
+    parser.add_argument("--window-overlap", type=window_overlap, default=0.5,
                         help="fraction of a window shared with the next one, in [0, 1) (default: 0.5)")
 
 
@@ -423,10 +432,32 @@ def video_setup(args: argparse.Namespace, model: Any) -> tuple[Any, Optional[int
                 args.num_frames, f"features: {args.features_dir}")
     # As `ground` samples a video file: the adapter's trained frames per video (a loaded adapter), else 32.
     num_frames = args.num_frames or (None if args.fps else default_num_frames(model))
-    image_size = args.image_size or (bound.video.extra.get("image_size") if bound.video else None) or 224
+    image_size = frame_size(args, bound)
     source = VideoFiles(args.video_dir, num_frames=num_frames, fps=args.fps, image_size=image_size,
                         suffix=args.video_suffix)
     return source, num_frames, f"videos: {args.video_dir}"
+
+
+def check_queries_fit(args: argparse.Namespace, model: Any, tokenizer: Any, names: Sequence[str],
+                      queries: Sequence[str]) -> None:
+    """Before the first video: every query fits the text encoder beside the adapters' prompts once truncated to
+    --max-text-length (`peft_vtg.inference.check_query_lengths`), so a long run does not stop at the first that does
+    not; the error names the queries (`names`, e.g. "qid 7") and the flag."""
+    from ..inference import check_query_lengths
+
+    check_query_lengths(model, tokenizer, list(queries), names=list(names),
+                        max_text_length=args.max_text_length, adapter_names=ensemble_names(args),
+                        flag="--max-text-length")
+
+
+def frame_size(args: argparse.Namespace, bound: Any) -> int:
+    """The frame size videos are preprocessed to: --image-size, else the video encoder's own, else 224; a
+    --image-size the encoder cannot take is an error naming the flag (`check_encoder_image_size`)."""
+    from ..data.video import check_encoder_image_size
+
+    encoder_size = bound.video.extra.get("image_size") if bound.video is not None else None
+    check_encoder_image_size(args.image_size, encoder_size, "--image-size")
+    return args.image_size or encoder_size or 224
 
 
 def cache_setup(args: argparse.Namespace, model: Any) -> tuple[Any, None, str]:

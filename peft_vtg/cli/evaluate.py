@@ -14,6 +14,7 @@ from .common import (
     add_model_arguments,
     add_window_arguments,
     check_output_file,
+    check_queries_fit,
     check_video_ids,
     ensemble_names,
     iou,
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, _ = load_model(args, trainable=False)
     source, num_frames, _ = video_setup(args, model)
     check_video_ids(source, rows)
+    check_queries_fit(args, model, tokenizer, [f"qid {qid}" for qid in rows["qid"]], rows["query"])
     names = ensemble_names(args)
     accelerator = Accelerator()
     # Video files longer than 1.5 of the adapter's trained windows go window by window (`ground_queries`, as

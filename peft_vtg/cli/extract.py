@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from .common import (
+    frame_size,
     positive_float,
     positive_int,
     resolve_pretrained,
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     model = AutoModel.from_pretrained(base_path)
     bound = bind_architecture(model)
     num_frames = args.num_frames or (None if fps else bound.required_num_frames or DEFAULT_NUM_FRAMES)
-    image_size = args.image_size or (bound.video.extra.get("image_size") if bound.video else None) or 224
+    image_size = frame_size(args, bound)
     source = VideoFiles(args.video_dir, num_frames=num_frames, fps=fps, image_size=image_size,
                         suffix=args.video_suffix)
     manifest = extract_features(model, vids, source, args.output_dir, file_format=args.format, dtype=args.dtype,

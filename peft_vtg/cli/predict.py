@@ -11,7 +11,9 @@ from .common import (
     add_model_arguments,
     add_window_arguments,
     check_output_file,
+    check_queries_fit,
     ensemble_names,
+    frame_size,
     iou,
     load_model,
     optional_value,
@@ -40,10 +42,13 @@ def _predict_batch(args: argparse.Namespace) -> int:
     rows = read_query_file(args.queries, args.format)  # the cheap checks before the model is loaded
     paths = video_paths(args.videos, [row["vid"] for row in rows], args.video_suffix)
     model, tokenizer, _ = load_model(args, trainable=False)
+    frame_size(args, model.base_model.model.vtg_prompts.bound)  # a size the encoder cannot take names the flag
+    check_queries_fit(args, model, tokenizer, [f"qid {row['qid']}" for row in rows], [row["query"] for row in rows])
     counts = predict_to_file(model, tokenizer, rows, paths, args.output, disable_tqdm=args.disable_tqdm,
                              num_frames=args.num_frames, fps=args.fps, image_size=args.image_size, top_k=args.top_k,
                              nms_threshold=args.nms_threshold, return_saliency=args.saliency,
-                             window_seconds=args.window_seconds, window_overlap=args.window_overlap,
+                             max_text_length=args.max_text_length, window_seconds=args.window_seconds,
+                             window_overlap=args.window_overlap,
                              adapter_names=ensemble_names(args), ensemble_fusion=args.ensemble_fusion)
     print(f"wrote {counts['written']} predictions for {counts['videos']} videos to {os.path.abspath(args.output)}"
           + (f" ({counts['resumed']} already there)" if counts["resumed"] else ""))
@@ -65,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if args.num_frames is not None and args.fps is not None:
         raise ValueError("Give at most one of --num-frames and --fps (how to sample the video).")
     model, tokenizer, _ = load_model(args, trainable=False)
+    frame_size(args, model.base_model.model.vtg_prompts.bound)
+    check_queries_fit(args, model, tokenizer, ["--query"], [args.query])
     result = ground(model, args.video, args.query, tokenizer=tokenizer, num_frames=args.num_frames, fps=args.fps,
                     image_size=args.image_size, top_k=args.top_k, nms_threshold=args.nms_threshold,
-                    return_saliency=args.saliency, window_seconds=args.window_seconds,
+                    max_text_length=args.max_text_length, return_saliency=args.saliency,
+                    window_seconds=args.window_seconds,
                     window_overlap=args.window_overlap, adapter_names=ensemble_names(args),
                     ensemble_fusion=args.ensemble_fusion)
     moments = result.moments if args.saliency else result
@@ -103,7 +111,8 @@ def add_parser(commands: Any) -> None:
     predict.add_argument("--video", default=None, help="video file (decoded with PyAV)")
     predict.add_argument("--query", default=None, help="the sentence to ground")
     predict.add_argument("--videos", default=None, help="batch: a directory of <vid><suffix> video files, or a text "
-                         "file listing video paths (vid = file name without extension)")
+                         "file listing video paths, relative ones relative to the list file (vid = file name without "
+                         "extension)")
     predict.add_argument("--queries", default=None, help="batch: JSON lines {\"qid\", \"vid\", \"query\"} (or an "
                          "annotation file, see --format)")
     predict.add_argument("--output", default=None, help="batch: where the predictions go (JSON lines; resumed)")
@@ -118,6 +127,9 @@ def add_parser(commands: Any) -> None:
                          "instead of --num-frames")
     predict.add_argument("--image-size", type=positive_int, default=None, help="frame size in pixels (default: the "
                          "encoder's)")
+    predict.add_argument("--max-text-length", type=positive_int, default=None,
+                         help="truncate queries to this many tokens (default: none; a query longer than the text "
+                         "encoder takes is an error naming it, before any video)")
     predict.add_argument("--top-k", type=positive_int, default=5, help="moments to print (default: 5)")
     predict.add_argument("--nms-threshold", type=optional_value(iou), default=0.5, help="NMS IoU (default: 0.5)")
     add_window_arguments(predict)

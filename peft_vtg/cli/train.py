@@ -12,6 +12,7 @@ from .common import (
     add_data_arguments,
     add_model_arguments,
     check_output_dir,
+    check_queries_fit,
     check_video_ids,
     config_field_names,
     dataclass_flags,
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     for rows in (train_rows, eval_rows):
         if rows is not None:
             check_video_ids(source, rows)
+            check_queries_fit(args, model, tokenizer, [f"qid {qid}" for qid in rows["qid"]], rows["query"])
     if args.long_video_windows:
         collator = long_video_collator(args, tokenizer, source, num_frames, train_rows, training_args.seed)
     else:

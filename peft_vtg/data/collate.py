@@ -111,6 +111,19 @@ def saliency_targets(row: Mapping[str, Any], num_frames: int) -> Optional[tuple[
     return clip_scores_to_frames(clips.tolist(), clip_length, duration, num_frames)
 
 
+def check_max_text_length(tokenizer: Any, value: Any, name: str = "max_text_length") -> int:
+    """`value` as a query length in tokens that leaves room for a word: more than the special tokens (BOS, EOS) the
+    tokenizer adds to every query. Fewer would truncate every word away, and a length below the special tokens is
+    ignored by the tokenizer (the query would go untruncated)."""
+    value = check_positive_int(value, name, "tokens")
+    special = getattr(tokenizer, "num_special_tokens_to_add", None)
+    added = special() if callable(special) else 0
+    if value <= added:
+        raise ValueError(f"{name}={value} leaves no room for a word: the tokenizer adds {added} special token(s) to "
+                         f"every query; give at least {added + 1}.")
+    return value
+
+
 def check_query_tokens(tokenizer: Any, input_ids: Any, attention_mask: Any, names: Sequence[str]) -> None:
     """Raise naming the query when it tokenizes to nothing but special tokens (BOS/EOS/padding): an empty or
     untokenizable query, or a max_text_length that truncates every word away; the model would ground nothing."""
@@ -186,7 +199,7 @@ class GroundingCollator:
         if num_frames is not None:
             num_frames = check_num_frames(num_frames)
         if max_text_length is not None:
-            max_text_length = check_positive_int(max_text_length, "max_text_length", "tokens")
+            max_text_length = check_max_text_length(tokenizer, max_text_length)
         self.tokenizer = tokenizer
         self.video_source = video_source
         self.num_frames = num_frames

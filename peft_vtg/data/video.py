@@ -80,6 +80,17 @@ def check_image_size(value: Any, name: str = "image_size") -> int:
     return check_positive_int(value, name, "pixels")
 
 
+def check_encoder_image_size(image_size: Any, encoder_size: Optional[int], name: str = "image_size") -> None:
+    """Refuse a frame size the video encoder cannot take: the supported towers (CLIP, SigLIP, X-CLIP) have position
+    embeddings for their config's `image_size` and are run without interpolating them, so any other size fails deep
+    in the encoder (or, for SigLIP, with a bare shape error). `encoder_size` None: the encoder records no size."""
+    if image_size is None or encoder_size is None or int(image_size) == int(encoder_size):
+        return
+    raise ValueError(f"{name}={image_size}, but the video encoder takes {encoder_size}-pixel frames (its config's "
+                     f"image_size; position embeddings are not interpolated). Leave {name} out (the encoder's size is "
+                     f"the default) or give {encoder_size}.")
+
+
 def check_sampling(num_frames: Optional[int], fps: Optional[float]) -> tuple[Optional[int], Optional[float]]:
     """Exactly one of `num_frames` (frames per video) and `fps` (frames per second), each valid."""
     if (num_frames is None) == (fps is None):
