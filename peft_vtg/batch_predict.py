@@ -177,6 +177,14 @@ def run_record(model: Any, ground_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {"format": RUN_RECORD_FORMAT, "adapters": adapters, "settings": settings}
 
 
+def _describe_adapters(adapters: Any) -> str:
+    """'name (sha256 0123456789ab), ...' of a run record's adapters, for messages."""
+    if not isinstance(adapters, list) or not adapters:
+        return "none"
+    return ", ".join(f"{a.get('name')} (sha256 {str(a.get('sha256'))[:12]})" if isinstance(a, Mapping) else repr(a)
+                     for a in adapters)
+
+
 def _check_run_record(output: str, record: Mapping[str, Any], has_predictions: bool) -> None:
     """Refuse, before the output is touched, a resume whose adapters or settings differ from those recorded beside
     the output; a record without a predictions file (a run that wrote nothing) is replaced."""
@@ -198,9 +206,7 @@ def _check_run_record(output: str, record: Mapping[str, Any], has_predictions: b
     differences = []
     old, new = recorded.get("adapters"), record["adapters"]
     if old != new:
-        describe = lambda adapters: ", ".join(f"{a.get('name')} (sha256 {str(a.get('sha256'))[:12]})"  # noqa: E731
-                                              for a in adapters or []) or "none"
-        differences.append(f"adapters: file {describe(old)}, now {describe(new)}")
+        differences.append(f"adapters: file {_describe_adapters(old)}, now {_describe_adapters(new)}")
     old_settings, new_settings = recorded.get("settings") or {}, record["settings"]
     for key in sorted(set(old_settings) | set(new_settings)):
         if old_settings.get(key) != new_settings.get(key):
