@@ -120,6 +120,8 @@ def evaluate_moments(
     hits = {(n, m): 0 for n in recall_at for m in iou_thresholds}
     iou_sum = 0.0
     for qid, windows in ground_truth.items():
+        if not windows:
+            raise ValueError(f"Query {qid!r} has no ground-truth window; a query to score needs at least one.")
         if not rank_by_score:
             ranked = list(predictions[qid])
         elif nms_threshold is not None:

@@ -27,14 +27,13 @@ annotator labels it positive.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
 
-from .timeline import check_windows
+from .timeline import check_clip_count, check_windows, is_finite_number
 
 # The reference's thresholds: np.linspace(0.5, 0.95, 10), each rounded to 2 decimals.
 MAP_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
@@ -259,12 +258,18 @@ def evaluate_highlights(
                              f"{clip_length} s.")
     for qid, truth in ground_truth.items():
         duration = truth.get("duration") if isinstance(truth, Mapping) else None
-        if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not math.isfinite(duration) \
+        if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not is_finite_number(duration) \
                 or int(duration / clip_length) < 1:
             raise ValueError(f"ground truth of query {qid!r}: 'duration' must be a finite number of seconds that "
                              f"holds at least one clip of {clip_length} s, got {duration!r}.")
-    labels = {qid: saliency_labels(truth["duration"], truth["relevant_clip_ids"], truth["saliency_scores"],
-                                   clip_length) for qid, truth in ground_truth.items()}
+        check_clip_count(duration, clip_length, f"ground truth of query {qid!r}")
+    labels = {}
+    for qid, truth in ground_truth.items():
+        try:
+            labels[qid] = saliency_labels(truth["duration"], truth["relevant_clip_ids"], truth["saliency_scores"],
+                                          clip_length)
+        except ValueError as err:
+            raise ValueError(f"ground truth of query {qid!r}: {err}") from None
     metrics: dict[str, float] = {}
     for name, level in SALIENCY_LEVELS:
         average_precisions, hits = [], []
@@ -299,5 +304,5 @@ def check_saliency_scores(scores: object, what: str) -> None:
     if isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence):
         raise ValueError(f"{what}: expected a list of per-clip scores, got {scores!r}.")
     for k, value in enumerate(scores):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not is_finite_number(value):
             raise ValueError(f"{what}, clip {k}: {value!r} is not a finite number.")

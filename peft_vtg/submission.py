@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .data.annotations import PathLike, iter_json_lines
+from .data.annotations import PathLike, iter_json_lines, shown
 from .metrics import check_windows
 from .moment_detr_eval import check_saliency_scores
 
@@ -52,21 +52,29 @@ def read_submission(path: PathLike) -> Submission:
     for number, entry in iter_json_lines(path):
         where = f"{path}, line {number}"
         if "qid" not in entry:
-            raise ValueError(f"{where}: no 'qid' (keys given: {sorted(entry)}).")
+            raise ValueError(f"{where}: no 'qid' (keys given: {shown(sorted(entry))}).")
         qid = entry["qid"]
         if isinstance(qid, bool) or not isinstance(qid, (str, int)):
             raise ValueError(f"{where}: 'qid' must be a string or an integer, got {qid!r}.")
         qid = str(qid)
-        key = next((name for name in WINDOW_KEYS if name in entry), None)
+        given = [name for name in WINDOW_KEYS if name in entry]
+        held = [name for name in given if entry[name] is not None]
+        if len(held) > 1 and entry[held[0]] != entry[held[1]]:
+            raise ValueError(f"{where} (qid {qid!r}): both '{held[0]}' and '{held[1]}' hold windows, and they "
+                             "differ; give one of the two keys.")
+        key = given[0] if given else None
         if key is None and "pred_saliency_scores" not in entry:
             raise ValueError(f"{where} (qid {qid!r}): needs 'pred_relevant_windows' (or 'pred_windows') and/or "
-                             f"'pred_saliency_scores', got keys {sorted(entry)}.")
+                             f"'pred_saliency_scores', got keys {shown(sorted(entry))}.")
         if qid in seen:
             duplicates.append(qid)
         seen.add(qid)
         if key is not None:
             windows = entry[key]
             check_windows(windows, f"{where} (qid {qid!r}): '{key}'", with_score=True)
+            if not windows:
+                raise ValueError(f"{where} (qid {qid!r}): '{key}' is empty; give at least one predicted window (a "
+                                 "line with saliency scores only leaves the key out).")
             if windows and len(windows[0]) == 2:
                 unscored_lines += 1
                 # Ranked as listed: a descending score per position (the first listed is the best).

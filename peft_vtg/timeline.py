@@ -30,7 +30,9 @@ def check_window(window: Window, what: str = "window") -> tuple[float, float]:
     return start, end
 
 
-def _finite(value: numbers.Real) -> bool:
+def is_finite_number(value: numbers.Real) -> bool:
+    """math.isfinite that says False, rather than raising OverflowError, for an integer beyond float range (JSON's
+    integers have no size limit: `10**400` in a file must be an input error, not a traceback)."""
     try:
         return math.isfinite(value)
     except OverflowError:  # an integer beyond float range
@@ -49,7 +51,7 @@ def check_windows(windows: object, what: str, with_score: bool) -> None:
             raise ValueError(f"{what}, window {k}: expected {shape} in seconds, got {window!r}.")
         if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in window):
             raise ValueError(f"{what}, window {k}: {list(window)!r} holds a value that is not a number.")
-        if not all(_finite(v) for v in window):
+        if not all(is_finite_number(v) for v in window):
             raise ValueError(f"{what}, window {k}: {list(window)!r} holds NaN or Inf; only finite start, end and "
                              "score values can be ranked and scored.")
         if window[1] < window[0]:
@@ -145,6 +147,21 @@ def _overlaps(bins: int, bin_seconds: float, cells: int, cell_seconds: float) ->
                 pieces.append((cell, overlap))
         result.append(pieces)
     return result
+
+
+# An hour at 10 clips per second is 36,000 clips; a million means a clip length given in other units than seconds
+# (and would allocate gigabytes of labels).
+MAX_CLIPS = 1_000_000
+
+
+def check_clip_count(duration: float, clip_length: float, what: str) -> int:
+    """The number of whole clips of `clip_length` seconds in a `duration`-second video, or `ValueError` naming `what`
+    when that exceeds `MAX_CLIPS`."""
+    clips = duration / clip_length
+    if clips > MAX_CLIPS:
+        raise ValueError(f"{what}: a clip_length of {clip_length!r} s cuts the {duration!r} s video into more than "
+                         f"{MAX_CLIPS:,} clips; clip_length is in seconds (QVHighlights: 2).")
+    return int(clips)
 
 
 def clip_scores_to_frames(

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
                          "Give one of the two.")
     ground_truth = read_annotations(args, args.ground_truth)
     submission = read_submission(args.predictions)
+    has_windows = bool(submission.windows)  # before the dropped rows' predictions are set aside
     # Rows the ground-truth reader dropped (dirty annotations) are not scored; their predictions are set aside.
     predicted = set(submission.windows) | set(submission.saliency)
     dropped = set(read_report(ground_truth).get("dropped_qids", [])) & predicted
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{unlabelled[:5]}: it reads as queries to predict, not ground truth; give each line its "
                          "windows under 'relevant_windows' or 'windows'.")
     metrics: dict[str, Any] = {}
-    if submission.windows:
+    if has_windows:  # all of them set aside: evaluate_moments names the kept queries without predictions
         metrics = evaluate_moments(submission.windows, truth, nms_threshold=args.nms_threshold,
                                    rank_by_score=not args.rank_as_listed, strict_iou=args.strict_iou)
         metrics.update(brief(evaluate_moment_retrieval(submission.windows, truth)))

@@ -58,6 +58,8 @@ from typing import Any, NoReturn, Optional, Union
 
 import datasets
 
+from ..timeline import check_clip_count
+
 PathLike = Union[str, os.PathLike]
 
 MOMENT_FEATURES = datasets.Features(
@@ -228,12 +230,14 @@ class _RowPolicy:
         field_name: str = "windows",
         per_second: float = 1.0,
         highlights: Optional[Mapping[str, Any]] = None,
+        unknown_duration_drops: bool = False,
     ) -> None:
         """Check one pair.
 
         Args:
             where: the row, for messages ("line 3", "video 'v_x' pair 0").
-            duration: seconds; None means the video's duration is unknown (the pair is dropped).
+            duration: seconds. None is an error (a file's `null`), except with `unknown_duration_drops`: a video
+                the Charades-STA csv does not list, whose pair is dropped.
             windows: `[[start, end], ...]` in units of which `per_second` make a second (see `_window`), or None
                 for an unlabelled query (kept with no windows).
             field_name: the file's name of the windows field, for messages.
@@ -248,7 +252,7 @@ class _RowPolicy:
         self._qids.add(qid)
         if not isinstance(query, str):
             self.error(where, f"'query' must be a string, got {type(query).__name__} {query!r}. {_FIX}.")
-        if duration is not None:
+        if duration is not None or not unknown_duration_drops:
             seconds = _number(duration)
             if seconds is None or not math.isfinite(seconds) or seconds <= 0:
                 self.error(where, f"'duration' must be a finite number of seconds > 0, got {duration!r}. {_FIX}.")
@@ -282,7 +286,10 @@ class _RowPolicy:
                 return self._bad(where, "no ground-truth window", "drop", qid)
         row = {"qid": qid, "vid": vid, "query": query, "duration": duration, "windows": kept_windows}
         if labels is not None:
-            clips_in_video = int(duration / labels["clip_length"])
+            try:
+                clips_in_video = check_clip_count(duration, labels["clip_length"], "'clip_length'")
+            except ValueError as err:
+                self.error(where, str(err))
             inside = [k for k, clip in enumerate(labels["relevant_clip_ids"]) if clip < clips_in_video]
             if len(inside) < len(labels["relevant_clip_ids"]):
                 clips.append("highlight clip beyond the video")
@@ -359,7 +366,7 @@ def _check_path(path: Any, what: str = "annotation file") -> None:
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"The {what} must be a path (str or os.PathLike), got {type(path).__name__} {path!r}.")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"{os.fspath(path)} is a directory; give the {what} itself.")
+        raise IsADirectoryError(errno.EISDIR, f"is a directory; give the {what} itself", os.fspath(path))
     if not os.path.exists(path):  # before the format is guessed from the name: "no such file", not "which format?"
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path))
 
@@ -394,13 +401,27 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def shown(items: Iterable[Any], limit: int = 8) -> str:
+    """`items` for a one-line message: the first `limit` as a list, then how many there are in all (a wrong file can
+    have thousands of keys, or a whole JSON document as its csv header)."""
+    items = list(items)
+    clipped = [item if not isinstance(item, str) or len(item) <= 80 else item[:77] + "..." for item in items[:limit]]
+    return f"{clipped}" + (f" ... ({len(items)} in all)" if len(items) > limit else "")
+
+
 def _parse_json(text: str, where: str) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_unique_keys)
     except _DuplicateKey as err:
         raise ValueError(f"{where}: the key {err.args[0]!r} appears twice in one object; give each key once.") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{where} is not valid JSON ({err}).") from err
+        hint = ""
+        if err.msg == "Extra data" and where.lower().endswith(".json"):
+            hint = " If it is JSON lines (one object per line), give format='jsonl' (--format jsonl)."
+        raise ValueError(f"{where} is not valid JSON ({err}).{hint}") from err
+    except ValueError as err:  # e.g. an integer literal of more than 4,300 digits
+        raise ValueError(f"{where}: a value cannot be read ({err}); no annotation holds such a number, is it the right "
+                         "file?") from None
     except RecursionError:
         raise ValueError(f"{where}: the JSON is nested too deeply to read (thousands of levels); no annotation "
                          "file has that shape, is it the right file?") from None
@@ -429,7 +450,7 @@ def read_charades_durations(csv_path: PathLike) -> dict[str, float]:
     reader = csv.DictReader(io.StringIO(_read_text(csv_path, newline="")))
     if not reader.fieldnames or not {"id", "length"} <= set(reader.fieldnames):
         raise ValueError(f"{csv_path} needs the Charades csv columns 'id' and 'length' (e.g. Charades_v1_test.csv), "
-                         f"got {reader.fieldnames}.")
+                         f"got {shown(reader.fieldnames)}.")
     durations: dict[str, float] = {}
     for row in reader:
         vid, length = (row["id"] or "").strip(), (row["length"] or "").strip()
@@ -487,7 +508,8 @@ def read_charades_sta(
             window = [_decimal(start), _decimal(end)]
         except ValueError as err:
             raise ValueError(f"{path}, line {number}: start/end are not numbers: {line.strip()!r}.") from err
-        policy.add(f"line {number}", _numbered(vid, counters), vid, sentence, durations.get(vid), [window])
+        policy.add(f"line {number}", _numbered(vid, counters), vid, sentence, durations.get(vid), [window],
+                   unknown_duration_drops=True)
     return policy.dataset()
 
 
@@ -600,10 +622,15 @@ def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
     for number, entry in iter_json_lines(path):
         where = f"line {number}"
         if "qid" not in entry:
-            policy.error(where, f"no 'qid'; every line needs a query id (keys given: {sorted(entry)}).")
+            policy.error(where, f"no 'qid'; every line needs a query id (keys given: {shown(sorted(entry))}).")
         if "duration" not in entry:
             policy.error(where, f"no 'duration' (the video's length in seconds), qid {entry['qid']!r}.")
-        field_name = next((name for name in _WINDOW_KEYS if name in entry), "windows")
+        given = [name for name in _WINDOW_KEYS if name in entry]
+        held = [name for name in given if entry[name] is not None]
+        if len(held) > 1 and entry[held[0]] != entry[held[1]]:
+            policy.error(where, f"both '{held[0]}' and '{held[1]}' hold windows (qid {entry['qid']!r}), and they "
+                                "differ; give one of the two keys.")
+        field_name = given[0] if given else "windows"
         misspelt = sorted(key for key in entry if "window" in key.lower() and key not in _WINDOW_KEYS)
         if misspelt:
             policy.error(where, f"unknown key {misspelt[0]!r} (qid {entry['qid']!r}); the ground-truth windows go "
@@ -639,6 +666,10 @@ def detect_format(path: PathLike) -> str:
     """Guess which reader fits `path`: `.txt` -> charades_sta, `.jsonl` -> jsonl, `.json` -> tacos (2D-TAN, with fps)
     or activitynet_captions (with duration)."""
     name = os.fspath(path).lower()
+    if name.endswith(".json") and os.path.exists(path) and not os.path.isfile(path):
+        # Guessing reads the file, and a pipe (e.g. <(...)) can be read only once: the reader would wait forever.
+        raise ValueError(f"{path} is not a regular file (a pipe?), so its format cannot be guessed by reading it; "
+                         f"pass format= (--format) one of {sorted(READERS)}.")
     if name.endswith(".txt"):
         return "charades_sta"
     if name.endswith(".jsonl"):

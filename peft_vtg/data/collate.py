@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..timeline import clip_scores_to_frames, seconds_to_frames
+from ..timeline import clip_scores_to_frames, is_finite_number, seconds_to_frames
 from .video import (
     FeatureDirectory,
     H5FeatureFile,
@@ -62,7 +62,7 @@ def check_rows(rows: Any) -> None:
         if not isinstance(row["query"], str) or not row["query"].strip():
             raise ValueError(f"{where}: 'query' must be a non-empty string, got {row['query']!r}.")
         duration = row["duration"]
-        if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not math.isfinite(duration) \
+        if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not is_finite_number(duration) \
                 or duration <= 0:
             raise ValueError(f"{where}: 'duration' must be a finite number of seconds > 0, got {duration!r}.")
         windows = row["windows"]
@@ -72,7 +72,7 @@ def check_rows(rows: Any) -> None:
             raise ValueError(f"{where}: 'windows' must be a list of [start, end] windows, got {windows!r}.")
         for window in windows:
             ok = (isinstance(window, Sequence) and not isinstance(window, (str, bytes)) and len(window) == 2
-                  and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                  and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and is_finite_number(v)
                           for v in window))
             if not ok or window[1] < window[0]:
                 raise ValueError(f"{where}: 'windows' item {window!r} must be [start, end], finite seconds with "
@@ -83,7 +83,7 @@ def check_rows(rows: Any) -> None:
 
 def _check_highlight_labels(row: Mapping[str, Any], where: str) -> None:
     ids, scores, clip_length = row["relevant_clip_ids"], row.get("saliency_scores"), row.get("clip_length")
-    if isinstance(clip_length, bool) or not isinstance(clip_length, numbers.Real) or not math.isfinite(clip_length) \
+    if isinstance(clip_length, bool) or not isinstance(clip_length, numbers.Real) or not is_finite_number(clip_length) \
             or clip_length <= 0:
         raise ValueError(f"{where}: highlight labels need 'clip_length', a finite number of seconds > 0 (2 for "
                          f"QVHighlights), got {clip_length!r}.")
@@ -91,7 +91,7 @@ def _check_highlight_labels(row: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}: 'relevant_clip_ids' must be clip indices (whole numbers >= 0), got {ids!r}.")
     if isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence) or len(scores) != len(ids) or not all(
             isinstance(r, Sequence) and r and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                                                   and math.isfinite(v) for v in r) for r in scores):
+                                                   and is_finite_number(v) for v in r) for r in scores):
         raise ValueError(f"{where}: 'saliency_scores' must hold one non-empty list of finite scores per relevant "
                          f"clip ({len(ids)}), got {scores!r}.")
 

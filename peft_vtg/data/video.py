@@ -16,7 +16,6 @@ directory (`../x`, `a/b`, `/abs/path` are refused).
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import warnings
@@ -26,6 +25,8 @@ from typing import Any, Optional, Protocol, Union
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from ..timeline import is_finite_number
 
 PathLike = Union[str, os.PathLike]
 
@@ -65,7 +66,7 @@ def check_num_frames(value: Any, name: str = "num_frames") -> int:
 
 def check_positive_seconds(value: Any, name: str, unit: str = "seconds") -> float:
     """`value` as a finite number > 0 (e.g. fps in frames per second, a duration in seconds); raises otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not is_finite_number(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0 ({unit}), got {value!r}.")
     return float(value)
 
@@ -470,7 +471,7 @@ class _VideoFile:
                 seconds = 0.0
         finally:
             container.close()
-        if math.isfinite(seconds) and seconds > 0:
+        if is_finite_number(seconds) and seconds > 0:
             return seconds
         first = last = None
         count = 0
@@ -480,7 +481,7 @@ class _VideoFile:
         if count == 0:
             raise ValueError(f"Video file {self.name} has no decodable video frames; it is damaged or truncated.")
         seconds = last + (last - first) / max(count - 1, 1)
-        if not (math.isfinite(seconds) and seconds > 0):
+        if not (is_finite_number(seconds) and seconds > 0):
             raise ValueError(f"Video file {self.name} has a single frame and no duration; it cannot be placed on a "
                              "timeline.")
         return seconds

@@ -14,12 +14,12 @@ every frame's inside target is 0; see `peft_vtg.heads.grounding.grounding_loss`)
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
 
+from ..timeline import is_finite_number
 from .collate import GroundingCollator, check_rows, median_duration, row_column
 from .video import VideoSource, check_num_frames
 
@@ -84,7 +84,7 @@ class LongVideoWindowCollator(GroundingCollator):
         vids, durations = row_column(rows, "vid"), row_column(rows, "duration")
         self.durations: dict[str, float] = {}
         for vid, duration in zip(vids, durations):
-            if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration <= 0:
+            if not isinstance(duration, (int, float)) or not is_finite_number(duration) or duration <= 0:
                 raise ValueError(f"rows: video {vid!r} has duration {duration!r}; durations must be seconds > 0.")
             self.durations[str(vid)] = float(duration)
         if len(self.durations) < 2:
@@ -93,7 +93,7 @@ class LongVideoWindowCollator(GroundingCollator):
         if window_seconds is None:
             window_seconds = median_duration(rows)
         if isinstance(window_seconds, bool) or not isinstance(window_seconds, (int, float)) \
-                or not math.isfinite(window_seconds) or window_seconds <= 0:
+                or not is_finite_number(window_seconds) or window_seconds <= 0:
             raise ValueError(f"window_seconds must be a number of seconds > 0, got {window_seconds!r}.")
         self.window_seconds = float(window_seconds)
         if isinstance(seed, bool) or not isinstance(seed, int):

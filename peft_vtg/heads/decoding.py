@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..timeline import check_nms_threshold, frames_to_seconds, temporal_nms
+from ..timeline import check_nms_threshold, frames_to_seconds, is_finite_number, temporal_nms
 
 FrameSpan = tuple[int, int, float]  # (first_frame, last_frame inclusive, score)
 Moment = tuple[float, float, float]  # (start_s, end_s, score)
@@ -144,12 +144,12 @@ def decode_moments(
     for row, duration in enumerate(durations):
         if isinstance(duration, torch.Tensor) and duration.numel() == 1:
             duration = duration.item()
-        if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not math.isfinite(duration) \
+        if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not is_finite_number(duration) \
                 or duration <= 0:
             raise ValueError(f"durations[{row}] must be a finite number of seconds > 0, got {duration!r}.")
     if max_span_seconds is not None and (isinstance(max_span_seconds, bool)
                                          or not isinstance(max_span_seconds, numbers.Real)
-                                         or not math.isfinite(max_span_seconds) or max_span_seconds <= 0):
+                                         or not is_finite_number(max_span_seconds) or max_span_seconds <= 0):
         raise ValueError(f"max_span_seconds must be a finite number of seconds > 0 or None, got {max_span_seconds!r}.")
     lengths = frame_mask.sum(dim=1).tolist() if frame_mask is not None else [start_logits.shape[1]] * batch
     results = []

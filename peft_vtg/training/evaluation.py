@@ -108,7 +108,19 @@ def highlight_truth(ground_truth: Sequence[Mapping[str, Any]]) -> dict[str, dict
 
 
 def clip_length_of(ground_truth: Sequence[Mapping[str, Any]]) -> float:
-    """The rows' saliency clip length (seconds), or QVHighlights' 2 s when they carry none."""
+    """The saliency clip length (seconds) of the rows with highlight labels (else of any row that gives one, else
+    QVHighlights' 2 s). Labelled rows of different clip lengths are an error: saliency is predicted and scored per
+    clip of one length, and the first row's would silently misplace every other row's clips."""
+    labelled: dict[float, Any] = {}
+    for row in ground_truth:
+        if row.get("relevant_clip_ids") and row.get("clip_length"):
+            labelled.setdefault(float(row["clip_length"]), row["qid"])
+    if len(labelled) > 1:
+        shown = ", ".join(f"{length:g} s (qid {qid!r})" for length, qid in list(labelled.items())[:4])
+        raise ValueError(f"The highlight-labelled rows have different clip lengths ({shown}); saliency is predicted "
+                         "and scored per clip of one length. Score each clip length in a file of its own.")
+    if labelled:
+        return next(iter(labelled))
     return next((float(row["clip_length"]) for row in ground_truth if row.get("clip_length")),
                 QVHIGHLIGHTS_CLIP_SECONDS)
 
