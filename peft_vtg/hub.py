@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, Optional
 
@@ -21,11 +22,55 @@ CARD_FILE = "README.md"
 UPLOADED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD_FILE, METRICS_FILE)
 
 
-def _read_json(path: str) -> Optional[dict[str, Any]]:
+def _read_json(path: str, shown_as: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """The JSON object in `path`, None when there is no such file; anything else is a `ValueError` naming the file
+    (`shown_as`: its name in messages, when `path` is a private copy)."""
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    name = shown_as or path
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{name} is not valid JSON ({err}); write it again (save_pretrained, or a training run).") \
+            from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must hold a JSON object, got {type(value).__name__}.")
+    return value
+
+
+def check_adapter_files(adapter_dir: str, shown_as: Optional[str] = None) -> None:
+    """Raise, naming the file, unless `adapter_dir` holds a VTG adapter a push can publish: `adapter_config.json` a
+    JSON object with `peft_type` VTG_PROMPT, `adapter_model.safetensors` a readable safetensors file, and
+    `metrics.json` / `run.json`, when present, JSON objects (metrics with every R@n IoU@m key, mIoU and num_queries
+    when they hold any)."""
+    from safetensors import SafetensorError, safe_open
+
+    shown = shown_as or adapter_dir
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not os.path.isfile(os.path.join(adapter_dir, name)):
+            raise FileNotFoundError(f"{shown} has no {name}; is it an adapter directory?")
+    config = _read_json(os.path.join(adapter_dir, ADAPTER_CONFIG), os.path.join(shown, ADAPTER_CONFIG)) or {}
+    if config.get("peft_type") != "VTG_PROMPT":
+        raise ValueError(f"{os.path.join(shown, ADAPTER_CONFIG)}: peft_type is {config.get('peft_type')!r}; push "
+                         "publishes VTG_PROMPT adapters (made by `peft-vtg train` or get_peft_model(base, "
+                         "VTGPromptConfig(...))) under a peft_vtg model card. Push other adapters with "
+                         "model.push_to_hub.")
+    try:
+        with safe_open(os.path.join(adapter_dir, ADAPTER_WEIGHTS), framework="np") as handle:
+            list(handle.keys())
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{os.path.join(shown, ADAPTER_WEIGHTS)} is not a readable safetensors file ({err}); "
+                         "save the adapter again.") from None
+    metrics = _read_json(os.path.join(adapter_dir, METRICS_FILE), os.path.join(shown, METRICS_FILE)) or {}
+    wanted = [f"R{n}@{m}" for n in RECALL_AT for m in IOU_THRESHOLDS] + ["mIoU", "num_queries"]
+    if any(key in metrics for key in wanted):
+        missing = [key for key in wanted if not isinstance(metrics.get(key), (int, float))]
+        if missing:
+            raise ValueError(f"{os.path.join(shown, METRICS_FILE)} lacks {missing} (or they are not numbers); it is "
+                             "written by training's evaluation: evaluate again, or remove the file to push without "
+                             "results.")
+    _read_json(os.path.join(adapter_dir, RUN_INFO_FILE), os.path.join(shown, RUN_INFO_FILE))
 
 
 def _is_local_path(value: str) -> bool:
@@ -46,20 +91,21 @@ def _public_source(described: str) -> str:
     return f"{kind}{sep}{public_name(path)}" if sep else str(public_name(described))
 
 
-def check_metrics_match(adapter_dir: str) -> None:
+def check_metrics_match(adapter_dir: str, shown_as: Optional[str] = None) -> None:
     """Raise `ValueError` if `metrics.json` was written for other weights than `adapter_model.safetensors`.
 
     Training records the weights' sha256 in `metrics.json` (`adapter_sha256`); a mismatch means the directory was
     read while a run replaced its adapter, a crash interrupted that replacement, or a file was edited by hand.
     Directories without the record (older runs, hand-made) are accepted.
     """
-    metrics = _read_json(os.path.join(adapter_dir, METRICS_FILE))
+    shown = shown_as or adapter_dir
+    metrics = _read_json(os.path.join(adapter_dir, METRICS_FILE), os.path.join(shown, METRICS_FILE))
     if not metrics or "adapter_sha256" not in metrics:
         return
     actual = sha256_file(os.path.join(adapter_dir, ADAPTER_WEIGHTS))
     if actual != metrics["adapter_sha256"]:
         raise ValueError(
-            f"{adapter_dir}: {METRICS_FILE} (step {metrics.get('step', '?')}) belongs to other weights than "
+            f"{shown}: {METRICS_FILE} (step {metrics.get('step', '?')}) belongs to other weights than "
             f"{ADAPTER_WEIGHTS} (sha256 {metrics['adapter_sha256'][:12]}... recorded, {actual[:12]}... found). A "
             "training run is replacing the adapter, or one was interrupted while it did. Wait for the run to finish "
             "(or resume it with --resume-from-checkpoint latest, which completes the replacement) and push again."
@@ -161,6 +207,18 @@ def model_card(adapter_dir: str, repo_id: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def _note_if_public(api: Any, repo_id: str) -> None:
+    """`create_repo(private=True, exist_ok=True)` leaves an existing public repository public: say so."""
+    try:
+        public = getattr(api.repo_info(repo_id), "private", None) is False
+    except Exception:  # noqa: BLE001 - only a note; the upload itself reports real errors
+        return
+    if public:
+        print(f"note: {repo_id} already exists and is public; --private (private=True) applies only when the "
+              "repository is created. Change its visibility in its settings on the Hub (or with "
+              "HfApi.update_repo_settings(repo_id, private=True)).", file=sys.stderr)
+
+
 def push_adapter(
     adapter_dir: str, repo_id: str, private: bool = False, token: Optional[str] = None,
     commit_message: str = "Upload VTG prompt adapter",
@@ -181,14 +239,15 @@ def push_adapter(
     except HFValidationError as err:
         raise ValueError(f"--repo-id {repo_id!r} is not a Hub repository id ({err}); give 'namespace/name' (or 'name'), "
                          "e.g. 'user/xclip-charades-vtg'.") from None
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        if not os.path.isfile(os.path.join(adapter_dir, name)):
-            raise FileNotFoundError(f"{adapter_dir} has no {name}; is it an adapter directory?")
+    check_adapter_files(adapter_dir)
     with tempfile.TemporaryDirectory(prefix="peft-vtg-push-") as snapshot:
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, METRICS_FILE, RUN_INFO_FILE):
             if os.path.isfile(os.path.join(adapter_dir, name)):
                 shutil.copyfile(os.path.join(adapter_dir, name), os.path.join(snapshot, name))
-        check_metrics_match(snapshot)
+        # Checked again on the copy that is uploaded (a run may have replaced files since); messages name the
+        # adapter directory, not the temporary copy.
+        check_adapter_files(snapshot, shown_as=adapter_dir)
+        check_metrics_match(snapshot, shown_as=adapter_dir)
         card = model_card(snapshot, repo_id)
         if os.path.exists(os.path.join(snapshot, RUN_INFO_FILE)):  # read by the card, never uploaded
             os.remove(os.path.join(snapshot, RUN_INFO_FILE))
@@ -202,6 +261,8 @@ def push_adapter(
             handle.write(card)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
+        if private:
+            _note_if_public(api, repo_id)
         commit = api.upload_folder(repo_id=repo_id, folder_path=snapshot, commit_message=commit_message,
                                    allow_patterns=list(UPLOADED_FILES))
     # Only once uploaded: a failed push (offline, a refused token) leaves the adapter directory as it was.

@@ -190,10 +190,13 @@ def test_a_resume_with_settings_it_cannot_honour_is_refused_even_when_allowed(cr
     for allow in (False, True):
         model, rows, collate, args = make_run(crashed, resume_from_checkpoint="latest", allow_changed_settings=allow,
                                               **change)
+        record = (crashed / "run.json").read_text() if (crashed / "run.json").exists() else None
         with pytest.raises(SettingsChangedError, match="can never change") as caught:
-            train(model, rows, collate, args)
+            train(model, rows, collate, args, run_info={"train_annotations": "other.jsonl"})
         assert named in str(caught.value) and "step-4" in str(caught.value)
         assert caught.value.never  # names the fields
+        # the refused rerun leaves the record of the run in the directory as it was (the model card reads it)
+        assert (crashed / "run.json").read_text() == record if record else not (crashed / "run.json").exists()
 
 
 def test_safe_setting_changes_need_the_flag_and_are_then_noted(crashed, straight, capsys):
@@ -459,3 +462,64 @@ def test_push_uploads_only_the_adapter_card_and_metrics_without_local_paths(work
             assert str(tmp_path) not in text and str(workspace) not in text and os.path.expanduser("~") + "/" not in text, name
     assert json.loads(uploaded["adapter_config.json"])["base_model_name_or_path"] == "base"
     assert uploaded["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
+
+
+def test_push_refuses_a_directory_it_cannot_publish_naming_the_file(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from huggingface_hub import HfApi
+
+    out = tmp_path / "out"
+    model, rows, collate, args = make_run(out, max_steps=1, save_steps=None)
+    train(model, rows, collate, args, run_info={"base_model": "tiny"})
+    uploads = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: None)
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append(kw) or "url")
+    config = json.loads((out / "adapter_config.json").read_text())
+    cases = {  # file -> (content, what the one error line says)
+        "adapter_config.json": [("[1]", "adapter_config.json must hold a JSON object, got list"),
+                                (json.dumps({**config, "peft_type": "LORA"}), "peft_type is 'LORA'; push publishes "
+                                 "VTG_PROMPT adapters"),
+                                ('{"peft_type": ', "adapter_config.json is not valid JSON")],
+        "adapter_model.safetensors": [("", "adapter_model.safetensors is not a readable safetensors file"),
+                                      ("garbage bytes", "adapter_model.safetensors is not a readable safetensors")],
+        "run.json": [("[1]", "run.json must hold a JSON object")],
+        "metrics.json": [('{"R1@0.5": 30}', "metrics.json lacks ['R1@0.1'"),
+                         ("{", "metrics.json is not valid JSON")],
+    }
+    for name, variants in cases.items():
+        for content, message in variants:
+            case = tmp_path / "case"
+            shutil.rmtree(case, ignore_errors=True)
+            shutil.copytree(out, case)
+            (case / name).write_text(content)
+            before = {p.name: p.read_bytes() for p in case.iterdir() if p.is_file()}
+            assert main(["push", "--adapter", str(case), "--repo-id", "someone/x"]) == 2, (name, content)
+            err = errors(capsys.readouterr().err)
+            assert len(err) == 1 and message in err[0] and str(case / name) in err[0], (name, err)
+            assert "peft-vtg-push-" not in err[0] and not uploads  # named in the adapter directory; nothing sent
+            assert {p.name: p.read_bytes() for p in case.iterdir() if p.is_file()} == before  # no card written
+    assert main(["push", "--adapter", str(out), "--repo-id", "someone/x"]) == 0 and len(uploads) == 1
+
+
+def test_what_would_fail_only_after_training_steps_is_refused_before_the_run(tmp_path):
+    model, rows, collate, args = make_run(tmp_path / "a", config=dict(grounding_head=False, vtm_heads=[],
+                                                                      predict_saliency=False))
+    with pytest.raises(ValueError, match=r"Adapter 'default' has no grounding head \(grounding_head=False\)"):
+        train(model, rows, collate, args, run_info={})
+    assert not (tmp_path / "a").exists()  # refused before the directory was made
+    # A best-model metric the evaluation rows cannot give: highlight metrics without labels, a length bucket that no
+    # ground-truth window falls in (the synthetic videos last 16 s).
+    assert all(end - start <= 30 for row in rows for start, end in row["windows"])
+    for metric, message in (("HL-min-Fair-mAP", "the evaluation rows have no highlight labels"),
+                            ("MR-long-mAP", "scores ground-truth windows of 30-150 s, and the evaluation rows have "
+                                            "none")):
+        model, rows, collate, args = make_run(tmp_path / "b", metric_for_best_model=metric)
+        with pytest.raises(ValueError, match=message):
+            train(model, rows, collate, args, eval_dataset=rows[:4], run_info={})
+        assert not (tmp_path / "b").exists()
+    # a saliency head with nothing to learn from is worth a warning, not an error
+    model, rows, collate, args = make_run(tmp_path / "c", config=dict(predict_saliency=True), max_steps=1,
+                                          save_steps=None)
+    with pytest.warns(UserWarning, match="saliency head .* but no training row has highlight labels"):
+        train(model, rows, collate, args)

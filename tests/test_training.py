@@ -163,6 +163,20 @@ def test_head_learning_rate_gets_its_own_parameter_groups(tmp_path):
         VTGTrainingArguments(head_learning_rate=0.0)
 
 
+@pytest.mark.parametrize("schedule, warmup, expected", [
+    ("constant", 2, [0.005, 0.01, 0.01, 0.01]),  # the warm-up is kept (transformers' "constant" would drop it)
+    ("constant", 0, [0.01] * 4),
+    ("linear", 2, [0.005, 0.01, 0.005, 0.0]),
+])
+def test_every_schedule_warms_up_then_follows_its_shape(tmp_path, schedule, warmup, expected):
+    model, rows, collate, args = make_run(tmp_path / schedule, max_steps=4, save_steps=None, learning_rate=0.01,
+                                          lr_scheduler_type=schedule, warmup_steps=warmup, warmup_ratio=0.0,
+                                          logging_steps=1)
+    rates = []
+    train(model, rows, collate, args, callbacks=[lambda step, logs: rates.append(logs["lr"]) if "lr" in logs else None])
+    assert rates == pytest.approx(expected)
+
+
 def test_arguments_are_validated():
     with pytest.raises(ValueError, match="lr_scheduler_type='step' is not valid"):
         VTGTrainingArguments(lr_scheduler_type="step")

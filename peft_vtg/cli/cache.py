@@ -8,6 +8,7 @@ from typing import Any
 
 from .common import (
     check_video_ids,
+    non_negative_int,
     frame_size,
     positive_float,
     positive_int,
@@ -98,6 +99,7 @@ def add_parser(commands: Any) -> None:
                        help="storage dtype (default: fp16; fp32 reproduces the uncached path exactly)")
     cache.add_argument("--batch-size", type=positive_int, default=8, help="videos per forward and per shard "
                        "(default: 8); memory holds one batch")
-    cache.add_argument("--num-workers", type=int, default=0, help="processes decoding videos ahead (default: 0)")
+    cache.add_argument("--num-workers", type=non_negative_int, default=0,
+                       help="processes decoding videos ahead (default: 0)")
     cache.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
     cache.set_defaults(run=run)

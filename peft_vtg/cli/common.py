@@ -43,6 +43,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (a count of worker processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type: a random seed, a whole number in [0, 2**32 - 1] (what numpy's and torch's seeding accept)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [0, 2**32 - 1], got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be a whole number in [0, 2**32 - 1], got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (a rate or a length in seconds); NaN and inf are refused."""
     try:
@@ -91,7 +113,21 @@ def optional_value(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse_or_none(text: str):
         return None if text.lower() in ("none", "auto") else parse(text)
 
+    # argparse names the type in its message: "invalid int value: '2.5'", not "invalid parse_or_none value".
+    parse_or_none.__name__ = getattr(parse, "__name__", "value")
     return parse_or_none
+
+
+def json_object(text: str) -> dict:
+    """argparse type: a JSON object, e.g. '{"use_fast": false}'."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"key\": 1}}', got {text!r} "
+                                         f"({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"key\": 1}}', got {text!r}")
+    return value
 
 
 def _flag_type(hint: Any) -> Any:
@@ -110,7 +146,7 @@ def _flag_type(hint: Any) -> Any:
     if base in (int, float):
         return optional_value(base) if optional else base
     if base is dict:
-        return json.loads
+        return json_object
     return optional_value(str) if optional else str
 
 
@@ -532,9 +568,15 @@ def path_identity(path: Optional[str]) -> Optional[str]:
 def load_config_file(path: Optional[str]) -> dict[str, Any]:
     if not path:
         return {}
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        repeated = sorted({key for key, _ in pairs if [k for k, _ in pairs].count(key) > 1})
+        if repeated:  # json would keep the last silently
+            raise ValueError(f"--config {path}: the setting {repeated[0]!r} is given twice; give each setting once.")
+        return dict(pairs)
+
     try:
         with open(path, encoding="utf-8-sig") as handle:  # -sig: accept a byte-order mark (Windows editors write one)
-            settings = json.load(handle)
+            settings = json.load(handle, object_pairs_hook=unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"--config {path} is not a JSON file of settings ({err}); write one JSON object, e.g. "
                          '{"num_video_tokens": 8, "learning_rate": 0.001}, saved as UTF-8.') from None

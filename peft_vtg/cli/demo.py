@@ -9,6 +9,7 @@ from .common import (
     check_output_dir,
     positive_float,
     positive_int,
+    seed,
 )
 
 
@@ -38,7 +39,7 @@ def add_parser(commands: Any) -> None:
     demo.add_argument("--batch-size", type=positive_int, default=32, help="training pairs per step")
     demo.add_argument("--learning-rate", type=positive_float, default=3e-2, help="peak learning rate of the prompts")
     demo.add_argument("--head-learning-rate", type=positive_float, default=3e-3, help="peak learning rate of the head")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    demo.add_argument("--seed", type=seed, default=0, help="seed of the data and the training")
     demo.add_argument("--domain", default="plain", choices=("cluttered", "plain"),
                       help="how the videos look: plain (as in the backbone's pre-training) or cluttered (a domain "
                            "shift: busy coloured backgrounds, stronger noise)")

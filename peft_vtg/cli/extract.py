@@ -32,8 +32,11 @@ def run(args: argparse.Namespace) -> int:
         fps = MOMENT_DETR_FPS
     if not os.path.isdir(args.video_dir):
         raise FileNotFoundError(f"--video-dir {args.video_dir}: no such directory.")
+    if not args.video_suffix.strip(".") or os.sep in args.video_suffix:
+        raise ValueError(f"--video-suffix {args.video_suffix!r} is not a file suffix; give one such as .mp4.")
     vids = sorted(name[: -len(args.video_suffix)] for name in os.listdir(args.video_dir)
-                  if name.endswith(args.video_suffix))
+                  if name.endswith(args.video_suffix) and len(name) > len(args.video_suffix)
+                  and os.path.isfile(os.path.join(args.video_dir, name)))  # not a folder named x.mp4
     if not vids:
         raise ValueError(f"--video-dir {args.video_dir} has no {args.video_suffix} files (see --video-suffix).")
     base_path = resolve_pretrained(args.base_model, f"--base-model {args.base_model}", "config.json")

@@ -26,6 +26,18 @@ from .common import (
 )
 
 
+def _check_output_apart(output_dir: str, args: argparse.Namespace) -> None:
+    """Refuse an --output-dir that is one of the run's inputs: the adapter written there would replace the adapter
+    being continued (--adapter), or land among a base model's or a dataset's files."""
+    if not os.path.isdir(output_dir):
+        return
+    for flag in ("--adapter", "--base-model", "--features-dir", "--video-dir", "--cache-dir"):
+        given = getattr(args, flag[2:].replace("-", "_"), None)
+        if isinstance(given, str) and os.path.isdir(given) and os.path.samefile(given, output_dir):
+            raise ValueError(f"--output-dir {output_dir} is the {flag} directory; the trained adapter, checkpoints "
+                             f"and metrics would be written into it. Give another --output-dir.")
+
+
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from accelerate.utils import set_seed
@@ -35,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
 
     training_args = VTGTrainingArguments(**settings_from(args, training_field_names()))
     check_output_dir(training_args.output_dir, "--output-dir")
+    _check_output_apart(training_args.output_dir, args)
+    if args.long_video_absent_fraction is not None and not args.long_video_windows:
+        raise ValueError("--long-video-absent-fraction applies to the windows of --long-video-windows, which is 0 "
+                         "(whole videos only); give --long-video-windows FRACTION too, or drop it.")
+    if args.long_video_absent_fraction is None:
+        args.long_video_absent_fraction = 0.5
     resume = training_args.resume_from_checkpoint
     if resume and resume != "latest" and not os.path.isdir(resume):  # before anything is loaded or written
         raise FileNotFoundError(f"--resume-from-checkpoint {resume}: no such checkpoint directory; give one under "
@@ -133,7 +151,7 @@ def add_parser(commands: Any) -> None:
                      help="train for long videos: this fraction of the rows see a window of the training videos put "
                      "one after another instead of their whole video, as `predict` grounds long videos "
                      "(LongVideoWindowCollator; default 0: whole videos only). Needs --num-frames or --fps")
-    own.add_argument("--long-video-absent-fraction", type=fraction("--long-video-absent-fraction"), default=0.5,
+    own.add_argument("--long-video-absent-fraction", type=fraction("--long-video-absent-fraction"), default=None,
                      metavar="FRACTION", help="of those windows, the fraction that miss the row's moment and are "
                      "trained as 'not here' (default 0.5)")
     train = commands.add_parser(

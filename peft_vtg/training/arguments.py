@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -113,7 +114,13 @@ class VTGTrainingArguments:
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars."})
 
     def __post_init__(self) -> None:
+        for name in ("output_dir", "resume_from_checkpoint"):  # pathlib.Path, as everywhere else in the API
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         check_field_types(self, [f.name for f in dataclasses.fields(self)])
+        if self.resume_from_checkpoint is not None and not self.resume_from_checkpoint.strip():
+            raise ValueError("resume_from_checkpoint is empty; give a checkpoint directory, 'latest', or leave it out "
+                             "(None) to start a new run.")
         positive = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
                     "gradient_accumulation_steps", "logging_steps", "top_k")
         for name in positive:

@@ -39,7 +39,8 @@ from .checkpoints import (
 )
 from .evaluation import evaluate_grounding
 from .module import GroundingModule
-from ..data.collate import median_duration
+from ..data.collate import median_duration, row_column
+from ..moment_detr_eval import LENGTH_BUCKETS
 from ..files import fsync_path, fsync_tree, sha256_file, write_json_atomic
 from .safety import NonFiniteError, RunLock, note
 
@@ -119,14 +120,11 @@ def _on_main(accelerator: Accelerator, function: Callable[[], _T]) -> _T:
     return result
 
 
-def _start_run(lock: RunLock, args: VTGTrainingArguments, run_info: Optional[Mapping[str, Any]]) -> None:
+def _start_run(lock: RunLock, args: VTGTrainingArguments) -> None:
     """Main process, before anything is written: take the lock, then clean up after an interrupted run."""
     lock.acquire()
     clean_interrupted(args.output_dir)
     _recover_staged_adapter(args.output_dir)
-    if run_info is not None:
-        write_json_atomic(os.path.join(args.output_dir, RUN_INFO_FILE),
-                          {**run_info, "training_arguments": asdict(args)})
 
 
 def train(
@@ -155,8 +153,8 @@ def train(
         collator: e.g. `GroundingCollator`; its batches must hold span labels, and the `video_ids` / `qid` it passes
             along name the samples in a `NonFiniteError`.
         callbacks: called after each optimizer step with the step and its logs.
-        run_info: written with the training arguments to `output_dir/run.json` at the start (e.g. the base model
-            and data files, for the model card).
+        run_info: written with the training arguments to `output_dir/run.json` once the run (or its resume) is
+            accepted (e.g. the base model and data files, for the model card).
         data_fingerprint: the caller's description of its data (file paths, sizes, mtimes), stored in each
             checkpoint's settings fingerprint; a resume where it differs needs `allow_changed_settings`.
 
@@ -169,6 +167,7 @@ def train(
     if args.report_to == "tensorboard" and not is_tensorboard_available():
         raise ValueError("report_to='tensorboard' needs tensorboard: pip install tensorboard (or report_to='none').")
     _warn_unused_highlight_labels(model, train_dataset)
+    _check_before_the_run(model, train_dataset, eval_dataset, args)
     _allow_new_precision(args.mixed_precision)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # matching heads may skip a batch
     accelerator = Accelerator(
@@ -182,8 +181,9 @@ def train(
     # Only the main process holds the lock: the other processes of the same launch write into the directory too.
     lock = RunLock(args.output_dir)
     try:
-        _on_main(accelerator, lambda: _start_run(lock, args, run_info))
-        return _train(accelerator, model, train_dataset, collator, args, eval_dataset, callbacks, data_fingerprint)
+        _on_main(accelerator, lambda: _start_run(lock, args))
+        return _train(accelerator, model, train_dataset, collator, args, eval_dataset, callbacks, data_fingerprint,
+                      run_info)
     finally:
         lock.release()
 
@@ -212,6 +212,52 @@ def record_trained_window(peft_model: Any, rows: Sequence[Mapping[str, Any]], co
         config.trained_window_frames, config.trained_window_seconds = frames, seconds
 
 
+def _check_before_the_run(model: torch.nn.Module, train_dataset: Sequence[dict],
+                          eval_dataset: Optional[Sequence[dict]], args: VTGTrainingArguments) -> None:
+    """What would otherwise fail only after steps were trained (at the first forward, or the first evaluation): an
+    adapter without a grounding head, a best-model metric the evaluation set cannot give (highlight metrics without
+    highlight labels or a saliency head; a Moment-DETR length bucket that no ground-truth window falls in), and a
+    saliency head asked for without labels to train it (a warning)."""
+    configs = getattr(model, "peft_config", {})
+    active = list(getattr(model, "active_adapters", None) or [getattr(model, "active_adapter", "default")])
+    for name in active:
+        if getattr(configs.get(name), "grounding_head", True) is False:
+            raise ValueError(f"Adapter {name!r} has no grounding head (grounding_head=False), and training trains "
+                             "the grounding head with the prompts; create the adapter with grounding_head=True.")
+    saliency = any(getattr(configs.get(name), "predict_saliency", False) for name in active)
+    labelled = any(row_column(train_dataset, "relevant_clip_ids")) if _has_column(train_dataset, "relevant_clip_ids") \
+        else False
+    if saliency and not labelled:
+        warnings.warn("The adapter has a saliency head (predict_saliency=True), but no training row has highlight "
+                      "labels (relevant_clip_ids / saliency_scores): the head is not trained, and its scores mean "
+                      "nothing. Train on QVHighlights-style rows, or create the adapter with predict_saliency=False.",
+                      stacklevel=3)
+    metric = args.metric_for_best_model
+    if eval_dataset is None:
+        return
+    if metric.startswith("HL-"):
+        eval_labelled = _has_column(eval_dataset, "relevant_clip_ids") and any(
+            row_column(eval_dataset, "relevant_clip_ids"))
+        if not (eval_labelled and saliency):
+            why = ("the evaluation rows have no highlight labels" if not eval_labelled
+                   else "the adapter has no saliency head")
+            raise ValueError(f"metric_for_best_model={metric!r} is a highlight metric, but {why}; choose a moment "
+                             "metric such as 'R1@0.5' or 'MR-full-mAP'.")
+    for bucket, low, high in LENGTH_BUCKETS:
+        if metric.startswith(f"MR-{bucket}-"):
+            lengths = [end - start for windows in row_column(eval_dataset, "windows") for start, end in windows or []]
+            if not any(low < length <= high for length in lengths):
+                raise ValueError(f"metric_for_best_model={metric!r} scores ground-truth windows of {low:g}-{high:g} s, "
+                                 "and the evaluation rows have none, so the evaluation cannot return it; choose "
+                                 "'MR-full-mAP' or 'R1@0.5'.")
+
+
+def _has_column(rows: Any, key: str) -> bool:
+    if hasattr(rows, "column_names"):
+        return key in rows.column_names
+    return any(isinstance(row, Mapping) and key in row for row in rows)
+
+
 def _warn_unused_highlight_labels(model: torch.nn.Module, rows: Sequence[dict]) -> None:
     """Warn when the training rows carry highlight labels (QVHighlights) that no adapter of `model` learns from."""
     configs = getattr(model, "peft_config", {})
@@ -234,6 +280,7 @@ def _train(
     eval_dataset: Optional[Sequence[dict]],
     callbacks: Sequence[StepCallback],
     data_fingerprint: Optional[Mapping[str, Any]],
+    run_info: Optional[Mapping[str, Any]],
 ) -> TrainResult:
     set_seed(args.seed)
     module = GroundingModule(model, train_base_model_modes=args.train_base_model_modes)
@@ -258,7 +305,9 @@ def _train(
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = args.warmup_steps or int(args.warmup_ratio * total_steps)
     # Stepped once per optimizer step by this loop (not prepared: accelerate would step it once per process).
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    # transformers' "constant" ignores the warm-up; ours is "constant after warm-up", as its help says.
+    schedule = "constant_with_warmup" if args.lr_scheduler_type == "constant" and warmup else args.lr_scheduler_type
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     unwrapped = accelerator.unwrap_model(module)
     trainable = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
     parameters = [p for p in unwrapped.parameters() if p.requires_grad]
@@ -292,6 +341,11 @@ def _train(
     progress: dict[str, Any] = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None,
                                 "history": []}
     resume_dir, saved = _on_main(accelerator, choose_checkpoint)
+    if run_info is not None:
+        # Only once the resume is accepted: a refused rerun must not rewrite the record of the run in this directory
+        # (the model card of a finished adapter reads it).
+        _on_main(accelerator, lambda: write_json_atomic(os.path.join(args.output_dir, RUN_INFO_FILE),
+                                                        {**run_info, "training_arguments": asdict(args)}))
     if resume_dir is not None:
         accelerator.load_state(resume_dir, strict=False)
         _check_restored(resume_dir, trainable)

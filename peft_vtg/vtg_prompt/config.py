@@ -14,6 +14,8 @@ from typing import Optional, Union
 from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType
 
+from ..timeline import is_finite_number
+
 
 class TextPromptInit(str, enum.Enum):
     """How text prompt tokens are initialised.
@@ -81,6 +83,10 @@ def check_adapter_directory(directory: str) -> None:
         ) from err
 
 
+MAX_FIELD_INT = 2**32
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_field_types(obj: object, names: typing.Iterable[str]) -> None:
     """Raise `ValueError` naming the field unless each of `names` holds a value of its annotated type: a bool field
     True or False, an int field a whole number (not a bool, not 2.0), a float field a finite number, a str (or
@@ -100,10 +106,14 @@ def check_field_types(obj: object, names: typing.Iterable[str]) -> None:
         if bool in origins:
             ok, want = isinstance(value, bool), "True or False"
         elif int in origins:
-            ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "a whole number"
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            # Beyond 2**32 no count or size is meaningful, and torch's C++ side overflows on 2**63 (a traceback).
+            ok, want = ok and abs(int(value)) < MAX_FIELD_INT, "a whole number below 2**32"
         elif float in origins:
             ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-            ok, want = ok and math.isfinite(value), "a finite number"
+            # A rate past float32's range cannot be held by the optimizer's tensors (a RuntimeError, not a message).
+            ok = ok and is_finite_number(value) and abs(float(value)) <= FLOAT32_MAX
+            want = "a finite number within float32's range (|x| <= 3.4e38)"
         elif list in origins:
             ok = isinstance(value, str) or (isinstance(value, (list, tuple))
                                             and all(isinstance(v, str) for v in value))

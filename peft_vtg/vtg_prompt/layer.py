@@ -4,6 +4,7 @@ injection hooks."""
 from __future__ import annotations
 
 import math
+import os
 from contextlib import nullcontext
 from typing import Optional
 
@@ -13,7 +14,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..heads import VTGTaskHeads
-from ..injection.hooks import PromptInjector, StreamPlan
+from ..injection.hooks import PromptInjector, StreamPlan, _check_insert_position
 from ..injection.spec import BoundSpec, BoundStream
 from ..injection.tower import check_video_tower, num_video_layers
 from .config import (
@@ -63,6 +64,23 @@ def _check_text_room(config: VTGPromptConfig, bs: BoundStream) -> None:
             f"(max_position_embeddings={bs.max_positions}, num_text_tokens={config.num_text_tokens}); use a position "
             f"<= {room - 1}, e.g. 1 (after BOS)."
         )
+
+
+def _check_video_position(config: VTGPromptConfig, bs: BoundStream) -> None:
+    """An explicit `video_insert_position` past a frame's tokens would fail at the first forward (after the model was
+    built, the run started, a checkpoint taken): count the tokens of one blank frame through the patch embedding now.
+    Skipped where the spec records no frame size (a custom stream)."""
+    size = bs.extra.get("image_size")
+    if config.video_insert_position is None or size is None or bs.module is None:
+        return
+    weight = next(bs.module.parameters(), None)
+    if weight is None or weight.is_meta:
+        return
+    frame = torch.zeros(1, bs.extra.get("num_channels", 3), size, size, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        tokens = bs.module(frame)
+    tokens = tokens[0] if isinstance(tokens, (tuple, list)) else tokens
+    _check_insert_position("video", bs.spec.insert_position, int(tokens.shape[1]))
 
 
 def resolve_new_adapter_settings(config: VTGPromptConfig, bound: BoundSpec) -> None:
@@ -237,7 +255,20 @@ def init_text_prompts(
         return torch.randn(depth, n, hidden) * weight.std()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **(config.tokenizer_kwargs or {}))
+    name = config.tokenizer_name_or_path
+    if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        # A path that is not there; transformers would call it an invalid Hub repo id.
+        raise FileNotFoundError(f"tokenizer_name_or_path={name!r}: no such directory; give the base model's "
+                                "tokenizer (a local directory or a Hub id).")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **(config.tokenizer_kwargs or {}))
+    except (OSError, ValueError) as err:
+        # The same kind of error as PEFT's prompt tuning raises here (OSError for a tokenizer it cannot find), with a
+        # message that names the setting.
+        message = (f"tokenizer_name_or_path={name!r} could not be loaded for prompt_tuning_init='TEXT' "
+                   f"({str(err).splitlines()[0][:200]}); give the base model's tokenizer (a local directory, or a Hub "
+                   "id available offline).")
+        raise (OSError if isinstance(err, OSError) else ValueError)(message) from None
     ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"prompt_tuning_init_text={config.prompt_tuning_init_text!r} tokenizes to no tokens.")
@@ -310,6 +341,8 @@ class VTGPromptEncoder(nn.Module):
             )
         if config.num_video_tokens:
             _check_depth("video", bound.video, start, config.video_prompt_depth)
+            if not empty:
+                _check_video_position(config, bound.video)
             if config.couple_video_to_text:
                 self.coupling = nn.ModuleList(
                     nn.Linear(bound.text.hidden_size, bound.video.hidden_size) for _ in range(config.video_prompt_depth)
