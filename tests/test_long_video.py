@@ -555,7 +555,12 @@ def test_extracted_features_equal_encode_video(arch, tmp_path):
 def test_extract_cli_formats_resume_and_mismatch(batch_workspace, tmp_path, capsys):
     from peft_vtg.cli import main
 
-    root = batch_workspace
+    import shutil
+
+    root = tmp_path / "workspace"  # a copy: a folder is added among the videos
+    shutil.copytree(batch_workspace / "videos", root / "videos")
+    (root / "videos" / "clips.mp4").mkdir()  # a folder named like a video is not one
+    (root / "base").symlink_to(batch_workspace / "base")
     common = ["extract", "--base-model", str(root / "base"), "--video-dir", str(root / "videos"), "--image-size", "32",
               "--disable-tqdm"]
     assert main([*common, "--num-frames", "8", "--output-dir", str(tmp_path / "npy")]) == 0

@@ -507,6 +507,11 @@ def test_api_bad_input(build, call, error, pattern, ws, model, tmp_path):
         call(tmp_path, ws, model)
 
 
+def test_paths_are_taken_where_strings_are(tmp_path):
+    args = VTGTrainingArguments(output_dir=tmp_path / "out", resume_from_checkpoint=Path("latest"))
+    assert args.output_dir == str(tmp_path / "out") and args.resume_from_checkpoint == "latest"
+
+
 def test_numpy_scalars_are_taken_as_the_numbers_they_are(model):
     features = torch.linspace(0, 1, 5 * DIM).reshape(5, DIM)
     plain = ground(model, features, "a door", tiny_tokenizer(), duration=5.0, nms_threshold=0.5, top_k=3)
@@ -653,6 +658,19 @@ CLI_CASES = [
      ["score", "--predictions", "{t}/p.jsonl", "--ground-truth", "{t}/gt.jsonl"], r"p.jsonl, line 1: the JSON is nested"),
     ("demo-train-videos-negative", nothing, ["demo", "--train-videos", "-5", "--output-dir", "{t}/demo"],
      r"argument --train-videos: must be >= 1, got -5"),
+    ("demo-seed-negative", nothing, ["demo", "--seed", "-1", "--output-dir", "{t}/demo"],
+     r"argument --seed: must be a whole number in \[0, 2\*\*32 - 1\], got -1"),
+    ("train-config-setting-twice", text("c.json", '{"learning_rate": 0.1, "learning_rate": 0.2}'),
+     [*TRAIN, "--config", "{t}/c.json"], r"--config .*c.json: the setting 'learning_rate' is given twice"),
+    ("train-absent-fraction-without-windows", nothing, [*TRAIN, "--long-video-absent-fraction", "0.3"],
+     r"--long-video-absent-fraction applies to the windows of --long-video-windows"),
+    ("cache-num-workers-negative", nothing, ["cache", "--base-model", "{w}/base", "--annotations", "{w}/ann.jsonl",
+                                             "--video-dir", "{w}/videos", "--output-dir", "{t}/cache",
+                                             "--num-workers", "-1"],
+     r"argument --num-workers: must be >= 0, got -1"),
+    ("extract-empty-video-suffix", nothing, ["extract", "--base-model", "{w}/base", "--video-dir", "{w}/videos",
+                                             "--output-dir", "{t}/feats", "--video-suffix", ""],
+     r"--video-suffix '' is not a file suffix"),
     ("push-invalid-repo-id", adapter_copy(lambda path: None), ["push", "--adapter", "{t}/adapter", "--repo-id", "a b!!"],
      r"--repo-id 'a b!!' is not a Hub repository id"),
 ]
