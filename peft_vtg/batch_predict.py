@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.annotations import PathLike, iter_json_lines, load_annotations
-from .data.video import check_video_id
+from .data.video import check_video_id, duration_mismatch, video_duration, warn_duration_mismatches
 from .files import fsync_path, write_json_atomic, write_text_atomic
 from .inference import default_num_frames, ground_queries, long_video_window_seconds
 from .submission import submission_lines
@@ -296,6 +296,16 @@ def ground_rows_by_video(
     for row in rows:
         by_video.setdefault(row["vid"], []).append(row)
     mine = list(by_video)[process_index::num_processes]
+    # As the single pass does: an annotated duration far from the file's is named (the windows' spans are in the
+    # file's seconds, the ground truth in the annotation's).
+    mismatches = []
+    for vid in mine:
+        annotated = by_video[vid][0].get("duration")
+        if annotated is not None:
+            seconds = video_duration(paths[vid])
+            if duration_mismatch(float(annotated), seconds):
+                mismatches.append((vid, float(annotated), seconds))
+    warn_duration_mismatches(mismatches)
     items = []
     for vid in tqdm(mine, unit="video", desc="grounding long videos", disable=disable_tqdm, leave=False):
         quiet = {**ground_kwargs, "disable_tqdm": True}  # one bar over the videos, not one per video

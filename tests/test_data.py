@@ -30,6 +30,7 @@ from peft_vtg.data import (
     read_report,
     read_tacos,
     resample_features,
+    video_duration,
 )
 from peft_vtg.timeline import frames_to_seconds, seconds_to_frames
 from tiny_models import tiny_tokenizer, write_video
@@ -285,6 +286,66 @@ def test_decoding_samples_frames_at_bin_centres(tmp_path):
     assert processed.shape == (10, 3, 16, 16) and processed.dtype == torch.float32
     with pytest.raises(FileNotFoundError):
         decode_video(tmp_path / "missing.mp4", num_frames=2)
+
+
+def _grey_ramp_video(path, seconds=8, start=0, audio_seconds=0, options=None):
+    """`seconds` frames at 1 fps, frame i a grey of 20 + (200 // seconds) i, the first stamped at `start` s; optional
+    silent audio."""
+    import av
+
+    with av.open(str(path), "w", options=options or {}) as container:
+        stream = container.add_stream("mpeg4", rate=1)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=16000) if audio_seconds else None
+        for i in range(seconds):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 + 200 // seconds * i, np.uint8), format="rgb24")
+            frame.pts = start + i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+        for k in range(audio_seconds * 16000 // 1024):
+            chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 16000, k * 1024
+            container.mux(audio.encode(chunk))
+        if audio is not None:
+            container.mux(audio.encode())
+
+
+def _greys(frames, seconds=8):
+    """Which frame of `_grey_ramp_video` each of `frames` is."""
+    return [round((float(level) - 20) / (200 // seconds)) for level in frames.float().mean(dim=(1, 2, 3))]
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("plain.mp4", {}),
+    ("offset.mp4", dict(start=10)),  # a clip whose first frame is stamped at 10 s (cut from a longer recording)
+    ("offset.mkv", dict(start=10)),  # ... where the container's duration also counts the offset
+    ("audio.mkv", dict(audio_seconds=30)),  # mkv/webm: the container's duration is the longest stream, audio
+])
+def test_a_video_is_timed_from_its_own_first_frame_over_its_own_stream(tmp_path, name, kwargs):
+    pytest.importorskip("av")
+    _grey_ramp_video(tmp_path / name, **kwargs)
+    frames, duration = decode_video(tmp_path / name, num_frames=8)
+    assert duration == pytest.approx(8.0) and video_duration(tmp_path / name) == pytest.approx(8.0)
+    assert _greys(frames) == list(range(8))  # bin centres 0.5, 1.5, ... s show frames 0, 1, ...
+
+
+def test_a_video_that_ends_before_its_header_says_is_an_error_naming_it(tmp_path):
+    pytest.importorskip("av")
+    _grey_ramp_video(tmp_path / "whole.mp4", seconds=40, options={"movflags": "faststart"})
+    data = (tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 7 // 10])  # the header (at the front) still says 40 s
+    with pytest.raises(ValueError, match=r"cut.mp4: its frames end at .* s, but frames up to 37.50 s were asked for "
+                                         r"from its duration \(40.00 s in its header\); the file is truncated"):
+        decode_video(tmp_path / "cut.mp4", num_frames=8)
+    whole = _greys(decode_video(tmp_path / "whole.mp4", num_frames=8)[0], seconds=40)
+    assert all(abs(got - (2 + 5 * k)) <= 1 for k, got in enumerate(whole)), whole  # grey steps of 5: codec noise
+
+
+def test_features_beyond_float32_range_are_named(tmp_path):
+    np.save(tmp_path / "v.npy", np.full((4, 3), 1e300))
+    with pytest.raises(ValueError, match=r"v.npy: features reach 1e\+300, beyond float32's range"):
+        FeatureDirectory(tmp_path)("v")
 
 
 def test_collator_pads_masks_and_labels(tmp_path):

@@ -456,6 +456,21 @@ def test_batch_prediction_writes_submission_lines_and_resumes_after_a_kill(batch
         assert path.read_text() == text, name
 
 
+def test_long_rows_warn_when_their_annotated_duration_is_not_the_files(batch_workspace):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from peft_vtg.batch_predict import ground_rows_by_video
+
+    root = batch_workspace
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(root / "base"), root / "adapter")
+    rows = [{"qid": "q", "vid": "long", "query": "the red light", "duration": 8.0}]
+    with pytest.warns(UserWarning, match=r"'long' \(annotated 8.00 s, file 64.\d+ s\)"):
+        items = ground_rows_by_video(model, tiny_tokenizer(), rows, {"long": str(root / "videos" / "long.mp4")},
+                                     image_size=32, disable_tqdm=True)
+    assert [qid for qid, _, _ in items] == ["q"]
+
+
 def test_evaluate_grounds_long_videos_window_by_window(batch_workspace, tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModel

@@ -515,9 +515,14 @@ def check_video_ids(source: Any, rows: Any) -> None:
     missing = source.missing(rows["vid"])
     if missing:
         where = getattr(source, "root", "the video source")
+        hint = ""
+        try:  # the source's own word on the first one (e.g. "there is v1.pt, but pickled files are never loaded")
+            getattr(source, "path", lambda vid: None)(missing[0])
+        except (OSError, ValueError) as err:
+            hint = f" For {missing[0]!r}: {err}" if "never loaded" in str(err) else ""
         raise FileNotFoundError(f"{len(missing)} annotated video(s) have no file in {where}: "
                                 f"{missing[:10]}{' ...' if len(missing) > 10 else ''}. Check --features-dir / "
-                                "--video-dir (and --video-suffix) against the annotation file.")
+                                f"--video-dir (and --video-suffix) against the annotation file.{hint}")
 
 
 def check_output_file(path: Optional[str], flag: str) -> None:

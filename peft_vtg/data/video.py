@@ -41,6 +41,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # durations (the Charades csv, ActivityNet's YouTube lengths) and container durations routinely differ by a frame or
 # two and by container rounding, which is harmless; beyond max(1 s, 10 %) it is more likely the wrong file or another
 # cut of the video, and windows given in seconds of the annotated duration would land on the wrong frames.
+# Frames converted to float and resized together by `preprocess_frames` (bounds its working memory).
+PREPROCESS_CHUNK_FRAMES = 64
 DURATION_TOLERANCE_SECONDS = 1.0
 DURATION_TOLERANCE_FRACTION = 0.1
 
@@ -163,6 +165,13 @@ def check_feature_array(array: Any, where: str, dim: Optional[int] = None) -> No
             "model.encode_video on the same base model."
         )
     finite = torch.isfinite(array) if isinstance(array, torch.Tensor) else np.isfinite(np.asarray(array))
+    if bool(finite.all()):
+        # Finite in float64, but the model computes in float32 (or less): 1e300 would become Inf there.
+        values = array.abs() if isinstance(array, torch.Tensor) else np.abs(np.asarray(array))
+        largest = float(values.max())
+        if largest > torch.finfo(torch.float32).max:
+            raise _FeatureFileError(f"{where}: features reach {largest:.3g}, beyond float32's range (3.4e38); they "
+                                    "would become Inf in the model. Re-extract or rescale the features of this video.")
     if not bool(finite.all()):
         rows = np.flatnonzero(~np.asarray(finite).all(axis=1))
         raise _FeatureFileError(
@@ -176,6 +185,8 @@ def _single_key(keys: Sequence[str], key: Optional[str], path: PathLike) -> str:
         if key not in keys:
             raise KeyError(f"{path} has no array {key!r}; it has {list(keys)}. Pass the right key (--features-key).")
         return key
+    if not keys:
+        raise _FeatureFileError(f"{path} holds no array; re-extract the features of this video.")
     if len(keys) != 1:
         raise _FeatureFileError(f"{path} holds several arrays {list(keys)}; pass key= (--features-key) to "
                                 "choose one.")
@@ -446,45 +457,73 @@ class _VideoFile:
                           "file PyAV/FFmpeg can read.")
 
     def frames(self) -> Iterator[tuple[float, Any]]:
-        """(time in seconds, `av.VideoFrame`) of every decoded frame, in order; one frame in memory at a time."""
+        """(time in seconds from the video stream's start, `av.VideoFrame`) of every decoded frame, in order; one
+        frame in memory at a time. Times count from the stream's start time, not from the container's clock: a clip
+        cut from a broadcast (.ts starts near 1.4 s) or a file whose first frame is stamped at 10 s starts at 0 here,
+        as players and annotations count it."""
         container = self._open()
         try:
-            for frame in container.decode(container.streams.video[0]):
+            stream = container.streams.video[0]
+            start = _stream_start(stream)
+            for frame in container.decode(stream):
                 if frame.time is not None:
-                    yield float(frame.time), frame
+                    start = float(frame.time) if start is None else start
+                    yield float(frame.time) - start, frame
         except self.av.error.FFmpegError as err:  # damaged or truncated data part-way through
             raise self._damaged(err) from err
         finally:
             container.close()
 
     def duration(self) -> float:
-        """Seconds, from the container's header; a file without one is scanned once for its last frame's time (plus
-        one frame period), keeping only timestamps."""
+        """Seconds the video stream lasts from its start. From the stream's own header duration where the container
+        has one (mp4, mov, avi); otherwise (mkv, webm, ts: only a container duration, which counts the longest stream,
+        audio included, and the start offset) from the video packets' timestamps, read without decoding."""
         container = self._open()
         try:
             stream = container.streams.video[0]
+            seconds = 0.0
             if stream.duration is not None and stream.time_base is not None:
                 seconds = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                seconds = container.duration / 1_000_000  # AV_TIME_BASE
-            else:
-                seconds = 0.0
+            if not (is_finite_number(seconds) and seconds > 0):
+                seconds = self._packet_extent(container, stream)
+        except self.av.error.FFmpegError as err:
+            raise self._damaged(err) from err
         finally:
             container.close()
-        if is_finite_number(seconds) and seconds > 0:
-            return seconds
-        first = last = None
-        count = 0
-        for time, _ in self.frames():
-            first = time if first is None else first
-            last, count = time, count + 1
-        if count == 0:
-            raise ValueError(f"Video file {self.name} has no decodable video frames; it is damaged or truncated.")
-        seconds = last + (last - first) / max(count - 1, 1)
         if not (is_finite_number(seconds) and seconds > 0):
             raise ValueError(f"Video file {self.name} has a single frame and no duration; it cannot be placed on a "
                              "timeline.")
         return seconds
+
+    def _packet_extent(self, container: Any, stream: Any) -> float:
+        """The video stream's extent from its packets' timestamps (start to the end of the last packet)."""
+        if stream.time_base is None:
+            return 0.0
+        first = last = None
+        periods: list[int] = []
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            first = packet.pts if first is None else min(first, packet.pts)
+            end = packet.pts + (packet.duration or 0)
+            last = end if last is None else max(last, end)
+            if packet.duration:
+                periods.append(packet.duration)
+        if first is None:
+            raise ValueError(f"Video file {self.name} has no video packets with timestamps; it is damaged, truncated, "
+                             "or a raw elementary stream (e.g. .h264) without a container: remux it into .mp4/.mkv "
+                             "(ffmpeg -i in.h264 -c copy out.mp4).")
+        start = stream.start_time if stream.start_time is not None else first
+        if last == first and not periods:  # one frame without a duration: nothing to measure
+            return 0.0
+        return float((last - min(start, first)) * stream.time_base)
+
+
+def _stream_start(stream: Any) -> Optional[float]:
+    """The video stream's start time in seconds, or None when the container does not say (then the first frame's)."""
+    if stream.start_time is None or stream.time_base is None:
+        return None
+    return float(stream.start_time * stream.time_base)
 
 
 def video_duration(path: PathLike) -> float:
@@ -493,17 +532,20 @@ def video_duration(path: PathLike) -> float:
 
 
 def iter_video_frames(path: PathLike, times: Sequence[float]) -> Iterator[torch.Tensor]:
-    """The frames of a video file showing each of `times` (seconds, ascending): for each time the last frame that
-    starts at or before it (the first frame for times before it), uint8 (3, height, width) RGB, yielded in order.
+    """The frames of a video file showing each of `times` (seconds from the video's start, ascending): for each time
+    the last frame that starts at or before it (the first frame for times before it), uint8 (3, height, width) RGB,
+    yielded in order.
 
     Decoding streams through the file once: memory holds the current and the previous decoded frame, whatever the
-    video's length, so an hour-long video can be sampled at any rate.
+    video's length, so an hour-long video can be sampled at any rate. A time well past the last frame that decodes
+    (more than max(1 s, 10 %, two frame periods)) means the file ends early, truncated or damaged while its header
+    promises more: an error naming the file, not the last frame repeated over the rest.
     """
     video = _VideoFile(path)
     targets = [float(t) for t in times]
     if any(b < a for a, b in zip(targets, targets[1:])):
         raise ValueError("times must be in ascending order.")
-    index, previous = 0, None
+    index, previous, first_time, last_time, count = 0, None, None, 0.0, 0
     for time, frame in video.frames():
         while index < len(targets) and targets[index] < time:
             # The target lies before this frame: the previous frame shows it (or this one, before the first frame).
@@ -511,9 +553,17 @@ def iter_video_frames(path: PathLike, times: Sequence[float]) -> Iterator[torch.
             index += 1
         if index == len(targets):
             return
-        previous = frame
+        previous, last_time, count = frame, time, count + 1
+        first_time = time if first_time is None else first_time
     if previous is None:
         raise ValueError(f"Video file {video.name} has no decodable video frames; it is damaged or truncated.")
+    period = (last_time - first_time) / (count - 1) if count > 1 else 0.0
+    if targets[-1] - last_time > max(DURATION_TOLERANCE_SECONDS, DURATION_TOLERANCE_FRACTION * targets[-1],
+                                     2 * period):
+        raise ValueError(f"Video file {video.name}: its frames end at {last_time:.2f} s, but frames up to "
+                         f"{targets[-1]:.2f} s were asked for from its duration ({video.duration():.2f} s in its "
+                         "header); the file is truncated or damaged. Download or copy it again (or re-encode the part "
+                         "that decodes).")
     while index < len(targets):  # targets at or after the last frame's start
         yield _rgb(previous)
         index += 1
@@ -563,16 +613,21 @@ def preprocess_frames(
     if processor is not None:
         return processor(images=list(frames), return_tensors="pt")["pixel_values"]
     image_size = check_image_size(image_size)
-    x = frames.float() / 255.0
-    height, width = x.shape[-2:]
+    height, width = frames.shape[-2:]
     scale = image_size / min(height, width)
     size = (max(image_size, round(height * scale)), max(image_size, round(width * scale)))
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-    x = x[:, :, top : top + image_size, left : left + image_size]
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
     std_t = torch.tensor(std).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    out = torch.empty(frames.shape[0], 3, image_size, image_size)  # (frames, 3, S, S)
+    # A chunk of frames at a time: float32 at the source resolution is 4x the uint8 frames, for a long video at a
+    # high rate gigabytes, while the resized result is small.
+    for begin in range(0, frames.shape[0], PREPROCESS_CHUNK_FRAMES):
+        x = frames[begin : begin + PREPROCESS_CHUNK_FRAMES].float() / 255.0
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = x[:, :, top : top + image_size, left : left + image_size]
+        out[begin : begin + x.shape[0]] = (x - mean_t) / std_t
+    return out
 
 
 class VideoFiles:
