@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .data.annotations import PathLike, iter_json_lines, load_annotations
 from .data.video import check_video_id, duration_mismatch, video_duration, warn_duration_mismatches
 from .files import fsync_path, write_json_atomic, write_text_atomic
+from .locks import RunLock
 from .inference import default_num_frames, ground_queries, long_video_window_seconds
 from .submission import submission_lines
 
@@ -102,9 +103,11 @@ def written_qids(output: PathLike, rows: Optional[Sequence[Mapping[str, Any]]] =
         text = handle.read()
     queries = {str(row["qid"]): row["query"] for row in rows or []}
     complete = text[: text.rfind("\n") + 1]  # up to the last newline: a cut-off tail is dropped
-    qids = set()
+    qids: set[str] = set()
+    kept_lines, repeated = [], []
     for number, line in enumerate(complete.splitlines(), start=1):
         if not line.strip():
+            kept_lines.append(line)
             continue
         try:
             entry = json.loads(line)
@@ -121,7 +124,16 @@ def written_qids(output: PathLike, rows: Optional[Sequence[Mapping[str, Any]]] =
                 why = "a qid the queries do not hold" if query is None else "another query text for this qid"
                 raise ValueError(f"{name}, line {number} holds a prediction for {why} ({qid!r}): the file is the "
                                  "output of another run, not an interrupted run of this one; give another --output.")
+        if qid in qids:  # two runs wrote the file at once (before runs were locked): keep the first line
+            repeated.append(qid)
+            continue
         qids.add(qid)
+        kept_lines.append(line)
+    if repeated:
+        print(f"note: {name} held {len(repeated)} repeated prediction line(s) (qids {repeated[:5]}"
+              f"{' ...' if len(repeated) > 5 else ''}), written by two runs at once; the first of each is kept.",
+              file=sys.stderr)
+        complete = "".join(line + "\n" for line in kept_lines)
     if complete != text:
         write_text_atomic(name, complete)
     return qids
@@ -241,10 +253,35 @@ def predict_to_file(
     """
     output = os.fspath(output)
     record = run_record(model, ground_kwargs)
-    has_predictions = os.path.exists(output) and os.path.getsize(output) > 0
-    _check_run_record(output, record, has_predictions)
-    done = written_qids(output, rows)
-    write_json_atomic(output + RUN_RECORD_SUFFIX, record)  # before the first line: no line without its record
+    # One run per output file: two would each append the queries they found missing, and the file would hold both.
+    lock = RunLock(os.path.dirname(os.path.abspath(output)), name=f".{os.path.basename(output)}.lock",
+                   what="predict run", target=output, flag="--output").acquire()
+    try:
+        _remove_own_temporaries(output)
+        has_predictions = os.path.exists(output) and os.path.getsize(output) > 0
+        _check_run_record(output, record, has_predictions)
+        done = written_qids(output, rows)
+        write_json_atomic(output + RUN_RECORD_SUFFIX, record)  # before the first line: no line without its record
+        return _append_predictions(model, tokenizer, rows, paths, output, done, disable_tqdm, ground_kwargs)
+    finally:
+        lock.release()
+
+
+def _remove_own_temporaries(output: str) -> None:
+    """Leftovers of a killed run's atomic writes of `output` or its run record (`<name>.tmp-<pid>`); the directory
+    may hold other files, so only these names are removed."""
+    directory = os.path.dirname(os.path.abspath(output))
+    base = os.path.basename(output)
+    for name in os.listdir(directory):
+        for own in (base, base + RUN_RECORD_SUFFIX):
+            if name.startswith(own + ".tmp-") and name[len(own) + 5:].isdigit():
+                os.remove(os.path.join(directory, name))
+
+
+def _append_predictions(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], paths: Mapping[str, str],
+                        output: str, done: set[str], disable_tqdm: bool,
+                        ground_kwargs: Mapping[str, Any]) -> dict[str, int]:
+    """`predict_to_file`'s work once the output is locked and checked: the rows not `done`, video by video."""
     by_video: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         if row["qid"] not in done:

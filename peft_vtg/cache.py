@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from .data.video import check_positive_int, check_video_id
 from .files import remove_interrupted_writes, write_file_atomic, write_json_atomic
+from .locks import RunLock
 from .injection import (
     bind_architecture,
     num_video_layers,
@@ -62,6 +63,7 @@ MANIFEST_INTERVAL_SECONDS = 30.0
 CACHE_FORMAT = "peft_vtg.frozen_prefix_cache"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".peft-vtg-cache.lock"
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".safetensors"
 SHARD_METADATA_KEY = "peft_vtg_cache"
@@ -379,7 +381,28 @@ def build_cache(
     settings = {"base_model": base_model_name, **settings, "batch_size": batch_size}
     settings_hash = _settings_sha256(settings)
     accelerator = accelerator if accelerator is not None else Accelerator()
-    _main_first(accelerator, lambda: _prepare_directory(output_dir, settings))
+    # One build per directory (the main process holds the lock for all of them): a second would remove the first's
+    # half-written shards as leftovers of a kill.
+    lock = RunLock(output_dir, name=LOCK_NAME, what="cache build", flag="--output-dir")
+
+    def prepare() -> None:
+        os.makedirs(output_dir, exist_ok=True)
+        lock.acquire()
+        _prepare_directory(output_dir, settings)
+
+    try:
+        _main_first(accelerator, prepare)
+        return _build_locked(model, bound, ids, videos, layer, output_dir, settings, settings_hash, feature_layers,
+                             dtype, batch_size, durations, num_workers, disable_tqdm, accelerator)
+    finally:
+        lock.release()
+
+
+def _build_locked(model: nn.Module, bound: BoundSpec, ids: list[str], videos: Any, layer: int, output_dir: str,
+                  settings: dict[str, Any], settings_hash: str, feature_layers: int, dtype: str, batch_size: int,
+                  durations: Optional[Mapping[str, float]], num_workers: int, disable_tqdm: bool,
+                  accelerator: Any) -> dict[str, Any]:
+    """`build_cache` once the directory is prepared and locked: encode the videos not yet cached, shard by shard."""
     accelerator.wait_for_everyone()
     done = dict(read_manifest(output_dir)["videos"])  # what _prepare_directory found in the finished shards
 

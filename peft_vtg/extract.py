@@ -36,6 +36,7 @@ from .cache import (
 )
 from .data.video import check_positive_int, check_video_id
 from .files import remove_interrupted_writes, write_file_atomic, write_json_atomic
+from .locks import RunLock
 from .injection import bind_architecture, num_video_layers, run_video_tower_from, video_tower_outputs
 
 EXTRACT_FORMAT = "peft_vtg.features"
@@ -45,7 +46,9 @@ DTYPES = {"fp32": np.float32, "fp16": np.float16}
 SETTING_KEYS = ("architecture", "model_class", "weights_sha256", "num_frames", "fps", "preprocessing", "dtype",
                 "file_format", "feature_size")
 MANIFEST_NAME = "manifest.json"
-MANIFEST_INTERVAL_SECONDS = 30.0
+# How often the manifest (the record of what is done) is rewritten while extracting; a kill loses at most this much.
+MANIFEST_INTERVAL_SECONDS = 5.0
+LOCK_NAME = ".peft-vtg-extract.lock"
 
 
 def frame_features(model: nn.Module, pixel_values: torch.Tensor, frames_per_forward: int = 256) -> torch.Tensor:
@@ -139,56 +142,69 @@ def extract_features(
     settings = {key: value for key, value in settings.items() if key not in ("layer", "num_layers", "hidden_size",
                                                                             "feature_layers")}
     os.makedirs(output_dir, exist_ok=True)
-    manifest_path = os.path.join(output_dir, MANIFEST_NAME)
-    done: dict[str, Any] = {}
-    if os.path.exists(manifest_path):
-        try:
-            with open(manifest_path, encoding="utf-8") as handle:
-                recorded = json.load(handle)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{manifest_path} is not readable JSON ({err}); it is damaged: use another --output-dir, "
-                             "or delete the directory.") from None
-        if not isinstance(recorded, dict) or recorded.get("format") != EXTRACT_FORMAT or \
-                not isinstance(recorded.get("videos", {}), dict):
-            raise ValueError(f"{output_dir} holds a {MANIFEST_NAME} that is not a peft_vtg feature manifest; use "
-                             "another --output-dir.")
-        differences = _differences(recorded, _json_safe(settings), SETTING_KEYS, recorded_as="features")
-        # A run that wrote no video (it failed on the first one: a wrong --image-size, say) has nothing to keep
-        # consistent with, so a corrected rerun takes the directory over.
-        if differences and recorded.get("videos"):
-            raise CacheMismatchError(f"{output_dir} holds features extracted with other settings "
-                                     f"({'; '.join(differences)}); use another --output-dir, or delete it.")
-        done = dict(recorded.get("videos", {}))
-    remove_interrupted_writes(output_dir)
-    suffix = FILE_FORMATS[file_format]
-    done = {vid: entry for vid, entry in done.items() if os.path.exists(os.path.join(output_dir, vid + suffix))}
-
-    def write_manifest(complete: bool) -> None:
-        write_json_atomic(manifest_path, {"format": EXTRACT_FORMAT, **_json_safe(settings),
-                                          "base_model": base_model_name, "peft_vtg_version": _peft_vtg_version(),
-                                          "complete": complete, "videos": {v: done[v] for v in sorted(done)}},
-                          indent=1)
-
-    was_training = model.training
-    model.eval()
-    todo = [vid for vid in ids if vid not in done]
-    written = time.monotonic()
+    # One run per directory: a second would remove the first's half-written files as leftovers of a kill.
+    lock = RunLock(output_dir, name=LOCK_NAME, what="extract run", flag="--output-dir").acquire()
     try:
-        for vid in tqdm(todo, unit="video", desc="extracting features", disable=disable_tqdm):
-            pixels = torch.as_tensor(videos(vid))  # (frames, 3, H, W)
-            features = frame_features(model, pixels, frames_per_forward).numpy().astype(DTYPES[dtype])
-            if not np.isfinite(features).all():
-                raise ValueError(f"Video {vid!r}: its features are not finite in {dtype}"
-                                 + (" (use --dtype fp32)." if dtype == "fp16" else "."))
-            _write_features(os.path.join(output_dir, vid + suffix), features, file_format)
-            duration = getattr(videos, "decoded_durations", {}).get(vid)
-            done[vid] = {"frames": int(features.shape[0]),
-                         "duration": None if duration is None else float(duration)}
-            if time.monotonic() - written >= MANIFEST_INTERVAL_SECONDS:
-                write_manifest(complete=False)
-                written = time.monotonic()
+        manifest_path = os.path.join(output_dir, MANIFEST_NAME)
+        done: dict[str, Any] = {}
+        if os.path.exists(manifest_path):
+            try:
+                with open(manifest_path, encoding="utf-8") as handle:
+                    recorded = json.load(handle)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"{manifest_path} is not readable JSON ({err}); it is damaged: use another "
+                                 "--output-dir, or delete the directory.") from None
+            if not isinstance(recorded, dict) or recorded.get("format") != EXTRACT_FORMAT or \
+                    not isinstance(recorded.get("videos", {}), dict):
+                raise ValueError(f"{output_dir} holds a {MANIFEST_NAME} that is not a peft_vtg feature manifest; use "
+                                 "another --output-dir.")
+            differences = _differences(recorded, _json_safe(settings), SETTING_KEYS, recorded_as="features")
+            # A run that wrote no video (it failed on the first one: a wrong --image-size, say) has nothing to keep
+            # consistent with, so a corrected rerun takes the directory over.
+            if differences and recorded.get("videos"):
+                raise CacheMismatchError(f"{output_dir} holds features extracted with other settings "
+                                         f"({'; '.join(differences)}); use another --output-dir, or delete it.")
+            if differences:
+                # Taken over: feature files the killed run wrote before listing them are of the old settings (another
+                # format or frame count), and `--features-dir` would read them in place of this run's.
+                feature_suffixes = tuple(set(FILE_FORMATS.values()))
+                for name in os.listdir(output_dir):
+                    if name.endswith(feature_suffixes) and os.path.isfile(os.path.join(output_dir, name)):
+                        os.remove(os.path.join(output_dir, name))
+            done = dict(recorded.get("videos", {})) if not differences else {}
+        remove_interrupted_writes(output_dir)
+        suffix = FILE_FORMATS[file_format]
+        done = {vid: entry for vid, entry in done.items() if os.path.exists(os.path.join(output_dir, vid + suffix))}
+
+        def write_manifest(complete: bool) -> None:
+            write_json_atomic(manifest_path, {"format": EXTRACT_FORMAT, **_json_safe(settings),
+                                              "base_model": base_model_name, "peft_vtg_version": _peft_vtg_version(),
+                                              "complete": complete, "videos": {v: done[v] for v in sorted(done)}},
+                              indent=1)
+
+        was_training = model.training
+        model.eval()
+        todo = [vid for vid in ids if vid not in done]
+        write_manifest(complete=not todo)  # first: a rerun after a kill, whenever it lands, knows these settings
+        written = time.monotonic()
+        try:
+            for vid in tqdm(todo, unit="video", desc="extracting features", disable=disable_tqdm):
+                pixels = torch.as_tensor(videos(vid))  # (frames, 3, H, W)
+                features = frame_features(model, pixels, frames_per_forward).numpy().astype(DTYPES[dtype])
+                if not np.isfinite(features).all():
+                    raise ValueError(f"Video {vid!r}: its features are not finite in {dtype}"
+                                     + (" (use --dtype fp32)." if dtype == "fp16" else "."))
+                _write_features(os.path.join(output_dir, vid + suffix), features, file_format)
+                duration = getattr(videos, "decoded_durations", {}).get(vid)
+                done[vid] = {"frames": int(features.shape[0]),
+                             "duration": None if duration is None else float(duration)}
+                if time.monotonic() - written >= MANIFEST_INTERVAL_SECONDS:
+                    write_manifest(complete=False)
+                    written = time.monotonic()
+        finally:
+            model.train(was_training)
+            write_manifest(complete=all(vid in done for vid in ids))
     finally:
-        model.train(was_training)
-        write_manifest(complete=all(vid in done for vid in ids))
+        lock.release()
     with open(manifest_path, encoding="utf-8") as handle:
         return json.load(handle)

@@ -70,6 +70,8 @@ def write_file_atomic(path: str, write: Callable[[str], None]) -> None:
 # safetensors' `save_file` (checked with 0.8: its Rust side, through the `tempfile` crate) writes its target through
 # a file named ".tmp" and six random letters or digits in the target's directory, then renames it; a kill between
 # the two leaves that file behind, beside our own `<name>.tmp-<pid>`.
+# `write_file_atomic`'s temporaries end in ".tmp-<pid>"; a video id may contain ".tmp-" itself (take.tmp-2.npy).
+_OWN_TEMPORARY = re.compile(r".+\.tmp-\d+")
 _SAFETENSORS_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 
@@ -77,7 +79,7 @@ def is_interrupted_write(name: str) -> bool:
     """Whether `name`, a file name in a directory this package writes, is what a killed write leaves behind: a
     temporary of `write_file_atomic` (`<name>.tmp-<pid>`) or one that safetensors' `save_file` makes beside its
     target (`.tmp` and six random characters)."""
-    return ".tmp-" in name or _SAFETENSORS_TEMPORARY.fullmatch(name) is not None
+    return _OWN_TEMPORARY.fullmatch(name) is not None or _SAFETENSORS_TEMPORARY.fullmatch(name) is not None
 
 
 def remove_interrupted_writes(directory: str) -> list[str]:

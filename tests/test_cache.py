@@ -357,9 +357,9 @@ def test_leftovers_of_killed_writes_are_told_from_the_files_around_them(tmp_path
 
     leftovers = ["shard-0123456789abcdef.safetensors.tmp-99999", "manifest.json.tmp-7", ".tmpQ3xZ9a", ".tmp000000"]
     kept = ["manifest.json", "shard-0123456789abcdef.safetensors", "v0.npy", "tmpQ3xZ9a",  # Python's tempfile names
-            ".tmpQ3xZ9", ".tmpQ3xZ9ab", ".tmp-dir-not-a-file"]
+            ".tmpQ3xZ9", ".tmpQ3xZ9ab", "take.tmp-2.npy", ".tmp-dir-not-a-file"]
     assert [is_interrupted_write(n) for n in leftovers] == [True] * 4
-    assert [is_interrupted_write(n) for n in kept[:-1]] == [False] * 6
+    assert [is_interrupted_write(n) for n in kept[:-1]] == [False] * 7  # take.tmp-2.npy: a video id with ".tmp-"
     for name in leftovers + kept[:-1]:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / kept[-1]).mkdir()  # only files are removed

@@ -9,6 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "peft_vtg"
 ALLOWED = {
     "timeline": set(),
     "files": set(),
+    "locks": set(),
     "injection": {"timeline", "vtg_prompt"},  # vtg_prompt only for the config type, under TYPE_CHECKING
     "heads": {"timeline"},
     # Moment-DETR's metrics, standalone like the evaluator they reproduce but for the lowest layer's input checks
@@ -17,12 +18,12 @@ ALLOWED = {
     "data": {"timeline"},
     "vtg_prompt": {"timeline", "injection", "heads"},
     "inference": {"timeline", "heads", "data", "vtg_prompt"},
-    "training": {"timeline", "files", "heads", "data", "metrics", "moment_detr_eval", "vtg_prompt"},
+    "training": {"timeline", "files", "locks", "heads", "data", "metrics", "moment_detr_eval", "vtg_prompt"},
     "submission": {"data", "metrics", "moment_detr_eval"},
-    "batch_predict": {"data", "files", "inference", "submission"},
-    "extract": {"cache", "data", "files", "injection"},
+    "batch_predict": {"data", "files", "locks", "inference", "submission"},
+    "extract": {"cache", "data", "files", "locks", "injection"},
     "hub": {"files", "metrics"},
-    "cache": {"timeline", "files", "injection", "data"},
+    "cache": {"timeline", "files", "locks", "injection", "data"},
     "baselines": {"timeline", "heads"},
     "synth": {"timeline", "heads", "data"},
     "demo": {"data", "synth", "training", "vtg_prompt", "metrics"},

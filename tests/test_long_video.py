@@ -757,3 +757,58 @@ def test_training_on_windows_evaluates_whole_videos_and_records_the_window(tmp_p
     assert [d.item() for batch in seen for d in batch["duration"]] == [row["duration"] for row in data]
     saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert (saved["trained_window_frames"], saved["trained_window_seconds"]) == (4, 10.0)
+
+
+def test_one_run_per_output_and_what_a_killed_run_leaves_is_cleaned(batch_workspace, tmp_path, capsys):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from peft_vtg.cli import main
+
+    root = batch_workspace
+    output = tmp_path / "preds.jsonl"
+    predict = ["predict", "--adapter", str(root / "adapter"), "--videos", str(root / "videos"), "--queries",
+               str(root / "queries.jsonl"), "--image-size", "32", "--disable-tqdm", "--output", str(output)]
+    extract = ["extract", "--base-model", str(root / "base"), "--video-dir", str(root / "videos"), "--image-size",
+               "32", "--disable-tqdm", "--num-frames", "4", "--output-dir", str(tmp_path / "feats")]
+    cache = ["cache", "--base-model", str(root / "base"), "--annotations", str(root / "ann.jsonl"), "--video-dir",
+             str(root / "videos"), "--num-frames", "4", "--image-size", "32", "--layer", "1", "--disable-tqdm",
+             "--output-dir", str(tmp_path / "cache")]
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    lock = json.dumps({"pid": owner.pid, "hostname": socket.gethostname(), "started": "2026-01-01T00:00:00"})
+    try:  # a live run holds each output: a second is refused at once, naming it, and writes nothing
+        (tmp_path / ".preds.jsonl.lock").write_text(lock)
+        for directory, name in (("feats", ".peft-vtg-extract.lock"), ("cache", ".peft-vtg-cache.lock")):
+            (tmp_path / directory).mkdir()
+            (tmp_path / directory / name).write_text(lock)
+        for argv, what in ((predict, "predict run"), (extract, "extract run"), (cache, "cache build")):
+            assert main(argv) == 2, what
+            err = capsys.readouterr().err
+            assert f"is in use by another {what} (pid {owner.pid}" in err and "Traceback" not in err, err
+        assert not output.exists() and sorted(os.listdir(tmp_path / "feats")) == [".peft-vtg-extract.lock"]
+    finally:
+        owner.kill()
+        owner.wait()
+    # The owner is gone: its locks are stale, taken over, and released at the end.
+    assert main(predict) == 0 and main(extract) == 0 and main(cache) == 0
+    capsys.readouterr()
+    assert not (tmp_path / ".preds.jsonl.lock").exists() and not (tmp_path / "feats" / ".peft-vtg-extract.lock").exists()
+    whole = output.read_text()
+    # What a file written by two runs at once (before this lock) and a killed atomic write leave: repaired on rerun.
+    lines = whole.splitlines()
+    output.write_text("\n".join(lines[:3] + lines[1:3] + lines[3:]) + "\n")
+    (tmp_path / "preds.jsonl.tmp-4242").write_text(whole)
+    (tmp_path / "preds.jsonl.run.json.tmp-77").write_text("{")
+    (tmp_path / "other.jsonl.tmp-5").write_text("not ours")
+    assert main(predict) == 0
+    assert "held 2 repeated prediction line(s)" in capsys.readouterr().err
+    assert output.read_text() == whole
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == ["other.jsonl.tmp-5"]
+    # extract: a run killed before listing its files, rerun with another format, leaves none of the old files behind
+    manifest = json.loads((tmp_path / "feats" / "manifest.json").read_text())
+    (tmp_path / "feats" / "manifest.json").write_text(json.dumps({**manifest, "videos": {}, "complete": False}))
+    assert main([*extract, "--format", "safetensors"]) == 0
+    capsys.readouterr()
+    assert not [p for p in (tmp_path / "feats").iterdir() if p.suffix == ".npy"]

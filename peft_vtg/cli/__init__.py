@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from ..locks import OutputDirInUseError
 from . import cache, demo, evaluate, extract, predict, push, score, train
 from .common import load_config_file
 from .score import read_predictions
@@ -52,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.file_settings = load_config_file(getattr(args, "config", None))
         return args.run(args)
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, OutputDirInUseError) as err:
         # Bad input (files, flags, settings): one line on stderr, no traceback. OSError covers unreadable paths
         # (a directory given as a file, permissions) and the Hub client's network errors.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
