@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .data.annotations import PathLike, iter_json_lines, load_annotations
 from .data.video import check_video_id, duration_mismatch, video_duration, warn_duration_mismatches
-from .files import fsync_path, write_json_atomic, write_text_atomic
+from .files import fsync_path, read_json, write_json_atomic, write_text_atomic
 from .locks import RunLock
 from .inference import default_num_frames, ground_queries, long_video_window_seconds
 from .submission import submission_lines
@@ -207,12 +207,8 @@ def _check_run_record(output: str, record: Mapping[str, Any], has_predictions: b
                   "this resume cannot check that its adapter and settings are those of the lines already there.",
                   file=sys.stderr)
         return
-    try:
-        with open(path, encoding="utf-8") as handle:
-            recorded = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not readable JSON ({err}); it records how {output} was made. Give another "
-                         "--output, or delete both files to start again.") from None
+    recorded = read_json(path, f"it records how {output} was made. Give another --output, or delete both files to "
+                               "start again.")
     if not isinstance(recorded, Mapping) or recorded.get("format") != RUN_RECORD_FORMAT:
         raise ValueError(f"{path} is not a peft_vtg predictions run record; give another --output.")
     differences = []

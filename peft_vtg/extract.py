@@ -35,7 +35,7 @@ from .cache import (
     sampling_settings,
 )
 from .data.video import check_positive_int, check_video_id
-from .files import remove_interrupted_writes, write_file_atomic, write_json_atomic
+from .files import read_json, remove_interrupted_writes, write_file_atomic, write_json_atomic
 from .locks import RunLock
 from .injection import bind_architecture, num_video_layers, run_video_tower_from, video_tower_outputs
 
@@ -148,12 +148,7 @@ def extract_features(
         manifest_path = os.path.join(output_dir, MANIFEST_NAME)
         done: dict[str, Any] = {}
         if os.path.exists(manifest_path):
-            try:
-                with open(manifest_path, encoding="utf-8") as handle:
-                    recorded = json.load(handle)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise ValueError(f"{manifest_path} is not readable JSON ({err}); it is damaged: use another "
-                                 "--output-dir, or delete the directory.") from None
+            recorded = read_json(manifest_path, "it is damaged: use another --output-dir, or delete the directory.")
             if not isinstance(recorded, dict) or recorded.get("format") != EXTRACT_FORMAT or \
                     not isinstance(recorded.get("videos", {}), dict):
                 raise ValueError(f"{output_dir} holds a {MANIFEST_NAME} that is not a peft_vtg feature manifest; use "

@@ -94,6 +94,16 @@ def remove_interrupted_writes(directory: str) -> list[str]:
     return removed
 
 
+def read_json(path: str, fix: str) -> Any:
+    """The JSON value in `path`; a file that is not readable JSON is a `ValueError` naming it, then `fix` (what the
+    user should do)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not readable JSON ({err}); {fix}") from None
+
+
 def write_json_atomic(path: str, data: Any, indent: Optional[int] = 2) -> None:
     """`write_text_atomic` of `data` as JSON; NaN and Inf raise (`allow_nan=False`) instead of writing bad JSON."""
     write_text_atomic(path, json.dumps(data, indent=indent, allow_nan=False))

@@ -32,37 +32,31 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (frames, pixels, tokens, a batch size)."""
+def _whole_number(text: str, low: int, high: Optional[int], expected: str, bound: str) -> int:
+    """`text` as a whole number in [low, high], or an argparse error: "expected {expected}" when it is no whole
+    number, "must be {bound}" when it is out of range."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (frames, pixels, tokens, a batch size)."""
+    return _whole_number(text, 1, None, "a whole number >= 1", ">= 1")
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0 (a count of worker processes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _whole_number(text, 0, None, "a whole number >= 0", ">= 0")
 
 
 def seed(text: str) -> int:
     """argparse type: a random seed, a whole number in [0, 2**32 - 1] (what numpy's and torch's seeding accept)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number in [0, 2**32 - 1], got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be a whole number in [0, 2**32 - 1], got {value}")
-    return value
+    return _whole_number(text, 0, 2**32 - 1, "a whole number in [0, 2**32 - 1]", "a whole number in [0, 2**32 - 1]")
 
 
 def positive_float(text: str) -> float:
