@@ -523,3 +523,14 @@ def test_what_would_fail_only_after_training_steps_is_refused_before_the_run(tmp
                                           save_steps=None)
     with pytest.warns(UserWarning, match="saliency head .* but no training row has highlight labels"):
         train(model, rows, collate, args)
+
+
+def test_a_new_run_is_refused_among_an_earlier_runs_checkpoints(crashed):
+    # Rotation keeps the highest step numbers: a new run's own early checkpoints would be deleted as it saved them,
+    # and `latest` would then find the earlier run's.
+    before = sorted(os.listdir(crashed / "checkpoints"))
+    model, rows, collate, args = make_run(crashed, learning_rate=1e-2)
+    with pytest.raises(ValueError, match=r"checkpoints holds checkpoints of an earlier run \(step-2, step-4\).*"
+                                         r"--resume-from-checkpoint latest"):
+        train(model, rows, collate, args, run_info={})
+    assert sorted(os.listdir(crashed / "checkpoints")) == before and not (crashed / "run.json").exists()

@@ -158,8 +158,7 @@ def compare_fingerprints(checkpoint: str, old: Optional[Mapping[str, Any]], new:
                    f"that wrote it (checkpoint -> now): {describe(never)}.")
         if safe:
             message += f" Also changed (allowed with --allow-changed-settings): {describe(safe)}."
-        message += (" Resume with the original settings, or start a new run (a new output_dir, or without "
-                    "--resume-from-checkpoint).")
+        message += " Resume with the original settings, or start a new run in a new output_dir."
         raise SettingsChangedError(message, changes=changes, never=never)
     if not allow_changed_settings:
         raise SettingsChangedError(
@@ -280,6 +279,15 @@ def resolve_resume(args: VTGTrainingArguments) -> tuple[Optional[str], Optional[
     every newer one it skipped and why.
     """
     if args.resume_from_checkpoint is None:
+        earlier = list_checkpoints(args.output_dir)
+        if earlier:
+            # A new run among them would lose its own: rotation keeps the highest steps, the earlier run's.
+            names = ", ".join(os.path.basename(path) for path in earlier[-3:])
+            raise ValueError(
+                f"{os.path.join(args.output_dir, CHECKPOINT_DIR)} holds checkpoints of an earlier run ({names}); a new "
+                "run there would mix its checkpoints with them. Resume that run (--resume-from-checkpoint latest), "
+                "give another --output-dir, or delete that checkpoints directory to start over."
+            )
         return None, None, []
     if args.resume_from_checkpoint != "latest":
         directory = args.resume_from_checkpoint
