@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.annotations import PathLike, iter_json_lines, load_annotations
-from .data.video import check_video_id, duration_mismatch, video_duration, warn_duration_mismatches
+from .data.video import check_video_id, duration_mismatch, encoder_image_size, video_duration, warn_duration_mismatches
 from .files import fsync_path, read_json, write_json_atomic, write_text_atomic
 from .locks import RunLock
 from .inference import default_num_frames, ground_queries, long_video_window_seconds
@@ -168,8 +168,7 @@ def run_record(model: Any, ground_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     # --num-frames (the adapter's trained frames) is the same run as giving them.
     adapter_names = ground_kwargs.get("adapter_names")
     if ground_kwargs["image_size"] is None and ground_kwargs["processor"] is None:
-        bound = model.base_model.model.vtg_prompts.bound
-        ground_kwargs["image_size"] = bound.video.extra.get("image_size") if bound.video is not None else None
+        ground_kwargs["image_size"] = encoder_image_size(model.base_model.model.vtg_prompts.bound)
     if ground_kwargs["num_frames"] is None and ground_kwargs["fps"] is None:
         ground_kwargs["num_frames"] = default_num_frames(model, adapter_names)
     if ground_kwargs["window_seconds"] is None:

@@ -166,7 +166,7 @@ def extract_features(
                 for name in os.listdir(output_dir):
                     if name.endswith(feature_suffixes) and os.path.isfile(os.path.join(output_dir, name)):
                         os.remove(os.path.join(output_dir, name))
-            done = dict(recorded.get("videos", {})) if not differences else {}
+            done = dict(recorded.get("videos", {}))  # none when taken over (refused above otherwise)
         remove_interrupted_writes(output_dir)
         suffix = FILE_FORMATS[file_format]
         done = {vid: entry for vid, entry in done.items() if os.path.exists(os.path.join(output_dir, vid + suffix))}

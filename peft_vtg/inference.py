@@ -22,8 +22,8 @@ import torch
 
 from .data.collate import check_max_text_length, check_query_tokens, check_tokenizer, pad_videos
 from .data.video import (
-    check_feature_array,
     check_encoder_image_size,
+    check_feature_array,
     check_fps,
     check_image_size,
     check_num_frames,
@@ -31,6 +31,7 @@ from .data.video import (
     check_positive_seconds,
     decode_video,
     duration_mismatch,
+    encoder_image_size,
     iter_video_frames,
     preprocess_frames,
     sample_times,
@@ -86,7 +87,7 @@ def _split_videos(video: Union[VideoInput, Sequence[VideoInput]]) -> tuple[list[
 
 def _check_settings(
     num_frames: Any, fps: Any, image_size: Any, top_k: Any, nms_threshold: Any, max_span_seconds: Any,
-    max_text_length: Any,
+    max_text_length: Any, tokenizer: Any,
 ) -> None:
     if num_frames is not None:
         check_num_frames(num_frames)
@@ -99,7 +100,7 @@ def _check_settings(
     if max_span_seconds is not None:
         check_positive_seconds(max_span_seconds, "max_span_seconds")
     if max_text_length is not None:
-        check_positive_int(max_text_length, "max_text_length", "tokens")
+        check_max_text_length(tokenizer, max_text_length)
 
 
 def _check_tensor(item: Any, index: int, feature_size: Optional[int],
@@ -205,7 +206,7 @@ def ground(
     tuner = _tuner(model)
     layer, _ = tuner._feature_spec()
     check_tokenizer(tokenizer)
-    _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
+    _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length, tokenizer)
     if not isinstance(return_saliency, bool):
         raise ValueError(f"return_saliency must be True or False, got {return_saliency!r}.")
     ensemble = _ensemble_of(tuner, layer, adapter_names, ensemble_fusion)
@@ -250,7 +251,7 @@ def ground(
     durations = [None if d is None else check_positive_seconds(d, f"duration of video {i}")
                  for i, d in enumerate(durations)]
 
-    encoder_size = layer.bound.video.extra.get("image_size") if layer.bound.video is not None else None
+    encoder_size = encoder_image_size(layer.bound)
     if processor is None:  # an image processor resizes to its own size, which the encoder's config set
         check_encoder_image_size(image_size, encoder_size)
     image_size = image_size or encoder_size
@@ -388,7 +389,7 @@ def ground_queries(
     tuner = _tuner(model)
     layer, _ = tuner._feature_spec()
     check_tokenizer(tokenizer)
-    _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length)
+    _check_settings(num_frames, fps, image_size, top_k, nms_threshold, max_span_seconds, max_text_length, tokenizer)
     query_batch_size = check_positive_int(query_batch_size, "query_batch_size", "queries")
     if isinstance(queries, (str, bytes)):  # list("a sentence") would ground each character
         raise TypeError(f"queries must be a list of sentences, got one {type(queries).__name__}: {queries!r}; wrap it "
@@ -403,7 +404,7 @@ def ground_queries(
                               ensemble)
     if return_saliency:
         _check_saliency_heads(tuner, layer, clip_length, ensemble)
-    encoder_size = layer.bound.video.extra.get("image_size") if layer.bound.video is not None else None
+    encoder_size = encoder_image_size(layer.bound)
     if processor is None:  # an image processor resizes to its own size, which the encoder's config set
         check_encoder_image_size(image_size, encoder_size)
     image_size = image_size or encoder_size
@@ -660,8 +661,9 @@ def check_query_lengths(model: Any, tokenizer: Any, queries: Sequence[str], name
         room = int(text.max_positions) - prompts
     for start in range(0, len(queries), 1024):  # the tokenizer's batches: memory bounded for any file
         chunk = list(queries[start:start + 1024])
-        tokens = tokenizer(chunk, truncation=max_text_length is not None, max_length=max_text_length)
-        lengths = [len(ids) for ids in tokens["input_ids"]]
+        padded = tokenizer(chunk, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
+                           return_tensors="pt")
+        lengths = padded["attention_mask"].sum(dim=1).tolist()  # tokens of each query, padding excluded
         too_long = [(name, length) for name, length in zip(names[start:start + 1024], lengths)
                     if room is not None and length > room]
         if too_long:
@@ -671,14 +673,10 @@ def check_query_lengths(model: Any, tokenizer: Any, queries: Sequence[str], name
             raise ValueError(f"Queries longer than the text encoder takes (max_position_embeddings="
                              f"{text.max_positions}, of which {prompts} for the text prompts: {room} tokens per "
                              f"query): {listed}{more} tokens. Truncate them with {given}, or shorten them.")
-        padded = tokenizer(chunk, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
-                           return_tensors="pt")
         check_query_tokens(tokenizer, padded["input_ids"], padded["attention_mask"], names[start:start + 1024])
 
 
 def _query_batch(tokenizer: Any, queries: list[str], max_text_length: Optional[int]) -> dict[str, torch.Tensor]:
-    if max_text_length is not None:
-        check_max_text_length(tokenizer, max_text_length)
     text = tokenizer(queries, padding=True, truncation=max_text_length is not None, max_length=max_text_length,
                      return_tensors="pt")
     names = [f"query {k}" for k in range(len(queries))]

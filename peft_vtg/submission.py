@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .data.annotations import PathLike, iter_json_lines, shown
+from .data.annotations import PathLike, conflicting_keys, iter_json_lines, shown
 from .metrics import check_windows
 from .moment_detr_eval import check_saliency_scores
 
@@ -57,12 +57,11 @@ def read_submission(path: PathLike) -> Submission:
         if isinstance(qid, bool) or not isinstance(qid, (str, int)):
             raise ValueError(f"{where}: 'qid' must be a string or an integer, got {qid!r}.")
         qid = str(qid)
-        given = [name for name in WINDOW_KEYS if name in entry]
-        held = [name for name in given if entry[name] is not None]
-        if len(held) > 1 and entry[held[0]] != entry[held[1]]:
-            raise ValueError(f"{where} (qid {qid!r}): both '{held[0]}' and '{held[1]}' hold windows, and they "
+        conflict = conflicting_keys(entry, WINDOW_KEYS)
+        if conflict:
+            raise ValueError(f"{where} (qid {qid!r}): both '{conflict[0]}' and '{conflict[1]}' hold windows, and they "
                              "differ; give one of the two keys.")
-        key = given[0] if given else None
+        key = next((name for name in WINDOW_KEYS if name in entry), None)
         if key is None and "pred_saliency_scores" not in entry:
             raise ValueError(f"{where} (qid {qid!r}): needs 'pred_relevant_windows' (or 'pred_windows') and/or "
                              f"'pred_saliency_scores', got keys {shown(sorted(entry))}.")

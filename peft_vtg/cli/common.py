@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-from ..data.annotations import load_annotations
+from ..data.annotations import DuplicateKeyError, load_annotations, unique_keys
 
 # Filled in automatically when an adapter is created, or PEFT bookkeeping: not user settings.
 AUTO_CONFIG_FIELDS = {"num_virtual_tokens", "base_architecture", "video_hidden_size", "text_hidden_size",
@@ -483,9 +483,9 @@ def check_queries_fit(args: argparse.Namespace, model: Any, tokenizer: Any, name
 def frame_size(args: argparse.Namespace, bound: Any) -> int:
     """The frame size videos are preprocessed to: --image-size, else the video encoder's own, else 224; a
     --image-size the encoder cannot take is an error naming the flag (`check_encoder_image_size`)."""
-    from ..data.video import check_encoder_image_size
+    from ..data.video import check_encoder_image_size, encoder_image_size
 
-    encoder_size = bound.video.extra.get("image_size") if bound.video is not None else None
+    encoder_size = encoder_image_size(bound)
     check_encoder_image_size(args.image_size, encoder_size, "--image-size")
     return args.image_size or encoder_size or 224
 
@@ -567,15 +567,12 @@ def path_identity(path: Optional[str]) -> Optional[str]:
 def load_config_file(path: Optional[str]) -> dict[str, Any]:
     if not path:
         return {}
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        repeated = sorted({key for key, _ in pairs if [k for k, _ in pairs].count(key) > 1})
-        if repeated:  # json would keep the last silently
-            raise ValueError(f"--config {path}: the setting {repeated[0]!r} is given twice; give each setting once.")
-        return dict(pairs)
-
     try:
         with open(path, encoding="utf-8-sig") as handle:  # -sig: accept a byte-order mark (Windows editors write one)
-            settings = json.load(handle, object_pairs_hook=unique_keys)
+            settings = json.load(handle, object_pairs_hook=unique_keys)  # json alone would keep the last silently
+    except DuplicateKeyError as err:
+        raise ValueError(f"--config {path}: the setting {err.args[0]!r} is given twice; give each setting once.") \
+            from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"--config {path} is not a JSON file of settings ({err}); write one JSON object, e.g. "
                          '{"num_video_tokens": 8, "learning_rate": 0.001}, saved as UTF-8.') from None

@@ -52,7 +52,7 @@ import numbers
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Optional, Union
 
@@ -386,19 +386,27 @@ def _read_text(path: PathLike, newline: Optional[str] = None) -> str:
         raise ValueError(f"{path} is not UTF-8 text ({err}); is it the right file? Save it as UTF-8.") from err
 
 
-class _DuplicateKey(ValueError):
-    pass
+class DuplicateKeyError(ValueError):
+    """A JSON object gives one key twice (`unique_keys`); `args[0]` is the key."""
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for json: the object as a dict, or `DuplicateKeyError` for a key given twice."""
     # json.load keeps the last of two equal keys without a word: for a file keyed by video id that silently loses
     # a video's annotations.
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _DuplicateKey(key)
+            raise DuplicateKeyError(key)
         result[key] = value
     return result
+
+
+def conflicting_keys(entry: Mapping[str, Any], keys: Sequence[str]) -> Optional[tuple[str, str]]:
+    """The first two of `keys` (names of one thing, e.g. `relevant_windows` / `windows`) that `entry` gives, not
+    null, with different values; None when it gives at most one or they agree."""
+    held = [key for key in keys if entry.get(key) is not None]
+    return (held[0], held[1]) if len(held) > 1 and entry[held[0]] != entry[held[1]] else None
 
 
 def shown(items: Iterable[Any], limit: int = 8) -> str:
@@ -411,8 +419,8 @@ def shown(items: Iterable[Any], limit: int = 8) -> str:
 
 def _parse_json(text: str, where: str) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as err:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except DuplicateKeyError as err:
         raise ValueError(f"{where}: the key {err.args[0]!r} appears twice in one object; give each key once.") from None
     except json.JSONDecodeError as err:
         hint = ""
@@ -625,12 +633,11 @@ def read_moment_jsonl(path: PathLike, strict: bool = False) -> datasets.Dataset:
             policy.error(where, f"no 'qid'; every line needs a query id (keys given: {shown(sorted(entry))}).")
         if "duration" not in entry:
             policy.error(where, f"no 'duration' (the video's length in seconds), qid {entry['qid']!r}.")
-        given = [name for name in _WINDOW_KEYS if name in entry]
-        held = [name for name in given if entry[name] is not None]
-        if len(held) > 1 and entry[held[0]] != entry[held[1]]:
-            policy.error(where, f"both '{held[0]}' and '{held[1]}' hold windows (qid {entry['qid']!r}), and they "
-                                "differ; give one of the two keys.")
-        field_name = given[0] if given else "windows"
+        conflict = conflicting_keys(entry, _WINDOW_KEYS)
+        if conflict:
+            policy.error(where, f"both '{conflict[0]}' and '{conflict[1]}' hold windows (qid {entry['qid']!r}), and "
+                                "they differ; give one of the two keys.")
+        field_name = next((name for name in _WINDOW_KEYS if name in entry), "windows")
         misspelt = sorted(key for key in entry if "window" in key.lower() and key not in _WINDOW_KEYS)
         if misspelt:
             policy.error(where, f"unknown key {misspelt[0]!r} (qid {entry['qid']!r}); the ground-truth windows go "

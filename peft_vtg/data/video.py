@@ -83,6 +83,12 @@ def check_image_size(value: Any, name: str = "image_size") -> int:
     return check_positive_int(value, name, "pixels")
 
 
+def encoder_image_size(bound: Any) -> Optional[int]:
+    """The frame side (pixels) the bound architecture's video encoder takes (its config's `image_size`), or None when
+    the spec records none (no video stream, or a custom one)."""
+    return bound.video.extra.get("image_size") if bound.video is not None else None
+
+
 def check_encoder_image_size(image_size: Any, encoder_size: Optional[int], name: str = "image_size") -> None:
     """Refuse a frame size the video encoder cannot take: the supported towers (CLIP, SigLIP, X-CLIP) have position
     embeddings for their config's `image_size` and are run without interpolating them, so any other size fails deep
@@ -165,19 +171,17 @@ def check_feature_array(array: Any, where: str, dim: Optional[int] = None) -> No
             "model.encode_video on the same base model."
         )
     finite = torch.isfinite(array) if isinstance(array, torch.Tensor) else np.isfinite(np.asarray(array))
-    if bool(finite.all()):
-        # Finite in float64, but the model computes in float32 (or less): 1e300 would become Inf there.
-        values = array.abs() if isinstance(array, torch.Tensor) else np.abs(np.asarray(array))
-        largest = float(values.max())
-        if largest > torch.finfo(torch.float32).max:
-            raise _FeatureFileError(f"{where}: features reach {largest:.3g}, beyond float32's range (3.4e38); they "
-                                    "would become Inf in the model. Re-extract or rescale the features of this video.")
     if not bool(finite.all()):
         rows = np.flatnonzero(~np.asarray(finite).all(axis=1))
         raise _FeatureFileError(
             f"{where}: {len(rows)} frame(s) hold NaN or Inf values (first at frames {rows[:5].tolist()}); they would "
             "turn the loss and the scores into NaN. Re-extract the features of this video."
         )
+    # Finite in float64, but the model computes in float32 (or less): 1e300 would become Inf there.
+    largest = max(abs(float(array.max())), abs(float(array.min())))
+    if largest > torch.finfo(torch.float32).max:
+        raise _FeatureFileError(f"{where}: features reach {largest:.3g}, beyond float32's range (3.4e38); they "
+                                "would become Inf in the model. Re-extract or rescale the features of this video.")
 
 
 def _single_key(keys: Sequence[str], key: Optional[str], path: PathLike) -> str:

@@ -75,7 +75,7 @@ def _insert(sequence: torch.Tensor, position: int, tokens: torch.Tensor) -> torc
     return torch.cat([sequence[:, :position], tokens.to(sequence.dtype), sequence[:, position:]], dim=1)
 
 
-def _check_insert_position(stream: str, position: int, length: int) -> None:
+def check_insert_position(stream: str, position: int, length: int) -> None:
     """An insert position past the end of the stream's tokens would append the prompts after them (after EOS, where
     a text encoder's pooling never sees them; after the patches, where nothing strips them): refuse it, naming the
     setting."""
@@ -256,7 +256,7 @@ class PromptInjector:
             )
         input_ids = input_ids.view(-1, length)
         position = bs.spec.insert_position
-        _check_insert_position(stream, position, length)
+        check_insert_position(stream, position, length)
         placeholder = _placeholder_id(getattr(module, "config", None), bs.embedding_table)
         slots = input_ids.new_full((input_ids.shape[0], plan.num_tokens), placeholder)
         call["input_ids"] = _insert(input_ids, position, slots)
@@ -282,7 +282,7 @@ class PromptInjector:
         # Zeros until the first prompted layer writes the learned tokens (prompt_start_layer may be > 0).
         empty = hidden.new_zeros(hidden.shape[0], plan.num_tokens, hidden.shape[-1])
         position = self._stream(stream).spec.insert_position
-        _check_insert_position(stream, position, hidden.shape[1])
+        check_insert_position(stream, position, hidden.shape[1])
         hidden = _insert(hidden, position, empty)
         self._slots[stream] = (hidden.shape[1], plan)
         return _with_hidden(output, hidden)
@@ -310,7 +310,7 @@ class PromptInjector:
                     f"{type(module).__name__} receives an attention mask, so video prompts cannot be inserted at its "
                     "input; give video_embedding_module so they enter at the embedding output instead."
                 )
-            _check_insert_position(stream, bs.spec.insert_position, hidden.shape[1])
+            check_insert_position(stream, bs.spec.insert_position, hidden.shape[1])
             hidden = _insert(hidden, bs.spec.insert_position, prompts)
             self._slots[stream] = (hidden.shape[1], plan)
         else:

@@ -14,7 +14,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..heads import VTGTaskHeads
-from ..injection.hooks import PromptInjector, StreamPlan, _check_insert_position
+from ..injection.hooks import PromptInjector, StreamPlan, check_insert_position
 from ..injection.spec import BoundSpec, BoundStream
 from ..injection.tower import check_video_tower, num_video_layers
 from .config import (
@@ -76,11 +76,18 @@ def _check_video_position(config: VTGPromptConfig, bs: BoundStream) -> None:
     weight = next(bs.module.parameters(), None)
     if weight is None or weight.is_meta:
         return
+    check_insert_position("video", bs.spec.insert_position, int(_blank_frame_tokens(bs).shape[1]))
+
+
+def _blank_frame_tokens(bs: BoundStream) -> torch.Tensor:
+    """The video stream's tokens for one black frame of its image size, through its patch embedding: (1, tokens,
+    hidden). Used to count a frame's tokens and to initialise prompts at their mean (PATCH_MEAN)."""
+    weight = next(bs.module.parameters())
+    size = bs.extra["image_size"]
     frame = torch.zeros(1, bs.extra.get("num_channels", 3), size, size, dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
         tokens = bs.module(frame)
-    tokens = tokens[0] if isinstance(tokens, (tuple, list)) else tokens
-    _check_insert_position("video", bs.spec.insert_position, int(tokens.shape[1]))
+    return tokens[0] if isinstance(tokens, (tuple, list)) else tokens
 
 
 def resolve_new_adapter_settings(config: VTGPromptConfig, bound: BoundSpec) -> None:
@@ -297,10 +304,7 @@ def init_video_prompts(config: VTGPromptConfig, bs: BoundStream, depth: int) -> 
             "video_prompt_init='PATCH_MEAN' needs an architecture spec with the patch embedding module and image size; "
             "this model has none, use video_prompt_init='VPT_UNIFORM'."
         )
-    weight = next(bs.module.parameters())
-    frame = torch.zeros(1, bs.extra.get("num_channels", 3), size, size, dtype=weight.dtype, device=weight.device)
-    with torch.no_grad():
-        tokens = bs.module(frame)[0, bs.spec.insert_position :].float().cpu()  # (patches, hidden), CLS excluded
+    tokens = _blank_frame_tokens(bs)[0, bs.spec.insert_position :].float().cpu()  # (patches, hidden), CLS excluded
     mean, spread = tokens.mean(dim=0), tokens.std(dim=0).mean().clamp_min(1e-6)
     # Identical tokens would get identical gradients; a little noise lets them specialise.
     return mean.expand(depth, n, hidden) + 0.02 * spread * torch.randn(depth, n, hidden)
