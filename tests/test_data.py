@@ -21,6 +21,7 @@ from peft_vtg.data import (
     decode_video,
     detect_format,
     durations_from_features,
+    iter_video_frames,
     load_annotations,
     load_feature_file,
     read_activitynet_captions,
@@ -340,6 +341,65 @@ def test_a_video_that_ends_before_its_header_says_is_an_error_naming_it(tmp_path
         decode_video(tmp_path / "cut.mp4", num_frames=8)
     whole = _greys(decode_video(tmp_path / "whole.mp4", num_frames=8)[0], seconds=40)
     assert all(abs(got - (2 + 5 * k)) <= 1 for k, got in enumerate(whole)), whole  # grey steps of 5: codec noise
+
+
+def _marked_corner_video(path, degrees=None, hflip=False):
+    """Four 16x32 (H x W) frames, white in the stored top-left 8x8 corner, with a display matrix when `degrees`."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "yuv420p"
+        if degrees is not None:
+            if not hasattr(stream, "set_display_rotation"):
+                pytest.skip("this PyAV cannot write a display matrix")
+            stream.set_display_rotation(degrees, hflip=hflip)
+        image = np.zeros((16, 32, 3), np.uint8)
+        image[:8, :8] = 255
+        for _ in range(4):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _white_corner(frame):
+    """Which corner of a (3, H, W) frame is white."""
+    grey = frame.float().mean(dim=0)
+    corners = {"top-left": grey[:4, :4], "top-right": grey[:4, -4:], "bottom-left": grey[-4:, :4],
+               "bottom-right": grey[-4:, -4:]}
+    return max(corners, key=lambda name: corners[name].mean())
+
+
+@pytest.mark.parametrize("degrees, hflip, shape, corner", [
+    (None, False, (16, 32), "top-left"),  # no display matrix: as stored
+    (90, False, (32, 16), "bottom-left"),  # counter-clockwise, as FFmpeg's transpose=cclock
+    (-90, False, (32, 16), "top-right"),  # a phone's portrait video (mov rotate=90): clockwise
+    (180, False, (16, 32), "bottom-right"),
+    (90, True, (32, 16), "bottom-right"),  # turned, then mirrored (a front camera)
+])
+def test_frames_are_turned_upright_by_the_display_matrix_as_players_show_them(tmp_path, degrees, hflip, shape,
+                                                                              corner):
+    pytest.importorskip("av")
+    _marked_corner_video(tmp_path / "v.mp4", degrees, hflip)
+    frames, duration = decode_video(tmp_path / "v.mp4", num_frames=2)
+    assert frames.shape == (2, 3) + shape and duration == pytest.approx(1.0)
+    assert [_white_corner(frame) for frame in frames] == [corner, corner]
+
+
+def test_a_display_matrix_at_another_angle_is_not_applied_and_is_named_once(tmp_path):
+    pytest.importorskip("av")
+    _marked_corner_video(tmp_path / "tilted.mp4", 45)
+    with pytest.warns(UserWarning, match=r"tilted.mp4: its display matrix rotates it by 45 degrees") as caught:
+        frames, _ = decode_video(tmp_path / "tilted.mp4", num_frames=3)
+    assert len([w for w in caught if "display matrix" in str(w.message)]) == 1
+    assert frames.shape == (3, 3, 16, 32) and _white_corner(frames[0]) == "top-left"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_frame_times_must_be_finite(tmp_path, bad):
+    pytest.importorskip("av")
+    _marked_corner_video(tmp_path / "v.mp4")
+    with pytest.raises(ValueError, match=r"times must be finite seconds; got (nan|inf|-inf) \(for .*v.mp4\)"):
+        list(iter_video_frames(tmp_path / "v.mp4", [0.1, bad]))
 
 
 def test_features_beyond_float32_range_are_named(tmp_path):

@@ -547,13 +547,18 @@ def iter_video_frames(path: PathLike, times: Sequence[float]) -> Iterator[torch.
     """
     video = _VideoFile(path)
     targets = [float(t) for t in times]
+    bad = [t for t in targets if not is_finite_number(t)]
+    if bad:
+        raise ValueError(f"times must be finite seconds; got {bad[0]} (for {video.name}).")
     if any(b < a for a, b in zip(targets, targets[1:])):
         raise ValueError("times must be in ascending order.")
     index, previous, first_time, last_time, count = 0, None, None, 0.0, 0
+    orientation = None  # read from the first frame: a stream has one display matrix
     for time, frame in video.frames():
+        orientation = orientation or _display_orientation(frame, video.name)
         while index < len(targets) and targets[index] < time:
             # The target lies before this frame: the previous frame shows it (or this one, before the first frame).
-            yield _rgb(previous if previous is not None else frame)
+            yield _rgb(previous if previous is not None else frame, orientation)
             index += 1
         if index == len(targets):
             return
@@ -569,12 +574,57 @@ def iter_video_frames(path: PathLike, times: Sequence[float]) -> Iterator[torch.
                          "header); the file is truncated or damaged. Download or copy it again (or re-encode the part "
                          "that decodes).")
     while index < len(targets):  # targets at or after the last frame's start
-        yield _rgb(previous)
+        yield _rgb(previous, orientation)
         index += 1
 
 
-def _rgb(frame: Any) -> torch.Tensor:
-    return torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+def _rgb(frame: Any, orientation: tuple[bool, bool, bool]) -> torch.Tensor:
+    """A decoded frame as uint8 (3, H, W) RGB, turned upright by `orientation` (from `_display_orientation`)."""
+    image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)  # (3, H, W) as stored
+    transpose, flip_rows, flip_columns = orientation
+    if transpose:
+        image = image.transpose(1, 2)  # (3, W, H)
+    flips = [dim for dim, flip in ((1, flip_rows), (2, flip_columns)) if flip]
+    if flips:
+        image = image.flip(flips)
+    return image.contiguous()
+
+
+def _display_orientation(frame: Any, name: str) -> tuple[bool, bool, bool]:
+    """How to turn a stored frame upright: (transpose, flip rows, flip columns), from the frame's display matrix.
+
+    Phones store a portrait video as landscape frames with a display matrix (mp4/mov `rotate` 90, 180, 270; mirrored
+    front cameras add a flip) that players apply; without it a model sees every such video on its side. The matrix
+    maps a stored pixel (x, y) to the displayed (a x + c y, b x + d y) (the QuickTime convention FFmpeg keeps), so an
+    axis-aligned matrix is a transpose when a = d = 0, then a flip of each displayed axis whose coefficient is
+    negative: the same choice as FFmpeg's autorotate (`transpose=clock`, `cclock`, `hflip`, `vflip`, ...). A matrix
+    that rotates by another angle (rare: editing software) is not applied, with a warning.
+    """
+    matrix = None
+    try:
+        for side_data in frame.side_data:
+            if "DISPLAYMATRIX" in str(side_data.type).upper():
+                matrix = np.frombuffer(bytes(side_data), dtype=np.int32)
+                break
+    except (AttributeError, TypeError, ValueError):  # a PyAV without side data access: frames as stored
+        return False, False, False
+    if matrix is None or matrix.size < 5:
+        return False, False, False
+    a, b, c, d = (float(matrix[i]) / 65536 for i in (0, 1, 3, 4))  # 16.16 fixed point
+    straight, turned = abs(a) + abs(d), abs(b) + abs(c)
+    if turned < 1e-3 * straight:
+        return False, d < 0, a < 0
+    if straight < 1e-3 * turned:
+        return True, b < 0, c < 0
+    warnings.warn(f"Video file {name}: its display matrix rotates it by {_matrix_degrees(a, b):.0f} degrees, not a "
+                  "multiple of 90; its frames are used as stored. Re-encode it upright (ffmpeg applies the rotation "
+                  "by default) if the model should see it as players show it.", stacklevel=3)
+    return False, False, False
+
+
+def _matrix_degrees(a: float, b: float) -> float:
+    """The counter-clockwise rotation (degrees) of a display matrix, as FFmpeg's av_display_rotation_get reads it."""
+    return -float(np.degrees(np.arctan2(b, a)))
 
 
 def decode_video(
