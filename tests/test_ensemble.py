@@ -80,10 +80,18 @@ def three_adapters(root):
     return model.eval()
 
 
-def assert_same_moments(left, right):
+def assert_same_moments(left, right, rel=1e-4):
+    """The same ranked moments up to float noise: scores equal position by position, and spans equal within each run
+    of scores tied to `rel` (their order there is the noise's). The last run's spans are not compared: top-k may cut
+    it at different members of a tie that continues past the list (an untrained head scores many spans alike)."""
     assert len(left) == len(right)
-    for one, other in zip(left, right):
-        assert one[:2] == pytest.approx(other[:2], abs=1e-6) and one[2] == pytest.approx(other[2], rel=1e-4)
+    assert [m[2] for m in left] == pytest.approx([m[2] for m in right], rel=rel)
+    begin = 0
+    for k in range(1, len(left)):
+        if left[k][2] != pytest.approx(left[begin][2], rel=rel):  # a run of tied scores ends before k
+            assert sorted(tuple(round(t, 4) for t in m[:2]) for m in left[begin:k]) == \
+                sorted(tuple(round(t, 4) for t in m[:2]) for m in right[begin:k]), (left, right)
+            begin = k
 
 
 @pytest.mark.parametrize("which", ["short", "long"])
