@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data.video import check_positive_int, check_video_id
-from .files import remove_interrupted_writes, write_file_atomic, write_json_atomic
+from .files import read_json, remove_interrupted_writes, write_file_atomic, write_json_atomic
 from .locks import RunLock
 from .injection import (
     bind_architecture,
@@ -183,12 +183,7 @@ def read_manifest(directory: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory} has no {MANIFEST_NAME}, so it is not a frozen-prefix cache; build one "
                                 "with `peft-vtg cache --output-dir DIR ...`.")
-    with open(path, encoding="utf-8") as handle:
-        try:
-            manifest = json.load(handle)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); rerun `peft-vtg cache` with the same arguments to "
-                             "rewrite it from the shards.") from err
+    manifest = read_json(path, "rerun `peft-vtg cache` with the same arguments to rewrite it from the shards.")
     if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
         raise ValueError(f"{path} is not a peft_vtg frozen-prefix cache manifest (no \"format\": \"{CACHE_FORMAT}\").")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -238,9 +233,11 @@ def _scan_shards(directory: str, settings_hash: str) -> dict[str, dict[str, Any]
     return done
 
 
-def _prepare_directory(directory: str, settings: dict[str, Any]) -> None:
+def _prepare_directory(directory: str, settings: dict[str, Any], ids: Sequence[str]) -> None:
     """Main process, before any shard is written: check that an existing cache has this run's settings, remove
-    leftovers of interrupted writes and rewrite the manifest from the finished shards."""
+    leftovers of interrupted writes and rewrite the manifest from the finished shards: unfinished until the run ends,
+    unless the shards already hold every one of this run's `ids` (a rerun with nothing to do, which a kill must not
+    leave marked unfinished)."""
     os.makedirs(directory, exist_ok=True)
     if os.path.exists(os.path.join(directory, MANIFEST_NAME)):
         recorded = _with_setting_defaults(read_manifest(directory))
@@ -254,7 +251,10 @@ def _prepare_directory(directory: str, settings: dict[str, Any]) -> None:
             )
     remove_interrupted_writes(directory)
     done = _scan_shards(directory, _settings_sha256(settings))
-    _write_manifest(directory, settings, done, complete=False)
+    if done and all(vid in done for vid in ids):
+        _write_manifest(directory, {**settings, "tokens": _stored_tokens(directory, done)}, done, complete=True)
+    else:
+        _write_manifest(directory, settings, done, complete=False)
 
 
 def _write_manifest(directory: str, settings: Mapping[str, Any], videos: Mapping[str, Any], complete: bool) -> None:
@@ -388,7 +388,7 @@ def build_cache(
     def prepare() -> None:
         os.makedirs(output_dir, exist_ok=True)
         lock.acquire()
-        _prepare_directory(output_dir, settings)
+        _prepare_directory(output_dir, settings, ids)
 
     try:
         _main_first(accelerator, prepare)
@@ -454,8 +454,9 @@ def _build_locked(model: nn.Module, bound: BoundSpec, ids: list[str], videos: An
             del states, tensors, pixel_values
     finally:
         progress.close()
-        # Several processes: the main one merges all shards at the end instead (it cannot see the others').
-        if accelerator.num_processes == 1:
+        # Several processes: the main one merges all shards at the end instead (it cannot see the others'). A run
+        # with nothing to encode leaves the manifest as _prepare_directory wrote it.
+        if accelerator.num_processes == 1 and mine:
             _write_manifest(output_dir, settings, done, complete=False)
         model.train(was_training)
     accelerator.wait_for_everyone()

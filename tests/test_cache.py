@@ -16,6 +16,7 @@ import torch
 from peft import get_peft_model
 
 from peft_vtg import VTGPromptConfig
+import peft_vtg.cache as cache_module
 from peft_vtg.cache import CacheMismatchError, CachedVideoStates, build_cache
 from peft_vtg.data import GroundingCollator
 from peft_vtg.training import GroundingModule
@@ -245,6 +246,18 @@ def test_a_cache_of_other_settings_is_refused(clip_cache, kwargs, match):
     CachedVideoStates(str(clip_cache), layer=1, num_frames=FRAMES, image_size=IMAGE, mean=(0.5,) * 3)  # matching
 
 
+@pytest.mark.parametrize("content", [b"{broken", b"\xff\xfe\x00binary", b"[" * 100_000, b'{"layer": ' + b"7" * 5000])
+def test_a_damaged_cache_manifest_is_named_with_the_fix(clip_cache, tmp_path, content):
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(clip_cache, copy)
+    (copy / "manifest.json").write_bytes(content)
+    with pytest.raises(ValueError, match=r"manifest.json is not readable JSON \(.*\); rerun `peft-vtg cache` with the "
+                                         r"same arguments to rewrite it"):
+        CachedVideoStates(str(copy))
+
+
 def test_a_cache_of_another_model_is_refused(clip_cache):
     CachedVideoStates(str(clip_cache), base("clip"))  # the weights it was built from
     with pytest.raises(CacheMismatchError, match=r"built from another model .*weights_sha256: cache [0-9a-f]{12}"
@@ -326,6 +339,15 @@ def test_an_interrupted_build_resumes_with_the_rest_and_gives_the_same_files(tmp
     again = Frames()  # a finished cache: nothing to do
     build_cache(base("clip"), vids, again, 1, str(tmp_path / "resumed"), batch_size=2, disable_tqdm=True)
     assert again.calls == []
+    # ... and a kill during such a rerun (here: at its first step after the directory is prepared) leaves it finished
+    finished = (tmp_path / "resumed" / "manifest.json").read_bytes()
+    assert json.loads(finished)["complete"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cache_module, "_build_locked", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            build_cache(base("clip"), vids[:3], Frames(), 1, str(tmp_path / "resumed"), batch_size=2,
+                        disable_tqdm=True)
+    assert (tmp_path / "resumed" / "manifest.json").read_bytes() == finished
 
     # the same settings with more videos (e.g. the test split) add them to the cache
     more = Frames()
