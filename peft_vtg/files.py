@@ -94,14 +94,24 @@ def remove_interrupted_writes(directory: str) -> list[str]:
     return removed
 
 
-def read_json(path: str, fix: str) -> Any:
-    """The JSON value in `path`; a file that is not readable JSON is a `ValueError` naming it, then `fix` (what the
-    user should do)."""
+def read_json(path: str, fix: str, shown_as: Optional[str] = None) -> Any:
+    """The JSON value in `path` (UTF-8, with or without a byte-order mark); a file that is not readable JSON (bad
+    syntax, not text, nested too deeply for Python's parser, an integer too long to convert) is a `ValueError` naming
+    it (`shown_as` when `path` is a private copy), then `fix` (what the user should do)."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             return json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not readable JSON ({err}); {fix}") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply to read" if isinstance(err, RecursionError) else str(err)
+        raise ValueError(f"{shown_as or path} is not readable JSON ({reason}); {fix}") from None
+
+
+def read_json_object(path: str, fix: str, shown_as: Optional[str] = None) -> dict[str, Any]:
+    """`read_json` of a file that must hold a JSON object; anything else is a `ValueError` naming the file."""
+    value = read_json(path, fix, shown_as)
+    if not isinstance(value, dict):
+        raise ValueError(f"{shown_as or path} must hold a JSON object, got {type(value).__name__}; {fix}")
+    return value
 
 
 def write_json_atomic(path: str, data: Any, indent: Optional[int] = 2) -> None:

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from typing import Any, Optional
 
-from .files import sha256_file, write_text_atomic
+from .files import read_json_object, sha256_file, write_text_atomic
 from .metrics import IOU_THRESHOLDS, RECALL_AT
 
 RUN_INFO_FILE = "run.json"
@@ -27,16 +27,7 @@ def _read_json(path: str, shown_as: Optional[str] = None) -> Optional[dict[str, 
     (`shown_as`: its name in messages, when `path` is a private copy)."""
     if not os.path.exists(path):
         return None
-    name = shown_as or path
-    try:
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise ValueError(f"{name} is not valid JSON ({err}); write it again (save_pretrained, or a training run).") \
-            from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must hold a JSON object, got {type(value).__name__}.")
-    return value
+    return read_json_object(path, "write it again (save_pretrained, or a training run).", shown_as)
 
 
 def check_adapter_files(adapter_dir: str, shown_as: Optional[str] = None) -> None:

@@ -392,7 +392,13 @@ API_CASES = [
      r"text_insert_position=1000 lies past any query .* use a position <= 15"),
     ("config-adapter-too-large", nothing,
      lambda t, w, m: get_peft_model(tiny_clip(), VTGPromptConfig(num_text_tokens=0, num_video_tokens=2**31)),
-     ValueError, r"Adapter 'default' does not fit in memory .*num_video_tokens=2147483648"),
+     ValueError, r"Adapter 'default' does not fit in memory: its prompts and heads need at least .* GiB, and the "
+                 r"machine's RAM has .*num_video_tokens=2147483648"),
+    # a million tiny fusion layers: refused before a layer is built (their Python objects alone would fill the RAM)
+    ("config-head-too-deep", nothing,
+     lambda t, w, m: get_peft_model(tiny_clip(), VTGPromptConfig(head_num_layers=10**7, head_hidden_size=8,
+                                                                 head_num_attention_heads=1)),
+     ValueError, r"Adapter 'default' does not fit in memory: .*head_num_layers=10000000"),
     ("config-video-insert-position-past-a-frame", nothing,
      lambda t, w, m: get_peft_model(tiny_clip(), VTGPromptConfig(num_video_tokens=2, video_insert_position=10**5)),
      ValueError, r"video_insert_position=100000 lies past the 17 tokens of the video stream here \(each frame\)"),
@@ -640,6 +646,8 @@ CLI_CASES = [
      [*TRAIN, "--config", "{t}/c.json"], r"head_dropout must not be None"),
     ("train-config-broken-json", text("c.json", "{broken"), [*TRAIN, "--config", "{t}/c.json"],
      r"--config .*c.json is not a JSON file of settings \(Expecting property name"),
+    ("train-config-huge-integer", text("c.json", '{"seed": ' + "1" * 5000 + "}"), [*TRAIN, "--config", "{t}/c.json"],
+     r"--config .*c.json is not a JSON file of settings \(Exceeds the limit \(4300 digits\)"),
     ("train-config-unknown-metric", text("c.json", json.dumps({"metric_for_best_model": "accuracy"})),
      [*TRAIN, "--eval-annotations", "{w}/ann.jsonl", "--config", "{t}/c.json"],
      r"metric_for_best_model='accuracy' is not a metric the evaluation returns"),

@@ -480,12 +480,14 @@ def test_push_refuses_a_directory_it_cannot_publish_naming_the_file(tmp_path, mo
         "adapter_config.json": [("[1]", "adapter_config.json must hold a JSON object, got list"),
                                 (json.dumps({**config, "peft_type": "LORA"}), "peft_type is 'LORA'; push publishes "
                                  "VTG_PROMPT adapters"),
-                                ('{"peft_type": ', "adapter_config.json is not valid JSON")],
+                                ('{"peft_type": ', "adapter_config.json is not readable JSON"),
+                                ("[" * 100_000, "adapter_config.json is not readable JSON (nested too deeply")],
         "adapter_model.safetensors": [("", "adapter_model.safetensors is not a readable safetensors file"),
                                       ("garbage bytes", "adapter_model.safetensors is not a readable safetensors")],
         "run.json": [("[1]", "run.json must hold a JSON object")],
         "metrics.json": [('{"R1@0.5": 30}', "metrics.json lacks ['R1@0.1'"),
-                         ("{", "metrics.json is not valid JSON")],
+                         ("{", "metrics.json is not readable JSON"),
+                         ('{"R1@0.5": ' + "9" * 5000 + "}", "metrics.json is not readable JSON (Exceeds the limit")],
     }
     for name, variants in cases.items():
         for content, message in variants:
@@ -523,6 +525,12 @@ def test_what_would_fail_only_after_training_steps_is_refused_before_the_run(tmp
                                           save_steps=None)
     with pytest.warns(UserWarning, match="saliency head .* but no training row has highlight labels"):
         train(model, rows, collate, args)
+    # ... as are highlight labels no head learns, wherever in the rows they are (a sample of the first 100 missed a
+    # labelled set concatenated after an unlabelled one)
+    model, rows, collate, args = make_run(tmp_path / "d", max_steps=1, save_steps=None)
+    mixed = [dict(row) for row in rows * 9] + [{**rows[0], "relevant_clip_ids": [0], "saliency_scores": [[1, 1, 1]]}]
+    with pytest.warns(UserWarning, match="highlight labels .* but the adapter has no saliency head"):
+        train(model, mixed, collate, args)
 
 
 def test_a_new_run_is_refused_among_an_earlier_runs_checkpoints(crashed):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from ..data.annotations import DuplicateKeyError, load_annotations, unique_keys
+from ..files import read_json_object
 
 # Filled in automatically when an adapter is created, or PEFT bookkeeping: not user settings.
 AUTO_CONFIG_FIELDS = {"num_virtual_tokens", "base_architecture", "video_hidden_size", "text_hidden_size",
@@ -328,13 +329,7 @@ def check_adapter_dir(path: str, flag: str) -> dict[str, Any]:
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{flag} {path} has no adapter_config.json; give an adapter directory (what "
                                 "`peft-vtg train` or save_pretrained writes).")
-    with open(config_path, encoding="utf-8-sig") as handle:
-        try:
-            config = json.load(handle)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path} is not valid JSON ({err}); save the adapter again.") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}.")
+    config = read_json_object(config_path, "save the adapter again.")
     if "peft_type" not in config:
         raise ValueError(f"{config_path} has no 'peft_type'; a peft_vtg adapter's config says \"peft_type\": "
                          "\"VTG_PROMPT\". Save the adapter again with save_pretrained (or restore the key).")
@@ -573,7 +568,7 @@ def load_config_file(path: Optional[str]) -> dict[str, Any]:
     except DuplicateKeyError as err:
         raise ValueError(f"--config {path}: the setting {err.args[0]!r} is given twice; give each setting once.") \
             from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # bad syntax, not UTF-8, too deep, an integer of 4,300+ digits
         raise ValueError(f"--config {path} is not a JSON file of settings ({err}); write one JSON object, e.g. "
                          '{"num_video_tokens": 8, "learning_rate": 0.001}, saved as UTF-8.') from None
     if not isinstance(settings, dict):

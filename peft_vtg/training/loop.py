@@ -166,7 +166,6 @@ def train(
     """
     if args.report_to == "tensorboard" and not is_tensorboard_available():
         raise ValueError("report_to='tensorboard' needs tensorboard: pip install tensorboard (or report_to='none').")
-    _warn_unused_highlight_labels(model, train_dataset)
     _check_before_the_run(model, train_dataset, eval_dataset, args)
     _allow_new_precision(args.mixed_precision)
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # matching heads may skip a batch
@@ -216,8 +215,9 @@ def _check_before_the_run(model: torch.nn.Module, train_dataset: Sequence[dict],
                           eval_dataset: Optional[Sequence[dict]], args: VTGTrainingArguments) -> None:
     """What would otherwise fail only after steps were trained (at the first forward, or the first evaluation): an
     adapter without a grounding head, a best-model metric the evaluation set cannot give (highlight metrics without
-    highlight labels or a saliency head; a Moment-DETR length bucket that no ground-truth window falls in), and a
-    saliency head asked for without labels to train it (a warning)."""
+    highlight labels or a saliency head; a Moment-DETR length bucket that no ground-truth window falls in), and
+    warnings for a saliency head without labels to train it, or highlight labels without a head to learn them (any
+    row's labels count, not a sample's)."""
     configs = getattr(model, "peft_config", {})
     active = list(getattr(model, "active_adapters", None) or [getattr(model, "active_adapter", "default")])
     for name in active:
@@ -225,8 +225,12 @@ def _check_before_the_run(model: torch.nn.Module, train_dataset: Sequence[dict],
             raise ValueError(f"Adapter {name!r} has no grounding head (grounding_head=False), and training trains "
                              "the grounding head with the prompts; create the adapter with grounding_head=True.")
     saliency = any(getattr(configs.get(name), "predict_saliency", False) for name in active)
-    labelled = any(row_column(train_dataset, "relevant_clip_ids")) if _has_column(train_dataset, "relevant_clip_ids") \
-        else False
+    labelled = _any_value(train_dataset, "relevant_clip_ids")
+    if labelled and not saliency:
+        warnings.warn("The training rows have highlight labels (relevant_clip_ids / saliency_scores), but the adapter "
+                      "has no saliency head, so highlight detection is not learnt. Create the adapter with "
+                      "VTGPromptConfig(predict_saliency=True) to train it (peft-vtg train does so by default).",
+                      stacklevel=3)
     if saliency and not labelled:
         warnings.warn("The adapter has a saliency head (predict_saliency=True), but no training row has highlight "
                       "labels (relevant_clip_ids / saliency_scores): the head is not trained, and its scores mean "
@@ -236,8 +240,7 @@ def _check_before_the_run(model: torch.nn.Module, train_dataset: Sequence[dict],
     if eval_dataset is None:
         return
     if metric.startswith("HL-"):
-        eval_labelled = _has_column(eval_dataset, "relevant_clip_ids") and any(
-            row_column(eval_dataset, "relevant_clip_ids"))
+        eval_labelled = _any_value(eval_dataset, "relevant_clip_ids")
         if not (eval_labelled and saliency):
             why = ("the evaluation rows have no highlight labels" if not eval_labelled
                    else "the adapter has no saliency head")
@@ -252,23 +255,12 @@ def _check_before_the_run(model: torch.nn.Module, train_dataset: Sequence[dict],
                                  "'MR-full-mAP' or 'R1@0.5'.")
 
 
-def _has_column(rows: Any, key: str) -> bool:
+def _any_value(rows: Any, key: str) -> bool:
+    """Whether any row has a non-empty `key`: a `datasets.Dataset`'s column, or the mappings of a list of rows, some
+    of which may lack the key (a labelled set concatenated with an unlabelled one)."""
     if hasattr(rows, "column_names"):
-        return key in rows.column_names
-    return any(isinstance(row, Mapping) and key in row for row in rows)
-
-
-def _warn_unused_highlight_labels(model: torch.nn.Module, rows: Sequence[dict]) -> None:
-    """Warn when the training rows carry highlight labels (QVHighlights) that no adapter of `model` learns from."""
-    configs = getattr(model, "peft_config", {})
-    if any(getattr(config, "predict_saliency", False) for config in configs.values()):
-        return
-    sample = (rows[index] for index in range(min(len(rows), 100)))
-    if any(isinstance(row, Mapping) and row.get("relevant_clip_ids") for row in sample):
-        warnings.warn("The training rows have highlight labels (relevant_clip_ids / saliency_scores), but the adapter "
-                      "has no saliency head, so highlight detection is not learnt. Create the adapter with "
-                      "VTGPromptConfig(predict_saliency=True) to train it (peft-vtg train does so by default).",
-                      stacklevel=3)
+        return key in rows.column_names and any(rows[key])
+    return any(isinstance(row, Mapping) and bool(row.get(key)) for row in rows)
 
 
 def _train(

@@ -27,6 +27,23 @@ from .config import (
 )
 
 
+def _device_memory_bytes(device: Optional[torch.device]) -> Optional[int]:
+    """The whole memory of `device` (an accelerator's, or the machine's RAM for the CPU) in bytes; None when unknown
+    (the meta device, or a platform that does not say)."""
+    try:
+        if device is not None and device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        if device is None or device.type == "cpu":
+            return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError, RuntimeError):  # no sysconf (Windows), or no such device
+        return None
+    return None
+
+
+def _device_name(device: Optional[torch.device]) -> str:
+    return "machine's RAM" if device is None or device.type == "cpu" else f"device {device}"
+
+
 def _creating_empty_weights() -> bool:
     """Whether parameters registered now land on the meta device (inside accelerate's `init_empty_weights`, which
     `PeftModel.__init__` wraps around the tuner when `low_cpu_mem_usage=True`, or a `torch.device("meta")` context)."""
@@ -416,6 +433,7 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         anything beyond the model itself (see `init_text_prompts`).
         """
         resolve_new_adapter_settings(config, self.bound)
+        self._check_adapter_fits(adapter_name, config)
         empty = low_cpu_mem_usage or _creating_empty_weights()
         bos = None
         if not empty and config.num_text_tokens and config.prompt_tuning_init == TextPromptInit.BOS:
@@ -452,6 +470,39 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         if heads is not None:
             self.vtg_prompt_heads[adapter_name] = heads
         self.set_adapter(self.active_adapters or [adapter_name], inference_mode=config.inference_mode)
+
+    def _check_adapter_fits(self, adapter_name: str, config: VTGPromptConfig) -> None:
+        """Refuse, before anything is allocated, an adapter whose sizes cannot fit on the base model's device (a typo
+        such as head_num_layers=1000000 would otherwise fill memory, or take the machine down, before any error).
+
+        The estimate is a lower bound: the prompt parameters exactly, about 17 x width^2 weights per fusion layer
+        (measured: 16.1-16.6 for widths 32-128), and about 64 KiB of Python objects per layer (measured: 94 KiB per
+        layer at width 8, weights included); it is compared with the device's whole memory, so only sizes that can
+        never fit are refused (the out-of-memory error during construction names the rest)."""
+        device, dtype = self._base_device_and_dtype()
+        element = torch.finfo(dtype).bits // 8 if dtype is not None else 4
+        text, video = self.bound.text.hidden_size, self.bound.video.hidden_size
+        weights = (config.num_text_tokens or 0) * config.text_prompt_depth * text
+        if config.num_video_tokens:
+            weights += config.video_prompt_depth * (
+                text * video if config.couple_video_to_text else config.num_video_tokens * video
+            )
+        overhead = 0
+        if config.grounding_head is not False and config.head_hidden_size:
+            width = config.head_hidden_size
+            weights += config.head_num_layers * 17 * width * width + (config.head_video_layers * video + text) * width
+            overhead = config.head_num_layers * 64 * 1024
+        needed = weights * element + overhead
+        available = _device_memory_bytes(device)
+        if available is not None and needed > available:
+            raise ValueError(
+                f"Adapter {adapter_name!r} does not fit in memory: its prompts and heads need at least "
+                f"{needed / 2**30:.1f} GiB, and the {_device_name(device)} has {available / 2**30:.1f} GiB. Its sizes "
+                f"are too large: num_text_tokens={config.num_text_tokens}, num_video_tokens={config.num_video_tokens}, "
+                f"text/video_prompt_depth={config.text_prompt_depth}/{config.video_prompt_depth}, head_hidden_size="
+                f"{config.head_hidden_size}, head_num_layers={config.head_num_layers}, head_video_layers="
+                f"{config.head_video_layers} (the defaults: a few tokens, head_num_layers=2)."
+            )
 
     def _base_device_and_dtype(self) -> tuple[Optional[torch.device], Optional[torch.dtype]]:
         """Device and floating dtype of the base model (its first floating parameter that is not an adapter's)."""
