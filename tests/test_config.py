@@ -68,3 +68,39 @@ def test_every_field_has_help():
     own = [f for f in dataclasses.fields(VTGPromptConfig) if f.name not in inherited]
     assert len(own) > 20
     assert [f.name for f in own if not f.metadata.get("help")] == []
+
+
+def test_numpy_numbers_are_kept_as_the_plain_numbers_json_saves(tmp_path):
+    import numpy as np
+
+    config = VTGPromptConfig(num_video_tokens=np.int64(4), head_dropout=np.float32(0.25),
+                             trained_window_seconds=np.float64(8.0))
+    config.video_prompt_dropout = np.float32(0.5)  # assigned later, as array maths gives it
+    values = [config.num_video_tokens, config.head_dropout, config.trained_window_seconds, config.video_prompt_dropout]
+    assert [type(v) for v in values] == [int, float, float, float] and values == [4, 0.25, 8.0, 0.5]
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (saved["head_dropout"], saved["video_prompt_dropout"]) == (0.25, 0.5)
+    with pytest.raises(ValueError, match="must be True or False"):
+        VTGPromptConfig(predict_saliency=np.bool_(True))  # a numpy bool is no number: still refused
+
+
+def test_a_config_json_cannot_hold_is_refused_before_the_saved_one_is_touched(tmp_path):
+    VTGPromptConfig(num_video_tokens=4).save_pretrained(tmp_path)
+    before = (tmp_path / "adapter_config.json").read_bytes()
+    config = VTGPromptConfig(num_video_tokens=8)
+    config.tokenizer_kwargs = {"padding_side": object()}  # PEFT's own save wrote an empty file, then raised
+    with pytest.raises(ValueError, match=r"cannot be saved: tokenizer_kwargs=.* is not a JSON value .*Nothing was "
+                                         r"written"):
+        config.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_config.json").read_bytes() == before
+
+
+def test_another_methods_adapter_is_named_by_its_type(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from tiny_models import tiny_clip
+
+    get_peft_model(tiny_clip(), LoraConfig(target_modules=["q_proj"])).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"holds a LORA adapter, not a VTG_PROMPT one; load it with "
+                                         r"PeftModel.from_pretrained"):
+        VTGPromptConfig.from_pretrained(str(tmp_path))

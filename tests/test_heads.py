@@ -632,3 +632,41 @@ def test_presence_contrast_ranks_each_clip_with_its_moment_above_other_videos_cl
             VTGPromptConfig(presence_contrast_negatives=bad)
     with pytest.raises(ValueError, match="set predict_inside=True"):
         VTGPromptConfig(presence_contrast_loss_weight=1.0, predict_inside=False)
+
+
+def test_decoding_refuses_masks_that_would_read_padding_as_frames():
+    from peft_vtg.heads import decode_frame_spans
+
+    logits = torch.randn(1, 6)
+    for mask, why in (([[0, 0, 1, 1, 1, 1]], "padding first"), ([[1, 1, 0.5, 1, 0, 0]], "a fraction"),
+                      ([[2, 2, 2, 0, 0, 0]], "counts")):
+        with pytest.raises(ValueError, match=r"frame_mask must be 1 for each clip's real frames and 0 for the padding "
+                                             r"after them .*clip\(s\) \[0\]"):
+            decode_frame_spans(logits, logits, torch.tensor(mask), top_k=2)
+    assert decode_frame_spans(logits, logits, torch.tensor([[1, 1, 1, 0, 0, 0]]), top_k=1)[0][0][1] <= 2
+
+
+def test_a_span_limit_beyond_the_clip_is_no_limit_and_bad_limits_are_named():
+    from peft_vtg.heads import decode_frame_spans, decode_moments
+
+    start, end = torch.randn(2, 8), torch.randn(2, 8)
+    unlimited = decode_moments(start, end, [8.0, 8.0], top_k=3)
+    assert decode_moments(start, end, [8.0, 8.0], top_k=3, max_span_seconds=1e300) == unlimited  # OverflowError before
+    assert decode_frame_spans(start, end, top_k=3, max_span_frames=10**30) == decode_frame_spans(start, end, top_k=3)
+    for bad in (0, -3, 2.5, float("nan"), "2", True):
+        with pytest.raises(ValueError, match="max_span_frames must be a whole number of frames >= 1 or None"):
+            decode_frame_spans(start, end, top_k=3, max_span_frames=bad)
+
+
+def test_long_video_window_scores_refuse_broken_model_output():
+    from peft_vtg.heads.decoding import calibrated_spans
+
+    good, broken = torch.randn(8), torch.tensor([0.0, float("nan")] * 4)
+    assert len(calibrated_spans(good, good, good, top_k=2)) == 2
+    for kwargs, message in ((dict(start_logits=broken), "start_logits hold NaN"),
+                            (dict(inside_logits=broken), "inside_logits hold NaN"),
+                            (dict(match_probability=float("nan")), "match_probability must be a probability"),
+                            (dict(top_k=-1), "top_k must be a whole number >= 1")):
+        arguments = {**dict(start_logits=good, end_logits=good, inside_logits=good, top_k=2), **kwargs}
+        with pytest.raises(ValueError, match=message):
+            calibrated_spans(**arguments)

@@ -16,7 +16,7 @@ ALLOWED = {
     "moment_detr_eval": {"timeline"},
     "metrics": {"timeline", "moment_detr_eval"},
     "data": {"timeline"},
-    "vtg_prompt": {"timeline", "injection", "heads"},
+    "vtg_prompt": {"timeline", "files", "injection", "heads"},
     "inference": {"timeline", "heads", "data", "vtg_prompt"},
     "training": {"timeline", "files", "locks", "heads", "data", "metrics", "moment_detr_eval", "vtg_prompt"},
     "submission": {"data", "metrics", "moment_detr_eval"},

@@ -32,7 +32,7 @@ def span_log_scores(
     log_start = torch.log_softmax(start_logits[:num_frames].float(), dim=0)
     log_end = torch.log_softmax(end_logits[:num_frames].float(), dim=0)
     scores = log_start.unsqueeze(1) + log_end.unsqueeze(0)  # (frames, frames)
-    longest = num_frames if max_span_frames is None else max(1, int(max_span_frames))
+    longest = num_frames if max_span_frames is None else max(1, min(num_frames, int(max_span_frames)))
     rows = torch.arange(num_frames, device=scores.device).unsqueeze(1)
     cols = torch.arange(num_frames, device=scores.device).unsqueeze(0)
     allowed = (cols >= rows) & (cols - rows < longest)  # the band i <= j <= i + longest - 1
@@ -73,13 +73,41 @@ def _check_decoding(start_logits: Any, end_logits: Any, frame_mask: Any, top_k: 
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}.")
     check_nms_threshold(nms_threshold)
+    if frame_mask is not None:
+        # Decoding reads a clip's real frames as its first mask.sum() frames (how every collator pads): a mask of
+        # other values, or with padding first, would decode padding as frames.
+        values = frame_mask.float()
+        if not bool(((values == 0) | (values == 1)).all()) or bool((values[:, 1:] > values[:, :-1]).any()):
+            rows = sorted({int(r) for r in ((values != 0) & (values != 1)).nonzero()[:, 0].tolist()}
+                          | {int(r) for r in (values[:, 1:] > values[:, :-1]).nonzero()[:, 0].tolist()})
+            raise ValueError(f"frame_mask must be 1 for each clip's real frames and 0 for the padding after them "
+                             f"(right padding); clip(s) {rows[:10]} are not.")
     real = frame_mask.bool() if frame_mask is not None else torch.ones_like(start_logits, dtype=torch.bool)
     for name, value in (("start_logits", start_logits), ("end_logits", end_logits)):
-        bad = real & ~torch.isfinite(value.float())
-        if bool(bad.any()):  # a NaN scores every span NaN, and decoding would silently return no moment
-            rows = sorted({int(r) for r in bad.nonzero()[:, 0].tolist()})
-            raise ValueError(f"{name} hold NaN or Inf at real frames of clip(s) {rows[:10]}; the model's output is "
-                             "broken (check its inputs and weights).")
+        check_finite_logits(name, value, real)
+
+
+def check_finite_logits(name: str, value: torch.Tensor, real: Optional[torch.Tensor] = None) -> None:
+    """Raise `ValueError` when `value` (batch, frames) or (frames,) holds NaN or Inf at real frames (`real`, a bool
+    mask of its shape; None: every frame): a NaN scores every span NaN, and decoding would silently return no
+    moment."""
+    bad = ~torch.isfinite(value.float())
+    if real is not None:
+        bad &= real
+    if bool(bad.any()):
+        rows = sorted({int(r) for r in bad.reshape(-1, bad.shape[-1]).nonzero()[:, 0].tolist()})
+        where = f"clip(s) {rows[:10]}" if value.dim() > 1 else "its frames"
+        raise ValueError(f"{name} hold NaN or Inf at real frames of {where}; the model's output is broken (check "
+                         "its inputs and weights).")
+
+
+def check_max_span_frames(max_span_frames: Any) -> Optional[int]:
+    """`max_span_frames` as a whole number of frames >= 1, or None; a `ValueError` naming it otherwise."""
+    if max_span_frames is None:
+        return None
+    if isinstance(max_span_frames, bool) or not isinstance(max_span_frames, numbers.Integral) or max_span_frames < 1:
+        raise ValueError(f"max_span_frames must be a whole number of frames >= 1 or None, got {max_span_frames!r}.")
+    return int(max_span_frames)
 
 
 def decode_frame_spans(
@@ -103,6 +131,7 @@ def decode_frame_spans(
         One list per clip of `(first_frame, last_frame, score)`, best first; the first entry is the argmax span.
     """
     _check_decoding(start_logits, end_logits, frame_mask, top_k, nms_threshold)
+    max_span_frames = check_max_span_frames(max_span_frames)
     lengths = (
         frame_mask.sum(dim=1).tolist() if frame_mask is not None else [start_logits.shape[1]] * start_logits.shape[0]
     )
@@ -157,7 +186,8 @@ def decode_moments(
         length, duration = int(lengths[row]), float(durations[row])
         max_frames = None
         if max_span_seconds is not None:
-            max_frames = max(1, int(-(-max_span_seconds * length // duration)))  # ceil without float surprises
+            # ceil without float surprises; at most the clip (a huge limit is no limit, not an overflow)
+            max_frames = max(1, min(length, int(-(-max_span_seconds * length // duration))))
         mask_row = frame_mask[row : row + 1] if frame_mask is not None else None
         (spans,) = decode_frame_spans(
             start_logits[row : row + 1], end_logits[row : row + 1], mask_row, top_k, max_frames, nms_threshold
@@ -243,6 +273,15 @@ def calibrated_spans(
     for name, value in (("span_exponent", span_exponent), ("presence_exponent", presence_exponent)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < math.inf:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}.")
+    max_span_frames = check_max_span_frames(max_span_frames)
+    for name, value in (("start_logits", start_logits), ("end_logits", end_logits), ("inside_logits", inside_logits)):
+        if value is not None:
+            check_finite_logits(name, value)
+    if match_probability is not None and not (is_finite_number(match_probability) and 0 <= match_probability <= 1):
+        raise ValueError(f"match_probability must be a probability in [0, 1] or None, got {match_probability!r}; the "
+                         "model's matching head output is broken (check its inputs and weights).")
     scores = span_log_scores(start_logits, end_logits, len(start_logits), max_span_frames)
     spans = top_spans(scores, top_k * 3, None)
     relevance = 1.0 if match_probability is None else float(match_probability)

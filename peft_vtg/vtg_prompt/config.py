@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
 import numbers
 import os
@@ -12,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from peft.config import PeftConfig
+from peft.utils import CONFIG_NAME
 from peft.utils.peft_types import PeftType
 
+from ..files import write_text_atomic
 from ..timeline import is_finite_number
 
 
@@ -127,6 +130,11 @@ def check_field_types(obj: object, names: typing.Iterable[str]) -> None:
         if not ok:
             raise ValueError(f"{name} must be {want}{' or None' if optional else ''}, got {type(value).__name__} "
                              f"{value!r}.")
+        # numpy scalars pass the checks above, but JSON cannot hold them: saving the config would fail
+        if int in origins and bool not in origins and type(value) is not int:
+            setattr(obj, name, int(value))
+        elif float in origins and bool not in origins and type(value) not in (int, float):  # np.float64 included
+            setattr(obj, name, float(value))
 
 
 def _enum_value(enum_cls: type[enum.Enum], value: Union[str, enum.Enum], field_name: str) -> str:
@@ -540,6 +548,10 @@ class VTGPromptConfig(PeftConfig):
         object.__setattr__(self, "_aliases_bound", True)
 
     def __setattr__(self, name: str, value: object) -> None:
+        # A numpy scalar (np.float32(0.1), np.int64(8): what array maths gives) as the plain number it stands for,
+        # which JSON can hold when the config is saved (np.bool_ is no Real: it stays, for the checks to refuse).
+        if isinstance(value, numbers.Real) and type(value).__module__ == "numpy":
+            value = value.item()
         super().__setattr__(name, value)
         if name in TEXT_TOKEN_ALIASES and self.__dict__.get("_aliases_bound"):
             other = TEXT_TOKEN_ALIASES[name]
@@ -605,6 +617,26 @@ class VTGPromptConfig(PeftConfig):
                 "vtm_heads read the fused [CLS] of the grounding head; set grounding_head=True (or None) or vtm_heads=[]."
             )
 
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Write `adapter_config.json` as PEFT does, but serialised before the file is opened and replaced atomically:
+        PEFT's own opens (truncates) the file first, so a value JSON cannot hold, or a kill, left an empty config in
+        place of a good one."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory {save_directory} is a file; give a directory.")
+        auto_mapping = kwargs.pop("auto_mapping_dict", None)
+        output = {key: list(value) if isinstance(value, set) else value for key, value in self.to_dict().items()}
+        if auto_mapping is not None:
+            output["auto_mapping"] = auto_mapping
+        for key, value in output.items():
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"The adapter config cannot be saved: {key}={value!r} is not a JSON value ({err}); set "
+                                 f"it to a plain number, string, list or mapping. Nothing was written.") from None
+        text = json.dumps(output, indent=2, sort_keys=True)
+        os.makedirs(save_directory, exist_ok=True)
+        write_text_atomic(os.path.join(save_directory, CONFIG_NAME), text)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
         """Load the config (as PEFT does) and check the adapter weights beside it; see `check_adapter_directory`.
@@ -614,6 +646,13 @@ class VTGPromptConfig(PeftConfig):
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
         check_adapter_directory(directory)
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        if not isinstance(config, cls):  # PEFT builds the class its peft_type names
+            raise ValueError(
+                f"{directory} holds a {getattr(getattr(config, 'peft_type', None), 'value', type(config).__name__)} "
+                "adapter, not a "
+                "VTG_PROMPT one; load it with "
+                "PeftModel.from_pretrained (or its own config class, e.g. peft.LoraConfig)."
+            )
         # A config that records its base architecture was saved with an adapter (see __post_init__), so a local
         # directory without the weights is an incomplete adapter; PEFT would go on to look for the file on the Hub
         # and fail with an unrelated repo-id error. A bare config (never attached to a model) reads fine alone.
