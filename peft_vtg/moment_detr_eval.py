@@ -160,6 +160,11 @@ def evaluate_moment_retrieval(
             numbers with start <= end, or a query has no ground-truth window; the message names the query.
     """
     _check_moment_inputs(predictions, ground_truth)
+    if max_predictions is not None and (isinstance(max_predictions, bool)
+                                        or not isinstance(max_predictions, numbers.Integral) or max_predictions < 1):
+        # a negative slice would drop the last windows and 0 all of them: a wrong mAP, not an error
+        raise ValueError(f"max_predictions must be a whole number >= 1 (windows per query; the reference's 10) or "
+                         f"None, got {max_predictions!r}.")
     metrics: dict[str, float] = {}
     for name, low, high in LENGTH_BUCKETS + (("full", None, None),):
         if low is None:
@@ -198,6 +203,8 @@ def saliency_labels(duration: float, relevant_clip_ids: Sequence[int], saliency_
     """Per-clip scores of each annotator, (clips, annotators), zero outside `relevant_clip_ids`; clips =
     int(duration / clip_length). Raises naming the clip when an id lies outside the video."""
     clips = int(duration / clip_length)
+    if not all(isinstance(clip, numbers.Integral) and not isinstance(clip, bool) for clip in relevant_clip_ids):
+        raise ValueError(f"relevant clip ids must be whole numbers (clip indices), got {list(relevant_clip_ids)!r}.")
     scores = np.asarray(saliency_scores, dtype=float).reshape(len(relevant_clip_ids), -1)
     labels = np.zeros((clips, scores.shape[1] if len(relevant_clip_ids) else 3))
     for clip, row in zip(relevant_clip_ids, scores):
@@ -249,6 +256,9 @@ def evaluate_highlights(
             no whole clip; the message names the query. Scores of queries without labels are ignored.
     """
     # Queries without highlight labels are left out, as the reference scores only labelled ones.
+    if isinstance(clip_length, bool) or not isinstance(clip_length, numbers.Real) or not is_finite_number(clip_length) \
+            or clip_length <= 0:
+        raise ValueError(f"clip_length must be a finite number of seconds > 0 (QVHighlights: 2), got {clip_length!r}.")
     _check_same_queries(saliency, ground_truth, "saliency", extra_allowed=True)
     for qid in ground_truth:
         scores = saliency[qid]
@@ -265,6 +275,10 @@ def evaluate_highlights(
         check_clip_count(duration, clip_length, f"ground truth of query {qid!r}")
     labels = {}
     for qid, truth in ground_truth.items():
+        missing = [key for key in ("relevant_clip_ids", "saliency_scores") if key not in truth]
+        if missing:
+            raise ValueError(f"ground truth of query {qid!r} has no {missing}; highlight labels are "
+                             "'relevant_clip_ids' with one list of 'saliency_scores' per id (QVHighlights).")
         try:
             labels[qid] = saliency_labels(truth["duration"], truth["relevant_clip_ids"], truth["saliency_scores"],
                                           clip_length)

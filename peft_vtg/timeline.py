@@ -21,10 +21,19 @@ Window = Sequence[float]  # (start_s, end_s) or (start_s, end_s, score)
 
 
 def check_window(window: Window, what: str = "window") -> tuple[float, float]:
-    """`(start, end)` of `window` as floats; raises if it has fewer than two values or ends before it starts."""
-    if len(window) < 2:
-        raise ValueError(f"{what} {list(window)!r} needs at least [start, end].")
-    start, end = float(window[0]), float(window[1])
+    """`(start, end)` of `window` as floats; raises if it is not a sequence of at least two numbers, a bound is NaN or
+    infinite, or it ends before it starts."""
+    try:  # numbers, numpy or 0-d torch scalars; not text, not bools
+        if isinstance(window, (str, bytes)) or len(window) < 2:
+            raise TypeError
+        first, second = window[0], window[1]
+        if isinstance(first, (str, bytes, bool)) or isinstance(second, (str, bytes, bool)):
+            raise TypeError
+        start, end = float(first), float(second)
+    except (TypeError, ValueError, KeyError, IndexError):
+        raise ValueError(f"{what} {window!r} must be [start, end] (numbers), optionally with a score.") from None
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise ValueError(f"{what} {list(window)!r} has a bound that is not a finite number.")
     if end < start:
         raise ValueError(f"{what} {list(window)!r} ends before it starts (end < start).")
     return start, end
@@ -94,7 +103,17 @@ def check_nms_threshold(value: object) -> Optional[float]:
 
 def temporal_nms(windows: Sequence[Window], iou_threshold: float, max_windows: Optional[int] = None) -> list[Window]:
     """Greedy temporal non-maximum suppression: keep the best-scored window, drop every later window whose IoU with a
-    kept one exceeds `iou_threshold`, repeat. Returns the kept windows by descending score."""
+    kept one exceeds `iou_threshold`, repeat. Returns the kept windows by descending score (at most `max_windows`,
+    a whole number >= 1, or all)."""
+    if check_nms_threshold(iou_threshold) is None:
+        raise ValueError("iou_threshold must be an IoU in [0, 1], got None.")
+    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, numbers.Integral)
+                                    or max_windows < 1):
+        raise ValueError(f"max_windows must be a whole number >= 1 or None, got {max_windows!r}.")
+    for window in windows:
+        # a NaN score sorts anywhere and would suppress a real window
+        if len(window) > 2 and not _is_finite_score(window[2]):
+            raise ValueError(f"window {list(window)!r}: its score must be a finite number.")
     kept: list[Window] = []
     for window in rank_windows(windows):
         if all(temporal_iou(window, other) <= iou_threshold for other in kept):
@@ -102,6 +121,15 @@ def temporal_nms(windows: Sequence[Window], iou_threshold: float, max_windows: O
             if max_windows is not None and len(kept) >= max_windows:
                 break
     return kept
+
+
+def _is_finite_score(value: object) -> bool:
+    if isinstance(value, (str, bytes, bool)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def _check_clip(duration: float, num_frames: int) -> float:

@@ -427,3 +427,29 @@ def test_collator_pads_masks_and_labels(tmp_path):
     assert fixed["video_features"].shape == (2, 3, 3) and fixed["frame_mask"].all()
     unlabelled = collate([{**rows[0], "windows": []}])
     assert "start_frames" not in unlabelled
+
+
+def test_collator_refuses_labels_outside_the_video_and_raw_pixels(tmp_path):
+    np.save(tmp_path / "v.npy", np.ones((5, 3), np.float32))
+    collate = GroundingCollator(tiny_tokenizer(), FeatureDirectory(tmp_path))
+    row = {"qid": "q", "vid": "v", "query": "a door opens", "duration": 10.0, "windows": [[2.0, 5.0]]}
+    assert collate([row])["end_frames"].tolist() == [2]
+    assert collate([{**row, "windows": [[8.0, 12.0]]}])["end_frames"].tolist() == [4]  # overlapping: clipped
+    for windows in ([[20.0, 25.0]], [[-9.0, -5.0]], [[10.0, 10.0]]):  # trained as the edge frame before
+        with pytest.raises(ValueError, match=r"Row 0 \(qid 'q'\): 'windows' item .* lies outside the video's 10.0 s"):
+            collate([{**row, "windows": windows}])
+    labels = {"clip_length": 2.0, "saliency_scores": [[1, 2, 3]]}
+    assert collate([{**row, "relevant_clip_ids": [4], **labels}])["saliency_targets"][0, -1] == 2.0
+    assert collate([{**row, "duration": 9.0, "relevant_clip_ids": [4], **labels}])  # the last, shorter clip
+    for ids, message in (([5], r"'relevant_clip_ids' \[5\] lie beyond the video's 5 clips of 2.0 s"),
+                         ([10**9], r"'relevant_clip_ids' \[1000000000\] lie beyond"),  # an 8 GB array before
+                         ([1, 1], r"'relevant_clip_ids' lists a clip twice"),
+                         (np.array([1]), r"'relevant_clip_ids' must be a list of clip indices")):
+        scores = [[1, 2, 3]] * len(ids)
+        with pytest.raises(ValueError, match=message):
+            collate([{**row, "relevant_clip_ids": ids, "clip_length": 2.0, "saliency_scores": scores}])
+    with pytest.raises(ValueError, match=r"clip_length of 1e-09 s cuts the 10.0 s video into more than"):
+        collate([{**row, "relevant_clip_ids": [1], "clip_length": 1e-9, "saliency_scores": [[1]]}])
+    pixels = GroundingCollator(tiny_tokenizer(), lambda vid: torch.zeros(5, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"returned torch.uint8 frames, raw pixels; return them preprocessed"):
+        pixels([row])

@@ -116,3 +116,41 @@ def test_arrays_of_windows_are_read_as_the_lists_they_hold():
     assert evaluate_moments({"q": np.array([[0.0, 5.0, 1.0], [0.0, 10.0, 0.5]])}, {"q": np.array([[0.0, 10.0]])}) \
         == lists
     assert evaluate_moments({"q": torch.tensor([[0.0, 5.0, 1.0], [0.0, 10.0, 0.5]])}, {"q": [[0.0, 10.0]]}) == lists
+
+
+def test_iou_and_nms_refuse_what_would_rank_or_score_wrongly():
+    for window, message in (([float("nan"), 1.0], "not a finite number"), (["0", "1"], r"must be \[start, end\]"),
+                            (None, r"must be \[start, end\]"), ([True, 2], r"must be \[start, end\]")):
+        with pytest.raises(ValueError, match=message):
+            temporal_iou(window, [0.0, 1.0])
+    windows = [[0.0, 1.0, float("nan")], [0.0, 1.0, 0.9], [5.0, 6.0, 0.1]]
+    with pytest.raises(ValueError, match="its score must be a finite number"):  # NaN suppressed the 0.9 window
+        temporal_nms(windows, 0.5)
+    good = windows[1:]
+    assert temporal_nms(good, 0.5, max_windows=1) == [[0.0, 1.0, 0.9]]
+    for kwargs, message in ((dict(max_windows=0), "max_windows must be a whole number >= 1"),
+                            (dict(max_windows=-1), "max_windows must be a whole number >= 1"),
+                            (dict(iou_threshold=None), "iou_threshold must be an IoU"),
+                            (dict(iou_threshold=2), "must be an IoU in")):
+        with pytest.raises(ValueError, match=message):
+            temporal_nms(good, **{"iou_threshold": 0.5, **kwargs})
+
+
+def test_moment_detr_metrics_refuse_settings_that_change_the_numbers():
+    from peft_vtg.moment_detr_eval import evaluate_highlights, evaluate_moment_retrieval
+
+    predictions, truth = {"q": [[0.0, 2.0, 0.9], [4.0, 6.0, 0.5]]}, {"q": [[4.0, 6.0]]}
+    assert evaluate_moment_retrieval(predictions, truth, max_predictions=10)["MR-full-mAP"] == 50.0
+    for bad in (0, -1, 1.5, "10", True):  # -1 dropped the last window: mAP 0 instead of 50
+        with pytest.raises(ValueError, match="max_predictions must be a whole number >= 1"):
+            evaluate_moment_retrieval(predictions, truth, max_predictions=bad)
+    labels = {"q": {"duration": 8.0, "relevant_clip_ids": [1, 2], "saliency_scores": [[1, 2, 3], [4, 4, 4]]}}
+    saliency = {"q": [0.1, 0.5, 0.9, 0.2]}
+    assert evaluate_highlights(saliency, labels)["HL-min-VeryGood-Hit1"] == 100.0
+    for bad in (0, float("nan"), "2", -2):
+        with pytest.raises(ValueError, match="clip_length must be a finite number of seconds > 0"):
+            evaluate_highlights(saliency, labels, clip_length=bad)
+    with pytest.raises(ValueError, match=r"ground truth of query 'q' has no \['relevant_clip_ids'\]"):
+        evaluate_highlights(saliency, {"q": {"duration": 8.0, "saliency_scores": [[1, 2, 3]]}})
+    with pytest.raises(ValueError, match=r"query 'q': relevant clip ids must be whole numbers"):
+        evaluate_highlights(saliency, {"q": {**labels["q"], "relevant_clip_ids": [1.0, 2.0]}})

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..timeline import clip_scores_to_frames, is_finite_number, seconds_to_frames
+from ..timeline import check_clip_count, clip_scores_to_frames, is_finite_number, seconds_to_frames
 from .video import (
     FeatureDirectory,
     H5FeatureFile,
@@ -65,6 +65,8 @@ def check_rows(rows: Any) -> None:
         if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not is_finite_number(duration) \
                 or duration <= 0:
             raise ValueError(f"{where}: 'duration' must be a finite number of seconds > 0, got {duration!r}.")
+        if has_highlight_labels(row):
+            _check_highlight_labels(row, where)
         windows = row["windows"]
         if windows is None:
             continue
@@ -77,8 +79,17 @@ def check_rows(rows: Any) -> None:
             if not ok or window[1] < window[0]:
                 raise ValueError(f"{where}: 'windows' item {window!r} must be [start, end], finite seconds with "
                                  "start <= end; for a single window write [[start, end]].")
-        if row.get("relevant_clip_ids"):
-            _check_highlight_labels(row, where)
+            if window[0] >= duration or window[1] < 0:  # its frame span would be clamped onto the video's edge
+                raise ValueError(f"{where}: 'windows' item {list(window)!r} lies outside the video's {duration!r} s "
+                                 "('duration'); fix the window or the duration (load_annotations clips windows to "
+                                 "the video and drops those outside it).")
+
+
+def has_highlight_labels(row: Mapping[str, Any]) -> bool:
+    """Whether `row` has highlight labels: a non-empty `relevant_clip_ids` (a list, or any sized value, which
+    `check_rows` then checks; `bool()` of a numpy array would raise)."""
+    ids = row.get("relevant_clip_ids")
+    return ids is not None and (len(ids) > 0 if hasattr(ids, "__len__") else True)
 
 
 def _check_highlight_labels(row: Mapping[str, Any], where: str) -> None:
@@ -87,8 +98,19 @@ def _check_highlight_labels(row: Mapping[str, Any], where: str) -> None:
             or clip_length <= 0:
         raise ValueError(f"{where}: highlight labels need 'clip_length', a finite number of seconds > 0 (2 for "
                          f"QVHighlights), got {clip_length!r}.")
-    if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in ids):
-        raise ValueError(f"{where}: 'relevant_clip_ids' must be clip indices (whole numbers >= 0), got {ids!r}.")
+    if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Sequence) or not all(
+            isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(f"{where}: 'relevant_clip_ids' must be a list of clip indices (whole numbers >= 0), got "
+                         f"{ids!r}.")
+    clips = check_clip_count(float(row["duration"]), float(clip_length), f"{where}: 'clip_length'")
+    clips += float(row["duration"]) / float(clip_length) - clips > 1e-9  # a last, shorter clip is in the video
+    beyond = [int(i) for i in ids if i >= clips]
+    if beyond:
+        raise ValueError(f"{where}: 'relevant_clip_ids' {beyond[:8]} lie beyond the video's {clips} clips of "
+                         f"{clip_length!r} s ('duration' {row['duration']!r} s); fix the ids, the duration or "
+                         "clip_length (load_annotations drops such clips).")
+    if len(set(int(i) for i in ids)) != len(ids):
+        raise ValueError(f"{where}: 'relevant_clip_ids' lists a clip twice: {list(ids)!r}; give each clip once.")
     if isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence) or len(scores) != len(ids) or not all(
             isinstance(r, Sequence) and r and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                                                    and is_finite_number(v) for v in r) for r in scores):
@@ -101,9 +123,9 @@ def saliency_targets(row: Mapping[str, Any], num_frames: int) -> Optional[tuple[
     its annotators (0..4 for QVHighlights; clips outside `relevant_clip_ids` score 0), and a frame takes the mean of
     the clips its bin overlaps, weighted by the seconds of overlap (`peft_vtg.timeline.clip_scores_to_frames`).
     Returns `(targets, known)`, or None when the row has no highlight labels."""
-    ids = row.get("relevant_clip_ids")
-    if not ids:
+    if not has_highlight_labels(row):
         return None
+    ids = row["relevant_clip_ids"]
     duration, clip_length = float(row["duration"]), float(row["clip_length"])
     clips = np.zeros(max(int(math.ceil(duration / clip_length - 1e-9)), max(ids) + 1))
     for clip, scores in zip(ids, row["saliency_scores"]):
@@ -244,7 +266,11 @@ class GroundingCollator:
                     f"Video {vid!r} was decoded to {video.shape[0]} frames but num_frames={num_frames}; sample it "
                     "to that count in the video source (VideoFiles(num_frames=...))."
                 )
-            if video.is_floating_point() and not bool(torch.isfinite(video).all()):
+            if not video.is_floating_point():  # raw pixels would reach the encoder unnormalised
+                raise ValueError(f"Video {vid!r}: the video source returned {video.dtype} frames, raw pixels; return "
+                                 "them preprocessed for the encoder (floats: peft_vtg.data.preprocess_frames, or "
+                                 "VideoFiles, which decodes and preprocesses).")
+            if not bool(torch.isfinite(video).all()):
                 raise ValueError(f"Video {vid!r}: its frames hold NaN or Inf values.")
             return video
         raise ValueError(f"Video {vid!r}: expected features (frames, dim) or frames (frames, 3, H, W), got "

@@ -260,7 +260,8 @@ def _any_value(rows: Any, key: str) -> bool:
     of which may lack the key (a labelled set concatenated with an unlabelled one)."""
     if hasattr(rows, "column_names"):
         return key in rows.column_names and any(rows[key])
-    return any(isinstance(row, Mapping) and bool(row.get(key)) for row in rows)
+    return any(isinstance(row, Mapping) and row.get(key) is not None and (
+        len(row[key]) > 0 if hasattr(row[key], "__len__") else True) for row in rows)
 
 
 def _train(
