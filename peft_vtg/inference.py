@@ -13,7 +13,7 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -47,7 +47,7 @@ from .heads.decoding import (
     window_starts,
 )
 from .heads.ensemble import ENSEMBLE_FUSIONS, fuse_grounding_outputs
-from .timeline import check_nms_threshold, frame_scores_to_clips, rank_windows, temporal_nms
+from .timeline import MAX_SAMPLED_FRAMES, check_clip_count, check_nms_threshold, frame_scores_to_clips, rank_windows, temporal_nms
 from .vtg_prompt.model import VTGPromptModel
 
 VideoInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -394,6 +394,8 @@ def ground_queries(
     if isinstance(queries, (str, bytes)):  # list("a sentence") would ground each character
         raise TypeError(f"queries must be a list of sentences, got one {type(queries).__name__}: {queries!r}; wrap it "
                         "in a list, or use ground() for a single query.")
+    if isinstance(queries, Mapping) or not isinstance(queries, Iterable):  # a dict would be read as its keys
+        raise TypeError(f"queries must be a list of sentences, got {type(queries).__name__}.")
     queries = list(queries)
     if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
         raise ValueError("queries must be a non-empty list of non-empty sentences.")
@@ -409,6 +411,8 @@ def ground_queries(
         check_encoder_image_size(image_size, encoder_size)
     image_size = image_size or encoder_size
     duration = video_duration(video)
+    if return_saliency:  # before the video is decoded: a clip length in the wrong unit fails at the end otherwise
+        check_clip_count(duration, float(clip_length), "clip_length")
     if window is not None and duration > LONG_VIDEO_FACTOR * window.seconds:
         return _ground_long_video(tuner, video, queries, tokenizer, duration, window, image_size, processor, top_k,
                                   nms_threshold, max_span_seconds, max_text_length, return_saliency, clip_length,
@@ -543,7 +547,10 @@ def _encode_windows(tuner: Any, pixels: torch.Tensor, ensemble: Optional[_Ensemb
 
 def _saliency_clips(frame_logits: list[float], duration: float, clip_length: float) -> list[tuple[float, float, float]]:
     """Per-frame saliency logits of a video (its real frames) -> `(start_s, end_s, score)` per clip of `clip_length`
-    seconds from the start, the last clip cut at `duration` (`frame_scores_to_clips` gives the scores)."""
+    seconds from the start, the last clip cut at `duration` (`frame_scores_to_clips` gives the scores), as plain
+    floats (a numpy clip_length would make them numpy scalars, which JSON cannot write)."""
+    duration, clip_length = float(duration), float(clip_length)
+    check_clip_count(duration, clip_length, "clip_length")
     scores = frame_scores_to_clips(frame_logits, duration, clip_length)
     return [(k * clip_length, min((k + 1) * clip_length, duration), score) for k, score in enumerate(scores)]
 
@@ -724,7 +731,12 @@ def _window_spans(tuner: Any, path: Any, queries: list[str], tokenizer: Any, dur
     """
     from tqdm.auto import tqdm
 
-    total = max(window.frames, int(round(duration * window.frames / window.seconds)))
+    sampled = duration * window.frames / window.seconds
+    if sampled > MAX_SAMPLED_FRAMES:  # a window length in the wrong unit: hours of decoding before any error
+        raise ValueError(f"window_seconds={window.seconds!r} with {window.frames} frames per window samples "
+                         f"{sampled:,.0f} frames of this {duration:.1f} s video, more than {MAX_SAMPLED_FRAMES:,}; "
+                         "window_seconds is in seconds (leave it out to use the adapter's trained window).")
+    total = max(window.frames, int(round(sampled)))
     step = duration / total  # seconds per frame on the whole video's grid
     stride = max(1, int(round(window.frames * (1.0 - window.overlap))))
     starts = window_starts(total, window.frames, stride)

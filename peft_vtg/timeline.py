@@ -180,6 +180,9 @@ def _overlaps(bins: int, bin_seconds: float, cells: int, cell_seconds: float) ->
 # An hour at 10 clips per second is 36,000 clips; a million means a clip length given in other units than seconds
 # (and would allocate gigabytes of labels).
 MAX_CLIPS = 1_000_000
+# More frames than this sampled from one video is a setting in the wrong unit, not a video (a 24-hour video at
+# 10 fps is 864,000).
+MAX_SAMPLED_FRAMES = 1_000_000
 
 
 def check_clip_count(duration: float, clip_length: float, what: str) -> int:

@@ -263,3 +263,24 @@ def test_geometric_fusion_is_the_renormalised_mean_of_log_probabilities(videos):
                                ensemble_fusion="geometric", **settings), alone)
     with pytest.raises(ValueError, match="ensemble_fusion must be one of"):
         ground(model, paths[1], QUERY, tokenizer, adapter_names=["a", "b"], ensemble_fusion="max")
+
+
+def test_grounding_settings_in_the_wrong_unit_or_type_are_refused_before_the_work(videos):
+    import json
+
+    root, paths = videos
+    model, tokenizer = three_adapters(root), tiny_tokenizer()
+    settings = dict(image_size=32, num_frames=8, disable_tqdm=True)
+    with pytest.raises(ValueError, match=r"window_seconds=1e-06 with 8 frames per window samples 512,000,000 frames "
+                                         r"of this 64.0 s video, more than 1,000,000"):
+        ground(model, paths[1], QUERY, tokenizer, window_seconds=1e-6, **settings)  # 16 million windows before
+    with pytest.raises(ValueError, match=r"num_frames=10000000 samples 10,000,000 frames of .*short.mp4"):
+        ground(model, paths[0], QUERY, tokenizer, **{**settings, "num_frames": 10**7})
+    with pytest.raises(ValueError, match=r"clip_length: a clip_length of 1e-08 s cuts the .* video into more than"):
+        ground_queries(model, paths[1], [QUERY], tokenizer, return_saliency=True, clip_length=1e-8, **settings)
+    for queries in (5, {QUERY: 1}):  # a dict was grounded as its keys
+        with pytest.raises(TypeError, match="queries must be a list of sentences"):
+            ground_queries(model, paths[0], queries, tokenizer, **settings)
+    (result,) = ground_queries(model, paths[0], [QUERY], tokenizer, return_saliency=True,
+                               clip_length=np.float32(2.0), **settings)
+    json.dumps(result.saliency)  # plain floats: a numpy clip_length made numpy scalars JSON cannot write

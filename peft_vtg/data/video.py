@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..timeline import is_finite_number
+from ..timeline import MAX_SAMPLED_FRAMES, is_finite_number
 
 PathLike = Union[str, os.PathLike]
 
@@ -647,6 +647,10 @@ def decode_video(
     num_frames, fps = check_sampling(num_frames, fps)
     duration = video_duration(path)
     count = num_frames if num_frames is not None else max(1, int(round(duration * fps)))
+    if count > MAX_SAMPLED_FRAMES:  # every sampled frame is held in memory: a setting in the wrong unit
+        setting = f"num_frames={num_frames!r}" if num_frames is not None else f"fps={fps!r}"
+        raise ValueError(f"{setting} samples {count:,} frames of {os.fspath(path)} ({duration:.1f} s), more than "
+                         f"{MAX_SAMPLED_FRAMES:,}; sample fewer (fps is frames per second).")
     frames = torch.stack(list(iter_video_frames(path, sample_times(duration, count))))  # (count, 3, H, W)
     return frames, duration
 
