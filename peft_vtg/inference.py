@@ -71,16 +71,22 @@ def _split_videos(video: Union[VideoInput, Sequence[VideoInput]]) -> tuple[list[
     """A list of single videos, and whether the input was a single video."""
     if isinstance(video, (str, os.PathLike)):
         return [video], True
+    if isinstance(video, (bytes, bytearray)):  # a Sequence of ints to Python
+        raise TypeError(f"video is {type(video).__name__}; give a file path as a str (or os.PathLike).")
     if isinstance(video, (np.ndarray, torch.Tensor)):
         if video.ndim in (2, 4):  # (frames, dim) features or (frames, 3, H, W) frames
             return [video], True
         if video.ndim in (3, 5):  # a batch of either
+            if video.shape[0] == 0:
+                raise ValueError(f"video is an empty batch, shape {tuple(video.shape)}; give at least one video.")
             return list(video), False
         raise ValueError(
             f"A video tensor must be features (frames, dim), frames (frames, 3, H, W), or a batch of either; got shape "
             f"{tuple(video.shape)}."
         )
-    if isinstance(video, Sequence) and video:
+    if isinstance(video, Sequence):
+        if not video:
+            raise ValueError("video is an empty list; give at least one video (a file path, a tensor or an array).")
         return list(video), False
     raise TypeError(f"Unsupported video input {type(video).__name__}; give a file path, a tensor or an array.")
 
@@ -125,8 +131,12 @@ def _check_tensor(item: Any, index: int, feature_size: Optional[int],
             raise ValueError(f"Video {index}: frames are {tensor.dtype} values, raw pixels; ground() takes "
                              "preprocessed float frames: pass them through peft_vtg.data.preprocess_frames(frames, "
                              "image_size=...) first (or give the video file).")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"Video {index}: its frames hold NaN or Inf values; the scores would be NaN.")
+        if tensor.dtype == torch.float64 and float(tensor.abs().max()) > torch.finfo(torch.float32).max:
+            raise ValueError(f"Video {index}: its frames reach {float(tensor.abs().max()):.3g}, beyond float32's "
+                             "range; preprocessed frames are normalised pixels (about -3 to 3): pass them through "
+                             "peft_vtg.data.preprocess_frames.")
         if image_size is not None and tuple(tensor.shape[2:]) != (image_size, image_size):
             raise ValueError(f"Video {index}: frames of {tensor.shape[2]}x{tensor.shape[3]} pixels, but the video "
                              f"encoder takes {image_size}x{image_size} (its config's image_size); preprocess them "
@@ -255,6 +265,16 @@ def ground(
     if processor is None:  # an image processor resizes to its own size, which the encoder's config set
         check_encoder_image_size(image_size, encoder_size)
     image_size = image_size or encoder_size
+    # Tensors are checked before any file is decoded: a bad one found after an hour-long video's windows wastes them.
+    checked: dict[int, torch.Tensor] = {}  # one video given for several queries is checked once
+    for index, item in enumerate(videos):
+        if not isinstance(item, (str, os.PathLike)):
+            if id(item) not in checked:
+                checked[id(item)] = _check_tensor(item, index, layer.bound.video_feature_size, encoder_size)
+            videos[index] = checked[id(item)]
+    for index, item in enumerate(videos):
+        if not isinstance(item, (str, os.PathLike)) and durations[index] is None:
+            raise ValueError(f"Video {index} is a tensor: pass duration= (seconds), since it cannot be read from it.")
     # Long video files go window by window; the rest take the single pass below, as before.
     long_results: dict[int, Any] = {}
     if window is not None:
@@ -283,7 +303,7 @@ def ground(
     videos, queries, durations = [videos[i] for i in short], [queries[i] for i in short], [durations[i] for i in short]
     items, mismatches = [], []
     decoded: dict[str, tuple[torch.Tensor, float]] = {}  # one video with several queries is decoded once
-    for index, item in enumerate(videos):
+    for position, item in enumerate(videos):
         if isinstance(item, (str, os.PathLike)):
             name = os.fspath(item)
             if name not in decoded:
@@ -291,14 +311,10 @@ def ground(
                 decoded[name] = (preprocess_frames(frames, image_size=image_size or 224, processor=processor),
                                  file_duration)
             item, file_duration = decoded[name]
-            if durations[index] is None:
-                durations[index] = file_duration
-            elif duration_mismatch(durations[index], file_duration):
-                mismatches.append((name, durations[index], file_duration))
-        else:
-            item = _check_tensor(item, index, layer.bound.video_feature_size, encoder_size)
-        if durations[index] is None:
-            raise ValueError(f"Video {index} is a tensor: pass duration= (seconds), since it cannot be read from it.")
+            if durations[position] is None:
+                durations[position] = file_duration
+            elif duration_mismatch(durations[position], file_duration):
+                mismatches.append((name, durations[position], file_duration))
         items.append(item)
     warn_duration_mismatches(list(dict.fromkeys(mismatches)))
     padded, frame_mask = pad_videos(items)

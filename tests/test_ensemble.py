@@ -284,3 +284,23 @@ def test_grounding_settings_in_the_wrong_unit_or_type_are_refused_before_the_wor
     (result,) = ground_queries(model, paths[0], [QUERY], tokenizer, return_saliency=True,
                                clip_length=np.float32(2.0), **settings)
     json.dumps(result.saliency)  # plain floats: a numpy clip_length made numpy scalars JSON cannot write
+
+
+def test_video_inputs_are_checked_and_named_as_given_before_any_is_grounded(videos, monkeypatch):
+    import peft_vtg.inference as inference
+
+    root, paths = videos
+    model, tokenizer = three_adapters(root), tiny_tokenizer()
+    settings = dict(image_size=32, num_frames=8, disable_tqdm=True)
+    monkeypatch.setattr(inference, "_ground_long_video", lambda *a, **k: pytest.fail("a long video was grounded"))
+    bad = torch.zeros(8, 3, 16, 16)  # frames of the wrong size, after a long video (the second item)
+    with pytest.raises(ValueError, match=r"^Video 1: frames of 16x16 pixels"):  # numbered "Video 0" before
+        ground(model, [paths[1], bad], QUERY, tokenizer, duration=[None, 8.0], **settings)
+    for video, error, message in ((paths[0].encode(), TypeError, "video is bytes; give a file path as a str"),
+                                  ([], ValueError, "video is an empty list"),
+                                  (torch.zeros(0, 8, 3, 32, 32), ValueError, "video is an empty batch")):
+        with pytest.raises(error, match=message):
+            ground(model, video, QUERY, tokenizer, **settings)
+    huge = torch.full((8, 3, 32, 32), 1e39, dtype=torch.float64)  # "the model's output is broken" before
+    with pytest.raises(ValueError, match=r"Video 0: its frames reach 1e\+39, beyond float32's range"):
+        ground(model, huge, QUERY, tokenizer, duration=8.0, **settings)
