@@ -188,6 +188,9 @@ MAX_SAMPLED_FRAMES = 1_000_000
 def check_clip_count(duration: float, clip_length: float, what: str) -> int:
     """The number of whole clips of `clip_length` seconds in a `duration`-second video, or `ValueError` naming `what`
     when that exceeds `MAX_CLIPS`."""
+    if not (is_finite_number(clip_length) and clip_length > 0):
+        raise ValueError(f"{what}: clip_length must be a finite number of seconds > 0 (QVHighlights: 2), got "
+                         f"{clip_length!r}.")
     clips = duration / clip_length
     if clips > MAX_CLIPS:
         raise ValueError(f"{what}: a clip_length of {clip_length!r} s cuts the {duration!r} s video into more than "

@@ -453,3 +453,25 @@ def test_collator_refuses_labels_outside_the_video_and_raw_pixels(tmp_path):
     pixels = GroundingCollator(tiny_tokenizer(), lambda vid: torch.zeros(5, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"returned torch.uint8 frames, raw pixels; return them preprocessed"):
         pixels([row])
+
+
+def test_feature_sources_and_the_collator_name_wrong_arguments(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from peft_vtg.timeline import check_clip_count
+
+    with h5py.File(tmp_path / "f.h5", "w") as handle:
+        handle["v"] = np.ones((4, 3), np.float32)
+        handle["group/v"] = np.ones((4, 3), np.float32)  # an id with "/" is a group
+    source = H5FeatureFile(tmp_path / "f.h5", dim=3)
+    assert source("v").shape == (4, 3)
+    with pytest.raises(ValueError, match=r"f.h5\['group'\] is an HDF5 group, not a dataset of features"):
+        source("group")
+    with pytest.raises(TypeError, match="A video id must be a string, got int 7"):
+        source(7)
+    for make in (lambda: H5FeatureFile(tmp_path / "f.h5", dim="3"), lambda: load_feature_file(tmp_path / "f.h5", dim=0)):
+        with pytest.raises(ValueError, match="dim must be"):
+            make()
+    with pytest.raises(TypeError, match="video_source must be callable"):
+        GroundingCollator(tiny_tokenizer(), None)
+    with pytest.raises(ValueError, match="clip_length must be a finite number of seconds > 0"):
+        check_clip_count(10.0, 0.0, "clip_length")  # ZeroDivisionError before

@@ -218,6 +218,9 @@ class GroundingCollator:
         max_text_length: Optional[int] = None,
     ) -> None:
         check_tokenizer(tokenizer)
+        if not callable(video_source):
+            raise TypeError(f"video_source must be callable (vid -> features or frames: FeatureDirectory, VideoFiles, "
+                            f"CachedVideoStates, or a function), got {type(video_source).__name__}.")
         if num_frames is not None:
             num_frames = check_num_frames(num_frames)
         if max_text_length is not None:

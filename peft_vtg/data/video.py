@@ -219,6 +219,8 @@ def load_feature_file(path: PathLike, key: Optional[str] = None, dim: Optional[i
         ValueError: anything else wrong with the file, naming it (pickles and `.pt` files are refused).
     """
     name = os.fspath(path)
+    if dim is not None:
+        dim = check_positive_int(dim, "dim", "feature values per frame")
     suffix = os.path.splitext(name)[1].lower()
     if suffix in PICKLE_SUFFIXES:
         raise ValueError(
@@ -364,7 +366,7 @@ class H5FeatureFile:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"HDF5 feature file {self.path} does not exist.")
-        self.dim = dim
+        self.dim = None if dim is None else check_positive_int(dim, "dim", "feature values per frame")
         self._handle = None
 
     def _open(self):
@@ -383,9 +385,15 @@ class H5FeatureFile:
 
     def __call__(self, vid: str) -> np.ndarray:
         handle = self._open()
+        if not isinstance(vid, str):
+            raise TypeError(f"A video id must be a string, got {type(vid).__name__} {vid!r}.")
         if vid not in handle:
             raise KeyError(f"{self.path} has no features for video {vid!r}.")
-        array = handle[vid][()]
+        dataset = handle[vid]
+        if not hasattr(dataset, "shape"):  # a group: ids with "/" name nested groups in HDF5
+            raise ValueError(f"{self.path}[{vid!r}] is an HDF5 group, not a dataset of features; each video's "
+                             "features are one (frames, dim) dataset named by its id.")
+        array = dataset[()]
         check_feature_array(array, f"{self.path}[{vid!r}]", self.dim)
         return array
 
