@@ -38,7 +38,7 @@ def test_train_evaluate_predict_push(workspace, tmp_path, capsys, monkeypatch):
     ])
     printed = capsys.readouterr()
     assert code == 0, printed.err[-3000:]
-    assert "trainable parameters:" in printed.out and "R@1" in printed.out and "adapter saved to" in printed.out
+    assert "trainable parameters:" in printed.err and "R@1" in printed.out and "adapter saved to" in printed.out
     assert {"adapter_config.json", "adapter_model.safetensors", "metrics.json", "run.json"} <= {
         p.name for p in out.iterdir()}
     config = json.loads((out / "adapter_config.json").read_text())

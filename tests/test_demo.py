@@ -226,7 +226,7 @@ def test_demo_command_runs_end_to_end(tmp_path, capsys):
     code = main(["demo", "--output-dir", str(tmp_path / "demo"), "--train-videos", "8", "--val-videos", "3",
                  "--test-videos", "4", "--max-steps", "2", "--batch-size", "4", "--domain", "cluttered", "--json"])
     assert code == 0
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = json.loads(capsys.readouterr().out)  # stdout holds the one JSON object and nothing else
     assert metrics["num_queries"] == 8 and 0.0 <= metrics["mIoU"] <= 100.0
     assert (tmp_path / "demo" / "adapter_model.safetensors").exists()
     assert (tmp_path / "demo" / "metrics.json").exists()

@@ -812,3 +812,23 @@ def test_one_run_per_output_and_what_a_killed_run_leaves_is_cleaned(batch_worksp
     assert main([*extract, "--format", "safetensors"]) == 0
     capsys.readouterr()
     assert not [p for p in (tmp_path / "feats").iterdir() if p.suffix == ".npy"]
+
+
+def test_predict_and_extract_refuse_a_multi_process_launch_before_writing(batch_workspace, tmp_path, capsys,
+                                                                          monkeypatch):
+    # Under `accelerate launch --num_processes 2` each copy did all of the work and raced for the output: the loser
+    # stopped as "in use by another run", and the launcher killed the winner mid-write.
+    from peft_vtg.cli import main
+
+    root = batch_workspace
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    commands = {"predict": ["predict", "--adapter", str(root / "adapter"), "--videos", str(root / "videos"),
+                            "--queries", str(root / "queries.jsonl"), "--output", str(tmp_path / "p.jsonl")],
+                "extract": ["extract", "--base-model", str(root / "base"), "--video-dir", str(root / "videos"),
+                            "--output-dir", str(tmp_path / "features")]}
+    for name, command in commands.items():
+        assert main(command) == 2
+        assert f"`peft-vtg {name}` runs in one process, and this launch started 2 of them" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main([*commands["predict"], "--image-size", "32", "--disable-tqdm"]) == 0

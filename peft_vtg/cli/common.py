@@ -559,6 +559,16 @@ def path_identity(path: Optional[str]) -> Optional[str]:
     return f"{full} ({stat.st_size} bytes, modified {when})"
 
 
+def check_single_process(command: str, advice: str) -> None:
+    """Refuse to run `command` under a multi-process launcher (`accelerate launch --num_processes N`, `torchrun`):
+    it is written for one process, and N copies would each do all of the work and race for its output (the loser
+    stopped as "in use by another run", and the launcher then killed the winner mid-write)."""
+    processes = os.environ.get("WORLD_SIZE", "1")
+    if processes.isdigit() and int(processes) > 1:
+        raise ValueError(f"`peft-vtg {command}` runs in one process, and this launch started {processes} of them "
+                         f"(accelerate launch / torchrun); {advice}")
+
+
 def load_config_file(path: Optional[str]) -> dict[str, Any]:
     if not path:
         return {}

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from .common import (
+    check_single_process,
     frame_size,
     positive_float,
     positive_int,
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--format moment_detr writes one feature per 2-second clip (--fps {MOMENT_DETR_FPS}); "
                              "drop --num-frames / --fps.")
         fps = MOMENT_DETR_FPS
+    check_single_process("extract", "run it directly (`peft-vtg extract ...`), or build a frozen-prefix cache "
+                         "(`peft-vtg cache`), which several processes share.")
     if not os.path.isdir(args.video_dir):
         raise FileNotFoundError(f"--video-dir {args.video_dir}: no such directory.")
     if not args.video_suffix.strip(".") or os.sep in args.video_suffix:

@@ -11,6 +11,7 @@ from .common import (
     add_model_arguments,
     add_window_arguments,
     check_output_file,
+    check_single_process,
     check_queries_fit,
     ensemble_names,
     frame_size,
@@ -35,6 +36,8 @@ def _predict_batch(args: argparse.Namespace) -> int:
                          f"--video / --query); {fix}.")
     if args.num_frames is not None and args.fps is not None:
         raise ValueError("Give at most one of --num-frames and --fps (how to sample the videos).")
+    check_single_process("predict", "run it directly (`peft-vtg predict ...`). For several GPUs, split --queries "
+                         "into parts and run one predict per GPU (CUDA_VISIBLE_DEVICES=k), each with its own --output.")
     check_output_file(args.output, "--output")
     if os.path.exists(args.output) and os.path.exists(args.queries) and os.path.samefile(args.output, args.queries):
         raise ValueError(f"--output {args.output} is the --queries file; predictions go to a file of their own "

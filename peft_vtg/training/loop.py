@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import shutil
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -312,8 +313,9 @@ def _train(
 
     accelerator.register_save_state_pre_hook(keep_adapter_weights_only)
     trainable_count, total_count = unwrapped.peft_model.get_nb_trainable_parameters()
-    accelerator.print(f"trainable parameters: {trainable_count:,} of {total_count:,} "
-                      f"({100 * trainable_count / total_count:.3f}%); {accelerator.num_processes} process(es)")
+    if accelerator.is_main_process:  # on stderr, with the progress bar: stdout is the caller's (demo --json)
+        print(f"trainable parameters: {trainable_count:,} of {total_count:,} "
+              f"({100 * trainable_count / total_count:.3f}%); {accelerator.num_processes} process(es)", file=sys.stderr)
     if args.report_to != "none":
         accelerator.init_trackers("peft_vtg", config={k: v for k, v in asdict(args).items() if v is not None})
 
@@ -444,7 +446,11 @@ def _train(
     if eval_loader is None:
         _publish_adapter(accelerator, module, parameters, args.output_dir, {}, global_step)
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # The trackers only: accelerate's end_training also destroys the process group, which the caller may still use
+    # (evaluation after training, a second run in one launch), and with DDP's wrapper still alive its destructor then
+    # deadlocks with gloo's thread now and then, leaving the main process hung after the adapter is saved.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return TrainResult(global_step=global_step, best_metric=best_metric, metrics=best_metrics, history=history,
                        output_dir=args.output_dir)
 

@@ -36,6 +36,12 @@ def main() -> None:
                                 per_device_eval_batch_size=2, learning_rate=1e-2, lr_scheduler_type="linear",
                                 warmup_steps=1, logging_steps=1, disable_tqdm=True, seed=0)
     result = train(model, rows, collate, args, eval_dataset=rows[:7])  # 7: the last eval batch is uneven on 2 processes
+    # train() leaves the processes able to work together (accelerate's end_training destroyed the process group,
+    # and DDP's wrapper then hung the main process at exit now and then)
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    assert sorted(gather_object([state.process_index])) == list(range(state.num_processes))
     if PartialState().is_main_process:
         model.save_pretrained(f"{output_dir}/final")  # the last adapter (output_dir holds the best one)
         with open(f"{output_dir}/history.json", "w") as handle:
