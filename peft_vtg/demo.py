@@ -137,5 +137,8 @@ def demo_main(args: Any) -> int:
                       test_videos=args.test_videos, max_steps=args.max_steps, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, head_learning_rate=args.head_learning_rate, seed=args.seed,
                       domain=args.domain, disable_tqdm=args.json, highlights=args.highlights)
-    print(json.dumps(result.metrics) if args.json else report(result))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under a multi-process launch, one report
+        print(json.dumps(result.metrics) if args.json else report(result))
     return 0
