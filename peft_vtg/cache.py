@@ -71,6 +71,9 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # What `preprocess_frames` does without an image processor (kept beside mean/std in the manifest, so that a change of
 # the resizing code shows up as a preprocessing mismatch).
 RESIZE = "short side to image_size (bilinear, antialiased), centre crop, /255, then (x - mean) / std"
+# How decoded frames are oriented (recorded for the same reason: caches and features from before frames were turned
+# upright hold phone videos on their side, and a resumed build must not mix the two).
+ORIENTATION = "upright by the video's display matrix"
 # The settings the cached values depend on. A resumed build must match all of them; the base model's name or path,
 # the peft_vtg version and the batch size are recorded but may differ.
 SETTING_KEYS = ("architecture", "model_class", "weights_sha256", "layer", "num_layers", "hidden_size", "num_frames",
@@ -117,10 +120,11 @@ def sampling_settings(videos: Any) -> dict[str, Any]:
     processor = preprocess.get("processor")
     if processor is None:
         preprocessing = {"image_size": int(preprocess["image_size"]), "mean": [float(m) for m in preprocess["mean"]],
-                         "std": [float(s) for s in preprocess["std"]], "resize": RESIZE}
+                         "std": [float(s) for s in preprocess["std"]], "resize": RESIZE, "orientation": ORIENTATION}
     else:
         settings = processor.to_dict() if hasattr(processor, "to_dict") else {}
-        preprocessing = {"processor": type(processor).__name__, "processor_settings": _json_safe(settings)}
+        preprocessing = {"processor": type(processor).__name__, "processor_settings": _json_safe(settings),
+                         "orientation": ORIENTATION}
     return {"num_frames": None if num_frames is None else int(num_frames),
             "fps": None if fps is None else float(fps), "preprocessing": preprocessing}
 

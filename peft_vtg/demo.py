@@ -16,7 +16,7 @@ import torch
 from .data.collate import GroundingCollator
 from .synth.backbone import load_backbone
 from .synth.dataset import FrameSource, SynthVTG
-from .training import GroundingModule, VTGTrainingArguments, evaluate_grounding, train
+from .training import GroundingModule, VTGTrainingArguments, evaluate_grounding, release_process_group, train
 from .vtg_prompt.config import VTGPromptConfig
 
 DEMO_FRAMES = 16
@@ -141,4 +141,5 @@ def demo_main(args: Any) -> int:
 
     if PartialState().is_main_process:  # under a multi-process launch, one report
         print(json.dumps(result.metrics) if args.json else report(result))
+    release_process_group()  # train() leaves the process group to its caller
     return 0

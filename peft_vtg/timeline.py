@@ -80,8 +80,11 @@ def temporal_iou(a: Window, b: Window) -> float:
     (0.5 must be 0.5, not 0.4999999999999999). Windows that do not overlap have IoU 0; two zero-length windows
     have 1 if they coincide, else 0.
     """
-    s1, e1 = check_window(a)
-    s2, e2 = check_window(b)
+    return _iou(*check_window(a), *check_window(b))
+
+
+def _iou(s1: float, e1: float, s2: float, e2: float) -> float:
+    """`temporal_iou` of checked bounds (the inner loop of NMS checks each window once, not once per pair)."""
     intersection = min(e1, e2) - max(s1, s2)
     if intersection <= 0.0:
         return 1.0 if (s1, e1) == (s2, e2) else 0.0
@@ -115,9 +118,12 @@ def temporal_nms(windows: Sequence[Window], iou_threshold: float, max_windows: O
         if len(window) > 2 and not _is_finite_score(window[2]):
             raise ValueError(f"window {list(window)!r}: its score must be a finite number.")
     kept: list[Window] = []
+    kept_bounds: list[tuple[float, float]] = []
     for window in rank_windows(windows):
-        if all(temporal_iou(window, other) <= iou_threshold for other in kept):
+        start, end = check_window(window)
+        if all(_iou(start, end, *other) <= iou_threshold for other in kept_bounds):
             kept.append(window)
+            kept_bounds.append((start, end))
             if max_windows is not None and len(kept) >= max_windows:
                 break
     return kept

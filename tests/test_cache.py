@@ -292,6 +292,24 @@ def test_video_prompts_below_the_cached_layer_are_refused(clip_cache):
     assert ok.forward_grounding(**batch).loss is not None
 
 
+def test_a_build_from_before_frames_were_turned_upright_does_not_resume(tmp_path, monkeypatch):
+    # Its frames of phone videos lie on their side: resuming would mix them with upright ones.
+    real = cache_module.sampling_settings
+
+    def as_before(videos):
+        settings = real(videos)
+        del settings["preprocessing"]["orientation"]
+        return settings
+
+    monkeypatch.setattr(cache_module, "sampling_settings", as_before)
+    with pytest.raises(RuntimeError, match="simulated crash while decoding v2"):
+        build_cache(base("clip"), ["v0", "v1", "v2"], Frames(fail_on="v2"), 1, str(tmp_path), batch_size=2,
+                    disable_tqdm=True)
+    monkeypatch.setattr(cache_module, "sampling_settings", real)
+    with pytest.raises(CacheMismatchError, match=r"built with other settings \(preprocessing: .*orientation"):
+        build_cache(base("clip"), ["v0", "v1", "v2"], Frames(), 1, str(tmp_path), batch_size=2, disable_tqdm=True)
+
+
 def test_resuming_with_other_settings_is_refused(clip_cache, tmp_path):
     with pytest.raises(CacheMismatchError, match=r"built with other settings \(.*layer: cache 1, now 2\).*another "
                        "--output-dir"):

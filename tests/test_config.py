@@ -104,3 +104,11 @@ def test_another_methods_adapter_is_named_by_its_type(tmp_path):
     with pytest.raises(ValueError, match=r"holds a LORA adapter, not a VTG_PROMPT one; load it with "
                                          r"PeftModel.from_pretrained"):
         VTGPromptConfig.from_pretrained(str(tmp_path))
+
+
+def test_a_subclass_of_the_config_reads_its_own_files(tmp_path):
+    class Mine(VTGPromptConfig):
+        pass
+
+    VTGPromptConfig(num_video_tokens=4).save_pretrained(tmp_path)
+    assert Mine.from_pretrained(str(tmp_path)).num_video_tokens == 4  # PEFT builds the registered class

@@ -392,6 +392,26 @@ def test_a_display_matrix_at_another_angle_is_not_applied_and_is_named_once(tmp_
         frames, _ = decode_video(tmp_path / "tilted.mp4", num_frames=3)
     assert len([w for w in caught if "display matrix" in str(w.message)]) == 1
     assert frames.shape == (3, 3, 16, 32) and _white_corner(frames[0]) == "top-left"
+    # an all-zero matrix (broken files) orients nothing, as FFmpeg reads it: frames as stored, no warning
+    import warnings
+
+    import av
+
+    with av.open(str(tmp_path / "zero.mp4"), "w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "yuv420p"
+        if not hasattr(stream, "set_display_matrix"):
+            return
+        stream.set_display_matrix([0] * 9)
+        image = np.zeros((16, 32, 3), np.uint8)
+        image[:8, :8] = 255
+        for _ in range(4):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frames, _ = decode_video(tmp_path / "zero.mp4", num_frames=2)
+    assert frames.shape == (2, 3, 16, 32) and _white_corner(frames[0]) == "top-left"
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
@@ -440,7 +460,8 @@ def test_collator_refuses_labels_outside_the_video_and_raw_pixels(tmp_path):
             collate([{**row, "windows": windows}])
     labels = {"clip_length": 2.0, "saliency_scores": [[1, 2, 3]]}
     assert collate([{**row, "relevant_clip_ids": [4], **labels}])["saliency_targets"][0, -1] == 2.0
-    assert collate([{**row, "duration": 9.0, "relevant_clip_ids": [4], **labels}])  # the last, shorter clip
+    with pytest.raises(ValueError, match=r"'relevant_clip_ids' \[4\] lie beyond the video's 4 clips"):
+        collate([{**row, "duration": 9.0, "relevant_clip_ids": [4], **labels}])  # whole clips, as the metrics count
     for ids, message in (([5], r"'relevant_clip_ids' \[5\] lie beyond the video's 5 clips of 2.0 s"),
                          ([10**9], r"'relevant_clip_ids' \[1000000000\] lie beyond"),  # an 8 GB array before
                          ([1, 1], r"'relevant_clip_ids' lists a clip twice"),

@@ -822,6 +822,7 @@ def test_predict_and_extract_refuse_a_multi_process_launch_before_writing(batch_
 
     root = batch_workspace
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")  # what accelerate launch and torchrun set
     commands = {"predict": ["predict", "--adapter", str(root / "adapter"), "--videos", str(root / "videos"),
                             "--queries", str(root / "queries.jsonl"), "--output", str(tmp_path / "p.jsonl")],
                 "extract": ["extract", "--base-model", str(root / "base"), "--video-dir", str(root / "videos"),
@@ -830,5 +831,5 @@ def test_predict_and_extract_refuse_a_multi_process_launch_before_writing(batch_
         assert main(command) == 2
         assert f"`peft-vtg {name}` runs in one process, and this launch started 2 of them" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
-    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.delenv("LOCAL_RANK")  # WORLD_SIZE alone: a cluster's environment, not a launcher's copies
     assert main([*commands["predict"], "--image-size", "32", "--disable-tqdm"]) == 0

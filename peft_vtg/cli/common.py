@@ -563,8 +563,10 @@ def check_single_process(command: str, advice: str) -> None:
     """Refuse to run `command` under a multi-process launcher (`accelerate launch --num_processes N`, `torchrun`):
     it is written for one process, and N copies would each do all of the work and race for its output (the loser
     stopped as "in use by another run", and the launcher then killed the winner mid-write)."""
+    # WORLD_SIZE alone is also set for single commands on some clusters (a Kubeflow job's pods): the launchers set
+    # LOCAL_RANK too.
     processes = os.environ.get("WORLD_SIZE", "1")
-    if processes.isdigit() and int(processes) > 1:
+    if processes.isdigit() and int(processes) > 1 and "LOCAL_RANK" in os.environ:
         raise ValueError(f"`peft-vtg {command}` runs in one process, and this launch started {processes} of them "
                          f"(accelerate launch / torchrun); {advice}")
 

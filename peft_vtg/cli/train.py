@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate.utils import set_seed
 
     from ..data.collate import GroundingCollator
-    from ..training import NonFiniteError, OutputDirInUseError, VTGTrainingArguments, train
+    from ..training import NonFiniteError, OutputDirInUseError, VTGTrainingArguments, release_process_group, train
 
     training_args = VTGTrainingArguments(**settings_from(args, training_field_names()))
     check_output_dir(training_args.output_dir, "--output-dir")
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             print(format_table(result.metrics))
         size = os.path.getsize(os.path.join(training_args.output_dir, "adapter_model.safetensors"))
         print(f"adapter saved to {os.path.abspath(training_args.output_dir)} ({size / 1e6:.2f} MB)")
+    del model, result
+    release_process_group()
     return 0
 
 

@@ -620,6 +620,8 @@ def _display_orientation(frame: Any, name: str) -> tuple[bool, bool, bool]:
         return False, False, False
     a, b, c, d = (float(matrix[i]) / 65536 for i in (0, 1, 3, 4))  # 16.16 fixed point
     straight, turned = abs(a) + abs(d), abs(b) + abs(c)
+    if straight == turned == 0:  # an all-zero matrix (broken files): no orientation at all, as FFmpeg reads it
+        return False, False, False
     if turned < 1e-3 * straight:
         return False, d < 0, a < 0
     if straight < 1e-3 * turned:

@@ -4,7 +4,7 @@ from .arguments import VTGTrainingArguments
 from .checkpoints import DamagedCheckpointError, SettingsChangedError
 from .evaluation import GroundingPredictions, evaluate_grounding, grounding_metrics, predict_grounding, predict_moments
 from .hf_trainer import GroundingTrainer
-from .loop import TrainResult, train
+from .loop import TrainResult, release_process_group, train
 from .module import EnsembleGroundingModule, GroundingModule
 from .safety import NonFiniteError, OutputDirInUseError
 
@@ -19,6 +19,7 @@ __all__ = [
     "SettingsChangedError",
     "TrainResult",
     "VTGTrainingArguments",
+    "release_process_group",
     "evaluate_grounding",
     "grounding_metrics",
     "predict_grounding",

@@ -455,6 +455,22 @@ def _train(
                        output_dir=args.output_dir)
 
 
+def release_process_group() -> None:
+    """Destroy the process group of a multi-process launch, at the end of a program that trained with `train()`.
+
+    `train()` leaves the group to its caller (evaluation or a second run may follow in the same launch); a script
+    calls this once it is done, as the `peft-vtg` commands do. Objects still holding the group (DDP's wrapper) are
+    collected first: destroying it under a live wrapper deadlocks the wrapper's destructor with gloo's thread now and
+    then. Does nothing in a single process."""
+    import gc
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------- non-finite values
 def _all_finite(tensors: Any) -> torch.Tensor:
     """A bool tensor: every element of every tensor is finite (no host sync until someone reads it)."""

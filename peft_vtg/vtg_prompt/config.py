@@ -646,7 +646,7 @@ class VTGPromptConfig(PeftConfig):
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
         check_adapter_directory(directory)
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        if not isinstance(config, cls):  # PEFT builds the class its peft_type names
+        if not isinstance(config, VTGPromptConfig):  # PEFT builds the class its peft_type names
             raise ValueError(
                 f"{directory} holds a {getattr(getattr(config, 'peft_type', None), 'value', type(config).__name__)} "
                 "adapter, not a "

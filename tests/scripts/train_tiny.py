@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the t
 
 from peft_vtg import VTGPromptConfig  # noqa: E402
 from peft_vtg.data import GroundingCollator  # noqa: E402
-from peft_vtg.training import VTGTrainingArguments, train  # noqa: E402
+from peft_vtg.training import VTGTrainingArguments, release_process_group, train  # noqa: E402
 from test_end_to_end import synthetic_set  # noqa: E402
 from tiny_models import tiny_clip, tiny_tokenizer  # noqa: E402
 
@@ -46,6 +46,7 @@ def main() -> None:
         model.save_pretrained(f"{output_dir}/final")  # the last adapter (output_dir holds the best one)
         with open(f"{output_dir}/history.json", "w") as handle:
             json.dump(result.history, handle)
+    release_process_group()  # the script's end: what train() leaves to its caller
 
 
 if __name__ == "__main__":
