@@ -47,7 +47,14 @@ from .heads.decoding import (
     window_starts,
 )
 from .heads.ensemble import ENSEMBLE_FUSIONS, fuse_grounding_outputs
-from .timeline import MAX_SAMPLED_FRAMES, check_clip_count, check_nms_threshold, frame_scores_to_clips, rank_windows, temporal_nms
+from .timeline import (
+    MAX_SAMPLED_FRAMES,
+    check_clip_count,
+    check_nms_threshold,
+    frame_scores_to_clips,
+    rank_windows,
+    temporal_nms,
+)
 from .vtg_prompt.model import VTGPromptModel
 
 VideoInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]

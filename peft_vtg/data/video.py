@@ -545,8 +545,8 @@ def video_duration(path: PathLike) -> float:
 
 def iter_video_frames(path: PathLike, times: Sequence[float]) -> Iterator[torch.Tensor]:
     """The frames of a video file showing each of `times` (seconds from the video's start, ascending): for each time
-    the last frame that starts at or before it (the first frame for times before it), uint8 (3, height, width) RGB,
-    yielded in order.
+    the last frame that starts at or before it (the first frame for times before it), uint8 (3, height, width) RGB
+    turned upright as players show it (the file's display matrix: a phone's portrait video), yielded in order.
 
     Decoding streams through the file once: memory holds the current and the previous decoded frame, whatever the
     video's length, so an hour-long video can be sampled at any rate. A time well past the last frame that decodes
@@ -646,7 +646,7 @@ def decode_video(
     least 1). The file is streamed (`iter_video_frames`): memory holds the sampled frames, not every decoded one.
 
     Returns:
-        frames: uint8 (frames, 3, height, width), RGB.
+        frames: uint8 (frames, 3, height, width), RGB, upright (see `iter_video_frames`).
         duration: seconds.
 
     Raises:

@@ -631,8 +631,8 @@ class VTGPromptConfig(PeftConfig):
             try:
                 json.dumps(value, allow_nan=False)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"The adapter config cannot be saved: {key}={value!r} is not a JSON value ({err}); set "
-                                 f"it to a plain number, string, list or mapping. Nothing was written.") from None
+                raise ValueError(f"The adapter config cannot be saved: {key}={value!r} is not a JSON value ({err}); "
+                                 "set it to a plain number, string, list or mapping. Nothing was written.") from None
         text = json.dumps(output, indent=2, sort_keys=True)
         os.makedirs(save_directory, exist_ok=True)
         write_text_atomic(os.path.join(save_directory, CONFIG_NAME), text)
