@@ -496,3 +496,15 @@ def test_feature_sources_and_the_collator_name_wrong_arguments(tmp_path):
         GroundingCollator(tiny_tokenizer(), None)
     with pytest.raises(ValueError, match="clip_length must be a finite number of seconds > 0"):
         check_clip_count(10.0, 0.0, "clip_length")  # ZeroDivisionError before
+
+
+def test_rows_of_a_tensor_formatted_dataset_get_a_hint(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    np.save(tmp_path / "v.npy", np.ones((5, 3), np.float32))
+    collate = GroundingCollator(tiny_tokenizer(), FeatureDirectory(tmp_path))
+    rows = datasets.Dataset.from_list([{"qid": "q", "vid": "v", "query": "a door opens", "duration": 10.0,
+                                        "windows": [[2.0, 5.0]]}])
+    assert collate([rows[0]])["end_frames"].tolist() == [2]
+    with pytest.raises(ValueError, match=r"'duration' must be a finite number .*gives tensors; give the rows as "
+                                         r"Python values \(dataset.with_format\(None\)\)"):
+        collate([rows.with_format("torch")[0]])

@@ -520,6 +520,12 @@ def test_what_would_fail_only_after_training_steps_is_refused_before_the_run(tmp
         with pytest.raises(ValueError, match=message):
             train(model, rows, collate, args, eval_dataset=rows[:4], run_info={})
         assert not (tmp_path / "b").exists()
+    # evaluation rows without a ground-truth window failed at the first evaluation, after training up to it
+    model, rows, collate, args = make_run(tmp_path / "e")
+    unlabelled = [{**row, "windows": None if i % 2 else []} for i, row in enumerate(rows[:3])]
+    with pytest.raises(ValueError, match=r"3 evaluation row\(s\) have no ground-truth window .*Leave them out"):
+        train(model, rows, collate, args, eval_dataset=rows[3:6] + unlabelled, run_info={})
+    assert not (tmp_path / "e").exists()
     # a saliency head with nothing to learn from is worth a warning, not an error
     model, rows, collate, args = make_run(tmp_path / "c", config=dict(predict_saliency=True), max_steps=1,
                                           save_steps=None)

@@ -213,6 +213,62 @@ def test_hugging_face_trainer_trains_and_saves_the_adapter(tmp_path):
                        trained.detach())
 
 
+def test_hugging_face_trainer_evaluates_resumes_and_keeps_the_best_adapter_as_the_own_loop_does(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import TrainingArguments
+
+    from peft_vtg.data import LongVideoWindowCollator
+    from peft_vtg.training import GroundingTrainer, evaluate_grounding
+
+    def trainer(output, collate=None, **overrides):
+        model, rows, plain, _ = make_run(tmp_path / "unused")
+        settings = dict(remove_unused_columns=False, per_device_train_batch_size=4, max_steps=4, learning_rate=5e-3,
+                        report_to=[], use_cpu=True, seed=0, disable_tqdm=True, save_strategy="steps", save_steps=2,
+                        eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
+        settings.update(overrides)
+        return GroundingTrainer(model=model, args=TrainingArguments(str(tmp_path / output), **settings),
+                                train_dataset=rows, eval_dataset=rows[:6], data_collator=collate or plain), rows
+
+    # evaluation reports the grounding metrics (only Trainer's speed figures before), usable as the best metric
+    first, rows = trainer("a", load_best_model_at_end=True, metric_for_best_model="R1@0.5")
+    first.train()
+    metrics = first.evaluate()
+    module = GroundingModule(first.peft_model)
+    loader = torch.utils.data.DataLoader(rows[:6], batch_size=4, collate_fn=first.data_collator)
+    assert {f"eval_{k}": v for k, v in evaluate_grounding(module, loader, rows[:6])[0].items()}.items() <= \
+        metrics.items() and metrics["eval_num_queries"] == 6 and "eval_loss" in metrics
+    from peft import get_peft_model_state_dict
+
+    best = first.state.best_model_checkpoint  # loaded at the end (a FileNotFoundError for pytorch_model.bin before)
+    saved, current = load_file(os.path.join(best, "adapter_model.safetensors")), get_peft_model_state_dict(
+        first.peft_model)
+    assert best.endswith("checkpoint-2") or best.endswith("checkpoint-4")
+    assert saved.keys() == current.keys() and all(torch.equal(saved[k], current[k].cpu()) for k in saved)
+    assert first.peft_model.peft_config["default"].trained_window_frames is not None  # recorded, as the loop does
+
+    # resuming from the step-2 checkpoint gives the uninterrupted run's step-4 adapter
+    straight, _ = trainer("b")
+    straight.train()
+    expected = load_file(tmp_path / "b" / "checkpoint-4" / "adapter_model.safetensors")
+    shutil.rmtree(tmp_path / "b" / "checkpoint-4")
+    resumed, _ = trainer("b")
+    resumed.train(resume_from_checkpoint=True)  # "Can't find a checkpoint index" before
+    got = load_file(tmp_path / "b" / "checkpoint-4" / "adapter_model.safetensors")
+    assert all(torch.allclose(expected[k], got[k], atol=1e-6) for k in expected)
+
+    # a collator that draws windows per epoch is told the epoch, and evaluation reads whole videos
+    rows, videos = synthetic_set(12)
+    windows = LongVideoWindowCollator(tiny_tokenizer(), videos.__getitem__, rows, window_frames=FRAMES)
+    epochs = []
+    windows.set_epoch = epochs.append
+    drawn, _ = trainer("c", collate=windows, max_steps=6, save_strategy="no", eval_strategy="no")
+    drawn.train()
+    assert epochs == [0, 1] and type(drawn.get_eval_dataloader(rows[:4]).collate_fn) is not LongVideoWindowCollator
+    assert GroundingTrainer(model=make_run(tmp_path / "unused")[0]).args.remove_unused_columns is False
+
+
 def test_bf16_autocast_after_a_full_precision_run_and_a_clear_tracker_error(tmp_path, monkeypatch):
     model, rows, collate, args = make_run(tmp_path / "fp32", max_steps=1, save_steps=None)
     train(model, rows, collate, args)

@@ -45,6 +45,11 @@ def median_duration(rows: Any) -> float:
     return durations[len(durations) // 2]
 
 
+# A datasets.Dataset in torch or numpy format gives tensors and arrays where rows hold numbers and lists.
+_FORMATTED_HINT = (" A datasets.Dataset formatted with with_format('torch'/'numpy') gives tensors; give the rows as "
+                   "Python values (dataset.with_format(None)).")
+
+
 def check_rows(rows: Any) -> None:
     """Raise `ValueError` naming the row and the field unless `rows` are rows of the common schema (`qid, vid, query,
     duration, windows`, as `load_annotations` gives them) with a non-empty query, a finite duration > 0 and windows
@@ -64,14 +69,16 @@ def check_rows(rows: Any) -> None:
         duration = row["duration"]
         if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not is_finite_number(duration) \
                 or duration <= 0:
-            raise ValueError(f"{where}: 'duration' must be a finite number of seconds > 0, got {duration!r}.")
+            raise ValueError(f"{where}: 'duration' must be a finite number of seconds > 0, got {duration!r}."
+                             + _FORMATTED_HINT * isinstance(duration, (torch.Tensor, np.ndarray)))
         if has_highlight_labels(row):
             _check_highlight_labels(row, where)
         windows = row["windows"]
         if windows is None:
             continue
         if isinstance(windows, (str, bytes)) or not isinstance(windows, Sequence):
-            raise ValueError(f"{where}: 'windows' must be a list of [start, end] windows, got {windows!r}.")
+            raise ValueError(f"{where}: 'windows' must be a list of [start, end] windows, got {windows!r}."
+                             + _FORMATTED_HINT * isinstance(windows, (torch.Tensor, np.ndarray)))
         for window in windows:
             ok = (isinstance(window, Sequence) and not isinstance(window, (str, bytes)) and len(window) == 2
                   and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and is_finite_number(v)

@@ -240,6 +240,12 @@ def _check_before_the_run(model: torch.nn.Module, train_dataset: Sequence[dict],
     metric = args.metric_for_best_model
     if eval_dataset is None:
         return
+    unlabelled = [qid for qid, windows in zip(row_column(eval_dataset, "qid"), row_column(eval_dataset, "windows"))
+                  if not windows]
+    if unlabelled:  # the first evaluation would fail on them, after the steps before it were trained
+        raise ValueError(f"{len(unlabelled)} evaluation row(s) have no ground-truth window (qids "
+                         f"{unlabelled[:5]}{' ...' if len(unlabelled) > 5 else ''}); evaluation scores labelled "
+                         "queries. Leave them out of eval_dataset (a test split without labels is for predict).")
     if metric.startswith("HL-"):
         eval_labelled = _any_value(eval_dataset, "relevant_clip_ids")
         if not (eval_labelled and saliency):
