@@ -508,3 +508,88 @@ def test_rows_of_a_tensor_formatted_dataset_get_a_hint(tmp_path):
     with pytest.raises(ValueError, match=r"'duration' must be a finite number .*gives tensors; give the rows as "
                                          r"Python values \(dataset.with_format\(None\)\)"):
         collate([rows.with_format("torch")[0]])
+
+
+def _write_frames(path, images, codec="mpeg4", rate=4, container_format=None, container_options=None, setup=None):
+    """Encode RGB `images` (n, H, W, 3) with PyAV; `setup(stream, container)` before the first frame."""
+    import av
+
+    with av.open(str(path), "w", format=container_format, options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.height, stream.width = images.shape[1], images.shape[2]
+        stream.pix_fmt = "yuv420p"
+        if setup:
+            setup(stream, container)
+        for image in images:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _ramp(count, size=32):
+    """`count` grey frames, frame i a grey of 20 + 25 i (which `_greys(frames, seconds=8)` reads back as i)."""
+    return np.stack([np.full((size, size, 3), 20 + 25 * i, np.uint8) for i in range(count)])
+
+
+@pytest.mark.parametrize("attached", [True, False], ids=["cover-picture-first", "still-track-first"])
+def test_the_video_stream_is_the_one_players_show_not_a_still_before_it(tmp_path, attached):
+    av = pytest.importorskip("av")
+    red = np.zeros((32, 32, 3), np.uint8)
+    red[..., 0] = 255
+    with av.open(str(tmp_path / "v.mkv"), "w") as container:
+        still = container.add_stream("mjpeg", rate=1)
+        still.width = still.height = 32
+        still.pix_fmt = "yuvj420p"
+        if attached:
+            still.disposition = av.stream.Disposition.attached_pic
+        video = container.add_stream("mpeg4", rate=4)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        container.mux(still.encode(av.VideoFrame.from_ndarray(red, format="rgb24")))
+        container.mux(still.encode())
+        for image in _ramp(8):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode())
+    frames, duration = decode_video(tmp_path / "v.mkv", num_frames=8)  # 8 red stills over 1 s before
+    assert duration == pytest.approx(2.0) and _greys(frames) == list(range(8))
+
+
+def test_mpeg_program_streams_are_timed_from_their_packets_not_the_estimate(tmp_path):
+    pytest.importorskip("av")
+    _write_frames(tmp_path / "v.mpg", _ramp(8), codec="mpeg2video", container_format="mpeg")
+    frames, duration = decode_video(tmp_path / "v.mpg", num_frames=8)  # 0.25 s, every sample frame 0, before
+    assert duration == pytest.approx(2.0) and _greys(frames) == list(range(8))
+
+
+def test_non_square_pixels_are_shown_as_players_scale_them(tmp_path):
+    pytest.importorskip("av")
+    from fractions import Fraction
+
+    stored = np.zeros((4, 32, 48, 3), np.uint8)  # red | green | blue: a quarter, a half, a quarter of the width
+    stored[:, :, :12, 0], stored[:, :, 12:36, 1], stored[:, :, 36:, 2] = 255, 255, 255
+
+    def wide_pixels(stream, container):
+        stream.codec_context.sample_aspect_ratio = Fraction(4, 3)
+
+    _write_frames(tmp_path / "v.mp4", stored, setup=wide_pixels)
+    frames, _ = decode_video(tmp_path / "v.mp4", num_frames=1)
+    assert frames.shape == (1, 3, 32, 64)  # displayed 64 wide, as players show it (48 before)
+    crop = VideoFiles(tmp_path, num_frames=1, image_size=16, mean=(0, 0, 0), std=(1, 1, 1))("v")
+    assert crop[0].argmax(dim=0)[8].tolist() == [1] * 16  # the centre players show is the green half
+
+
+def test_packets_without_durations_still_count_the_last_frame(tmp_path):
+    av = pytest.importorskip("av")
+    if "libvpx" not in av.codecs_available:
+        pytest.skip("this PyAV has no VP8 encoder")
+    _write_frames(tmp_path / "cfr.webm", _ramp(8), codec="libvpx", rate=1)
+    # a live webm (what a browser's MediaRecorder writes) has no duration in its header: timed from its packets
+    with av.open(str(tmp_path / "cfr.webm")) as source, \
+            av.open(str(tmp_path / "v.webm"), "w", options={"live": "1"}) as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.duration, packet.stream = 0, stream  # as a browser's MediaRecorder writes them
+            target.mux(packet)
+    frames, duration = decode_video(tmp_path / "v.webm", num_frames=8)  # 7 s, frame 7 never shown, before
+    assert duration == pytest.approx(8.0) and _greys(frames) == list(range(8))

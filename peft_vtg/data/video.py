@@ -20,6 +20,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from fractions import Fraction
 from typing import Any, Optional, Protocol, Union
 
 import numpy as np
@@ -44,6 +45,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Frames converted to float and resized together by `preprocess_frames` (bounds its working memory).
 PREPROCESS_CHUNK_FRAMES = 64
 DURATION_TOLERANCE_SECONDS = 1.0
+# Containers whose header duration FFmpeg estimates from the bit rate (MPEG program streams: .mpg, .vob, .m2v):
+# their duration is measured from the packets instead.
+ESTIMATED_DURATION_FORMATS = frozenset({"mpeg", "mpegvideo", "vob", "mpeg1video", "mpeg2video"})
+# Packets read to tell a video stream from a still one when a file has several and says nothing of them.
+PROBE_PACKETS = 64
 DURATION_TOLERANCE_FRACTION = 0.1
 
 
@@ -450,6 +456,7 @@ class _VideoFile:
     def __init__(self, path: PathLike) -> None:
         self.av = _av()
         self.name = os.fspath(path)
+        self.sample_aspect_ratio: Optional[Fraction] = None  # of the stream `frames` reads, once it has opened it
         _check_nonempty_file(self.name, "Video file", "the download or copy was probably interrupted")
 
     def _open(self):
@@ -464,6 +471,39 @@ class _VideoFile:
                              "audio-only file cannot be grounded.")
         return container
 
+    def _stream(self, container: Any) -> Any:
+        """The video stream a player shows, as FFmpeg's `av_find_best_stream` picks it: not a cover picture, a still
+        image or thumbnails (an mp4's or mkv's cover art can be stream 0, and read as the video gave the still over
+        and over); the one marked default, else the one with the most frames, then the largest."""
+        streams = list(container.streams.video)
+        moving = [stream for stream in streams
+                  if not any(self._flagged(stream, name) for name in ("attached_pic", "still_image",
+                                                                       "timed_thumbnails"))]
+        if not moving:
+            raise ValueError(f"Video file {self.name} holds only a cover picture or still image, no video to ground "
+                             "(an audio file with cover art?).")
+        default = [stream for stream in moving if self._flagged(stream, "default")]
+        if len(moving) == 1 or len(default) == 1:
+            return (default or moving)[0]
+        # No single default (mkv marks none): the stream with the most frames, as FFmpeg judges from its first
+        # packets (a still track has one), then the largest picture, then the first.
+        counts = {stream.index: stream.frames or 0 for stream in moving}
+        if not all(counts.values()):  # frame counts unknown (mkv, webm): count the first packets instead
+            counts = dict.fromkeys(counts, 0)
+            for packet, _ in zip(container.demux(*moving), range(PROBE_PACKETS)):
+                if packet.stream.index in counts and packet.size:
+                    counts[packet.stream.index] += 1
+            container.seek(0)
+        return max(moving, key=lambda stream: (min(counts[stream.index], 5), (stream.codec_context.width or 0)
+                                               * (stream.codec_context.height or 0), -stream.index))
+
+    def _flagged(self, stream: Any, name: str) -> bool:
+        flag = getattr(getattr(getattr(self.av, "stream", None), "Disposition", None), name, None)
+        try:
+            return flag is not None and bool(stream.disposition & flag)
+        except TypeError:  # a PyAV whose disposition is not a flag set
+            return False
+
     def _damaged(self, err: Exception) -> ValueError:
         return ValueError(f"Video file {self.name} cannot be decoded ({err}); it is damaged, truncated or not a video "
                           "file PyAV/FFmpeg can read.")
@@ -475,7 +515,8 @@ class _VideoFile:
         as players and annotations count it."""
         container = self._open()
         try:
-            stream = container.streams.video[0]
+            stream = self._stream(container)
+            self.sample_aspect_ratio = _sample_aspect_ratio(stream)
             start = _stream_start(stream)
             for frame in container.decode(stream):
                 if frame.time is not None:
@@ -492,9 +533,12 @@ class _VideoFile:
         audio included, and the start offset) from the video packets' timestamps, read without decoding."""
         container = self._open()
         try:
-            stream = container.streams.video[0]
+            stream = self._stream(container)
             seconds = 0.0
-            if stream.duration is not None and stream.time_base is not None:
+            # MPEG program streams (.mpg, .vob) have no duration in their headers: FFmpeg's figure is an estimate
+            # from the bit rate, seconds short of the content (a 10 s .mpg read as 9.1 s, the end never sampled).
+            estimated = container.format.name.split(",")[0] in ESTIMATED_DURATION_FORMATS
+            if stream.duration is not None and stream.time_base is not None and not estimated:
                 seconds = float(stream.duration * stream.time_base)
             if not (is_finite_number(seconds) and seconds > 0):
                 seconds = self._packet_extent(container, stream)
@@ -513,14 +557,21 @@ class _VideoFile:
             return 0.0
         first = last = None
         periods: list[int] = []
+        stamps: list[int] = []
         for packet in container.demux(stream):
             if packet.pts is None:
                 continue
             first = packet.pts if first is None else min(first, packet.pts)
             end = packet.pts + (packet.duration or 0)
             last = end if last is None else max(last, end)
+            stamps.append(packet.pts)
             if packet.duration:
                 periods.append(packet.duration)
+        if first is not None and not periods and len(stamps) > 1:
+            # Packets without durations (a browser's MediaRecorder webm, flv): the last frame still lasts a frame
+            # period, the median step between frames; without it the video ends a frame early.
+            steps = np.diff(np.unique(np.asarray(stamps, dtype=np.int64)))
+            last += int(np.median(steps)) if len(steps) else 0
         if first is None:
             raise ValueError(f"Video file {self.name} has no video packets with timestamps; it is damaged, truncated, "
                              "or a raw elementary stream (e.g. .h264) without a container: remux it into .mp4/.mkv "
@@ -529,6 +580,20 @@ class _VideoFile:
         if last == first and not periods:  # one frame without a duration: nothing to measure
             return 0.0
         return float((last - min(start, first)) * stream.time_base)
+
+
+def _sample_aspect_ratio(stream: Any) -> Optional[Fraction]:
+    """The shape of the stream's pixels (width / height), when they are not square: DV, DVD and HDV store 720 or
+    1440 pixels that players stretch or squeeze to 16:9 or 4:3. None for square or unknown pixels."""
+    for owner in (stream, getattr(stream, "codec_context", None)):
+        ratio = getattr(owner, "sample_aspect_ratio", None)
+        try:
+            ratio = Fraction(ratio) if ratio is not None else None
+        except (TypeError, ValueError):
+            ratio = None
+        if ratio is not None and ratio > 0:
+            return None if ratio == 1 else ratio
+    return None
 
 
 def _stream_start(stream: Any) -> Optional[float]:
@@ -566,7 +631,7 @@ def iter_video_frames(path: PathLike, times: Sequence[float]) -> Iterator[torch.
         orientation = orientation or _display_orientation(frame, video.name)
         while index < len(targets) and targets[index] < time:
             # The target lies before this frame: the previous frame shows it (or this one, before the first frame).
-            yield _rgb(previous if previous is not None else frame, orientation)
+            yield _rgb(previous if previous is not None else frame, orientation, video.sample_aspect_ratio)
             index += 1
         if index == len(targets):
             return
@@ -582,13 +647,21 @@ def iter_video_frames(path: PathLike, times: Sequence[float]) -> Iterator[torch.
                          "header); the file is truncated or damaged. Download or copy it again (or re-encode the part "
                          "that decodes).")
     while index < len(targets):  # targets at or after the last frame's start
-        yield _rgb(previous, orientation)
+        yield _rgb(previous, orientation, video.sample_aspect_ratio)
         index += 1
 
 
-def _rgb(frame: Any, orientation: tuple[bool, bool, bool]) -> torch.Tensor:
-    """A decoded frame as uint8 (3, H, W) RGB, turned upright by `orientation` (from `_display_orientation`)."""
-    image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)  # (3, H, W) as stored
+def _rgb(frame: Any, orientation: tuple[bool, bool, bool],
+         sample_aspect_ratio: Optional[Fraction] = None) -> torch.Tensor:
+    """A decoded frame as uint8 (3, H, W) RGB as players show it: non-square pixels (`sample_aspect_ratio`) resized
+    to square ones on the width, as players scale them, then turned upright by `orientation` (from
+    `_display_orientation`). Without the resize, the centre crop cut a part of the picture players do not centre."""
+    if sample_aspect_ratio is not None:
+        width = max(1, round(frame.width * sample_aspect_ratio))
+        array = frame.reformat(width=width, height=frame.height, format="rgb24").to_ndarray()
+    else:
+        array = frame.to_ndarray(format="rgb24")
+    image = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W) as stored
     transpose, flip_rows, flip_columns = orientation
     if transpose:
         image = image.transpose(1, 2)  # (3, W, H)
