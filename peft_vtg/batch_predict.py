@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .data.annotations import PathLike, iter_json_lines, load_annotations
 from .data.video import check_video_id, duration_mismatch, encoder_image_size, video_duration, warn_duration_mismatches
-from .files import fsync_path, read_json, write_json_atomic, write_text_atomic
+from .files import fsync_path, is_interrupted_write, read_json, write_json_atomic, write_text_atomic
 from .locks import RunLock
 from .inference import default_num_frames, ground_queries, long_video_window_seconds
 from .submission import submission_lines
@@ -266,11 +266,10 @@ def _remove_own_temporaries(output: str) -> None:
     """Leftovers of a killed run's atomic writes of `output` or its run record (`<name>.tmp-<pid>`); the directory
     may hold other files, so only these names are removed."""
     directory = os.path.dirname(os.path.abspath(output))
-    base = os.path.basename(output)
+    own = (os.path.basename(output), os.path.basename(output) + RUN_RECORD_SUFFIX)
     for name in os.listdir(directory):
-        for own in (base, base + RUN_RECORD_SUFFIX):
-            if name.startswith(own + ".tmp-") and name[len(own) + 5:].isdigit():
-                os.remove(os.path.join(directory, name))
+        if is_interrupted_write(name) and name.rsplit(".tmp-", 1)[0] in own:
+            os.remove(os.path.join(directory, name))
 
 
 def _append_predictions(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], paths: Mapping[str, str],

@@ -15,7 +15,6 @@ with the same settings skips the videos already done, and a directory of other s
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable
@@ -171,11 +170,12 @@ def extract_features(
         suffix = FILE_FORMATS[file_format]
         done = {vid: entry for vid, entry in done.items() if os.path.exists(os.path.join(output_dir, vid + suffix))}
 
-        def write_manifest(complete: bool) -> None:
-            write_json_atomic(manifest_path, {"format": EXTRACT_FORMAT, **_json_safe(settings),
-                                              "base_model": base_model_name, "peft_vtg_version": _peft_vtg_version(),
-                                              "complete": complete, "videos": {v: done[v] for v in sorted(done)}},
-                              indent=1)
+        def write_manifest(complete: bool) -> dict[str, Any]:
+            manifest = {"format": EXTRACT_FORMAT, **_json_safe(settings), "base_model": base_model_name,
+                        "peft_vtg_version": _peft_vtg_version(), "complete": complete,
+                        "videos": {v: done[v] for v in sorted(done)}}
+            write_json_atomic(manifest_path, manifest, indent=1)
+            return manifest
 
         was_training = model.training
         model.eval()
@@ -198,8 +198,7 @@ def extract_features(
                     written = time.monotonic()
         finally:
             model.train(was_training)
-            write_manifest(complete=all(vid in done for vid in ids))
+            manifest = write_manifest(complete=all(vid in done for vid in ids))
     finally:
         lock.release()
-    with open(manifest_path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return manifest

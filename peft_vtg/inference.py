@@ -275,12 +275,12 @@ def ground(
     # Tensors are checked before any file is decoded: a bad one found after an hour-long video's windows wastes them.
     checked: dict[int, torch.Tensor] = {}  # one video given for several queries is checked once
     for index, item in enumerate(videos):
-        if not isinstance(item, (str, os.PathLike)):
-            if id(item) not in checked:
-                checked[id(item)] = _check_tensor(item, index, layer.bound.video_feature_size, encoder_size)
-            videos[index] = checked[id(item)]
-    for index, item in enumerate(videos):
-        if not isinstance(item, (str, os.PathLike)) and durations[index] is None:
+        if isinstance(item, (str, os.PathLike)):
+            continue
+        if id(item) not in checked:
+            checked[id(item)] = _check_tensor(item, index, layer.bound.video_feature_size, encoder_size)
+        videos[index] = checked[id(item)]
+        if durations[index] is None:
             raise ValueError(f"Video {index} is a tensor: pass duration= (seconds), since it cannot be read from it.")
     # Long video files go window by window; the rest take the single pass below, as before.
     long_results: dict[int, Any] = {}
@@ -573,7 +573,6 @@ def _saliency_clips(frame_logits: list[float], duration: float, clip_length: flo
     seconds from the start, the last clip cut at `duration` (`frame_scores_to_clips` gives the scores), as plain
     floats (a numpy clip_length would make them numpy scalars, which JSON cannot write)."""
     duration, clip_length = float(duration), float(clip_length)
-    check_clip_count(duration, clip_length, "clip_length")
     scores = frame_scores_to_clips(frame_logits, duration, clip_length)
     return [(k * clip_length, min((k + 1) * clip_length, duration), score) for k, score in enumerate(scores)]
 

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .timeline import check_clip_count, check_windows, is_finite_number
+from .timeline import check_clip_count, check_clip_length, check_windows, is_finite_number
 
 # The reference's thresholds: np.linspace(0.5, 0.95, 10), each rounded to 2 decimals.
 MAP_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
@@ -256,9 +256,7 @@ def evaluate_highlights(
             no whole clip; the message names the query. Scores of queries without labels are ignored.
     """
     # Queries without highlight labels are left out, as the reference scores only labelled ones.
-    if isinstance(clip_length, bool) or not isinstance(clip_length, numbers.Real) or not is_finite_number(clip_length) \
-            or clip_length <= 0:
-        raise ValueError(f"clip_length must be a finite number of seconds > 0 (QVHighlights: 2), got {clip_length!r}.")
+    check_clip_length(clip_length)
     _check_same_queries(saliency, ground_truth, "saliency", extra_allowed=True)
     for qid in ground_truth:
         scores = saliency[qid]

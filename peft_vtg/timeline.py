@@ -191,12 +191,20 @@ MAX_CLIPS = 1_000_000
 MAX_SAMPLED_FRAMES = 1_000_000
 
 
+def check_clip_length(clip_length: object, what: Optional[str] = None) -> float:
+    """`clip_length` (seconds per highlight clip) as a float, or a `ValueError` (led by `what`, when given) unless it
+    is a finite number > 0."""
+    if isinstance(clip_length, bool) or not isinstance(clip_length, numbers.Real) \
+            or not is_finite_number(clip_length) or clip_length <= 0:
+        raise ValueError(f"{what + ': ' if what else ''}clip_length must be a finite number of seconds > 0 "
+                         f"(QVHighlights: 2), got {clip_length!r}.")
+    return float(clip_length)
+
+
 def check_clip_count(duration: float, clip_length: float, what: str) -> int:
     """The number of whole clips of `clip_length` seconds in a `duration`-second video, or `ValueError` naming `what`
-    when that exceeds `MAX_CLIPS`."""
-    if not (is_finite_number(clip_length) and clip_length > 0):
-        raise ValueError(f"{what}: clip_length must be a finite number of seconds > 0 (QVHighlights: 2), got "
-                         f"{clip_length!r}.")
+    when `clip_length` is no length (`check_clip_length`) or the count exceeds `MAX_CLIPS`."""
+    check_clip_length(clip_length, what)
     clips = duration / clip_length
     if clips > MAX_CLIPS:
         raise ValueError(f"{what}: a clip_length of {clip_length!r} s cuts the {duration!r} s video into more than "
@@ -212,8 +220,7 @@ def clip_scores_to_frames(
     weighted by the seconds of overlap. Frames whose bin overlaps no clip (a tail of the video shorter than a clip)
     have no value: `(values, known)`, both of length `num_frames`."""
     step = _check_clip(duration, num_frames)
-    if not (clip_length > 0 and math.isfinite(clip_length)):
-        raise ValueError(f"clip_length must be a positive number of seconds, got {clip_length!r}.")
+    check_clip_length(clip_length)
     values, known = [], []
     for pieces in _overlaps(num_frames, step, len(clip_scores), clip_length):
         weight = sum(overlap for _, overlap in pieces)
@@ -227,8 +234,7 @@ def frame_scores_to_clips(frame_scores: Sequence[float], duration: float, clip_l
     `clip_length` seconds, `ceil(duration / clip_length)` clips from the video's start (the last one may be short):
     the mean of the frames each clip overlaps, weighted by the seconds of overlap."""
     step = _check_clip(duration, len(frame_scores))
-    if not (clip_length > 0 and math.isfinite(clip_length)):
-        raise ValueError(f"clip_length must be a positive number of seconds, got {clip_length!r}.")
+    check_clip_count(duration, clip_length, "clip_length")  # millions of clips: a length in the wrong unit
     clips = max(1, int(math.ceil(duration / clip_length - 1e-9)))
     scores = []
     for clip, pieces in enumerate(_overlaps(clips, clip_length, len(frame_scores), step)):

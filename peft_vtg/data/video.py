@@ -42,15 +42,15 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # durations (the Charades csv, ActivityNet's YouTube lengths) and container durations routinely differ by a frame or
 # two and by container rounding, which is harmless; beyond max(1 s, 10 %) it is more likely the wrong file or another
 # cut of the video, and windows given in seconds of the annotated duration would land on the wrong frames.
+DURATION_TOLERANCE_SECONDS = 1.0
+DURATION_TOLERANCE_FRACTION = 0.1
 # Frames converted to float and resized together by `preprocess_frames` (bounds its working memory).
 PREPROCESS_CHUNK_FRAMES = 64
-DURATION_TOLERANCE_SECONDS = 1.0
 # Containers whose header duration FFmpeg estimates from the bit rate (MPEG program streams: .mpg, .vob, .m2v):
 # their duration is measured from the packets instead.
 ESTIMATED_DURATION_FORMATS = frozenset({"mpeg", "mpegvideo", "vob", "mpeg1video", "mpeg2video"})
 # Packets read to tell a video stream from a still one when a file has several and says nothing of them.
 PROBE_PACKETS = 64
-DURATION_TOLERANCE_FRACTION = 0.1
 
 
 class VideoSource(Protocol):
@@ -628,7 +628,8 @@ def iter_video_frames(path: PathLike, times: Sequence[float]) -> Iterator[torch.
     index, previous, first_time, last_time, count = 0, None, None, 0.0, 0
     orientation = None  # read from the first frame: a stream has one display matrix
     for time, frame in video.frames():
-        orientation = orientation or _display_orientation(frame, video.name)
+        if orientation is None:
+            orientation = _display_orientation(frame, video.name)
         while index < len(targets) and targets[index] < time:
             # The target lies before this frame: the previous frame shows it (or this one, before the first frame).
             yield _rgb(previous if previous is not None else frame, orientation, video.sample_aspect_ratio)

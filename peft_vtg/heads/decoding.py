@@ -32,6 +32,7 @@ def span_log_scores(
     log_start = torch.log_softmax(start_logits[:num_frames].float(), dim=0)
     log_end = torch.log_softmax(end_logits[:num_frames].float(), dim=0)
     scores = log_start.unsqueeze(1) + log_end.unsqueeze(0)  # (frames, frames)
+    # At most the clip: a limit past it is no limit (and a huge one would overflow torch's comparison below).
     longest = num_frames if max_span_frames is None else max(1, min(num_frames, int(max_span_frames)))
     rows = torch.arange(num_frames, device=scores.device).unsqueeze(1)
     cols = torch.arange(num_frames, device=scores.device).unsqueeze(0)
@@ -70,16 +71,17 @@ def _check_decoding(start_logits: Any, end_logits: Any, frame_mask: Any, top_k: 
     if frame_mask is not None and (not isinstance(frame_mask, torch.Tensor) or frame_mask.shape != start_logits.shape):
         raise ValueError(f"frame_mask must be a tensor of the logits' shape {tuple(start_logits.shape)}, got "
                          f"{tuple(frame_mask.shape) if isinstance(frame_mask, torch.Tensor) else frame_mask!r}.")
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}.")
+    check_top_k(top_k)
     check_nms_threshold(nms_threshold)
     if frame_mask is not None:
         # Decoding reads a clip's real frames as its first mask.sum() frames (how every collator pads): a mask of
         # other values, or with padding first, would decode padding as frames.
         values = frame_mask.float()
-        if not bool(((values == 0) | (values == 1)).all()) or bool((values[:, 1:] > values[:, :-1]).any()):
-            rows = sorted({int(r) for r in ((values != 0) & (values != 1)).nonzero()[:, 0].tolist()}
-                          | {int(r) for r in (values[:, 1:] > values[:, :-1]).nonzero()[:, 0].tolist()})
+        not_binary = (values != 0) & (values != 1)  # (batch, frames)
+        padding_first = values[:, 1:] > values[:, :-1]  # a real frame after a padded one
+        if bool(not_binary.any()) or bool(padding_first.any()):
+            rows = sorted({int(r) for r in not_binary.nonzero()[:, 0].tolist()}
+                          | {int(r) for r in padding_first.nonzero()[:, 0].tolist()})
             raise ValueError(f"frame_mask must be 1 for each clip's real frames and 0 for the padding after them "
                              f"(right padding); clip(s) {rows[:10]} are not.")
     real = frame_mask.bool() if frame_mask is not None else torch.ones_like(start_logits, dtype=torch.bool)
@@ -99,6 +101,13 @@ def check_finite_logits(name: str, value: torch.Tensor, real: Optional[torch.Ten
         where = f"clip(s) {rows[:10]}" if value.dim() > 1 else "its frames"
         raise ValueError(f"{name} hold NaN or Inf at real frames of {where}; the model's output is broken (check "
                          "its inputs and weights).")
+
+
+def check_top_k(top_k: Any) -> int:
+    """`top_k` (spans or moments to return) as a whole number >= 1; a `ValueError` naming it otherwise."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}.")
+    return int(top_k)
 
 
 def check_max_span_frames(max_span_frames: Any) -> Optional[int]:
@@ -186,8 +195,7 @@ def decode_moments(
         length, duration = int(lengths[row]), float(durations[row])
         max_frames = None
         if max_span_seconds is not None:
-            # ceil without float surprises; at most the clip (a huge limit is no limit, not an overflow)
-            max_frames = max(1, min(length, int(-(-max_span_seconds * length // duration))))
+            max_frames = max(1, int(-(-max_span_seconds * length // duration)))  # ceil without float surprises
         mask_row = frame_mask[row : row + 1] if frame_mask is not None else None
         (spans,) = decode_frame_spans(
             start_logits[row : row + 1], end_logits[row : row + 1], mask_row, top_k, max_frames, nms_threshold
@@ -273,8 +281,7 @@ def calibrated_spans(
     for name, value in (("span_exponent", span_exponent), ("presence_exponent", presence_exponent)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < math.inf:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
-    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        raise ValueError(f"top_k must be a whole number >= 1, got {top_k!r}.")
+    check_top_k(top_k)
     max_span_frames = check_max_span_frames(max_span_frames)
     for name, value in (("start_logits", start_logits), ("end_logits", end_logits), ("inside_logits", inside_logits)):
         if value is not None:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .evaluation import LABEL_KEYS, evaluate_grounding
+from .evaluation import evaluate_grounding
 from .loop import record_trained_window
 from .module import GroundingModule
 
@@ -60,8 +60,8 @@ class GroundingTrainer(Trainer):
                 "the raw rows (qid, vid, query, duration, windows), which Trainer would drop."
             )
         super().__init__(model=model, args=args, **kwargs)
-        if args.label_names is None:  # what the loss reads; Trainer infers none from forward(**batch)
-            self.label_names = [key for key in LABEL_KEYS if key in ("start_frames", "end_frames")]
+        if args.label_names is None:  # the span labels the loss reads; Trainer infers none from forward(**batch)
+            self.label_names = ["start_frames", "end_frames"]
         if hasattr(self.data_collator, "set_epoch"):
             self.add_callback(_CollatorEpochCallback(self.data_collator))
 

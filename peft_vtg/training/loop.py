@@ -40,7 +40,7 @@ from .checkpoints import (
 )
 from .evaluation import evaluate_grounding
 from .module import GroundingModule
-from ..data.collate import median_duration, row_column
+from ..data.collate import has_highlight_labels, median_duration, row_column
 from ..moment_detr_eval import LENGTH_BUCKETS
 from ..files import fsync_path, fsync_tree, sha256_file, write_json_atomic
 from .safety import NonFiniteError, RunLock, note
@@ -226,7 +226,7 @@ def _check_before_the_run(model: torch.nn.Module, train_dataset: Sequence[dict],
             raise ValueError(f"Adapter {name!r} has no grounding head (grounding_head=False), and training trains "
                              "the grounding head with the prompts; create the adapter with grounding_head=True.")
     saliency = any(getattr(configs.get(name), "predict_saliency", False) for name in active)
-    labelled = _any_value(train_dataset, "relevant_clip_ids")
+    labelled = _any_highlight_labels(train_dataset)
     if labelled and not saliency:
         warnings.warn("The training rows have highlight labels (relevant_clip_ids / saliency_scores), but the adapter "
                       "has no saliency head, so highlight detection is not learnt. Create the adapter with "
@@ -240,14 +240,14 @@ def _check_before_the_run(model: torch.nn.Module, train_dataset: Sequence[dict],
     metric = args.metric_for_best_model
     if eval_dataset is None:
         return
-    unlabelled = [qid for qid, windows in zip(row_column(eval_dataset, "qid"), row_column(eval_dataset, "windows"))
-                  if not windows]
+    eval_windows = row_column(eval_dataset, "windows")
+    unlabelled = [qid for qid, windows in zip(row_column(eval_dataset, "qid"), eval_windows) if not windows]
     if unlabelled:  # the first evaluation would fail on them, after the steps before it were trained
         raise ValueError(f"{len(unlabelled)} evaluation row(s) have no ground-truth window (qids "
                          f"{unlabelled[:5]}{' ...' if len(unlabelled) > 5 else ''}); evaluation scores labelled "
                          "queries. Leave them out of eval_dataset (a test split without labels is for predict).")
     if metric.startswith("HL-"):
-        eval_labelled = _any_value(eval_dataset, "relevant_clip_ids")
+        eval_labelled = _any_highlight_labels(eval_dataset)
         if not (eval_labelled and saliency):
             why = ("the evaluation rows have no highlight labels" if not eval_labelled
                    else "the adapter has no saliency head")
@@ -255,20 +255,19 @@ def _check_before_the_run(model: torch.nn.Module, train_dataset: Sequence[dict],
                              "metric such as 'R1@0.5' or 'MR-full-mAP'.")
     for bucket, low, high in LENGTH_BUCKETS:
         if metric.startswith(f"MR-{bucket}-"):
-            lengths = [end - start for windows in row_column(eval_dataset, "windows") for start, end in windows or []]
+            lengths = [end - start for windows in eval_windows for start, end in windows]
             if not any(low < length <= high for length in lengths):
                 raise ValueError(f"metric_for_best_model={metric!r} scores ground-truth windows of {low:g}-{high:g} s, "
                                  "and the evaluation rows have none, so the evaluation cannot return it; choose "
                                  "'MR-full-mAP' or 'R1@0.5'.")
 
 
-def _any_value(rows: Any, key: str) -> bool:
-    """Whether any row has a non-empty `key`: a `datasets.Dataset`'s column, or the mappings of a list of rows, some
-    of which may lack the key (a labelled set concatenated with an unlabelled one)."""
+def _any_highlight_labels(rows: Any) -> bool:
+    """Whether any row has highlight labels: a `datasets.Dataset`'s `relevant_clip_ids` column, or the mappings of a
+    list of rows, some of which may lack it (a labelled set concatenated with an unlabelled one)."""
     if hasattr(rows, "column_names"):
-        return key in rows.column_names and any(rows[key])
-    return any(isinstance(row, Mapping) and row.get(key) is not None and (
-        len(row[key]) > 0 if hasattr(row[key], "__len__") else True) for row in rows)
+        return "relevant_clip_ids" in rows.column_names and any(rows["relevant_clip_ids"])
+    return any(isinstance(row, Mapping) and has_highlight_labels(row) for row in rows)
 
 
 def _train(

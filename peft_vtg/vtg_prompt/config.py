@@ -627,13 +627,17 @@ class VTGPromptConfig(PeftConfig):
         output = {key: list(value) if isinstance(value, set) else value for key, value in self.to_dict().items()}
         if auto_mapping is not None:
             output["auto_mapping"] = auto_mapping
-        for key, value in output.items():
-            try:
-                json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"The adapter config cannot be saved: {key}={value!r} is not a JSON value ({err}); "
-                                 "set it to a plain number, string, list or mapping. Nothing was written.") from None
-        text = json.dumps(output, indent=2, sort_keys=True)
+        try:
+            text = json.dumps(output, indent=2, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError):
+            for key, value in output.items():  # name the setting JSON cannot hold
+                try:
+                    json.dumps(value, allow_nan=False)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"The adapter config cannot be saved: {key}={value!r} is not a JSON value "
+                                     f"({err}); set it to a plain number, string, list or mapping. Nothing was "
+                                     "written.") from None
+            raise
         os.makedirs(save_directory, exist_ok=True)
         write_text_atomic(os.path.join(save_directory, CONFIG_NAME), text)
 
@@ -647,12 +651,9 @@ class VTGPromptConfig(PeftConfig):
         check_adapter_directory(directory)
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         if not isinstance(config, VTGPromptConfig):  # PEFT builds the class its peft_type names
-            raise ValueError(
-                f"{directory} holds a {getattr(getattr(config, 'peft_type', None), 'value', type(config).__name__)} "
-                "adapter, not a "
-                "VTG_PROMPT one; load it with "
-                "PeftModel.from_pretrained (or its own config class, e.g. peft.LoraConfig)."
-            )
+            kind = getattr(getattr(config, "peft_type", None), "value", type(config).__name__)
+            raise ValueError(f"{directory} holds a {kind} adapter, not a VTG_PROMPT one; load it with "
+                             "PeftModel.from_pretrained (or its own config class, e.g. peft.LoraConfig).")
         # A config that records its base architecture was saved with an adapter (see __post_init__), so a local
         # directory without the weights is an incomplete adapter; PEFT would go on to look for the file on the Hub
         # and fail with an unrelated repo-id error. A bare config (never attached to a model) reads fine alone.

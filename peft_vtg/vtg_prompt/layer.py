@@ -40,6 +40,14 @@ def _device_memory_bytes(device: Optional[torch.device]) -> Optional[int]:
     return None
 
 
+def _adapter_sizes(config: VTGPromptConfig) -> str:
+    """The settings that size an adapter's prompts and heads, for a message that it does not fit."""
+    return (f"num_text_tokens={config.num_text_tokens}, num_video_tokens={config.num_video_tokens}, "
+            f"text/video_prompt_depth={config.text_prompt_depth}/{config.video_prompt_depth}, head_hidden_size="
+            f"{config.head_hidden_size}, head_num_layers={config.head_num_layers}, head_video_layers="
+            f"{config.head_video_layers}, head_temporal_kernel_size={config.head_temporal_kernel_size}")
+
+
 def _device_name(device: Optional[torch.device]) -> str:
     return "machine's RAM" if device is None or device.type == "cpu" else f"device {device}"
 
@@ -451,13 +459,8 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
         except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
             if not (isinstance(err, MemoryError) or "allocate" in str(err) or "out of memory" in str(err)):
                 raise
-            raise ValueError(
-                f"Adapter {adapter_name!r} does not fit in memory ({str(err).splitlines()[0][:200]}); its sizes are "
-                f"too large: num_text_tokens={config.num_text_tokens}, num_video_tokens={config.num_video_tokens}, "
-                f"text/video_prompt_depth={config.text_prompt_depth}/{config.video_prompt_depth}, head_hidden_size="
-                f"{config.head_hidden_size}, head_num_layers={config.head_num_layers}, head_temporal_kernel_size="
-                f"{config.head_temporal_kernel_size}."
-            ) from None
+            raise ValueError(f"Adapter {adapter_name!r} does not fit in memory ({str(err).splitlines()[0][:200]}); its "
+                             f"sizes are too large: {_adapter_sizes(config)}.") from None
         device, dtype = self._base_device_and_dtype()
         for module in (encoder, heads):
             if module is None:
@@ -498,10 +501,7 @@ class VTGPromptLayer(nn.Module, BaseTunerLayer):
             raise ValueError(
                 f"Adapter {adapter_name!r} does not fit in memory: its prompts and heads need at least "
                 f"{needed / 2**30:.1f} GiB, and the {_device_name(device)} has {available / 2**30:.1f} GiB. Its sizes "
-                f"are too large: num_text_tokens={config.num_text_tokens}, num_video_tokens={config.num_video_tokens}, "
-                f"text/video_prompt_depth={config.text_prompt_depth}/{config.video_prompt_depth}, head_hidden_size="
-                f"{config.head_hidden_size}, head_num_layers={config.head_num_layers}, head_video_layers="
-                f"{config.head_video_layers} (the defaults: a few tokens, head_num_layers=2)."
+                f"are too large: {_adapter_sizes(config)} (the defaults: a few tokens, head_num_layers=2)."
             )
 
     def _base_device_and_dtype(self) -> tuple[Optional[torch.device], Optional[torch.dtype]]:
